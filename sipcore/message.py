@@ -1,0 +1,590 @@
+"""SIP requests and responses: parse from bytes, serialise to bytes, typed access to the headers the stack uses.
+
+``parse_message`` implements RFC 3261 §7 and §18.3 (datagram framing by Content-Length); anything it cannot
+accept raises ``SipParseError`` carrying the status to answer with and, where possible, the partly parsed
+message so an endpoint can still send that answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from typing import Final
+
+import attrs
+
+from .errors import SipParseError
+from .headers import (
+    Challenge,
+    ContentType,
+    CSeq,
+    Header,
+    Via,
+    canonical_name,
+    header_key,
+    is_token,
+    parse_auth,
+    parse_content_type,
+    parse_cseq,
+    parse_delta_seconds,
+    parse_token_list,
+    parse_via,
+)
+from .limits import DEFAULT_LIMITS, Limits
+from .uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri, split_comma_values
+
+__all__ = [
+    "REASON_PHRASES",
+    "Request",
+    "Response",
+    "make_response",
+    "parse_message",
+]
+
+SIP_VERSION: Final = "SIP/2.0"
+
+#: Headers whose values may be comma-separated lists (RFC 3261 §7.3.1); others are never split.
+_LIST_HEADERS: Final = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "allow",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow-events",
+        "content-encoding",
+        "content-language",
+        "in-reply-to",
+        "path",
+        "reply-to",
+        "warning",
+        "alert-info",
+        "call-info",
+        "error-info",
+    }
+)
+
+#: Headers that may appear at most once (RFC 3261 Table 2/3); duplicates make a request malformed.
+_SINGLE_HEADERS: Final = ("call-id", "cseq", "from", "to", "max-forwards")
+
+REASON_PHRASES: Final[dict[int, str]] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    199: "Early Dialog Terminated",
+    200: "OK",
+    202: "Accepted",
+    204: "No Notification",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    489: "Bad Event",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+_VERSION_RE: Final = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE)
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+class _MessageBase:
+    """Header access shared by requests and responses (mixed into the attrs classes below)."""
+
+    headers: tuple[Header, ...]
+    body: bytes
+
+    @functools.cached_property
+    def _index(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for header in self.headers:
+            index.setdefault(header_key(header.name), []).append(header.value)
+        return index
+
+    def get(self, name: str) -> str | None:
+        """The first field value of header ``name`` (any case, compact or full form), or None."""
+        values = self._index.get(header_key(name))
+        return values[0] if values else None
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        """Every field value of header ``name`` in order, as written (comma lists not split)."""
+        return tuple(self._index.get(header_key(name), ()))
+
+    def values(self, name: str) -> tuple[str, ...]:
+        """Every value of a list header (Via, Contact, Route …), comma-separated fields split."""
+        out: list[str] = []
+        for value in self._index.get(header_key(name), ()):
+            if "," in value:
+                out.extend(split_comma_values(value))
+            else:
+                out.append(value.strip())
+        return tuple(out)
+
+    def has(self, name: str) -> bool:
+        return header_key(name) in self._index
+
+    # ---------------------------------------------------------------- typed access (parsed once, cached)
+
+    @functools.cached_property
+    def via(self) -> tuple[Via, ...]:
+        return tuple(parse_via(v) for v in self.values("via"))
+
+    @functools.cached_property
+    def from_(self) -> NameAddr:
+        return _single_name_addr(self, "from")
+
+    @functools.cached_property
+    def to(self) -> NameAddr:
+        return _single_name_addr(self, "to")
+
+    @functools.cached_property
+    def call_id(self) -> str:
+        value = self.get("call-id")
+        if value is None:
+            raise SipParseError("missing Call-ID header")
+        if not value or any(c in value for c in " \t"):
+            raise SipParseError(f"bad Call-ID {value!r}")
+        return value
+
+    @functools.cached_property
+    def cseq(self) -> CSeq:
+        value = self.get("cseq")
+        if value is None:
+            raise SipParseError("missing CSeq header")
+        return parse_cseq(value)
+
+    @functools.cached_property
+    def max_forwards(self) -> int | None:
+        value = self.get("max-forwards")
+        if value is None:
+            return None
+        text = value.strip()
+        if not text.isdigit() or int(text) > 255:
+            raise SipParseError(f"Max-Forwards must be 0-255, got {value!r}")
+        return int(text)
+
+    @functools.cached_property
+    def contact(self) -> tuple[NameAddr, ...]:
+        """The Contact values; empty for ``Contact: *`` (see ``contact_is_wildcard``)."""
+        if self.contact_is_wildcard:
+            return ()
+        return tuple(parse_name_addr(v) for v in self.values("contact"))
+
+    @property
+    def contact_is_wildcard(self) -> bool:
+        return self.values("contact") == ("*",)
+
+    @functools.cached_property
+    def route(self) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(v) for v in self.values("route"))
+
+    @functools.cached_property
+    def record_route(self) -> tuple[NameAddr, ...]:
+        return tuple(parse_name_addr(v) for v in self.values("record-route"))
+
+    @functools.cached_property
+    def content_type(self) -> ContentType | None:
+        value = self.get("content-type")
+        return None if value is None else parse_content_type(value)
+
+    @functools.cached_property
+    def expires(self) -> int | None:
+        value = self.get("expires")
+        return None if value is None else parse_delta_seconds(value, "Expires")
+
+    @property
+    def require(self) -> tuple[str, ...]:
+        return parse_token_list(self.get_all("require"))
+
+    @property
+    def proxy_require(self) -> tuple[str, ...]:
+        return parse_token_list(self.get_all("proxy-require"))
+
+    @property
+    def supported(self) -> tuple[str, ...]:
+        return parse_token_list(self.get_all("supported"))
+
+    @property
+    def allow(self) -> tuple[str, ...]:
+        return parse_token_list(self.get_all("allow"))
+
+    @property
+    def unsupported(self) -> tuple[str, ...]:
+        return parse_token_list(self.get_all("unsupported"))
+
+    @property
+    def www_authenticate(self) -> tuple[Challenge, ...]:
+        return tuple(parse_auth(v) for v in self.get_all("www-authenticate"))
+
+    @property
+    def proxy_authenticate(self) -> tuple[Challenge, ...]:
+        return tuple(parse_auth(v) for v in self.get_all("proxy-authenticate"))
+
+    @property
+    def authorization(self) -> tuple[Challenge, ...]:
+        return tuple(parse_auth(v) for v in self.get_all("authorization"))
+
+    @property
+    def proxy_authorization(self) -> tuple[Challenge, ...]:
+        return tuple(parse_auth(v) for v in self.get_all("proxy-authorization"))
+
+    # --------------------------------------------------------------------------------- serialisation
+
+    def _serialise(self, start_line: str) -> bytes:
+        lines = [start_line]
+        for header in self.headers:
+            lines.append(f"{header.name}: {header.value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return _encode("\r\n".join(lines)) + self.body
+
+    def _validate_common(self) -> None:
+        """Parse the headers every transaction needs, so a bad one fails at the door, not deep inside."""
+        if not self.via:
+            raise SipParseError("missing Via header")
+        for name in _SINGLE_HEADERS:
+            if len(self._index.get(name, ())) > 1:
+                raise SipParseError(f"more than one {canonical_name(name)} header")
+            if name != "max-forwards" and name not in self._index:
+                raise SipParseError(f"missing {canonical_name(name)} header")
+        _ = (self.from_, self.to, self.call_id, self.cseq, self.max_forwards)
+
+
+def _single_name_addr(message: _MessageBase, name: str) -> NameAddr:
+    values = message.values(name)
+    if not values:
+        raise SipParseError(f"missing {canonical_name(name)} header")
+    if len(values) > 1:
+        raise SipParseError(f"more than one {canonical_name(name)} value")
+    return parse_name_addr(values[0])
+
+
+def _headers_without(headers: Iterable[Header], key: str) -> tuple[Header, ...]:
+    return tuple(h for h in headers if header_key(h.name) != key)
+
+
+@attrs.frozen(eq=True)
+class Request(_MessageBase):
+    """A SIP request. ``headers`` never holds Content-Length: the body's length is the truth."""
+
+    method: str
+    uri: Uri
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    def __bytes__(self) -> bytes:
+        return self._serialise(f"{self.method} {self.uri} {self.version}")
+
+    @property
+    def is_request(self) -> bool:
+        return True
+
+    @property
+    def branch(self) -> str | None:
+        """The top Via's branch parameter."""
+        return self.via[0].branch if self.via else None
+
+    def replace_header(self, name: str, value: str | None) -> Request:
+        """A copy with every ``name`` header replaced by one ``value`` (at the first one's place), or removed."""
+        return attrs.evolve(self, headers=_replace(self.headers, name, value))
+
+    def add_header(self, name: str, value: str, *, first: bool = False) -> Request:
+        header = Header(name, value)
+        headers = (header, *self.headers) if first else (*self.headers, header)
+        return attrs.evolve(self, headers=headers)
+
+    def __str__(self) -> str:
+        return bytes(self).decode("utf-8", "replace")
+
+
+@attrs.frozen(eq=True)
+class Response(_MessageBase):
+    """A SIP response. ``headers`` never holds Content-Length: the body's length is the truth."""
+
+    status: int
+    reason: str
+    headers: tuple[Header, ...] = ()
+    body: bytes = b""
+    version: str = SIP_VERSION
+
+    def __bytes__(self) -> bytes:
+        return self._serialise(f"{self.version} {self.status} {self.reason}")
+
+    @property
+    def is_request(self) -> bool:
+        return False
+
+    @property
+    def branch(self) -> str | None:
+        return self.via[0].branch if self.via else None
+
+    def replace_header(self, name: str, value: str | None) -> Response:
+        return attrs.evolve(self, headers=_replace(self.headers, name, value))
+
+    def add_header(self, name: str, value: str, *, first: bool = False) -> Response:
+        header = Header(name, value)
+        headers = (header, *self.headers) if first else (*self.headers, header)
+        return attrs.evolve(self, headers=headers)
+
+    def __str__(self) -> str:
+        return bytes(self).decode("utf-8", "replace")
+
+
+def _replace(headers: tuple[Header, ...], name: str, value: str | None) -> tuple[Header, ...]:
+    key = header_key(name)
+    out: list[Header] = []
+    placed = False
+    for header in headers:
+        if header_key(header.name) == key:
+            if not placed and value is not None:
+                out.append(Header(header.name, value))
+            placed = True
+        else:
+            out.append(header)
+    if not placed and value is not None:
+        out.append(Header(canonical_name(name), value))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def _split_head(data: bytes, limits: Limits) -> tuple[str, bytes]:
+    """Split a datagram into the header section (text) and whatever follows the blank line."""
+    start = 0
+    # RFC 3261 §7.5: CRLFs before the start line are ignored.
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        head, rest = data[start:end], data[end + 4 :]
+    else:
+        lf_end = data.find(b"\n\n", start)
+        if lf_end >= 0 and b"\r\n" not in data[start:lf_end]:
+            # Bare-LF line ends: off-spec but seen from broken devices; accept and emit CRLF.
+            head, rest = data[start:lf_end].replace(b"\n", b"\r\n"), data[lf_end + 2 :]
+        elif data.endswith(b"\r\n", start):
+            head, rest = data[start:-2], b""
+        else:
+            raise SipParseError("message has no empty line ending the header section")
+    if len(head) > limits.max_header_bytes:
+        raise SipParseError(f"header section of {len(head)} bytes exceeds {limits.max_header_bytes}")
+    return head.decode("utf-8", "surrogateescape"), rest
+
+
+def _parse_header_lines(lines: list[str], limits: Limits) -> tuple[Header, ...]:
+    headers: list[Header] = []
+    for number, line in enumerate(lines, start=2):
+        if not line:
+            continue
+        if line[0] in " \t":
+            # Folded continuation (RFC 3261 §7.3.1): joins the previous value with one SP.
+            if not headers:
+                raise SipParseError(f"line {number}: continuation line before any header")
+            last = headers[-1]
+            headers[-1] = Header(last.name, f"{last.value} {line.strip()}".strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError(f"line {number}: header line without ':': {line[:60]!r}")
+        name = name.rstrip(" \t")
+        if not is_token(name):
+            raise SipParseError(f"line {number}: bad header name {name[:60]!r}")
+        headers.append(Header(name, value.strip(" \t")))
+        if len(headers) > limits.max_headers:
+            raise SipParseError(f"more than {limits.max_headers} header fields")
+    return tuple(headers)
+
+
+def _content_length(headers: tuple[Header, ...]) -> int | None:
+    found: int | None = None
+    for header in headers:
+        if header.name.lower() in ("content-length", "l"):
+            text = header.value.strip()
+            if not text.isdigit():
+                raise SipParseError(f"bad Content-Length {header.value!r}")
+            value = int(text)
+            if found is not None and found != value:
+                raise SipParseError("conflicting Content-Length headers")
+            found = value
+    return found
+
+
+def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool = False) -> Request | Response:
+    """Parse one SIP message from a datagram (or one framed stream message).
+
+    Octets beyond Content-Length are ignored (RFC 3261 §18.3); without Content-Length a datagram's body is
+    the rest of it. Raises ``SipParseError`` for anything malformed.
+    """
+    if len(data) > limits.max_message_bytes:
+        raise SipParseError(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}", status=513)
+    head, rest = _split_head(data, limits)
+    lines = head.split("\r\n")
+    start_line = lines[0]
+    del lines[0]
+    headers = _parse_header_lines(lines, limits)
+    length = _content_length(headers)
+    if any(header_key(h.name) == "content-length" for h in headers):
+        headers = _headers_without(headers, "content-length")
+    if length is None:
+        if stream:
+            raise SipParseError("stream message without Content-Length")
+        body = rest
+    elif length > len(rest):
+        body = rest
+        error = f"Content-Length {length} exceeds the {len(rest)} body octets received"
+    else:
+        body = rest[:length]
+    if len(body) > limits.max_body_bytes:
+        raise SipParseError(f"body of {len(body)} bytes exceeds {limits.max_body_bytes}", status=413)
+
+    if start_line[:4].upper() == "SIP/":
+        response = _parse_response(start_line, headers, body)
+        try:
+            response._validate_common()
+        except SipParseError as exc:
+            raise SipParseError(f"response: {exc}", partial=None) from None
+        if length is not None and length > len(rest):
+            raise SipParseError(error)
+        return response
+
+    request = _parse_request(start_line, headers, body)
+    try:
+        request._validate_common()
+        if request.cseq.method != request.method:
+            raise SipParseError(f"CSeq method {request.cseq.method} does not match {request.method}")
+        if length is not None and length > len(rest):
+            raise SipParseError(error)
+    except SipParseError as exc:
+        raise SipParseError(str(exc), status=exc.status, partial=request) from None
+    return request
+
+
+def _parse_response(line: str, headers: tuple[Header, ...], body: bytes) -> Response:
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not _VERSION_RE.fullmatch(version):
+        raise SipParseError(f"bad status line {line[:80]!r}")
+    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        raise SipParseError(f"bad status code {code[:20]!r} (must be 100-699)")
+    return Response(int(code), reason.strip(" \t"), headers, body, version.upper())
+
+
+def _parse_request(line: str, headers: tuple[Header, ...], body: bytes) -> Request:
+    parts = line.split()
+    if len(parts) != 3:
+        raise SipParseError(f"request line must be 'METHOD Request-URI SIP/2.0': {line[:80]!r}")
+    method, uri_text, version = parts
+    if not is_token(method):
+        raise SipParseError(f"bad method {method[:40]!r}")
+    match = _VERSION_RE.fullmatch(version)
+    if match is None:
+        raise SipParseError(f"bad SIP version {version[:20]!r}")
+    partial_uri: Uri
+    try:
+        partial_uri = parse_uri(uri_text)
+    except SipParseError as exc:
+        raise SipParseError(f"bad Request-URI: {exc}") from None
+    if isinstance(partial_uri, SipUri) and partial_uri.headers:
+        raise SipParseError("Request-URI must not carry headers ('?...')")
+    request = Request(method, partial_uri, headers, body, version.upper())
+    if (int(match.group(1)), int(match.group(2))) != (2, 0):
+        raise SipParseError(
+            f"SIP version {version} not supported", status=505, reason="Version Not Supported", partial=request
+        )
+    return request
+
+
+# ------------------------------------------------------------------------------------------ responses
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """Build a response to ``request`` per RFC 3261 §8.2.6: Via, From, To, Call-ID, CSeq copied.
+
+    ``to_tag`` is added to To when the request's To has none (never for 100 Trying).
+    """
+    copied: list[Header] = []
+    for header in request.headers:
+        key = header_key(header.name)
+        if key in ("via", "from", "call-id", "cseq", "record-route"):
+            if key == "record-route" and not 101 <= status <= 299:
+                continue
+            copied.append(Header(canonical_name(key), header.value))
+        elif key == "to":
+            value = header.value
+            if to_tag is not None and status != 100 and _lacks_tag(request):
+                value = f"{value};tag={to_tag}"
+            copied.append(Header("To", value))
+        elif key == "timestamp" and status == 100:
+            copied.append(Header("Timestamp", header.value))
+    copied.extend(Header(name, value) for name, value in headers)
+    phrase = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
+    return Response(status, phrase, tuple(copied), body)
+
+
+def _lacks_tag(request: Request) -> bool:
+    try:
+        return request.to.tag is None
+    except SipParseError:
+        return True
