@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .message import Request, Response
+    from .headers import Header
 
 __all__ = ["SipError", "SipParseError", "TransactionError"]
 
@@ -17,9 +17,9 @@ class SipError(Exception):
 class SipParseError(SipError, ValueError):
     """Bytes or text that are not valid SIP.
 
-    ``status`` is the response a UAS should answer with (400, 505, 416 …) when the request can still be
-    answered; ``partial`` is the message as far as it could be parsed (``None`` when not even the start line
-    and the headers needed to answer could be read).
+    ``status`` is the response a UAS should answer with (400, 505, 413 …). When the bytes were a request whose
+    header section could be read, ``request_headers`` holds its raw headers so the request can still be
+    answered (``sipcore.message.error_response``); it is ``None`` for responses and unreadable input.
     """
 
     def __init__(
@@ -27,13 +27,11 @@ class SipParseError(SipError, ValueError):
         message: str,
         *,
         status: int = 400,
-        reason: str | None = None,
-        partial: Request | Response | None = None,
+        request_headers: tuple[Header, ...] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.reason = reason or message
-        self.partial = partial
+        self.request_headers = request_headers
 
     def __reduce__(self) -> tuple[object, ...]:
         return (SipParseError, (str(self),))

@@ -1,4 +1,4 @@
-"""SIP requests and responses: parse from bytes, serialise to bytes, typed access to the headers the stack uses.
+"""SIP requests and responses: parse from bytes, serialise to bytes, typed access to the stack's headers.
 
 ``parse_message`` implements RFC 3261 §7 and §18.3 (datagram framing by Content-Length); anything it cannot
 accept raises ``SipParseError`` carrying the status to answer with and, where possible, the partly parsed
@@ -38,6 +38,7 @@ __all__ = [
     "REASON_PHRASES",
     "Request",
     "Response",
+    "error_response",
     "make_response",
     "parse_message",
 ]
@@ -338,7 +339,7 @@ class Request(_MessageBase):
         return self.via[0].branch if self.via else None
 
     def replace_header(self, name: str, value: str | None) -> Request:
-        """A copy with every ``name`` header replaced by one ``value`` (at the first one's place), or removed."""
+        """A copy with each ``name`` header replaced by one ``value`` (where the first was), or dropped."""
         return attrs.evolve(self, headers=_replace(self.headers, name, value))
 
     def add_header(self, name: str, value: str, *, first: bool = False) -> Request:
@@ -463,11 +464,14 @@ def _content_length(headers: tuple[Header, ...]) -> int | None:
     return found
 
 
-def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool = False) -> Request | Response:
+def parse_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool = False
+) -> Request | Response:
     """Parse one SIP message from a datagram (or one framed stream message).
 
     Octets beyond Content-Length are ignored (RFC 3261 §18.3); without Content-Length a datagram's body is
-    the rest of it. Raises ``SipParseError`` for anything malformed.
+    the rest of it. Raises ``SipParseError`` for anything malformed; for a request whose headers could be
+    read, the error carries them so the request can still be answered.
     """
     if len(data) > limits.max_message_bytes:
         raise SipParseError(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}", status=513)
@@ -476,54 +480,51 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool 
     start_line = lines[0]
     del lines[0]
     headers = _parse_header_lines(lines, limits)
+    if start_line[:4].upper() == "SIP/":
+        return _parse_response(start_line, headers, rest, limits, stream)
+    try:
+        return _parse_request(start_line, headers, rest, limits, stream)
+    except SipParseError as exc:
+        raise SipParseError(str(exc), status=exc.status, request_headers=headers) from None
+
+
+def _body(
+    headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
+) -> tuple[tuple[Header, ...], bytes]:
+    """Frame the body by Content-Length and drop the Content-Length headers (the body length is the truth)."""
     length = _content_length(headers)
-    if any(header_key(h.name) == "content-length" for h in headers):
-        headers = _headers_without(headers, "content-length")
     if length is None:
         if stream:
             raise SipParseError("stream message without Content-Length")
         body = rest
-    elif length > len(rest):
-        body = rest
-        error = f"Content-Length {length} exceeds the {len(rest)} body octets received"
     else:
+        headers = _headers_without(headers, "content-length")
+        if length > len(rest):
+            raise SipParseError(f"Content-Length {length} exceeds the {len(rest)} body octets received")
         body = rest[:length]
     if len(body) > limits.max_body_bytes:
         raise SipParseError(f"body of {len(body)} bytes exceeds {limits.max_body_bytes}", status=413)
-
-    if start_line[:4].upper() == "SIP/":
-        response = _parse_response(start_line, headers, body)
-        try:
-            response._validate_common()
-        except SipParseError as exc:
-            raise SipParseError(f"response: {exc}", partial=None) from None
-        if length is not None and length > len(rest):
-            raise SipParseError(error)
-        return response
-
-    request = _parse_request(start_line, headers, body)
-    try:
-        request._validate_common()
-        if request.cseq.method != request.method:
-            raise SipParseError(f"CSeq method {request.cseq.method} does not match {request.method}")
-        if length is not None and length > len(rest):
-            raise SipParseError(error)
-    except SipParseError as exc:
-        raise SipParseError(str(exc), status=exc.status, partial=request) from None
-    return request
+    return headers, body
 
 
-def _parse_response(line: str, headers: tuple[Header, ...], body: bytes) -> Response:
-    version, _, rest = line.partition(" ")
-    code, _, reason = rest.partition(" ")
+def _parse_response(
+    line: str, headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
+) -> Response:
+    version, _, tail = line.partition(" ")
+    code, _, reason = tail.partition(" ")
     if not _VERSION_RE.fullmatch(version):
         raise SipParseError(f"bad status line {line[:80]!r}")
     if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
         raise SipParseError(f"bad status code {code[:20]!r} (must be 100-699)")
-    return Response(int(code), reason.strip(" \t"), headers, body, version.upper())
+    headers, body = _body(headers, rest, limits, stream)
+    response = Response(int(code), reason.strip(" \t"), headers, body, version.upper())
+    response._validate_common()
+    return response
 
 
-def _parse_request(line: str, headers: tuple[Header, ...], body: bytes) -> Request:
+def _parse_request(
+    line: str, headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
+) -> Request:
     parts = line.split()
     if len(parts) != 3:
         raise SipParseError(f"request line must be 'METHOD Request-URI SIP/2.0': {line[:80]!r}")
@@ -533,18 +534,19 @@ def _parse_request(line: str, headers: tuple[Header, ...], body: bytes) -> Reque
     match = _VERSION_RE.fullmatch(version)
     if match is None:
         raise SipParseError(f"bad SIP version {version[:20]!r}")
-    partial_uri: Uri
+    if (int(match.group(1)), int(match.group(2))) != (2, 0):
+        raise SipParseError(f"SIP version {version} not supported", status=505)
     try:
-        partial_uri = parse_uri(uri_text)
+        uri = parse_uri(uri_text)
     except SipParseError as exc:
         raise SipParseError(f"bad Request-URI: {exc}") from None
-    if isinstance(partial_uri, SipUri) and partial_uri.headers:
+    if isinstance(uri, SipUri) and uri.headers:
         raise SipParseError("Request-URI must not carry headers ('?...')")
-    request = Request(method, partial_uri, headers, body, version.upper())
-    if (int(match.group(1)), int(match.group(2))) != (2, 0):
-        raise SipParseError(
-            f"SIP version {version} not supported", status=505, reason="Version Not Supported", partial=request
-        )
+    headers, body = _body(headers, rest, limits, stream)
+    request = Request(method, uri, headers, body, version.upper())
+    request._validate_common()
+    if request.cseq.method != method:
+        raise SipParseError(f"CSeq method {request.cseq.method} does not match {method}")
     return request
 
 
@@ -581,6 +583,29 @@ def make_response(
     copied.extend(Header(name, value) for name, value in headers)
     phrase = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
     return Response(status, phrase, tuple(copied), body)
+
+
+def error_response(error: SipParseError, *, to_tag: str | None = None) -> Response | None:
+    """The answer to a request that failed to parse, or None when it cannot be answered (no usable Via).
+
+    The reason phrase says what was wrong, so a trace shows it (e.g. "400 Missing Call-ID header").
+    """
+    headers = error.request_headers
+    if headers is None:
+        return None
+    copied: list[Header] = []
+    for header in headers:
+        key = header_key(header.name)
+        if key in ("via", "from", "to", "call-id", "cseq"):
+            value = header.value
+            if key == "to" and to_tag is not None and ";tag=" not in value.replace(" ", ""):
+                value = f"{value};tag={to_tag}"
+            copied.append(Header(canonical_name(key), value))
+    if not any(h.name == "Via" for h in copied):
+        return None  # nothing to address the answer with; the Via is copied raw even when malformed
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in str(error))[:120]
+    reason = f"{REASON_PHRASES.get(error.status, 'Bad Request')} ({text})" if text else REASON_PHRASES[400]
+    return Response(error.status, reason, tuple(copied))
 
 
 def _lacks_tag(request: Request) -> bool:
