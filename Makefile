@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/durchwahl run
+	$(BIN)/python examples/uas.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check sipcore media routing tests fuzz bench examples

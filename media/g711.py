@@ -52,7 +52,8 @@ def _build_ulaw_encode() -> _UInt8Array:
         segment += (biased >> bit) > 0
     mantissa = (biased >> (segment + 1)) & 0x0F
     code = (segment << 4) | mantissa
-    return (code ^ np.where(negative, 0x7F, 0xFF)).astype(np.uint8)
+    table: _UInt8Array = (code ^ np.where(negative, 0x7F, 0xFF)).astype(np.uint8)
+    return table
 
 
 def _build_ulaw_decode() -> _Int16Array:
@@ -76,7 +77,8 @@ def _build_alaw_encode() -> _UInt8Array:
     mantissa = (magnitude >> np.maximum(segment - 1, 0)) & 0x0F
     code = (segment << 4) | mantissa
     code = np.where(negative, code, code | 0x80)
-    return (code ^ 0x55).astype(np.uint8)
+    table: _UInt8Array = (code ^ 0x55).astype(np.uint8)
+    return table
 
 
 def _build_alaw_decode() -> _Int16Array:
@@ -86,7 +88,8 @@ def _build_alaw_decode() -> _Int16Array:
     mantissa = plain & 0x0F
     step_base = np.where(segment == 0, mantissa, mantissa + 16)
     magnitude = ((step_base << 4) + 8) << np.maximum(segment - 1, 0)
-    return np.where(plain & 0x80, magnitude, -magnitude).astype(np.int16)
+    table: _Int16Array = np.where(plain & 0x80, magnitude, -magnitude).astype(np.int16)
+    return table
 
 
 ULAW_ENCODE_TABLE: Final[_UInt8Array] = _build_ulaw_encode()

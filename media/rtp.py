@@ -54,7 +54,7 @@ class RtpHeaderExtension:
 
 @attrs.frozen(slots=True)
 class RtpPacket:
-    """One RTP data packet. ``padding`` is the number of padding octets including the count octet (0: none)."""
+    """One RTP data packet; ``padding`` counts the padding octets including the count octet (0: none)."""
 
     payload_type: int
     sequence_number: int
@@ -145,7 +145,9 @@ def parse(data: bytes) -> RtpPacket:
     if first & 0x20:
         padding = data[-1]
         if padding == 0 or padding > size - position:
-            raise RtpError(f"RTP padding count {padding} is invalid for {size - position} octets after the header")
+            raise RtpError(
+                f"RTP padding count {padding} is invalid for {size - position} octets after the header"
+            )
         end = size - padding
     return RtpPacket(
         second & 0x7F,

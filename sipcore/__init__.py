@@ -4,11 +4,13 @@ The protocol layers (syntax, transactions, dialogs) are pure: bytes, messages an
 and bytes out. Only ``sipcore.transport`` and ``sipcore.endpoint`` do I/O.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import SipError, SipParseError, TransactionError
 from .framing import FramedMessage, KeepAlivePing, KeepAlivePong, StreamFramer
 from .headers import Challenge, ContentType, CSeq, Header, Via
 from .limits import DEFAULT_LIMITS, Limits
-from .message import REASON_PHRASES, Request, Response, make_response, parse_message
+from .message import REASON_PHRASES, Request, Response, error_response, make_response, parse_message
 from .uri import AbsoluteUri, NameAddr, SipUri, TelUri, Uri, parse_name_addr, parse_uri
 
 __all__ = [
@@ -18,13 +20,18 @@ __all__ = [
     "CSeq",
     "Challenge",
     "ContentType",
+    "Endpoint",
+    "Flow",
     "FramedMessage",
     "Header",
+    "IncomingRequest",
     "KeepAlivePing",
     "KeepAlivePong",
     "Limits",
     "NameAddr",
+    "OutgoingRequest",
     "Request",
+    "RequestTimeout",
     "Response",
     "SipError",
     "SipParseError",
@@ -32,10 +39,35 @@ __all__ = [
     "StreamFramer",
     "TelUri",
     "TransactionError",
+    "TransportError",
     "Uri",
     "Via",
+    "error_response",
     "make_response",
     "parse_message",
     "parse_name_addr",
     "parse_uri",
 ]
+
+if TYPE_CHECKING:
+    from .endpoint import Endpoint, IncomingRequest, OutgoingRequest, RequestTimeout
+    from .transport import Flow, TransportError
+
+#: The asyncio shell is loaded on first use, so ``import sipcore`` (and every pure module) stays I/O-free.
+_LAZY = {
+    "Endpoint": "endpoint",
+    "IncomingRequest": "endpoint",
+    "OutgoingRequest": "endpoint",
+    "RequestTimeout": "endpoint",
+    "Flow": "transport",
+    "TransportError": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sipcore' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)

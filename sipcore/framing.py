@@ -75,7 +75,7 @@ class StreamFramer:
 
     def _next(self) -> StreamEvent | None:
         buf = self._buffer
-        if buf[:1] == b"\r" or buf[:1] == b"\n":
+        while buf and buf[0] in b"\r\n":
             if buf[:4] == b"\r\n\r\n":
                 del buf[:4]
                 return KeepAlivePing()
@@ -85,7 +85,8 @@ class StreamFramer:
                 del buf[:2]
                 return KeepAlivePong()
             del buf[:1]  # a stray CR or LF between messages: skip it
-            return None if not buf else self._next()
+        if not buf:
+            return None
         end = buf.find(b"\r\n\r\n")
         limits = self._limits
         if end < 0:

@@ -23,6 +23,7 @@ __all__ = [
     "Via",
     "canonical_name",
     "header_key",
+    "is_digits",
     "is_token",
     "parse_auth",
     "parse_content_type",
@@ -124,6 +125,11 @@ _CANONICAL: Final[dict[str, str]] = {
 }
 
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+
+
+def is_digits(text: str) -> bool:
+    """True for a non-empty run of ASCII digits (``str.isdigit`` also takes "²" and other Unicode digits)."""
+    return text.isascii() and text.isdigit()
 
 
 def is_token(text: str) -> bool:
@@ -265,7 +271,7 @@ def _parse_hostport(text: str, where: str) -> tuple[str, int | None]:
     if not rest.startswith(":"):
         raise SipParseError(f"junk after host in {where}: {text!r}")
     port_text = rest[1:].strip()
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    if not is_digits(port_text) or len(port_text) > 5 or int(port_text) > 65535:
         raise SipParseError(f"bad port {port_text!r} in {where}")
     return host.lower(), int(port_text)
 
@@ -292,7 +298,7 @@ def parse_via(value: str) -> Via:
     host, port = _parse_hostport(sent_by.strip(), "Via sent-by")
     params = parse_params(sep + param_text) if sep else ()
     for key, val in params:
-        if key == "rport" and val is not None and not (val.isdigit() and int(val) <= 65535):
+        if key == "rport" and val is not None and not (is_digits(val) and int(val) <= 65535):
             raise SipParseError(f"bad rport {val!r} in Via")
     return Via(
         transport=transport.upper(),
@@ -323,7 +329,7 @@ def parse_cseq(value: str) -> CSeq:
     if len(parts) != 2:
         raise SipParseError(f"CSeq must be 'number method': {value!r}")
     number, method = parts
-    if not number.isdigit() or len(number) > 10 or int(number) > MAX_UINT32:
+    if not is_digits(number) or len(number) > 10 or int(number) > MAX_UINT32:
         raise SipParseError(f"CSeq number {number!r} is not a 32-bit unsigned integer")
     if not is_token(method):
         raise SipParseError(f"bad method {method!r} in CSeq")
@@ -333,7 +339,7 @@ def parse_cseq(value: str) -> CSeq:
 def parse_delta_seconds(value: str, name: str) -> int:
     """Parse a delta-seconds value; values above 2**32-1 are clamped to it (RFC 3261 §25.1)."""
     text = value.strip()
-    if not text.isdigit():
+    if not is_digits(text):
         raise SipParseError(f"{name} must be a number of seconds, got {value!r}")
     return min(int(text), MAX_UINT32)
 

@@ -23,6 +23,7 @@ from .headers import (
     Via,
     canonical_name,
     header_key,
+    is_digits,
     is_token,
     parse_auth,
     parse_content_type,
@@ -133,7 +134,8 @@ REASON_PHRASES: Final[dict[int, str]] = {
     606: "Not Acceptable",
 }
 
-_VERSION_RE: Final = re.compile(r"SIP/(\d{1,3})\.(\d{1,3})", re.IGNORECASE)
+_VERSION_RE: Final = re.compile(r"SIP/([0-9]{1,3})\.([0-9]{1,3})", re.IGNORECASE)
+_SP_RE: Final = re.compile(r"[ \t]+")
 
 
 def _encode(text: str) -> bytes:
@@ -211,7 +213,7 @@ class _MessageBase:
         if value is None:
             return None
         text = value.strip()
-        if not text.isdigit() or int(text) > 255:
+        if not is_digits(text) or int(text) > 255:
             raise SipParseError(f"Max-Forwards must be 0-255, got {value!r}")
         return int(text)
 
@@ -455,7 +457,7 @@ def _content_length(headers: tuple[Header, ...]) -> int | None:
     for header in headers:
         if header.name.lower() in ("content-length", "l"):
             text = header.value.strip()
-            if not text.isdigit():
+            if not is_digits(text):
                 raise SipParseError(f"bad Content-Length {header.value!r}")
             value = int(text)
             if found is not None and found != value:
@@ -514,7 +516,7 @@ def _parse_response(
     code, _, reason = tail.partition(" ")
     if not _VERSION_RE.fullmatch(version):
         raise SipParseError(f"bad status line {line[:80]!r}")
-    if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
         raise SipParseError(f"bad status code {code[:20]!r} (must be 100-699)")
     headers, body = _body(headers, rest, limits, stream)
     response = Response(int(code), reason.strip(" \t"), headers, body, version.upper())
@@ -525,7 +527,7 @@ def _parse_response(
 def _parse_request(
     line: str, headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
 ) -> Request:
-    parts = line.split()
+    parts = _SP_RE.split(line.strip(" \t"))
     if len(parts) != 3:
         raise SipParseError(f"request line must be 'METHOD Request-URI SIP/2.0': {line[:80]!r}")
     method, uri_text, version = parts

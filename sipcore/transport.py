@@ -11,12 +11,13 @@ import ipaddress
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import attrs
 
 from .errors import SipError, SipParseError
 from .framing import FramedMessage, KeepAlivePing, StreamFramer
+from .headers import is_digits
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ListenSpec",
     "TcpTransport",
     "TransportError",
+    "TransportName",
     "TransportSet",
     "UdpTransport",
     "parse_listen_spec",
@@ -87,7 +89,7 @@ def parse_listen_spec(text: str) -> ListenSpec:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"listen address {text!r}: {host!r} is not an IP address") from None
-    port = 5060 if not port_text else int(port_text) if port_text.isdigit() else -1
+    port = 5060 if not port_text else int(port_text) if is_digits(port_text) else -1
     if not 0 <= port <= 65535:
         raise ValueError(f"listen address {text!r}: bad port {port_text!r}")
     return ListenSpec(name, host, port)  # type: ignore[arg-type]
@@ -118,8 +120,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
         sockname = transport.get_extra_info("sockname")
         self.local = (sockname[0], sockname[1])
 
@@ -160,8 +161,7 @@ class _TcpConnection(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
         self._owner._register(self)
@@ -319,6 +319,12 @@ class TransportSet:
         """The listener address a message to ``remote`` would leave from (for Via and Contact)."""
         listeners = self.udp if transport == "UDP" else self.tcp
         return self._pick(listeners, None, remote, transport).local
+
+    def udp_send(self, data: bytes, flow: Flow) -> None:
+        """Send a datagram along a UDP ``flow`` (synchronous: UDP never waits)."""
+        udp = self._pick(self.udp, flow.local, flow.remote, "UDP")
+        assert isinstance(udp, UdpTransport)
+        udp.send(data, flow.remote)
 
     async def send(self, data: bytes, flow: Flow) -> Flow:
         """Send ``data`` along ``flow`` (its transport, listener and remote; TCP connection if still open)."""

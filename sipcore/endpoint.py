@@ -1,0 +1,591 @@
+"""The endpoint: the asyncio shell that drives the pure layers with one timer (DESIGN: thin, supervised).
+
+It owns the transports, parses what arrives, answers what the UAS core must answer by itself (malformed
+requests, RFC 3261 §8.2 checks, merged requests, CANCEL), feeds the transaction layer, and hands requests to
+the application as ``IncomingRequest`` objects; outgoing requests return awaitable ``OutgoingRequest``s.
+Responses go back on the flow their request came on (symmetric response routing, RFC 3581): never to an
+address taken from a message, which also keeps a PBX behind NAT reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import attrs
+
+from .core import CoreConfig, check_request
+from .errors import SipError, SipParseError
+from .headers import Header, Via
+from .limits import DEFAULT_LIMITS, Limits
+from .message import Request, Response, error_response, make_response, parse_message
+from .transaction import (
+    AckReceived,
+    CancelReceived,
+    MessageToSend,
+    RequestReceived,
+    ResponseReceived,
+    StrayResponse,
+    Terminated,
+    TimedOut,
+    Timers,
+    TransactionHandle,
+    TransactionLayer,
+    TransportFailed,
+)
+from .transport import Flow, ListenSpec, TransportError, TransportName, TransportSet, parse_listen_spec
+from .uri import NameAddr, SipUri, parse_name_addr
+
+__all__ = ["Endpoint", "IncomingRequest", "OutgoingRequest", "RequestTimeout"]
+
+log = logging.getLogger(__name__)
+
+RequestHandler = Callable[["IncomingRequest"], Awaitable[None] | None]
+_MAGIC = "z9hG4bK"
+
+
+class RequestTimeout(SipError):
+    """An outgoing request got no final response (Timer B or F fired, or the transport failed)."""
+
+
+def _summary(message: Request | Response) -> str:
+    if isinstance(message, Request):
+        first = f"{message.method} {message.uri}"
+    else:
+        first = f"{message.status} {message.reason}"
+    try:
+        return f"{first} (Call-ID {message.call_id}, CSeq {message.cseq})"
+    except SipParseError:
+        return first
+
+
+class IncomingRequest:
+    """A request handed to the application; answer it with ``respond`` (any number of 1xx, one final)."""
+
+    def __init__(self, endpoint: Endpoint, request: Request, flow: Flow, handle: TransactionHandle) -> None:
+        self.endpoint = endpoint
+        self.request = request
+        self.flow = flow
+        self._handle = handle
+        self.final: Response | None = None
+        self.sent_tagged = False
+        self.to_tag = endpoint.new_tag() if request.to.tag is None else request.to.tag
+        #: Set when a CANCEL for this INVITE arrived (the endpoint already answered it and the INVITE 487).
+        self.cancelled = asyncio.Event()
+        #: For an INVITE answered with 2xx: resolves with the ACK (or an exception after 64*T1 without one).
+        self.ack: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
+
+    def respond(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
+        """Send a response built from the request (To tag added); returns it."""
+        response = make_response(self.request, status, reason, to_tag=self.to_tag, headers=headers, body=body)
+        self.send(response)
+        return response
+
+    def send(self, response: Response) -> None:
+        """Send a ready-made response on this request's server transaction."""
+        if self.final is not None:
+            raise SipError(f"{self.request.method} already answered with {self.final.status}")
+        if response.status >= 200:
+            self.final = response
+        if response.status > 100:
+            self.sent_tagged = True
+        self.endpoint._send_response(self, response)
+
+
+class OutgoingRequest:
+    """A request sent in a client transaction: await ``final`` for the final response."""
+
+    def __init__(
+        self, request: Request, flow: Flow, on_provisional: Callable[[Response], None] | None = None
+    ) -> None:
+        self.request = request
+        self.flow = flow
+        self.on_provisional = on_provisional
+        self.provisional: list[Response] = []
+        self.responses: asyncio.Queue[Response] = asyncio.Queue()
+        self._final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+    @property
+    def final(self) -> asyncio.Future[Response]:
+        return self._final
+
+    def __await__(self) -> Any:
+        return asyncio.shield(self._final).__await__()
+
+
+@attrs.define
+class _Pending2xx:
+    """A 2xx to an INVITE retransmitted by the UAS core until the ACK arrives (RFC 3261 §13.3.1.4)."""
+
+    incoming: IncomingRequest
+    data: bytes
+    interval: float
+    next_at: float
+    give_up_at: float
+
+
+class Endpoint:
+    """A SIP endpoint: listeners, transactions, the UAS core and the application's request handler."""
+
+    def __init__(
+        self,
+        handler: RequestHandler | None = None,
+        *,
+        core: CoreConfig | None = None,
+        timers: Timers | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        user_agent: str = "durchwahl/0.1",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.handler = handler
+        self.core = core or CoreConfig()
+        self.timers = timers or Timers()
+        self.limits = limits
+        self.user_agent = user_agent
+        self._rng = rng or random.Random()
+        self._transports = TransportSet(self._on_bytes, limits)
+        self._layer = TransactionLayer(tag_factory=self.new_tag, timers=self.timers, limits=limits)
+        self._incoming: dict[TransactionHandle, IncomingRequest] = {}
+        self._outgoing: dict[TransactionHandle, OutgoingRequest] = {}
+        self._invites: dict[tuple[str, int], IncomingRequest] = {}
+        self._pending_2xx: dict[tuple[str, int, str], _Pending2xx] = {}
+        self._acks: dict[tuple[str, int], tuple[bytes, Flow, float]] = {}
+        self._merged: dict[tuple[str, str, int], str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------ life cycle
+
+    async def listen(self, spec: str | ListenSpec) -> tuple[str, int]:
+        """Start a listener ("udp:127.0.0.1:5060", "tcp:[::1]:0" …); returns the bound address."""
+        self._loop = asyncio.get_running_loop()
+        if isinstance(spec, str):
+            spec = parse_listen_spec(spec)
+        local = await self._transports.listen(spec)
+        log.info("listening on %s %s", spec.transport, local)
+        return local
+
+    async def close(self) -> None:
+        """Stop listening, cancel handler tasks, close connections."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._transports.close()
+        for outgoing in self._outgoing.values():
+            if not outgoing.final.done():
+                outgoing.final.set_exception(RequestTimeout("endpoint closed"))
+                outgoing.final.exception()
+
+    async def __aenter__(self) -> Endpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def local_address(
+        self, transport: str = "UDP", remote: tuple[str, int] = ("127.0.0.1", 5060)
+    ) -> tuple[str, int]:
+        """The listener address used towards ``remote`` (for Via sent-by and Contact)."""
+        return self._transports.local_for("UDP" if transport.upper() == "UDP" else "TCP", remote)
+
+    # ------------------------------------------------------------------------------------ randomness
+
+    def new_tag(self) -> str:
+        return f"{self._rng.getrandbits(48):012x}"
+
+    def new_branch(self) -> str:
+        return f"{_MAGIC}{self._rng.getrandbits(64):016x}"
+
+    def new_call_id(self) -> str:
+        return f"{self._rng.getrandbits(96):024x}"
+
+    # --------------------------------------------------------------------------------------- receive
+
+    @property
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_bytes(self, data: bytes, flow: Flow) -> None:
+        if self._closed:
+            return
+        try:
+            message = parse_message(data, self.limits, stream=flow.transport != "UDP")
+        except SipParseError as exc:
+            response = error_response(exc, to_tag=self.new_tag())
+            log.info("malformed message from %s: %s%s", flow, exc, "" if response else " (dropped)")
+            if response is not None:
+                self._transmit(bytes(response), flow)
+            return
+        log.debug("recv from %s: %s", flow, _summary(message))
+        if isinstance(message, Response):
+            self._layer.receive_response(message, self._now)
+        else:
+            self._receive_request(message, flow)
+        self._drain()
+
+    def _receive_request(self, request: Request, flow: Flow) -> None:
+        request = self._stamp_via(request, flow)
+        reliable = flow.transport != "UDP"
+        if request.method == "ACK":
+            self._layer.receive_request(request, self._now, reliable=reliable, context=flow)
+            return
+        # Merged request (RFC 3261 §8.2.2.2): same From tag, Call-ID and CSeq as a request already being
+        # handled, but another branch (it forked back to us) -> 482.
+        if request.to.tag is None and request.method != "CANCEL":
+            key = (request.from_.tag or "", request.call_id, request.cseq.seq)
+            branch = request.branch or ""
+            known = self._merged.get(key)
+            if known is not None and known != branch:
+                self._transmit(bytes(make_response(request, 482)), flow)
+                return
+            if len(self._merged) > self.limits.max_server_transactions:
+                self._merged.clear()
+            self._merged[key] = branch
+        self._layer.receive_request(request, self._now, reliable=reliable, context=flow)
+
+    @staticmethod
+    def _stamp_via(request: Request, flow: Flow) -> Request:
+        """Add received= and fill rport (RFC 3261 §18.2.1, RFC 3581 §4) to the top Via."""
+        top = request.via[0]
+        host = flow.remote[0]
+        host_ref = f"[{host}]" if ":" in host else host
+        stamped = top
+        if top.host != host_ref.lower():
+            stamped = stamped.with_param("received", host)
+        if top.rport_requested:
+            stamped = stamped.with_param("received", host).with_param("rport", str(flow.remote[1]))
+        if stamped is top:
+            return request
+        headers = list(request.headers)
+        for i, header in enumerate(headers):
+            if header.key == "via":
+                values = header.value.split(",", 1) if "," in header.value else [header.value]
+                first = str(stamped)
+                rest = f", {values[1].strip()}" if len(values) > 1 else ""
+                headers[i] = Header(header.name, first + rest)
+                break
+        return attrs.evolve(request, headers=tuple(headers))
+
+    # --------------------------------------------------------------------------------- layer events
+
+    def _drain(self) -> None:
+        layer = self._layer
+        while (event := layer.next_event()) is not None:
+            try:
+                self._dispatch(event)
+            except Exception:
+                log.exception("error handling %r", event)
+        self._arm_timer()
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, MessageToSend):
+            flow = event.handle.context if event.handle is not None else None
+            if isinstance(flow, Flow):
+                self._transmit(bytes(event.message), flow)
+        elif isinstance(event, RequestReceived):
+            assert event.handle is not None
+            self._on_request(event.request, event.handle)
+        elif isinstance(event, ResponseReceived):
+            assert event.handle is not None
+            self._on_response(event.response, event.handle)
+        elif isinstance(event, AckReceived):
+            self._on_ack(event.ack)
+        elif isinstance(event, CancelReceived):
+            self._on_cancel(event)
+        elif isinstance(event, StrayResponse):
+            self._on_stray(event.response)
+        elif isinstance(event, TimedOut | TransportFailed):
+            outgoing = self._outgoing.get(event.handle) if event.handle is not None else None
+            if outgoing is not None and not outgoing.final.done():
+                outgoing.final.set_exception(RequestTimeout(f"{outgoing.request.method}: no final response"))
+                outgoing.final.exception()
+        elif isinstance(event, Terminated) and event.handle is not None:
+            self._outgoing.pop(event.handle, None)
+            incoming = self._incoming.pop(event.handle, None)
+            if incoming is not None and incoming.request.method == "INVITE":
+                key = (incoming.request.call_id, incoming.request.cseq.seq)
+                final = incoming.final
+                if (
+                    self._invites.get(key) is incoming
+                    and final is not None
+                    and (final.status >= 300 or incoming.ack.done())
+                ):
+                    del self._invites[key]
+
+    def _on_request(self, request: Request, handle: TransactionHandle) -> None:
+        flow = handle.context
+        assert isinstance(flow, Flow)
+        incoming = IncomingRequest(self, request, flow, handle)
+        self._incoming[handle] = incoming
+        rejection = check_request(request, self.core)
+        if rejection is not None:
+            incoming.send(rejection)
+            return
+        if request.method == "INVITE":
+            self._invites[(request.call_id, request.cseq.seq)] = incoming
+        if request.method == "OPTIONS" and self.handler is None:
+            self._answer_options(incoming)
+            return
+        if self.handler is None:
+            incoming.respond(501 if request.method != "OPTIONS" else 200)
+            return
+        result = self.handler(incoming)
+        if result is not None:
+            self._spawn(self._run_handler(incoming, result))
+
+    def _answer_options(self, incoming: IncomingRequest) -> None:
+        incoming.respond(
+            200,
+            headers=[
+                ("Allow", self.core.allow_header),
+                ("Accept", ", ".join(self.core.accepted_types)),
+                ("Supported", ", ".join(self.core.supported)),
+                ("Server", self.user_agent),
+            ],
+        )
+
+    async def _run_handler(self, incoming: IncomingRequest, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed on %s", _summary(incoming.request))
+            if incoming.final is None:
+                incoming.respond(500)
+
+    def _on_ack(self, ack: Request) -> None:
+        to_tag = ack.to.tag or ""
+        pending = self._pending_2xx.pop((ack.call_id, ack.cseq.seq, to_tag), None)
+        incoming = pending.incoming if pending else self._invites.get((ack.call_id, ack.cseq.seq))
+        if incoming is not None and not incoming.ack.done():
+            incoming.ack.set_result(ack)
+            self._invites.pop((ack.call_id, ack.cseq.seq), None)
+
+    def _on_cancel(self, event: CancelReceived) -> None:
+        # The layer already answered the CANCEL (200); the INVITE gets 487 with the same To tag (§9.2).
+        incoming = self._incoming.get(event.handle) if event.handle is not None else None
+        if incoming is None or incoming.final is not None:
+            return
+        if not incoming.sent_tagged:
+            incoming.to_tag = event.to_tag
+        incoming.respond(487)
+        incoming.cancelled.set()
+
+    def _on_stray(self, response: Response) -> None:
+        # A 2xx retransmission for an INVITE whose transaction is gone: re-send our ACK (RFC 3261 §13.2.2.4).
+        try:
+            key = (response.call_id, response.cseq.seq)
+        except SipParseError:
+            return
+        if response.cseq.method == "INVITE" and 200 <= response.status < 300 and key in self._acks:
+            data, flow, _ = self._acks[key]
+            self._transmit(data, flow)
+        else:
+            log.debug("stray response dropped: %s", _summary(response))
+
+    def _on_response(self, response: Response, handle: TransactionHandle) -> None:
+        outgoing = self._outgoing.get(handle)
+        if outgoing is None:
+            self._on_stray(response)
+            return
+        if response.status < 200:
+            outgoing.provisional.append(response)
+            if outgoing.on_provisional is not None:
+                outgoing.on_provisional(response)
+        outgoing.responses.put_nowait(response)
+        if response.status >= 200 and not outgoing.final.done():
+            outgoing.final.set_result(response)
+        elif response.status >= 200:
+            self._on_stray(response)
+
+    # ------------------------------------------------------------------------------------------ send
+
+    def _send_response(self, incoming: IncomingRequest, response: Response) -> None:
+        request = incoming.request
+        log.debug("send to %s: %s", incoming.flow, _summary(response))
+        if request.method == "INVITE" and 200 <= response.status < 300:
+            self._layer.send_response(incoming._handle, response, self._now)
+            data = bytes(response)
+            if incoming.flow.transport == "UDP":
+                t1 = self.timers.t1
+                key = (request.call_id, request.cseq.seq, incoming.to_tag)
+                self._pending_2xx[key] = _Pending2xx(incoming, data, t1, self._now + t1, self._now + 64 * t1)
+            else:
+                self._spawn(self._ack_watchdog(incoming))
+        else:
+            self._layer.send_response(incoming._handle, response, self._now)
+        self._drain()
+
+    async def _ack_watchdog(self, incoming: IncomingRequest) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(incoming.ack), 64 * self.timers.t1)
+            return
+        if not incoming.ack.done():
+            incoming.ack.set_exception(RequestTimeout("no ACK for 2xx"))
+            incoming.ack.exception()
+
+    def send_request(
+        self,
+        request: Request,
+        flow: Flow,
+        *,
+        on_provisional: Callable[[Response], None] | None = None,
+    ) -> OutgoingRequest:
+        """Send ``request`` in a new client transaction along ``flow``; await the result for the final."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        outgoing = OutgoingRequest(request, flow, on_provisional)
+        handle = self._layer.send_request(request, self._now, reliable=flow.transport != "UDP", context=flow)
+        self._outgoing[handle] = outgoing
+        log.debug("send to %s: %s", flow, _summary(request))
+        self._drain()
+        return outgoing
+
+    async def request(self, request: Request, flow: Flow) -> Response:
+        """Send ``request`` and return its final response (raises ``RequestTimeout``)."""
+        outgoing = self.send_request(request, flow)
+        return await asyncio.shield(outgoing.final)
+
+    def send_ack(self, ack: Request, flow: Flow) -> None:
+        """Send an ACK for a 2xx directly (no transaction); it is re-sent if the 2xx is retransmitted."""
+        data = bytes(ack)
+        self._acks[(ack.call_id, ack.cseq.seq)] = (data, flow, self._now + 64 * self.timers.t1)
+        self._transmit(data, flow)
+        self._arm_timer()
+
+    def flow_to(self, host: str, port: int, transport: str = "UDP") -> Flow:
+        """A flow towards ``host:port`` (an IP address) leaving from a matching listener."""
+        name: TransportName = "UDP" if transport.upper() == "UDP" else "TCP"
+        local = self._transports.local_for(name, (host, port))
+        return Flow(name, local, (host, port))
+
+    def make_request(
+        self,
+        method: str,
+        uri: SipUri | str,
+        flow: Flow,
+        *,
+        from_: NameAddr | str,
+        to: NameAddr | str,
+        call_id: str | None = None,
+        cseq: int = 1,
+        contact: bool = True,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Request:
+        """Build an out-of-dialog request with a fresh Via branch, From tag, Call-ID and Max-Forwards."""
+        from .uri import parse_uri
+
+        target = parse_uri(uri) if isinstance(uri, str) else uri
+        from_addr = parse_name_addr(from_) if isinstance(from_, str) else from_
+        if from_addr.tag is None:
+            from_addr = from_addr.with_tag(self.new_tag())
+        to_addr = parse_name_addr(to) if isinstance(to, str) else to
+        via = self.make_via(flow)
+        out: list[Header] = [
+            Header("Via", str(via)),
+            Header("Max-Forwards", "70"),
+            Header("From", str(from_addr)),
+            Header("To", str(to_addr)),
+            Header("Call-ID", call_id or self.new_call_id()),
+            Header("CSeq", f"{cseq} {method}"),
+        ]
+        if contact:
+            out.append(Header("Contact", f"<{self.contact_uri(flow, from_addr)}>"))
+        out.append(Header("User-Agent", self.user_agent))
+        out.extend(Header(name, value) for name, value in headers)
+        if content_type is not None:
+            out.append(Header("Content-Type", content_type))
+        return Request(method, target, tuple(out), body)
+
+    def make_via(self, flow: Flow) -> Via:
+        host, port = flow.local
+        host = f"[{host}]" if ":" in host else host
+        return Via(flow.transport, host, port, (("branch", self.new_branch()), ("rport", None)))
+
+    def contact_uri(self, flow: Flow, who: NameAddr | None = None) -> SipUri:
+        host, port = flow.local
+        host = f"[{host}]" if ":" in host else host
+        user = who.uri.user if who is not None and isinstance(who.uri, SipUri) else None
+        params = (("transport", "tcp"),) if flow.transport == "TCP" else ()
+        return SipUri("sip", user, None, host, port, params)
+
+    def _transmit(self, data: bytes, flow: Flow) -> None:
+        if flow.transport == "UDP":
+            try:
+                self._transports.udp_send(data, flow)
+            except TransportError as exc:
+                log.info("cannot send to %s: %s", flow, exc)
+            return
+        self._spawn(self._transmit_stream(data, flow))
+
+    async def _transmit_stream(self, data: bytes, flow: Flow) -> None:
+        try:
+            await self._transports.send(data, flow)
+        except TransportError as exc:
+            log.info("cannot send to %s: %s", flow, exc)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----------------------------------------------------------------------------------------- timer
+
+    def _arm_timer(self) -> None:
+        if self._closed or self._loop is None:
+            return
+        deadlines = [t for t in (self._layer.get_timer(),) if t is not None]
+        deadlines.extend(p.next_at for p in self._pending_2xx.values())
+        if self._acks:
+            deadlines.append(min(expiry for _, _, expiry in self._acks.values()))
+        at = min(deadlines) if deadlines else None
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        now = self._now
+        self._layer.handle_timer(now)
+        for key, pending in list(self._pending_2xx.items()):
+            if now >= pending.give_up_at:
+                del self._pending_2xx[key]
+                if not pending.incoming.ack.done():
+                    pending.incoming.ack.set_exception(RequestTimeout("no ACK for 2xx"))
+                    pending.incoming.ack.exception()
+            elif now >= pending.next_at:
+                self._transmit(pending.data, pending.incoming.flow)
+                pending.interval = min(pending.interval * 2, self.timers.t2)
+                pending.next_at = now + pending.interval
+        for ack_key, (_, _, expiry) in list(self._acks.items()):
+            if now >= expiry:
+                del self._acks[ack_key]
+        self._drain()
