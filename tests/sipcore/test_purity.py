@@ -14,6 +14,8 @@ SIPCORE = Path(__file__).resolve().parents[2] / "sipcore"
 SHELL_MODULES = {"endpoint", "transport"}
 PURE_MODULES = sorted(p.stem for p in SIPCORE.glob("*.py") if p.stem not in SHELL_MODULES | {"__init__"})
 FORBIDDEN = {"asyncio", "socket", "time", "random", "pyee", "selectors", "threading", "aiortc", "av", "numpy"}
+#: attrs itself loads threading; what must never be loaded by ``import sipcore`` is the rest.
+FORBIDDEN_LOADED = FORBIDDEN - {"threading"}
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
@@ -50,7 +52,7 @@ def test_import_sipcore_loads_no_io() -> None:
     code = (
         "import sys; before = set(sys.modules); "
         f"import {modules}; "
-        f"print(sorted((set(sys.modules) - before) & set({sorted(FORBIDDEN)!r})))"
+        f"print(sorted((set(sys.modules) - before) & set({sorted(FORBIDDEN_LOADED)!r})))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
