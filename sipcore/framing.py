@@ -45,7 +45,7 @@ class StreamFramer:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._buffer = bytearray()
-        self._failed = False
+        self._error: SipParseError | None = None
 
     @property
     def buffered(self) -> int:
@@ -56,10 +56,12 @@ class StreamFramer:
         """Add ``data``; return every message and keep-alive that is now complete.
 
         Raises ``SipParseError`` when the stream cannot be framed (no or bad Content-Length, a message over
-        the size limit); the connection must then be closed, as the stream position is lost.
+        the size limit); the connection must then be closed, as the stream position is lost. Messages
+        completed before the error are returned first and the error is raised by the next call, so what is
+        delivered does not depend on how the stream was cut into segments.
         """
-        if self._failed:
-            raise SipParseError("stream already failed to frame")
+        if self._error is not None:
+            raise self._error
         self._buffer += data
         events: list[StreamEvent] = []
         try:
@@ -68,10 +70,16 @@ class StreamFramer:
                 if event is None:
                     break
                 events.append(event)
-        except SipParseError:
-            self._failed = True
-            raise
+        except SipParseError as exc:
+            self._error = exc
+            if not events:
+                raise
         return events
+
+    @property
+    def failed(self) -> bool:
+        """True once the stream could not be framed; the connection should be closed."""
+        return self._error is not None
 
     def _next(self) -> StreamEvent | None:
         buf = self._buffer

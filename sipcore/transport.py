@@ -173,6 +173,8 @@ class _TcpConnection(asyncio.Protocol):
             log.info("closing TCP connection from %s: %s", _fmt(self.remote), exc)
             self.close()
             return
+        if self._framer.failed:
+            self.close()  # after delivering what was complete before the framing error
         flow = self.flow
         for event in events:
             if isinstance(event, FramedMessage):
