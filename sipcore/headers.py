@@ -7,7 +7,7 @@ order; the typed parsers below are applied on demand (RFC 3261 §7.3, §20, §25
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
 import attrs
 
@@ -137,10 +137,18 @@ def is_token(text: str) -> bool:
     return _TOKEN_RE.fullmatch(text) is not None
 
 
+_KEYS: dict[str, str] = {}
+
+
 def header_key(name: str) -> str:
     """The lookup key of a header name: lower-case full name, compact forms expanded ("v" -> "via")."""
-    key = name.lower()
-    return COMPACT_FORMS.get(key, key)
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        if len(_KEYS) < 4096:  # names repeat; the bound keeps a flood of odd names from growing it
+            _KEYS[name] = key
+    return key
 
 
 def canonical_name(name: str) -> str:
@@ -152,9 +160,11 @@ def canonical_name(name: str) -> str:
     return "-".join(part.capitalize() for part in key.split("-"))
 
 
-@attrs.frozen
-class Header:
-    """One header field exactly as received: its name as written and its value, unfolded and trimmed."""
+class Header(NamedTuple):
+    """One header field exactly as received: its name as written and its value, unfolded and trimmed.
+
+    A named tuple rather than an attrs class: messages hold many of them and it builds several times faster.
+    """
 
     name: str
     value: str
@@ -276,8 +286,33 @@ def _parse_hostport(text: str, where: str) -> tuple[str, int | None]:
     return host.lower(), int(port_text)
 
 
+_VIA_FAST: Final = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9\-.]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)"
+)
+
+
 def parse_via(value: str) -> Via:
     """Parse one Via value ("SIP/2.0/UDP host:port;branch=..."), allowing LWS around '/' and ';'."""
+    fast = _VIA_FAST.fullmatch(value)
+    if fast is not None:
+        transport, host, port_text, param_text = fast.groups()
+        port = None if port_text is None else int(port_text)
+        params: tuple[tuple[str, str | None], ...] = ()
+        if param_text:
+            out: list[tuple[str, str | None]] = []
+            for item in param_text[1:].split(";"):
+                name, equals, pvalue = item.partition("=")
+                out.append((name.lower(), pvalue if equals else None))
+            params = tuple(out)
+        if (port is None or port <= 65535) and all(
+            k != "rport" or v is None or (is_digits(v) and int(v) <= 65535) for k, v in params
+        ):
+            return Via(transport.upper(), host.lower(), port, params)
+    return _parse_via_general(value)
+
+
+def _parse_via_general(value: str) -> Via:
     parts = value.split("/", 2)
     if len(parts) != 3:
         raise SipParseError(f"Via without protocol/version/transport: {value!r}")

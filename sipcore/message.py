@@ -7,10 +7,9 @@ message so an endpoint can still send that answer.
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Generic, TypeVar, overload
 
 import attrs
 
@@ -138,6 +137,36 @@ _VERSION_RE: Final = re.compile(r"SIP/([0-9]{1,3})\.([0-9]{1,3})", re.IGNORECASE
 _SP_RE: Final = re.compile(r"[ \t]+")
 
 
+_T = TypeVar("_T")
+
+
+class _cached(Generic[_T]):
+    """A cached property without ``functools.cached_property``'s lock (taken on every first access in 3.11).
+
+    A non-data descriptor: the first access stores the value in the instance ``__dict__``, which then
+    shadows it. Messages are immutable, so a value computed once stays right.
+    """
+
+    def __init__(self, func: Callable[[Any], _T]) -> None:
+        self._func = func
+        self._name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _cached[_T]: ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> _T: ...
+    def __get__(self, obj: object | None, objtype: type | None = None) -> _T | _cached[_T]:
+        if obj is None:
+            return self
+        value = self._func(obj)
+        obj.__dict__[self._name] = value
+        return value
+
+
 def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
@@ -148,8 +177,9 @@ class _MessageBase:
     headers: tuple[Header, ...]
     body: bytes
 
-    @functools.cached_property
+    @_cached
     def _index(self) -> dict[str, list[str]]:
+        """Header values by lookup key (set directly by the parser, which builds it in its one pass)."""
         index: dict[str, list[str]] = {}
         for header in self.headers:
             index.setdefault(header_key(header.name), []).append(header.value)
@@ -179,19 +209,19 @@ class _MessageBase:
 
     # ---------------------------------------------------------------- typed access (parsed once, cached)
 
-    @functools.cached_property
+    @_cached
     def via(self) -> tuple[Via, ...]:
         return tuple(parse_via(v) for v in self.values("via"))
 
-    @functools.cached_property
+    @_cached
     def from_(self) -> NameAddr:
         return _single_name_addr(self, "from")
 
-    @functools.cached_property
+    @_cached
     def to(self) -> NameAddr:
         return _single_name_addr(self, "to")
 
-    @functools.cached_property
+    @_cached
     def call_id(self) -> str:
         value = self.get("call-id")
         if value is None:
@@ -200,14 +230,14 @@ class _MessageBase:
             raise SipParseError(f"bad Call-ID {value!r}")
         return value
 
-    @functools.cached_property
+    @_cached
     def cseq(self) -> CSeq:
         value = self.get("cseq")
         if value is None:
             raise SipParseError("missing CSeq header")
         return parse_cseq(value)
 
-    @functools.cached_property
+    @_cached
     def max_forwards(self) -> int | None:
         value = self.get("max-forwards")
         if value is None:
@@ -217,7 +247,7 @@ class _MessageBase:
             raise SipParseError(f"Max-Forwards must be 0-255, got {value!r}")
         return int(text)
 
-    @functools.cached_property
+    @_cached
     def contact(self) -> tuple[NameAddr, ...]:
         """The Contact values; empty for ``Contact: *`` (see ``contact_is_wildcard``)."""
         if self.contact_is_wildcard:
@@ -228,20 +258,20 @@ class _MessageBase:
     def contact_is_wildcard(self) -> bool:
         return self.values("contact") == ("*",)
 
-    @functools.cached_property
+    @_cached
     def route(self) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(v) for v in self.values("route"))
 
-    @functools.cached_property
+    @_cached
     def record_route(self) -> tuple[NameAddr, ...]:
         return tuple(parse_name_addr(v) for v in self.values("record-route"))
 
-    @functools.cached_property
+    @_cached
     def content_type(self) -> ContentType | None:
         value = self.get("content-type")
         return None if value is None else parse_content_type(value)
 
-    @functools.cached_property
+    @_cached
     def expires(self) -> int | None:
         value = self.get("expires")
         return None if value is None else parse_delta_seconds(value, "Expires")
@@ -312,10 +342,6 @@ def _single_name_addr(message: _MessageBase, name: str) -> NameAddr:
     if len(values) > 1:
         raise SipParseError(f"more than one {canonical_name(name)} value")
     return parse_name_addr(values[0])
-
-
-def _headers_without(headers: Iterable[Header], key: str) -> tuple[Header, ...]:
-    return tuple(h for h in headers if header_key(h.name) != key)
 
 
 @attrs.frozen(eq=True)
@@ -428,42 +454,64 @@ def _split_head(data: bytes, limits: Limits) -> tuple[str, bytes]:
     return head.decode("utf-8", "surrogateescape"), rest
 
 
-def _parse_header_lines(lines: list[str], limits: Limits) -> tuple[Header, ...]:
-    headers: list[Header] = []
+_new_tuple: Final = tuple.__new__  # builds a Header without the Python-level NamedTuple.__new__ frame
+
+#: Header name text as written (before the colon) -> (name, lookup key); names repeat across messages.
+_NAMES: dict[str, tuple[str, str]] = {}
+_MAX_NAMES: Final = 4096
+
+
+def _header_name(raw: str, number: int) -> tuple[str, str]:
+    known = _NAMES.get(raw)
+    if known is not None:
+        return known
+    name = raw.rstrip(" \t")
+    if not is_token(name):
+        raise SipParseError(f"line {number}: bad header name {name[:60]!r}")
+    known = (name, header_key(name))
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES[raw] = known
+    return known
+
+
+def _unfold(lines: list[str]) -> list[tuple[int, str]]:
+    """Join folded continuation lines to their header line (RFC 3261 §7.3.1), keeping line numbers."""
+    out: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=2):
-        if not line:
-            continue
-        if line[0] in " \t":
-            # Folded continuation (RFC 3261 §7.3.1): joins the previous value with one SP.
-            if not headers:
+        if line and line[0] in " \t":
+            if not out:
                 raise SipParseError(f"line {number}: continuation line before any header")
-            last = headers[-1]
-            headers[-1] = Header(last.name, f"{last.value} {line.strip()}".strip())
-            continue
-        name, colon, value = line.partition(":")
+            first, previous = out[-1]
+            out[-1] = (first, previous.rstrip(" \t") + " " + line.strip(" \t"))
+        else:
+            out.append((number, line))
+    return out
+
+
+def _parse_header_lines(
+    lines: list[str], limits: Limits, folded: bool
+) -> tuple[list[Header], dict[str, list[str]]]:
+    """Header lines -> the headers in order and the lookup index, in one pass."""
+    numbered = _unfold(lines) if folded else enumerate(lines, start=2)
+    headers: list[Header] = []
+    index: dict[str, list[str]] = {}
+    for number, line in numbered:
+        raw, colon, value = line.partition(":")
         if not colon:
+            if not line:
+                continue
             raise SipParseError(f"line {number}: header line without ':': {line[:60]!r}")
-        name = name.rstrip(" \t")
-        if not is_token(name):
-            raise SipParseError(f"line {number}: bad header name {name[:60]!r}")
-        headers.append(Header(name, value.strip(" \t")))
-        if len(headers) > limits.max_headers:
-            raise SipParseError(f"more than {limits.max_headers} header fields")
-    return tuple(headers)
-
-
-def _content_length(headers: tuple[Header, ...]) -> int | None:
-    found: int | None = None
-    for header in headers:
-        if header.name.lower() in ("content-length", "l"):
-            text = header.value.strip()
-            if not is_digits(text):
-                raise SipParseError(f"bad Content-Length {header.value!r}")
-            value = int(text)
-            if found is not None and found != value:
-                raise SipParseError("conflicting Content-Length headers")
-            found = value
-    return found
+        name, key = _header_name(raw, number)
+        value = value.strip(" \t")
+        headers.append(_new_tuple(Header, (name, value)))
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    if len(headers) > limits.max_headers:
+        raise SipParseError(f"more than {limits.max_headers} header fields")
+    return headers, index
 
 
 def parse_message(
@@ -481,36 +529,44 @@ def parse_message(
     lines = head.split("\r\n")
     start_line = lines[0]
     del lines[0]
-    headers = _parse_header_lines(lines, limits)
+    headers, index = _parse_header_lines(lines, limits, "\r\n " in head or "\r\n\t" in head)
     if start_line[:4].upper() == "SIP/":
-        return _parse_response(start_line, headers, rest, limits, stream)
+        return _parse_response(start_line, headers, index, rest, limits, stream)
     try:
-        return _parse_request(start_line, headers, rest, limits, stream)
+        return _parse_request(start_line, headers, index, rest, limits, stream)
     except SipParseError as exc:
-        raise SipParseError(str(exc), status=exc.status, request_headers=headers) from None
+        raise SipParseError(str(exc), status=exc.status, request_headers=tuple(headers)) from None
 
 
 def _body(
-    headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
+    headers: list[Header], index: dict[str, list[str]], rest: bytes, limits: Limits, stream: bool
 ) -> tuple[tuple[Header, ...], bytes]:
     """Frame the body by Content-Length and drop the Content-Length headers (the body length is the truth)."""
-    length = _content_length(headers)
-    if length is None:
+    lengths = index.pop("content-length", None)
+    if lengths is None:
         if stream:
             raise SipParseError("stream message without Content-Length")
         body = rest
     else:
-        headers = _headers_without(headers, "content-length")
+        length = -1
+        for text in lengths:
+            text = text.strip()
+            if not is_digits(text):
+                raise SipParseError(f"bad Content-Length {text[:20]!r}")
+            if length >= 0 and int(text) != length:
+                raise SipParseError("conflicting Content-Length headers")
+            length = int(text)
         if length > len(rest):
             raise SipParseError(f"Content-Length {length} exceeds the {len(rest)} body octets received")
         body = rest[:length]
+        headers = [h for h in headers if h.name.lower() not in ("content-length", "l")]
     if len(body) > limits.max_body_bytes:
         raise SipParseError(f"body of {len(body)} bytes exceeds {limits.max_body_bytes}", status=413)
-    return headers, body
+    return tuple(headers), body
 
 
 def _parse_response(
-    line: str, headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
+    line: str, headers: list[Header], index: dict[str, list[str]], rest: bytes, limits: Limits, stream: bool
 ) -> Response:
     version, _, tail = line.partition(" ")
     code, _, reason = tail.partition(" ")
@@ -518,34 +574,40 @@ def _parse_response(
         raise SipParseError(f"bad status line {line[:80]!r}")
     if len(code) != 3 or not is_digits(code) or not 100 <= int(code) <= 699:
         raise SipParseError(f"bad status code {code[:20]!r} (must be 100-699)")
-    headers, body = _body(headers, rest, limits, stream)
-    response = Response(int(code), reason.strip(" \t"), headers, body, version.upper())
+    frozen_headers, body = _body(headers, index, rest, limits, stream)
+    response = Response(int(code), reason.strip(" \t"), frozen_headers, body, version.upper())
+    response.__dict__["_index"] = index
     response._validate_common()
     return response
 
 
 def _parse_request(
-    line: str, headers: tuple[Header, ...], rest: bytes, limits: Limits, stream: bool
+    line: str, headers: list[Header], index: dict[str, list[str]], rest: bytes, limits: Limits, stream: bool
 ) -> Request:
-    parts = _SP_RE.split(line.strip(" \t"))
-    if len(parts) != 3:
-        raise SipParseError(f"request line must be 'METHOD Request-URI SIP/2.0': {line[:80]!r}")
+    parts = line.split(" ")
+    if len(parts) != 3 or "\t" in line:
+        parts = _SP_RE.split(line.strip(" \t"))
+        if len(parts) != 3:
+            raise SipParseError(f"request line must be 'METHOD Request-URI SIP/2.0': {line[:80]!r}")
     method, uri_text, version = parts
+    if version != SIP_VERSION:
+        match = _VERSION_RE.fullmatch(version)
+        if match is None:
+            raise SipParseError(f"bad SIP version {version[:20]!r}")
+        if (int(match.group(1)), int(match.group(2))) != (2, 0):
+            raise SipParseError(f"SIP version {version} not supported", status=505)
+        version = version.upper()
     if not is_token(method):
         raise SipParseError(f"bad method {method[:40]!r}")
-    match = _VERSION_RE.fullmatch(version)
-    if match is None:
-        raise SipParseError(f"bad SIP version {version[:20]!r}")
-    if (int(match.group(1)), int(match.group(2))) != (2, 0):
-        raise SipParseError(f"SIP version {version} not supported", status=505)
     try:
         uri = parse_uri(uri_text)
     except SipParseError as exc:
         raise SipParseError(f"bad Request-URI: {exc}") from None
     if isinstance(uri, SipUri) and uri.headers:
         raise SipParseError("Request-URI must not carry headers ('?...')")
-    headers, body = _body(headers, rest, limits, stream)
-    request = Request(method, uri, headers, body, version.upper())
+    frozen_headers, body = _body(headers, index, rest, limits, stream)
+    request = Request(method, uri, frozen_headers, body, version)
+    request.__dict__["_index"] = index
     request._validate_common()
     if request.cseq.method != method:
         raise SipParseError(f"CSeq method {request.cseq.method} does not match {method}")
