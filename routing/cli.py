@@ -41,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     parse = commands.add_parser("parse", help="parse SIP messages from files and report errors")
     parse.add_argument("files", nargs="+")
+    check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
+    check.add_argument("file")
     args = parser.parse_args(argv)
     if args.command == "parse":
         return _parse(args.files)
+    if args.command == "check-config":
+        from routing.directory import check_config_main
+
+        return check_config_main(args.file)
     return 2
 
 
