@@ -12,7 +12,7 @@ from typing import Final, NamedTuple
 import attrs
 
 from .errors import SipParseError
-from .uri import parse_params, split_comma_values
+from .uri import parse_params
 
 __all__ = [
     "COMPACT_FORMS",
@@ -450,6 +450,11 @@ class Challenge:
         return f"{self.scheme} " + ", ".join(parts)
 
 
+_AUTH_PARAM: Final = re.compile(
+    r'[ \t]*([A-Za-z0-9\-.!%*_+`\'~]+)[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^ \t,"]+)[ \t]*(,|$)', re.DOTALL
+)
+
+
 def parse_auth(value: str) -> Challenge:
     """Parse 'Scheme name=value, name="quoted", ...' (also an unknown scheme with token68-ish data)."""
     text = value.strip()
@@ -460,15 +465,15 @@ def parse_auth(value: str) -> Challenge:
     if not is_token(scheme):
         raise SipParseError(f"bad authentication scheme in {value!r}")
     params: list[tuple[str, str]] = []
-    rest = text[i:].strip()
-    if rest:
-        for item in split_comma_values(rest):
-            name, eq, val = item.partition("=")
-            name = name.strip().lower()
-            if not eq or not is_token(name):
-                raise SipParseError(f"bad auth-param {item!r}")
-            val = val.strip()
-            if val.startswith('"') and (len(val) < 2 or not val.endswith('"')):
-                raise SipParseError(f"unterminated quoted string in auth-param {item!r}")
-            params.append((name, unquote_string(val)))
+    pos, end = i, len(text)
+    while pos < end:
+        match = _AUTH_PARAM.match(text, pos)
+        if match is None:
+            raise SipParseError(f"bad auth-param in {value!r} at {text[pos : pos + 30]!r}")
+        name, raw, comma = match.groups()
+        params.append((name.lower(), unquote_string(raw) if raw[0] == '"' else raw))
+        pos = match.end()
+        if comma:
+            while pos < end and text[pos] in " \t,":  # tolerate empty list elements
+                pos += 1
     return Challenge(scheme, tuple(params))
