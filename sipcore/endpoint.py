@@ -237,6 +237,10 @@ class Endpoint:
             return
         log.debug("recv from %s: %s", flow, _summary(message))
         if isinstance(message, Response):
+            if len(message.via) != 1:
+                # RFC 3261 §8.1.3.3: a response with more than one Via was meant for someone else.
+                log.info("dropped response with %d Via values from %s", len(message.via), flow)
+                return
             self._layer.receive_response(message, self._now)
         else:
             self._receive_request(message, flow)
