@@ -1,0 +1,261 @@
+"""The media I/O shell: one UDP socket per call leg, all legs paced by one shared 20 ms clock.
+
+``RtpSession`` receives RTP (garbage and foreign packets are dropped and counted, never raised), latches
+onto the address the peer's packets really come from (symmetric RTP: phones behind NAT), turns RFC 4733
+telephone-events into digits, hands decoded audio to an optional consumer (the in-band detector), and plays
+pre-encoded greeting frames. ``MediaClock`` is the single timer that drives every session's sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from .dtmf_rfc4733 import TelephoneEventReceiver
+from .errors import MediaError, RtpError
+from .g711 import alaw_decode, ulaw_decode
+from .greeting import FRAME_SAMPLES, FRAME_SECONDS, Pacer
+from .rtp import RtpSender, is_rtcp, parse
+
+__all__ = ["MediaClock", "PortAllocator", "PortsExhausted", "RtpSession", "SessionStats"]
+
+log = logging.getLogger(__name__)
+
+PCMU: Final = 0
+PCMA: Final = 8
+
+
+class PortsExhausted(MediaError):
+    """No free RTP port is left in the configured range."""
+
+
+class PortAllocator:
+    """Hands out even UDP ports from a range (RTP on the even port, RFC 3550 §11), binding as it goes."""
+
+    def __init__(self, first: int, last: int, host: str = "127.0.0.1") -> None:
+        if not 0 < first <= last <= 65535:
+            raise ValueError(f"bad RTP port range {first}-{last}")
+        self.host = host
+        self._ports = list(range(first + (first & 1), last + 1, 2))
+        self._next = 0
+        self._used: set[int] = set()
+
+    async def open(self, factory: Callable[[], RtpSession]) -> RtpSession:
+        """Bind a new session on the next free port of the range."""
+        loop = asyncio.get_running_loop()
+        for _ in range(len(self._ports)):
+            port = self._ports[self._next]
+            self._next = (self._next + 1) % len(self._ports)
+            if port in self._used:
+                continue
+            try:
+                _, session = await loop.create_datagram_endpoint(factory, local_addr=(self.host, port))
+            except OSError:
+                continue  # taken by another process: try the next one
+            self._used.add(port)
+            session._release = functools.partial(self._used.discard, port)
+            return session
+        raise PortsExhausted(f"no free RTP port in {self._ports[0]}-{self._ports[-1]}")
+
+
+class SessionStats:
+    """Counters a telephony engineer asks for first."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+        self.dropped_garbage = 0
+        self.dropped_foreign = 0
+        self.skipped_frames = 0
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    """One call leg's RTP: receive, latch, detect RFC 4733 digits, play frames on the shared clock."""
+
+    def __init__(
+        self,
+        *,
+        payload_type: int = PCMU,
+        telephone_event_pt: int | None = 101,
+        rng: random.Random | None = None,
+        on_digit: Callable[[str], None] | None = None,
+        on_audio: Callable[[npt.NDArray[np.int16], float], None] | None = None,
+    ) -> None:
+        self.payload_type = payload_type
+        self.telephone_event_pt = telephone_event_pt
+        self.on_digit = on_digit
+        self.on_audio = on_audio
+        self.remote: tuple[str, int] | None = None
+        self.latched = False
+        self.stats = SessionStats()
+        self._sender = RtpSender(payload_type, rng or random.Random())
+        self._events = TelephoneEventReceiver()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._frames: tuple[bytes, ...] = ()
+        self._loop_playback = False
+        self._pacer: Pacer | None = None
+        self._media_time = 0
+        self._first_packet = True
+        self._playback_done: asyncio.Future[None] | None = None
+        self._clock: MediaClock | None = None
+        self._release: Callable[[], None] = lambda: None
+        self.local: tuple[str, int] = ("", 0)
+
+    # ------------------------------------------------------------------------------------- datagrams
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        self.local = (sockname[0], sockname[1])
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        source = (str(addr[0]), int(addr[1]))
+        if self.latched and source != self.remote:
+            self.stats.dropped_foreign += 1
+            return
+        if is_rtcp(data):
+            return  # RTCP is not used yet; it is not an error either
+        try:
+            packet = parse(data)
+        except RtpError:
+            self.stats.dropped_garbage += 1
+            return
+        if not self.latched:
+            # Symmetric RTP: answer where the packets come from, not where the SDP said (NAT).
+            self.remote = source
+            self.latched = True
+        self.stats.received += 1
+        now = asyncio.get_running_loop().time()
+        if packet.payload_type == self.telephone_event_pt:
+            self._events.handle_packet(
+                packet.timestamp, packet.sequence_number, packet.marker, packet.payload, now
+            )
+            self._drain_digits()
+        elif self.on_audio is not None and packet.payload_type in (PCMU, PCMA):
+            decode = ulaw_decode if packet.payload_type == PCMU else alaw_decode
+            self.on_audio(decode(packet.payload), now)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("RTP socket %s: %s", self.local, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()  # the port is free again once the socket is really closed
+
+    def _drain_digits(self) -> None:
+        while (event := self._events.next_event()) is not None:
+            if self.on_digit is not None:
+                self.on_digit(event.digit)
+
+    # -------------------------------------------------------------------------------------- playback
+
+    def play(
+        self, frames: tuple[bytes, ...], clock: MediaClock, *, loop: bool = False
+    ) -> asyncio.Future[None]:
+        """Start sending ``frames`` (one per 20 ms); the future resolves when they have all been sent."""
+        if not frames:
+            raise MediaError("nothing to play")
+        self.stop()
+        self._frames = frames
+        self._loop_playback = loop
+        self._pacer = Pacer(clock.now())
+        self._playback_done = asyncio.get_running_loop().create_future()
+        self._clock = clock
+        clock.add(self)
+        return self._playback_done
+
+    @property
+    def playing(self) -> bool:
+        return self._pacer is not None
+
+    def stop(self) -> None:
+        """Stop playback now (the digits a caller dials interrupt nothing else)."""
+        if self._clock is not None:
+            self._clock.discard(self)
+        self._pacer = None
+        if self._playback_done is not None and not self._playback_done.done():
+            self._playback_done.set_result(None)
+
+    def tick(self, now: float) -> None:
+        """Send the frame that is due (called by the clock); also times out pending telephone-events."""
+        timer = self._events.get_timer()
+        if timer is not None and now >= timer:
+            self._events.handle_timer(now)
+            self._drain_digits()
+        pacer = self._pacer
+        if pacer is None:
+            return
+        skipped_before = pacer.skipped
+        while (index := pacer.due(now)) is not None:
+            self.stats.skipped_frames += pacer.skipped - skipped_before
+            skipped_before = pacer.skipped
+            frame_number = index
+            if frame_number >= len(self._frames):
+                if not self._loop_playback:
+                    self.stop()
+                    return
+                frame_number %= len(self._frames)
+            self._send(self._frames[frame_number], index)
+
+    def _send(self, payload: bytes, index: int) -> None:
+        if self._transport is None or self.remote is None:
+            return
+        packet = self._sender.build(payload, media_time=index * FRAME_SAMPLES, marker=self._first_packet)
+        self._first_packet = False
+        self._transport.sendto(bytes(packet), self.remote)
+        self.stats.sent += 1
+
+    def close(self) -> None:
+        self.stop()
+        if self._transport is not None:
+            self._transport.close()
+
+
+class MediaClock:
+    """One timer for every playing session: wakes at each 20 ms deadline and lets them send."""
+
+    def __init__(self, interval: float = FRAME_SECONDS) -> None:
+        self._interval = interval
+        self._sessions: set[RtpSession] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def add(self, session: RtpSession) -> None:
+        self._sessions.add(session)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+
+    def discard(self, session: RtpSession) -> None:
+        self._sessions.discard(session)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while self._sessions:
+            now = loop.time()
+            for session in list(self._sessions):
+                try:
+                    session.tick(now)
+                except Exception:
+                    log.exception("media session %s failed to tick", session.local)
+                    self._sessions.discard(session)
+            deadline += self._interval
+            if deadline < now:  # a stall: do not try to catch up tick by tick
+                deadline = now + self._interval
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def close(self) -> None:
+        self._sessions.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

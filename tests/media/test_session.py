@@ -1,0 +1,104 @@
+"""The media shell on real loopback sockets: greeting playback timing and content, RFC 4733 digits in."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import socket
+import statistics
+
+import numpy as np
+import pytest
+
+from media.dtmf_rfc4733 import TelephoneEventSender
+from media.greeting import greeting_from_samples
+from media.rtp import RtpPacket, parse
+from media.session import MediaClock, PortAllocator, PortsExhausted, RtpSession
+
+
+def _peer() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def test_greeting_is_played_paced_and_in_order() -> None:
+    loop = asyncio.get_running_loop()
+    greeting = greeting_from_samples((np.sin(np.arange(4000) / 5) * 6000).astype(np.int16))  # 0.5 s
+    allocator = PortAllocator(30000, 30999)
+    session = await allocator.open(lambda: RtpSession(rng=random.Random(1)))
+    clock = MediaClock()
+    peer = _peer()
+    session.remote = peer.getsockname()
+    arrivals: list[tuple[float, RtpPacket]] = []
+    done = session.play(greeting.pcmu, clock)
+    try:
+        while len(arrivals) < greeting.frames:
+            data = await asyncio.wait_for(loop.sock_recv(peer, 2048), 2.0)
+            arrivals.append((loop.time(), parse(data)))
+        await asyncio.wait_for(done, 1.0)
+    finally:
+        session.close()
+        await clock.close()
+        peer.close()
+    packets = [p for _, p in arrivals]
+    assert [p.payload for p in packets] == list(greeting.pcmu)
+    assert packets[0].marker and not any(p.marker for p in packets[1:])
+    assert len({p.ssrc for p in packets}) == 1
+    assert all((b.sequence_number - a.sequence_number) % 65536 == 1 for a, b in itertools.pairwise(packets))
+    assert all((b.timestamp - a.timestamp) % 2**32 == 160 for a, b in itertools.pairwise(packets))
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrivals)]
+    assert statistics.median(gaps) == pytest.approx(0.020, abs=0.004)
+    span = arrivals[-1][0] - arrivals[0][0]
+    assert span == pytest.approx((greeting.frames - 1) * 0.020, abs=0.06)
+    assert session.stats.sent == greeting.frames
+
+
+async def test_rfc4733_digits_arrive_once_and_garbage_is_dropped() -> None:
+    loop = asyncio.get_running_loop()
+    digits: list[str] = []
+    session = await PortAllocator(31000, 31999).open(lambda: RtpSession(on_digit=digits.append))
+    peer = _peer()
+    peer_address = peer.getsockname()
+    try:
+        await loop.sock_sendto(peer, b"\x00garbage", session.local)
+        await loop.sock_sendto(peer, b"\x80" * 5, session.local)
+        ssrc, seq, base = 0x1234, 100, 5000
+        for packet in TelephoneEventSender().packets("105#"):
+            rtp = RtpPacket(101, seq & 0xFFFF, base + packet.timestamp, ssrc, packet.payload, packet.marker)
+            seq += 1
+            await loop.sock_sendto(peer, bytes(rtp), session.local)
+            if packet.event.end:
+                await loop.sock_sendto(peer, bytes(rtp), session.local)  # a duplicate end packet
+        for _ in range(50):
+            if len(digits) == 4:
+                break
+            await asyncio.sleep(0.02)
+        # A packet from another address after latching is foreign and dropped.
+        stranger = _peer()
+        await loop.sock_sendto(stranger, bytes(rtp), session.local)
+        await asyncio.sleep(0.05)
+        stranger.close()
+    finally:
+        session.close()
+        peer.close()
+    assert digits == ["1", "0", "5", "#"]
+    assert session.stats.dropped_garbage == 2
+    assert session.stats.dropped_foreign == 1
+    assert session.remote == peer_address
+
+
+async def test_port_range_exhaustion_is_a_clear_error() -> None:
+    allocator = PortAllocator(32000, 32003)  # two even ports
+    sessions = [await allocator.open(RtpSession) for _ in range(2)]
+    try:
+        with pytest.raises(PortsExhausted, match="32000-32002"):
+            await allocator.open(RtpSession)
+    finally:
+        for session in sessions:
+            session.close()
+    await asyncio.sleep(0.01)
+    again = await allocator.open(RtpSession)  # closing releases the ports
+    again.close()
