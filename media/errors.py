@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MediaError", "PcapError", "RtpError", "SdpError", "TelephoneEventError"]
+__all__ = ["DtmfInfoError", "MediaError", "PcapError", "RtpError", "SdpError", "TelephoneEventError"]
 
 
 class MediaError(Exception):
@@ -23,3 +23,7 @@ class SdpError(MediaError, ValueError):
 
 class PcapError(MediaError, ValueError):
     """A capture file that is not classic libpcap, or is truncated."""
+
+
+class DtmfInfoError(MediaError, ValueError):
+    """A SIP INFO body (``application/dtmf-relay`` or ``application/dtmf``) that names no DTMF digit."""

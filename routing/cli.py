@@ -43,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parse.add_argument("files", nargs="+")
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
+    commands.add_parser(
+        "dtmf",
+        help="print the in-band DTMF digits of a recording (digit and start sample at 8 kHz)",
+        add_help=False,
+    )
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["dtmf"]:
+        from media.dtmf_cli import main as dtmf_main
+
+        return dtmf_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "parse":
         return _parse(args.files)

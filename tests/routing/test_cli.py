@@ -32,3 +32,29 @@ def test_parse_reports_valid_and_invalid_messages(capsys: pytest.CaptureFixture[
     assert status == 1
     assert "wsinv.dat: INVITE sip:vivekg@chair-dnrc.example.com;unknownparam" in out
     assert "badvers.dat: invalid (505)" in out
+
+
+def test_dtmf_prints_digits_and_start_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import wave
+
+    import numpy as np
+
+    from media.dtmf_tones import dtmf_tone
+
+    silence = np.zeros(800)  # 100 ms
+    parts = [silence]
+    for digit in "42#":
+        parts += [dtmf_tone(digit, 640), silence]  # 80 ms tone, 100 ms pause
+    signal = np.concatenate(parts).astype(np.int16)
+    path = tmp_path / "digits.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(signal.tobytes())
+    assert main(["dtmf", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["4", "2", "#"]
+    starts = [int(line.split()[1]) for line in lines]
+    for start, expected in zip(starts, (800, 800 + 1440, 800 + 2 * 1440), strict=True):
+        assert abs(start - expected) <= 16  # within 2 ms
