@@ -19,6 +19,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from .dtmf_inband import InbandDetector
+from .dtmf_merge import DigitMerger, DigitSource, KeyPressed
 from .dtmf_rfc4733 import TelephoneEventReceiver
 from .errors import MediaError, RtpError
 from .g711 import alaw_decode, ulaw_decode
@@ -86,13 +88,16 @@ class RtpSession(asyncio.DatagramProtocol):
         payload_type: int = PCMU,
         telephone_event_pt: int | None = 101,
         rng: random.Random | None = None,
-        on_digit: Callable[[str], None] | None = None,
+        on_digit: Callable[[KeyPressed], None] | None = None,
         on_audio: Callable[[npt.NDArray[np.int16], float], None] | None = None,
+        detect_inband: bool = True,
     ) -> None:
         self.payload_type = payload_type
         self.telephone_event_pt = telephone_event_pt
         self.on_digit = on_digit
         self.on_audio = on_audio
+        self._inband = InbandDetector() if detect_inband else None
+        self._merger = DigitMerger()
         self.remote: tuple[str, int] | None = None
         self.latched = False
         self.stats = SessionStats()
@@ -139,9 +144,15 @@ class RtpSession(asyncio.DatagramProtocol):
                 packet.timestamp, packet.sequence_number, packet.marker, packet.payload, now
             )
             self._drain_digits()
-        elif self.on_audio is not None and packet.payload_type in (PCMU, PCMA):
+        elif packet.payload_type in (PCMU, PCMA) and (self._inband is not None or self.on_audio is not None):
             decode = ulaw_decode if packet.payload_type == PCMU else alaw_decode
-            self.on_audio(decode(packet.payload), now)
+            samples = decode(packet.payload)
+            if self._inband is not None:
+                for detected in self._inband.feed(samples):
+                    self._merger.handle_inband(detected, now)
+                self._drain_merged()
+            if self.on_audio is not None:
+                self.on_audio(samples, now)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("RTP socket %s: %s", self.local, exc)
@@ -149,10 +160,22 @@ class RtpSession(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()  # the port is free again once the socket is really closed
 
+    def handle_info_digit(self, digit: str, now: float) -> None:
+        """A digit that arrived as SIP INFO on this leg's dialog: merged with what the media carried."""
+        self._merger.handle_digit(DigitSource.SIP_INFO, digit, now)
+        self._drain_merged()
+
     def _drain_digits(self) -> None:
+        now = asyncio.get_running_loop().time()
         while (event := self._events.next_event()) is not None:
+            self._merger.handle_telephone_event(event, now)
+        self._drain_merged()
+
+    def _drain_merged(self) -> None:
+        """Each key press once, however many ways (RFC 4733, in-band, INFO) it arrived."""
+        while (pressed := self._merger.next_event()) is not None:
             if self.on_digit is not None:
-                self.on_digit(event.digit)
+                self.on_digit(pressed)
 
     # -------------------------------------------------------------------------------------- playback
 

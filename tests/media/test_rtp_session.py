@@ -59,7 +59,9 @@ async def test_greeting_is_played_paced_and_in_order() -> None:
 async def test_rfc4733_digits_arrive_once_and_garbage_is_dropped() -> None:
     loop = asyncio.get_running_loop()
     digits: list[str] = []
-    session = await PortAllocator(31000, 31999).open(lambda: RtpSession(on_digit=digits.append))
+    session = await PortAllocator(31000, 31999).open(
+        lambda: RtpSession(on_digit=lambda pressed: digits.append(pressed.digit))
+    )
     peer = _peer()
     peer_address = peer.getsockname()
     try:
@@ -102,3 +104,39 @@ async def test_port_range_exhaustion_is_a_clear_error() -> None:
     await asyncio.sleep(0.01)
     again = await allocator.open(RtpSession)  # closing releases the ports
     again.close()
+
+
+@pytest.mark.parametrize("ways", [("inband",), ("rfc4733",), ("inband", "rfc4733")])
+async def test_a_key_press_counts_once_however_it_arrives(ways: tuple[str, ...]) -> None:
+    """A gateway may send a digit as tones in the audio, as telephone-events, or both: one digit each time."""
+    from media.dtmf_tones import dtmf_tone
+    from media.g711 import ulaw_encode
+
+    loop = asyncio.get_running_loop()
+    pressed: list[tuple[str, str]] = []
+    session = await PortAllocator(33000, 33999).open(
+        lambda: RtpSession(on_digit=lambda p: pressed.append((p.digit, p.source.value)))
+    )
+    peer = _peer()
+    tone = dtmf_tone("7", 800) if "inband" in ways else np.zeros(800)
+    audio = np.concatenate([np.zeros(800), tone, np.zeros(1600)]).astype(np.int16)
+    events = TelephoneEventSender().packets("7") if "rfc4733" in ways else ()
+    try:
+        seq = 1
+        for n in range(audio.size // 160):
+            ts = n * 160
+            frame = ulaw_encode(audio[ts : ts + 160])
+            await loop.sock_sendto(peer, bytes(RtpPacket(0, seq, ts, 0x77, frame)), session.local)
+            seq += 1
+            for packet in events:
+                if 800 + packet.send_time == ts:
+                    rtp = RtpPacket(101, seq, 800 + packet.timestamp, 0x77, packet.payload, packet.marker)
+                    await loop.sock_sendto(peer, bytes(rtp), session.local)
+                    seq += 1
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+    finally:
+        session.close()
+        peer.close()
+    assert [digit for digit, _ in pressed] == ["7"]
+    assert pressed[0][1] in ways
