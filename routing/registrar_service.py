@@ -1,0 +1,300 @@
+"""The registrar as a service: digest authentication, authorisation and the location store around
+:func:`sipcore.registrar.process_register` (RFC 3261 §10.3), driven by an ``sipcore.Endpoint``.
+
+Wiring::
+
+    store = SqliteLocationStore(directory.server.state_dir / "location.db")
+    registrar = RegistrarService(directory, store, secret=os.urandom(32))
+    endpoint = Endpoint(dispatch, core=CoreConfig(allowed_methods=(..., "REGISTER")))
+    # in dispatch: if incoming.request.method == "REGISTER": await registrar.handle(incoming)
+
+What :meth:`RegistrarService.handle` does, in §10.3's order:
+
+1. The Request-URI must name this registrar's domain: the configured ``domain``, an alias, or any IP address
+   literal (phones configured with the server's address instead of the domain), else 404.
+2. (Require is checked by the endpoint's UAS core.)
+3. Digest authentication against the directory's credentials: no or wrong credentials get a fresh 401
+   challenge (the configured algorithms in order, ``qop="auth"``); a correct answer to an expired nonce gets
+   401 with ``stale=true``. Unknown users and wrong passwords are answered identically (no enumeration).
+4. The authenticated user may only register its own AOR, ``sip:<sip_user>@<domain>``: anything else is 403.
+5-8. :func:`~sipcore.registrar.process_register` on the stored bindings, under a per-AOR lock so that two
+   REGISTERs for one AOR never interleave their read and write; a failed store write answers 500.
+
+NAT: each binding remembers the flow its REGISTER came on (transport, listener, source address and port as
+seen here, TCP connection), and :meth:`RegistrarService.flow_for` gives the flow to reach the phone by,
+whatever private address its Contact claims. Registered TCP connections stay open because the transport never
+closes idle connections (it answers RFC 5626 CRLF keep-alives). :meth:`RegistrarService.ping` sends OPTIONS
+to every binding through its flow and marks the ones that do not answer, so calls skip dead devices until
+they register again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+
+from sipcore.auth import Authenticated, DigestServer, Failed, Missing, Stale
+from sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
+from sipcore.registrar import (
+    Binding,
+    RegisterOutcome,
+    RegisterRejected,
+    RegistrarConfig,
+    address_of_record,
+    by_preference,
+    process_register,
+)
+from sipcore.transport import Flow, TransportError, TransportName
+from sipcore.uri import SipUri
+
+from .directory import Directory
+from .location import LocationStore, LocationStoreError
+
+__all__ = ["RegistrarService"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CONFIG = RegistrarConfig()
+
+
+class RegistrarService:
+    """Answers REGISTER requests for the directory's employees and keeps their bindings in ``store``.
+
+    ``secret`` keys the digest nonces (32 random bytes; the same across restarts and nodes keeps issued
+    nonces valid). ``clock`` is wall-clock time: bindings and nonces outlive a restart. ``algorithms``
+    overrides the directory's ``auth_algorithms`` (the order is the order offered). ``random_bytes`` makes
+    nonces unpredictable beyond their MAC (see ``sipcore.auth.DigestServer``).
+    """
+
+    def __init__(
+        self,
+        directory: Directory,
+        store: LocationStore,
+        *,
+        secret: bytes,
+        clock: Callable[[], float] = time.time,
+        config: RegistrarConfig = _DEFAULT_CONFIG,
+        algorithms: Sequence[str] | None = None,
+        aliases: Iterable[str] = (),
+        nonce_lifetime: float = 300.0,
+        random_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self._clock = clock
+        self._secret = secret
+        self._algorithms = tuple(algorithms) if algorithms is not None else None
+        self._nonce_lifetime = nonce_lifetime
+        self._random_bytes = random_bytes
+        self._aliases = frozenset(a.lower() for a in aliases)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        #: (aor, contact) of bindings that did not answer the last OPTIONS ping; cleared by a REGISTER.
+        self.unreachable: set[tuple[str, str]] = set()
+        self.directory = directory
+        self.digest = self._digest_server(directory)
+
+    def _digest_server(self, directory: Directory) -> DigestServer:
+        return DigestServer(
+            directory.server.realm,
+            secret=self._secret,
+            algorithms=self._algorithms or directory.server.auth_algorithms,
+            nonce_lifetime=self._nonce_lifetime,
+            random_bytes=self._random_bytes,
+        )
+
+    def update_directory(self, directory: Directory) -> None:
+        """Use a reloaded directory; bindings stay. A new realm or algorithm list re-creates the digest
+        server (outstanding nonces of the old realm then fail, and phones are simply challenged again)."""
+        old = self.directory.server
+        self.directory = directory
+        new = directory.server
+        if (old.realm, old.auth_algorithms) != (new.realm, new.auth_algorithms):
+            self.digest = self._digest_server(directory)
+
+    # ---------------------------------------------------------------------------------------- REGISTER
+
+    async def handle(self, incoming: IncomingRequest) -> None:
+        """Answer one REGISTER (see the module docstring); any other method gets 405."""
+        request = incoming.request
+        if request.method != "REGISTER":
+            incoming.respond(405, headers=[("Allow", "REGISTER")])
+            return
+        now = self._clock()
+        domain = self.directory.server.domain
+        if not isinstance(request.uri, SipUri) or not self._serves(request.uri.host):
+            incoming.respond(404, f"Not Found (this registrar serves {domain})")
+            return
+
+        result = self.digest.verify(request, self.directory.credentials, now)
+        if isinstance(result, Missing | Failed | Stale):
+            if isinstance(result, Failed):
+                log.info("REGISTER from %s: authentication failed (%s)", incoming.flow, result.reason)
+            response = self.digest.challenge_response(
+                request, now, stale=isinstance(result, Stale), to_tag=incoming.to_tag
+            )
+            incoming.send(response)
+            return
+        assert isinstance(result, Authenticated)
+
+        try:
+            address_of_record(request)  # the To URI must be sip/sips (400 otherwise)
+        except RegisterRejected as exc:
+            incoming.respond(exc.status, exc.reason, headers=exc.headers)
+            return
+        to = request.to.uri
+        assert isinstance(to, SipUri)
+        employee = self.directory.employee_by_sip_user(result.username)
+        aor = f"sip:{result.username}@{domain}"
+        if employee is None or to.user != employee.sip_user or not self._serves(to.host):
+            log.info("REGISTER from %s: %s may not register %s", incoming.flow, result.username, to)
+            incoming.respond(403, f"Forbidden ({result.username} may only register {aor})")
+            return
+
+        async with self._locked(aor):
+            outcome = await self._register(incoming, aor, now)
+        if outcome is not None:
+            incoming.send(outcome.response)
+
+    async def _register(self, incoming: IncomingRequest, aor: str, now: float) -> RegisterOutcome | None:
+        try:
+            current = await self.store.get(aor)
+            outcome = process_register(
+                incoming.request,
+                bindings=current,
+                now=now,
+                aor=aor,
+                config=self.config,
+                flow=incoming.flow,
+                to_tag=incoming.to_tag,
+            )
+            if outcome.changed and outcome.accepted:
+                await self.store.replace(aor, outcome.bindings)
+            elif outcome.expired:
+                await self.store.replace(aor, outcome.bindings)  # rejected, but the expired ones may go
+        except LocationStoreError:
+            log.exception("REGISTER for %s: location store failed", aor)
+            incoming.respond(500, "Server Internal Error (location store failed)")
+            return None
+        for binding in outcome.added:
+            log.info("registered %s -> %s via %s", aor, binding.contact, binding.flow)
+        for binding in (*outcome.added, *outcome.refreshed, *outcome.removed):
+            self.unreachable.discard((aor, binding.contact))
+        for binding in outcome.removed:
+            log.info("unregistered %s -> %s", aor, binding.contact)
+        if not outcome.accepted:
+            log.info("REGISTER for %s from %s: %s", aor, incoming.flow, outcome.response.reason)
+        return outcome
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, aor: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(aor, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[aor] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[aor]
+            if users == 1:
+                del self._locks[aor]
+            else:
+                self._locks[aor] = (lock, users - 1)
+
+    def _serves(self, host: str) -> bool:
+        host = host.lower()
+        if host == self.directory.server.domain.lower() or host in self._aliases:
+            return True
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------------------ lookup
+
+    async def contacts(self, sip_user: str, *, include_unreachable: bool = False) -> list[Binding]:
+        """The live bindings of an employee's AOR, in the order to try them (q, then freshest).
+
+        Bindings that did not answer the last OPTIONS ping (:meth:`ping`) are left out unless asked for.
+        """
+        aor = f"sip:{sip_user}@{self.directory.server.domain}"
+        bindings = await self.store.get(aor, now=self._clock())
+        if not include_unreachable:
+            bindings = tuple(b for b in bindings if (b.aor, b.contact) not in self.unreachable)
+        return by_preference(bindings)
+
+    @staticmethod
+    def flow_for(binding: Binding) -> Flow | None:
+        """The flow to reach the phone by: the one its REGISTER came on (None if unknown)."""
+        flow = binding.flow
+        if flow is None or flow.transport not in ("UDP", "TCP"):
+            return None
+        transport: TransportName = "UDP" if flow.transport == "UDP" else "TCP"
+        return Flow(transport, flow.local, flow.remote, flow.connection_id)
+
+    async def ping(self, endpoint: Endpoint, *, timeout: float = 5.0, concurrency: int = 20) -> int:
+        """Send OPTIONS to every live binding through its flow; mark those that do not answer in ``timeout``.
+
+        Any response counts as an answer (a 404 or 405 still proves the phone is there). Returns how many
+        bindings are unreachable now.
+        """
+        bindings = await self.store.all(now=self._clock())
+        domain = self.directory.server.domain
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(binding: Binding) -> tuple[Binding, bool]:
+            flow = self.flow_for(binding)
+            if flow is None:
+                return binding, True  # nothing known to ping through; leave it alone
+            request = endpoint.make_request(
+                "OPTIONS", binding.uri, flow, from_=f"<sip:registrar@{domain}>", to=f"<{binding.uri}>"
+            )
+            async with limit:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await endpoint.request(request, flow)
+                except (TimeoutError, RequestTimeout, TransportError):
+                    return binding, False
+            return binding, True
+
+        results = await asyncio.gather(*(one(b) for b in bindings))
+        live = {(b.aor, b.contact) for b in bindings}
+        self.unreachable &= live
+        for binding, answered in results:
+            key = (binding.aor, binding.contact)
+            if answered:
+                self.unreachable.discard(key)
+            elif key not in self.unreachable:
+                log.info("registered contact unreachable: %s -> %s via %s", *key, binding.flow)
+                self.unreachable.add(key)
+        return len(self.unreachable)
+
+    async def run_pinger(self, endpoint: Endpoint, interval: float = 30.0, timeout: float = 5.0) -> None:
+        """Ping registered contacts every ``interval`` seconds until cancelled (a task of the server's)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.ping(endpoint, timeout=timeout)
+            except LocationStoreError:
+                log.exception("pinging registered contacts failed; retrying in %.0f s", interval)
+
+    async def expire(self) -> int:
+        """Purge expired bindings now; returns how many went."""
+        gone = await self.store.expire(self._clock())
+        for binding in gone:
+            log.info("registration expired: %s -> %s", binding.aor, binding.contact)
+        return len(gone)
+
+    async def run_expiry(self, interval: float = 30.0) -> None:
+        """Purge expired bindings every ``interval`` seconds until cancelled (a task of the server's)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire()
+            except LocationStoreError:
+                log.exception("purging expired registrations failed; retrying in %.0f s", interval)

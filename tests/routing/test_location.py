@@ -1,0 +1,121 @@
+"""Location stores: the protocol on both implementations, and SQLite's restart survival and purging."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from routing.location import (
+    SCHEMA_VERSION,
+    InMemoryLocationStore,
+    LocationStore,
+    LocationStoreError,
+    SqliteLocationStore,
+)
+from sipcore.registrar import Binding, BindingFlow
+
+T0 = 1_700_000_000.0
+AOR = "sip:101@office.example"
+
+
+def binding(host: str, *, aor: str = AOR, expires_at: float = T0 + 600, conn: int | None = None) -> Binding:
+    return Binding(
+        aor=aor,
+        contact=f'<sip:101@{host}:5060;ob>;+sip.instance="<urn:uuid:{host}>"',
+        expires_at=expires_at,
+        call_id=f"call-{host}",
+        cseq=7,
+        registered_at=T0,
+        q=0.5,
+        flow=BindingFlow("TCP" if conn else "UDP", ("127.0.0.1", 5060), ("203.0.113.9", 40000), conn),
+        instance_id=f"<urn:uuid:{host}>",
+        reg_id=1,
+        user_agent="Phone/1 (ü)",
+    )
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocationStore]:
+    s: LocationStore
+    s = InMemoryLocationStore() if request.param == "memory" else SqliteLocationStore(tmp_path / "loc.db")
+    yield s
+    await s.close()
+
+
+async def test_replace_get_remove(store: LocationStore) -> None:
+    a, b = binding("10.0.0.1"), binding("10.0.0.2", conn=None)
+    other = binding("10.0.0.3", aor="sip:102@office.example")
+    await store.replace(AOR, [a, b])
+    await store.replace(other.aor, [other])
+    assert await store.get(AOR) == (a, b)
+    await store.replace(AOR, [b])
+    assert await store.get(AOR) == (b,)
+    assert set(await store.all()) == {b, other}
+    await store.remove(AOR)
+    assert await store.get(AOR) == ()
+    assert await store.get("sip:nobody@office.example") == ()
+    await store.replace(other.aor, [])
+    assert await store.all() == ()
+
+
+async def test_expire_and_now_filter(store: LocationStore) -> None:
+    soon, later = binding("10.0.0.1", expires_at=T0 + 10), binding("10.0.0.2", expires_at=T0 + 100)
+    await store.replace(AOR, [soon, later])
+    assert await store.get(AOR, now=T0 + 50) == (later,)
+    assert await store.all(now=T0 + 50) == (later,)
+    assert await store.expire(T0 + 10) == (soon,)
+    assert await store.get(AOR) == (later,)
+    assert await store.expire(T0 + 10) == ()
+
+
+async def test_bindings_of_another_aor_are_refused(store: LocationStore) -> None:
+    with pytest.raises(ValueError, match="stored under"):
+        await store.replace("sip:102@office.example", [binding("10.0.0.1")])
+
+
+async def test_sqlite_survives_a_restart_and_purges_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "location.db"
+    now = T0
+    store = SqliteLocationStore(path, clock=lambda: now)
+    keep = binding("10.0.0.1", expires_at=T0 + 600, conn=42)
+    gone = binding("10.0.0.2", expires_at=T0 + 30)
+    other = binding("10.0.0.3", aor="sip:102@office.example", expires_at=T0 + 20)
+    await store.replace(AOR, [keep, gone])
+    await store.replace(other.aor, [other])
+    await store.close()
+
+    now = T0 + 60
+    reopened = SqliteLocationStore(path, clock=lambda: now)
+    try:
+        restored = await reopened.get(AOR)
+        # Expired bindings were purged on load; the TCP connection id did not survive the restart.
+        flow = BindingFlow("TCP", ("127.0.0.1", 5060), ("203.0.113.9", 40000), None)
+        assert restored == (attrs.evolve(keep, flow=flow),)
+        assert await reopened.all() == restored
+    finally:
+        await reopened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "location.db"
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    store = SqliteLocationStore(path)
+    with pytest.raises(LocationStoreError, match="newer than this durchwahl"):
+        await store.get(AOR)
+    await store.close()
+
+
+async def test_sqlite_names_the_file_when_it_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "location.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    store = SqliteLocationStore(path)
+    with pytest.raises(LocationStoreError, match=str(path)):
+        await store.open()
+    await store.close()
