@@ -273,6 +273,8 @@ class DigestServer:
             raise ValueError("at least one digest algorithm must be offered")
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
+        #: The password hashed for unknown users, so they cost as much as known ones (no timing oracle).
+        self._decoy = hmac.new(secret, b"decoy password", "sha256").hexdigest()
         if nonce_lifetime <= 0:
             raise ValueError("nonce_lifetime must be positive")
         if nc_table_size < 1:
@@ -450,11 +452,12 @@ class DigestServer:
             return Failed("nonce issued in the future")
 
         secret = lookup(creds.username)
-        if secret is None:
-            return Failed(f"unknown user {creds.username!r}")
-        ha1 = secret.ha1(creds.algorithm, creds.username, self.realm)
+        # An unknown user costs the same hashing as a wrong password, so response times do not tell a
+        # scanner which extensions exist.
+        ha1 = secret.ha1(creds.algorithm, creds.username, self.realm) if secret is not None else None
+        has_ha1 = ha1 is not None
         if ha1 is None:
-            return Failed(f"no {_hash_name(creds.algorithm)} secret for user {creds.username!r}")
+            ha1 = compute_ha1(creds.algorithm, creds.username, self.realm, self._decoy)
         expected = digest_response(
             creds.algorithm,
             ha1,
@@ -466,9 +469,14 @@ class DigestServer:
             cnonce=creds.cnonce,
         )
         given = creds.response.lower().encode("utf-8", "surrogateescape")
-        if len(given) != _HEX_LENGTH[_hash_name(creds.algorithm)] or not hmac.compare_digest(
+        matches = len(given) == _HEX_LENGTH[_hash_name(creds.algorithm)] and hmac.compare_digest(
             given, expected.encode()
-        ):
+        )
+        if secret is None:
+            return Failed(f"unknown user {creds.username!r}")
+        if not has_ha1:
+            return Failed(f"no {_hash_name(creds.algorithm)} secret for user {creds.username!r}")
+        if not matches:
             return Failed("wrong response (password)")
 
         if now > issued + self.nonce_lifetime:
