@@ -154,7 +154,9 @@ class Endpoint:
         self.limits = limits
         self.user_agent = user_agent
         self._rng = rng or random.Random()
-        self._transports = TransportSet(self._on_bytes, limits)
+        #: Called with the flow of each TCP connection that closes (a registrar drops the bindings on it).
+        self.on_connection_closed: Callable[[Flow], None] | None = None
+        self._transports = TransportSet(self._on_bytes, limits, self._connection_closed)
         self._layer = TransactionLayer(tag_factory=self.new_tag, timers=self.timers, limits=limits)
         self._incoming: dict[TransactionHandle, IncomingRequest] = {}
         self._outgoing: dict[TransactionHandle, OutgoingRequest] = {}
@@ -216,6 +218,10 @@ class Endpoint:
 
     def new_call_id(self) -> str:
         return f"{self._rng.getrandbits(96):024x}"
+
+    def _connection_closed(self, flow: Flow) -> None:
+        if self.on_connection_closed is not None and not self._closed:
+            self.on_connection_closed(flow)
 
     # --------------------------------------------------------------------------------------- receive
 

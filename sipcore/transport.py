@@ -212,6 +212,8 @@ class TcpTransport:
     def __init__(self, on_message: MessageCallback, limits: Limits = DEFAULT_LIMITS) -> None:
         self.on_message = on_message
         self.limits = limits
+        #: Called with the flow of every connection that closes (the registrar drops its bindings).
+        self.on_closed: Callable[[Flow], None] | None = None
         self.local: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
         self._by_id: dict[int, _TcpConnection] = {}
@@ -237,15 +239,26 @@ class TcpTransport:
         self._by_id.pop(conn.id, None)
         if self._by_remote.get(conn.remote) is conn:
             del self._by_remote[conn.remote]
+        if self.on_closed is not None:
+            try:
+                self.on_closed(conn.flow)
+            except Exception:
+                log.exception("connection-closed callback failed for %s", conn.flow)
 
     def has_connection(self, connection_id: int) -> bool:
         return connection_id in self._by_id
 
     async def send(self, data: bytes, remote: tuple[str, int], connection_id: int | None = None) -> Flow:
-        """Send on the named connection, else on any open one to ``remote``, else on a new one."""
+        """Send on the named connection, else on any open one to ``remote``, else on a new one.
+
+        A flow that names a connection the peer opened (a phone behind NAT, RFC 5626) is never dialled
+        anew: its address is a NAT mapping that accepts no incoming connection, and trying would hang.
+        """
         conn = self._by_id.get(connection_id) if connection_id is not None else None
         if conn is None:
             conn = self._by_remote.get(remote)
+        if conn is None and connection_id is not None:
+            raise TransportError(f"TCP connection {connection_id} to {_fmt(remote)} is gone")
         if conn is None:
             conn = await self._connect(remote)
         conn.write(data)
@@ -286,9 +299,15 @@ class TcpTransport:
 class TransportSet:
     """All listeners of an endpoint; picks the one to send on for a transport and address family."""
 
-    def __init__(self, on_message: MessageCallback, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        on_message: MessageCallback,
+        limits: Limits = DEFAULT_LIMITS,
+        on_closed: Callable[[Flow], None] | None = None,
+    ) -> None:
         self._on_message = on_message
         self._limits = limits
+        self._on_closed = on_closed
         self.udp: list[UdpTransport] = []
         self.tcp: list[TcpTransport] = []
 
@@ -298,6 +317,7 @@ class TransportSet:
             self.udp.append(udp)
             return udp.local
         tcp = await TcpTransport.listen(spec.host, spec.port, self._on_message, self._limits)
+        tcp.on_closed = self._on_closed
         self.tcp.append(tcp)
         return tcp.local
 

@@ -272,3 +272,31 @@ async def test_uac_gets_final_response_and_provisionals() -> None:
         ack = await peer.recv()  # the INVITE client transaction ACKs the non-2xx itself
         assert isinstance(ack, Request) and ack.method == "ACK" and ack.branch == received.branch
         peer.close()
+
+
+async def test_tcp_flow_close_is_reported_and_never_redialled() -> None:
+    from sipcore import Flow, TransportError
+
+    flows: list[Flow] = []
+    async with running(None, "tcp:127.0.0.1:0") as (endpoint, port):
+        endpoint.on_connection_closed = flows.append
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        options = (
+            invite_bytes(port)
+            .replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+            .replace(b"INVITE sip", b"OPTIONS sip")
+            .replace(b"1 INVITE", b"1 OPTIONS")
+        )
+        writer.write(options)
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(50):
+            if flows:
+                break
+            await asyncio.sleep(0.02)
+        assert len(flows) == 1 and flows[0].transport == "TCP" and flows[0].connection_id is not None
+        # The phone's NAT mapping takes no incoming connection: a flow naming a gone connection fails fast.
+        with pytest.raises(TransportError, match="gone"):
+            await asyncio.wait_for(endpoint._transports.send(b"\r\n\r\n", flows[0]), 1.0)
