@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python examples/uas.py
+	$(BIN)/durchwahl serve --config examples/office.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check sipcore media routing tests fuzz bench examples

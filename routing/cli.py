@@ -33,6 +33,58 @@ def _parse(paths: list[str]) -> int:
     return status
 
 
+def _serve(config: str, listen: list[str] | None, verbose: bool) -> int:
+    """Run the server until SIGINT/SIGTERM; SIGHUP reloads the directory."""
+    import asyncio
+    import logging
+    import signal
+    from pathlib import Path
+
+    from routing.errors import ConfigError
+    from routing.server import Server
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def run() -> None:
+        async with Server(config, listen=tuple(listen) if listen else None) as server:
+            directory = server.directory
+            for transport, host, port in server.addresses:
+                shown = f"[{host}]" if ":" in host else host
+                print(f"durchwahl: listening on {transport} {shown}:{port}", flush=True)
+            example = Path(config).resolve() == (
+                Path(__file__).resolve().parent.parent / "examples/office.toml"
+            )
+            print(
+                f"durchwahl: register a phone with domain/realm {directory.server.domain!r}, server as above:"
+            )
+            for employee in directory.employees:
+                secret = employee.password if example and employee.password else "(see the config)"
+                print(
+                    f"  extension {employee.extension} {employee.name}: user {employee.sip_user!r}, "
+                    f"password {secret}"
+                )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, server.reload)
+            await stop.wait()
+            print("durchwahl: stopping", flush=True)
+
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"durchwahl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="durchwahl", description="An asyncio SIP B2BUA that gives phones extensions."
@@ -41,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     parse = commands.add_parser("parse", help="parse SIP messages from files and report errors")
     parse.add_argument("files", nargs="+")
+    serve = commands.add_parser("serve", help="run the server for an office directory file")
+    serve.add_argument("--config", default="examples/office.toml", help="the directory TOML file")
+    serve.add_argument("--listen", action="append", metavar="SPEC", help="override: udp:HOST:PORT, tcp:...")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log SIP messages (DEBUG)")
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
     commands.add_parser(
@@ -57,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "parse":
         return _parse(args.files)
+    if args.command == "serve":
+        return _serve(args.config, args.listen, args.verbose)
     if args.command == "check-config":
         from routing.directory import check_config_main
 

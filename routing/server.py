@@ -1,0 +1,165 @@
+"""The assembled server: a directory file becomes an endpoint, a registrar, a location store and (as the call
+flows land) the B2BUA. One object, usable as an async context manager inside another asyncio service.
+
+Events (pyee, on ``server.events``): ``started`` (listen addresses), ``reloaded`` (the new Directory),
+``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pyee.asyncio import AsyncIOEventEmitter
+
+from sipcore import Endpoint, IncomingRequest
+from sipcore.core import CoreConfig
+
+from .directory import Directory, load_directory
+from .errors import ConfigError
+from .location import LocationStore, SqliteLocationStore
+from .registrar_service import RegistrarService
+
+__all__ = ["Server", "load_secret"]
+
+log = logging.getLogger(__name__)
+
+#: What the server answers itself; everything else gets 405 with this Allow list.
+SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE")
+
+CallHandler = Callable[[IncomingRequest], Awaitable[None] | None]
+
+
+def load_secret(state_dir: Path) -> bytes:
+    """The nonce key, kept in ``state_dir/secret`` (made 0600 on first start) so nonces survive restarts."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "secret"
+    try:
+        data = path.read_bytes()
+        if len(data) >= 16:
+            return data
+    except FileNotFoundError:
+        pass
+    data = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return data
+
+
+class Server:
+    """durchwahl as one object: ``async with Server("office.toml") as server: ...``.
+
+    ``store`` replaces the SQLite location store (for tests or a shared store); ``calls`` handles INVITEs
+    (the B2BUA; until one is plugged in, INVITEs outside a dialog get 480).
+    """
+
+    def __init__(
+        self,
+        config: str | Path | Directory,
+        *,
+        store: LocationStore | None = None,
+        calls: CallHandler | None = None,
+        listen: tuple[str, ...] | None = None,
+    ) -> None:
+        self.directory = config if isinstance(config, Directory) else load_directory(config)
+        self.events = AsyncIOEventEmitter()
+        self.events.on("error", self._log_error)
+        self.calls = calls
+        self._listen_override = listen
+        self.endpoint = Endpoint(
+            self._handle,
+            core=CoreConfig(allowed_methods=SERVER_METHODS),
+            user_agent="durchwahl",
+        )
+        state_dir = self.directory.server.state_dir
+        self.store = store if store is not None else SqliteLocationStore(state_dir / "location.sqlite3")
+        self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
+        self.addresses: list[tuple[str, str, int]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @staticmethod
+    def _log_error(error: Exception) -> None:
+        log.error("event handler failed: %s", error)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
+        try:
+            for spec in specs:
+                host, port = await self.endpoint.listen(spec)
+                self.addresses.append((spec.split(":", 1)[0].upper(), host, port))
+        except OSError:
+            await self.endpoint.close()
+            raise
+        self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
+        self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
+        self.events.emit("started", list(self.addresses))
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed: %s", task.get_name(), task.exception())
+
+    async def stop(self) -> None:
+        """Stop serving: background tasks end, the endpoint closes, the store is flushed and closed."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.endpoint.close()
+        await self.store.close()
+        self.events.emit("stopped")
+
+    def reload(self, path: str | Path | None = None) -> bool:
+        """Reload the directory (SIGHUP). A bad file is rejected and the old directory stays in force."""
+        source = path or self.directory.source
+        if source is None:
+            return False
+        try:
+            directory = load_directory(source)
+        except ConfigError as exc:
+            log.error("reload of %s rejected, the old directory stays in force:\n%s", source, exc)
+            self.events.emit("reload_failed", exc)
+            return False
+        self.directory = directory
+        self.registrar.update_directory(directory)
+        log.info("reloaded %s", source)
+        self.events.emit("reloaded", directory)
+        return True
+
+    async def _handle(self, incoming: IncomingRequest) -> None:
+        method = incoming.request.method
+        if method == "REGISTER":
+            await self.registrar.handle(incoming)
+        elif method == "OPTIONS":
+            incoming.respond(
+                200, headers=[("Allow", ", ".join(SERVER_METHODS)), ("Accept", "application/sdp")]
+            )
+        elif method == "INVITE" and self.calls is not None:
+            result = self.calls(incoming)
+            if result is not None:
+                await result
+        elif method == "INVITE" and incoming.request.to.tag is None:
+            incoming.respond(480, "Temporarily Unavailable (no call routing configured)")
+        else:
+            incoming.respond(481)

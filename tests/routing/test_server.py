@@ -1,0 +1,96 @@
+"""The assembled server as an admin and an embedding developer see it: start, register, restart, reload."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from routing.server import Server
+from sipcore import Endpoint, Response
+from sipcore.auth import answer_challenge
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def copy_office(tmp_path: Path) -> Path:
+    """The example office in a temporary folder (its state_dir "var" lands there too)."""
+    shutil.copy(EXAMPLES / "greeting.wav", tmp_path / "greeting.wav")
+    text = (EXAMPLES / "office.toml").read_text(encoding="utf-8")
+    path = tmp_path / "office.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def register(client: Endpoint, port: int, user: str, password: str) -> Response:
+    flow = client.flow_to("127.0.0.1", port)
+    aor = f"sip:{user}@office.example"
+    request = client.make_request("REGISTER", "sip:office.example", flow, from_=f"<{aor}>", to=f"<{aor}>")
+    first = await client.request(request, flow)
+    assert first.status == 401
+    challenge = next(c for c in first.www_authenticate if c.param("algorithm") in (None, "MD5", "SHA-256"))
+    creds = answer_challenge(challenge, "REGISTER", "sip:office.example", user, password, cnonce="0a4f113b")
+    retry = client.make_request(
+        "REGISTER",
+        "sip:office.example",
+        flow,
+        from_=f"<{aor}>",
+        to=f"<{aor}>",
+        call_id=request.call_id,
+        cseq=2,
+        headers=[("Authorization", str(creds)), ("Expires", "600")],
+    )
+    return await client.request(retry, flow)
+
+
+async def test_phone_registers_and_the_binding_survives_a_restart(tmp_path: Path) -> None:
+    config = copy_office(tmp_path)
+    started: list[object] = []
+    server = Server(config, listen=("udp:127.0.0.1:0",))
+    server.events.on("started", started.append)
+    async with server, Endpoint() as phone:
+        await phone.listen("udp:127.0.0.1:0")
+        port = server.addresses[0][2]
+        ok = await register(phone, port, "101", "anna-101-secret")
+        assert ok.status == 200 and len(ok.contact) == 1
+        assert [b.contact for b in await server.registrar.contacts("101")]
+    assert started and (tmp_path / "var" / "location.sqlite3").exists()
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as again:
+        bindings = await again.registrar.contacts("101")
+        assert len(bindings) == 1
+        assert bindings[0].flow is not None and bindings[0].flow.remote[0] == "127.0.0.1"
+
+
+async def test_wrong_password_is_refused_and_invite_without_routing_gets_480(tmp_path: Path) -> None:
+    config = copy_office(tmp_path)
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server, Endpoint() as phone:
+        await phone.listen("udp:127.0.0.1:0")
+        port = server.addresses[0][2]
+        refused = await register(phone, port, "101", "wrong")
+        assert refused.status in (401, 403)
+        flow = phone.flow_to("127.0.0.1", port)
+        invite = phone.make_request(
+            "INVITE",
+            "sip:102@office.example",
+            flow,
+            from_="<sip:101@office.example>",
+            to="<sip:102@office.example>",
+        )
+        answer = await phone.request(invite, flow)
+        assert answer.status == 480
+
+
+async def test_reload_keeps_the_old_directory_when_the_new_one_is_bad(tmp_path: Path) -> None:
+    config = copy_office(tmp_path)
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        failures: list[object] = []
+        server.events.on("reload_failed", failures.append)
+        good = config.read_text(encoding="utf-8")
+        config.write_text(good.replace('extension = "101"', 'extension = "12345"'), encoding="utf-8")
+        assert server.reload() is False
+        assert failures and server.directory.employee("101") is not None
+        config.write_text(
+            good.replace('name = "Anna Schmidt"', 'name = "Anna Schmidt-Berg"'), encoding="utf-8"
+        )
+        assert server.reload() is True
+        employee = server.directory.employee("101")
+        assert employee is not None and employee.name == "Anna Schmidt-Berg"
