@@ -292,8 +292,24 @@ _VIA_FAST: Final = re.compile(
 )
 
 
+_VIA_CACHE: dict[str, Via] = {}
+
+
 def parse_via(value: str) -> Via:
-    """Parse one Via value ("SIP/2.0/UDP host:port;branch=..."), allowing LWS around '/' and ';'."""
+    """Parse one Via value ("SIP/2.0/UDP host:port;branch=..."), allowing LWS around '/' and ';'.
+
+    Values are cached by text (bounded): a response carries its request's Via, retransmissions repeat it.
+    """
+    via = _VIA_CACHE.get(value)
+    if via is None:
+        via = _parse_via(value)
+        if len(_VIA_CACHE) >= 4096:
+            _VIA_CACHE.clear()
+        _VIA_CACHE[value] = via
+    return via
+
+
+def _parse_via(value: str) -> Via:
     fast = _VIA_FAST.fullmatch(value)
     if fast is not None:
         transport, host, port_text, param_text = fast.groups()

@@ -488,6 +488,11 @@ def _unfold(lines: list[str]) -> list[tuple[int, str]]:
     return out
 
 
+#: Whole header lines already seen -> (Header, key). Many lines recur verbatim (Max-Forwards, Allow,
+#: Content-Type, User-Agent, and a call's From/To/Call-ID in every one of its messages). Bounded.
+_LINES: dict[str, tuple[Header, str]] = {}
+
+
 def _parse_header_lines(
     lines: list[str], limits: Limits, folded: bool
 ) -> tuple[list[Header], dict[str, list[str]]]:
@@ -495,20 +500,28 @@ def _parse_header_lines(
     numbered = _unfold(lines) if folded else enumerate(lines, start=2)
     headers: list[Header] = []
     index: dict[str, list[str]] = {}
+    known_lines = _LINES
     for number, line in numbered:
-        raw, colon, value = line.partition(":")
-        if not colon:
-            if not line:
-                continue
-            raise SipParseError(f"line {number}: header line without ':': {line[:60]!r}")
-        name, key = _header_name(raw, number)
-        value = value.strip(" \t")
-        headers.append(_new_tuple(Header, (name, value)))
+        known = known_lines.get(line)
+        if known is not None:
+            header, key = known
+        else:
+            raw, colon, value = line.partition(":")
+            if not colon:
+                if not line:
+                    continue
+                raise SipParseError(f"line {number}: header line without ':': {line[:60]!r}")
+            name, key = _header_name(raw, number)
+            header = _new_tuple(Header, (name, value.strip(" \t")))
+            if len(known_lines) >= 8192:
+                known_lines.clear()
+            known_lines[line] = (header, key)
+        headers.append(header)
         values = index.get(key)
         if values is None:
-            index[key] = [value]
+            index[key] = [header[1]]
         else:
-            values.append(value)
+            values.append(header[1])
     if len(headers) > limits.max_headers:
         raise SipParseError(f"more than {limits.max_headers} header fields")
     return headers, index

@@ -459,12 +459,30 @@ Uri = SipUri | TelUri | AbsoluteUri
 # ---------------------------------------------------------------------------------------------------------
 
 
+#: Parsed values by their exact text. The values are immutable, so sharing them is safe; the same texts
+#: recur across a call's messages (From, To, Request-URI, Contact, Route) and across calls (the office's
+#: own URIs, a trunk's). Bounded: emptied when full, so a flood of distinct texts cannot grow it.
+_URI_CACHE: dict[str, Uri] = {}
+_NAME_ADDR_CACHE: dict[str, NameAddr] = {}
+_CACHE_SIZE: Final = 4096
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI as written in a Request-URI or inside ``<…>``: sip/sips, tel, or any other scheme.
 
     Raises :class:`SipParseError` saying what is wrong and where: LWS or ``<>`` around or inside the URI,
     a bad or missing scheme, host, port (0–65535) or ``%``-escape, a bare IPv6 address.
     """
+    uri = _URI_CACHE.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(_URI_CACHE) >= _CACHE_SIZE:
+            _URI_CACHE.clear()
+        _URI_CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     if _BAD_URI_CHAR.search(text) is not None:
         if text[:1] == "<":
             raise SipParseError(f"URI must not be enclosed in <>: {_show(text)}")
@@ -792,6 +810,17 @@ def parse_name_addr(text: str) -> NameAddr:
     * LWS just inside the brackets is tolerated; inside the URI it is not.
     The Contact wildcard ``*`` is not a name-addr and raises; callers handle it first.
     """
+    cached = _NAME_ADDR_CACHE.get(text)
+    if cached is not None:
+        return cached
+    value = _parse_name_addr(text)
+    if len(_NAME_ADDR_CACHE) >= _CACHE_SIZE:
+        _NAME_ADDR_CACHE.clear()
+    _NAME_ADDR_CACHE[text] = value
+    return value
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     fast = _NAME_ADDR_FAST.fullmatch(text)
     if fast is not None:
         quoted, unquoted, uri_text, param_text = fast.groups()
