@@ -196,13 +196,25 @@ class _MessageBase:
 
     def values(self, name: str) -> tuple[str, ...]:
         """Every value of a list header (Via, Contact, Route …), comma-separated fields split."""
+        return self._values(header_key(name))
+
+    def _values(self, key: str) -> tuple[str, ...]:
+        fields = self._index.get(key)
+        if fields is None:
+            return ()
+        if len(fields) == 1 and "," not in fields[0]:
+            return (fields[0].strip(),)
         out: list[str] = []
-        for value in self._index.get(header_key(name), ()):
+        for value in fields:
             if "," in value:
                 out.extend(split_comma_values(value))
             else:
                 out.append(value.strip())
         return tuple(out)
+
+    def _first(self, key: str) -> str | None:
+        fields = self._index.get(key)
+        return fields[0] if fields else None
 
     def has(self, name: str) -> bool:
         return header_key(name) in self._index
@@ -211,7 +223,7 @@ class _MessageBase:
 
     @_cached
     def via(self) -> tuple[Via, ...]:
-        return tuple(parse_via(v) for v in self.values("via"))
+        return tuple(parse_via(v) for v in self._values("via"))
 
     @_cached
     def from_(self) -> NameAddr:
@@ -223,7 +235,7 @@ class _MessageBase:
 
     @_cached
     def call_id(self) -> str:
-        value = self.get("call-id")
+        value = self._first("call-id")
         if value is None:
             raise SipParseError("missing Call-ID header")
         if not value or any(c in value for c in " \t"):
@@ -232,14 +244,14 @@ class _MessageBase:
 
     @_cached
     def cseq(self) -> CSeq:
-        value = self.get("cseq")
+        value = self._first("cseq")
         if value is None:
             raise SipParseError("missing CSeq header")
         return parse_cseq(value)
 
     @_cached
     def max_forwards(self) -> int | None:
-        value = self.get("max-forwards")
+        value = self._first("max-forwards")
         if value is None:
             return None
         text = value.strip()
@@ -252,65 +264,65 @@ class _MessageBase:
         """The Contact values; empty for ``Contact: *`` (see ``contact_is_wildcard``)."""
         if self.contact_is_wildcard:
             return ()
-        return tuple(parse_name_addr(v) for v in self.values("contact"))
+        return tuple(parse_name_addr(v) for v in self._values("contact"))
 
     @property
     def contact_is_wildcard(self) -> bool:
-        return self.values("contact") == ("*",)
+        return self._values("contact") == ("*",)
 
     @_cached
     def route(self) -> tuple[NameAddr, ...]:
-        return tuple(parse_name_addr(v) for v in self.values("route"))
+        return tuple(parse_name_addr(v) for v in self._values("route"))
 
     @_cached
     def record_route(self) -> tuple[NameAddr, ...]:
-        return tuple(parse_name_addr(v) for v in self.values("record-route"))
+        return tuple(parse_name_addr(v) for v in self._values("record-route"))
 
     @_cached
     def content_type(self) -> ContentType | None:
-        value = self.get("content-type")
+        value = self._first("content-type")
         return None if value is None else parse_content_type(value)
 
     @_cached
     def expires(self) -> int | None:
-        value = self.get("expires")
+        value = self._first("expires")
         return None if value is None else parse_delta_seconds(value, "Expires")
 
     @property
     def require(self) -> tuple[str, ...]:
-        return parse_token_list(self.get_all("require"))
+        return parse_token_list(tuple(self._index.get("require", ())))
 
     @property
     def proxy_require(self) -> tuple[str, ...]:
-        return parse_token_list(self.get_all("proxy-require"))
+        return parse_token_list(tuple(self._index.get("proxy-require", ())))
 
     @property
     def supported(self) -> tuple[str, ...]:
-        return parse_token_list(self.get_all("supported"))
+        return parse_token_list(tuple(self._index.get("supported", ())))
 
     @property
     def allow(self) -> tuple[str, ...]:
-        return parse_token_list(self.get_all("allow"))
+        return parse_token_list(tuple(self._index.get("allow", ())))
 
     @property
     def unsupported(self) -> tuple[str, ...]:
-        return parse_token_list(self.get_all("unsupported"))
+        return parse_token_list(tuple(self._index.get("unsupported", ())))
 
     @property
     def www_authenticate(self) -> tuple[Challenge, ...]:
-        return tuple(parse_auth(v) for v in self.get_all("www-authenticate"))
+        return tuple(parse_auth(v) for v in self._index.get("www-authenticate", ()))
 
     @property
     def proxy_authenticate(self) -> tuple[Challenge, ...]:
-        return tuple(parse_auth(v) for v in self.get_all("proxy-authenticate"))
+        return tuple(parse_auth(v) for v in self._index.get("proxy-authenticate", ()))
 
     @property
     def authorization(self) -> tuple[Challenge, ...]:
-        return tuple(parse_auth(v) for v in self.get_all("authorization"))
+        return tuple(parse_auth(v) for v in self._index.get("authorization", ()))
 
     @property
     def proxy_authorization(self) -> tuple[Challenge, ...]:
-        return tuple(parse_auth(v) for v in self.get_all("proxy-authorization"))
+        return tuple(parse_auth(v) for v in self._index.get("proxy-authorization", ()))
 
     # --------------------------------------------------------------------------------- serialisation
 
@@ -327,16 +339,19 @@ class _MessageBase:
         """Parse the headers every transaction needs, so a bad one fails at the door, not deep inside."""
         if not self.via:
             raise SipParseError("missing Via header")
+        index = self._index
         for name in _SINGLE_HEADERS:
-            if len(self._index.get(name, ())) > 1:
+            fields = index.get(name)
+            if fields is None:
+                if name != "max-forwards":
+                    raise SipParseError(f"missing {canonical_name(name)} header")
+            elif len(fields) > 1:
                 raise SipParseError(f"more than one {canonical_name(name)} header")
-            if name != "max-forwards" and name not in self._index:
-                raise SipParseError(f"missing {canonical_name(name)} header")
         _ = (self.from_, self.to, self.call_id, self.cseq, self.max_forwards)
 
 
 def _single_name_addr(message: _MessageBase, name: str) -> NameAddr:
-    values = message.values(name)
+    values = message._values(name)
     if not values:
         raise SipParseError(f"missing {canonical_name(name)} header")
     if len(values) > 1:
@@ -516,7 +531,8 @@ def _parse_header_lines(
             if len(known_lines) >= 8192:
                 known_lines.clear()
             known_lines[line] = (header, key)
-        headers.append(header)
+        if key != "content-length":  # framing, owned by the message layer (the body length is the truth)
+            headers.append(header)
         values = index.get(key)
         if values is None:
             index[key] = [header[1]]
@@ -572,7 +588,6 @@ def _body(
         if length > len(rest):
             raise SipParseError(f"Content-Length {length} exceeds the {len(rest)} body octets received")
         body = rest[:length]
-        headers = [h for h in headers if h.name.lower() not in ("content-length", "l")]
     if len(body) > limits.max_body_bytes:
         raise SipParseError(f"body of {len(body)} bytes exceeds {limits.max_body_bytes}", status=413)
     return tuple(headers), body
