@@ -124,3 +124,23 @@ def test_request_line_separators_are_sp_only(separator: str) -> None:
     data = INVITE.replace(b"INVITE sip:", f"INVITE{separator}sip:".encode(), 1)
     with pytest.raises(SipParseError):
         parse_message(data)
+
+
+def test_deferred_framing_error_is_the_same_whatever_the_chunking() -> None:
+    """Fuzz artifact crash-b42fc45e: a pong, then a message without Content-Length. One chunk used to report
+    the pong and no error (the error was deferred to the next feed), a split feed the error."""
+    stream = b"\r\no" + b"\r\n\r\n" + b"\r\no"
+    outcomes = []
+    for cut in range(len(stream) + 1):
+        framer = StreamFramer()
+        events: list[object] = []
+        error = None
+        for chunk in (stream[:cut], stream[cut:], b""):
+            try:
+                events += framer.feed(chunk)
+            except SipParseError as exc:
+                error = str(exc)
+                break
+        outcomes.append((events, error))
+    assert all(outcome == outcomes[0] for outcome in outcomes)
+    assert outcomes[0][1] is not None
