@@ -3,6 +3,11 @@
 It owns the transports, parses what arrives, answers what the UAS core must answer by itself (malformed
 requests, RFC 3261 §8.2 checks, merged requests, CANCEL), feeds the transaction layer, and hands requests to
 the application as ``IncomingRequest`` objects; outgoing requests return awaitable ``OutgoingRequest``s.
+An INVITE session layer (``sipcore.ua``) plugs in through three hooks: ``IncomingRequest.take_over`` (the
+session gets the INVITE's ACKs and CANCEL and retransmits its own 2xx), ``send_request(on_response=,
+on_failure=)`` (every response of a client transaction, 2xx retransmissions included) and ``add_timer_user``
+(its machines share the endpoint's one timer).
+
 Responses go back on the flow their request came on (symmetric response routing, RFC 3581): never to an
 address taken from a message, which also keeps a PBX behind NAT reachable.
 """
@@ -14,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -40,12 +45,22 @@ from .transaction import (
 from .transport import Flow, ListenSpec, TransportError, TransportName, TransportSet, parse_listen_spec
 from .uri import NameAddr, SipUri, parse_name_addr
 
-__all__ = ["Endpoint", "IncomingRequest", "OutgoingRequest", "RequestTimeout"]
+__all__ = ["Endpoint", "IncomingRequest", "OutgoingRequest", "RequestTimeout", "TimerUser"]
 
 log = logging.getLogger(__name__)
 
 RequestHandler = Callable[["IncomingRequest"], Awaitable[None] | None]
+#: Told when a client transaction gives up: the transaction layer's ``TimedOut`` or ``TransportFailed``.
+FailureCallback = Callable[[TimedOut | TransportFailed], None]
 _MAGIC = "z9hG4bK"
+
+
+class TimerUser(Protocol):
+    """A sans-I/O machine that shares the endpoint's one timer (the INVITE sessions of ``sipcore.ua``)."""
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
 
 
 class RequestTimeout(SipError):
@@ -78,6 +93,21 @@ class IncomingRequest:
         self.cancelled = asyncio.Event()
         #: For an INVITE answered with 2xx: resolves with the ACK (or an exception after 64*T1 without one).
         self.ack: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
+        self._on_ack: Callable[[Request], None] | None = None
+        self._on_cancel: Callable[[Request], None] | None = None
+
+    @property
+    def taken_over(self) -> bool:
+        """Whether an INVITE session owns this request's ACK, CANCEL and 2xx retransmission."""
+        return self._on_ack is not None
+
+    def take_over(self, *, on_ack: Callable[[Request], None], on_cancel: Callable[[Request], None]) -> None:
+        """Let an INVITE session (``sipcore.ua``) own this INVITE: each ACK for its 2xx goes to ``on_ack``,
+        a CANCEL (already answered 200 by the transaction layer) to ``on_cancel`` — which must answer the
+        INVITE with 487 — and the endpoint no longer retransmits a 2xx itself (the owner calls
+        :meth:`retransmit`)."""
+        self._on_ack = on_ack
+        self._on_cancel = on_cancel
 
     def respond(
         self,
@@ -102,16 +132,31 @@ class IncomingRequest:
             self.sent_tagged = True
         self.endpoint._send_response(self, response)
 
+    def retransmit(self, response: Response) -> None:
+        """Send a 2xx again (RFC 3261 §13.3.1.4) — for an owner that took this INVITE over."""
+        self.endpoint._retransmit(self, response)
+
 
 class OutgoingRequest:
     """A request sent in a client transaction: await ``final`` for the final response."""
 
     def __init__(
-        self, request: Request, flow: Flow, on_provisional: Callable[[Response], None] | None = None
+        self,
+        request: Request,
+        flow: Flow,
+        on_provisional: Callable[[Response], None] | None = None,
+        *,
+        on_response: Callable[[Response], None] | None = None,
+        on_failure: FailureCallback | None = None,
     ) -> None:
         self.request = request
         self.flow = flow
         self.on_provisional = on_provisional
+        #: Every response of the transaction, 2xx retransmissions and other forks' 2xx included (RFC 6026);
+        #: when set, the endpoint does not ACK a repeated 2xx itself: the owner does.
+        self.on_response = on_response
+        self.on_failure = on_failure
+        self._handle: TransactionHandle | None = None
         self.provisional: list[Response] = []
         self.responses: asyncio.Queue[Response] = asyncio.Queue()
         self._final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -164,6 +209,8 @@ class Endpoint:
         self._pending_2xx: dict[tuple[str, int, str], _Pending2xx] = {}
         self._acks: dict[tuple[str, int], tuple[bytes, Flow, float]] = {}
         self._merged: dict[tuple[str, str, int], str] = {}
+        self._cancel_headers: dict[TransactionHandle, tuple[tuple[str, str], ...]] = {}
+        self._timer_users: list[TimerUser] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -229,6 +276,25 @@ class Endpoint:
     def _now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+    @property
+    def now(self) -> float:
+        """The clock every machine driven by this endpoint runs on (the event loop's)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    def add_timer_user(self, user: TimerUser) -> None:
+        """Drive ``user`` from the endpoint's one timer; call :meth:`reschedule` when its deadline moved."""
+        self._timer_users.append(user)
+
+    def remove_timer_user(self, user: TimerUser) -> None:
+        with contextlib.suppress(ValueError):
+            self._timer_users.remove(user)
+
+    def reschedule(self) -> None:
+        """Re-arm the timer after a timer user's deadline changed outside the endpoint's own callbacks."""
+        self._arm_timer()
 
     def _on_bytes(self, data: bytes, flow: Flow) -> None:
         if self._closed:
@@ -309,8 +375,13 @@ class Endpoint:
     def _dispatch(self, event: object) -> None:
         if isinstance(event, MessageToSend):
             flow = event.handle.context if event.handle is not None else None
+            message = event.message
+            extra = self._cancel_headers.get(event.handle) if event.handle is not None else None
+            if extra and isinstance(message, Request) and message.method == "CANCEL":
+                for name, value in extra:
+                    message = message.add_header(name, value)
             if isinstance(flow, Flow):
-                self._transmit(bytes(event.message), flow)
+                self._transmit(bytes(message), flow)
         elif isinstance(event, RequestReceived):
             assert event.handle is not None
             self._on_request(event.request, event.handle)
@@ -328,16 +399,18 @@ class Endpoint:
             if outgoing is not None and not outgoing.final.done():
                 outgoing.final.set_exception(RequestTimeout(f"{outgoing.request.method}: no final response"))
                 outgoing.final.exception()
+            if outgoing is not None and outgoing.on_failure is not None:
+                outgoing.on_failure(event)
         elif isinstance(event, Terminated) and event.handle is not None:
             self._outgoing.pop(event.handle, None)
+            self._cancel_headers.pop(event.handle, None)
             incoming = self._incoming.pop(event.handle, None)
             if incoming is not None and incoming.request.method == "INVITE":
                 key = (incoming.request.call_id, incoming.request.cseq.seq)
                 final = incoming.final
-                if (
-                    self._invites.get(key) is incoming
-                    and final is not None
-                    and (final.status >= 300 or incoming.ack.done())
+                if self._invites.get(key) is incoming and (
+                    incoming.taken_over
+                    or (final is not None and (final.status >= 300 or incoming.ack.done()))
                 ):
                     del self._invites[key]
 
@@ -361,6 +434,10 @@ class Endpoint:
         result = self.handler(incoming)
         if result is not None:
             self._spawn(self._run_handler(incoming, result))
+
+    def answer_options(self, incoming: IncomingRequest) -> None:
+        """Answer OPTIONS with what this endpoint implements (RFC 3261 §11.2)."""
+        self._answer_options(incoming)
 
     def _answer_options(self, incoming: IncomingRequest) -> None:
         incoming.respond(
@@ -387,6 +464,13 @@ class Endpoint:
         to_tag = ack.to.tag or ""
         pending = self._pending_2xx.pop((ack.call_id, ack.cseq.seq, to_tag), None)
         incoming = pending.incoming if pending else self._invites.get((ack.call_id, ack.cseq.seq))
+        if incoming is not None and incoming._on_ack is not None:
+            # An INVITE session owns it: every ACK (retransmissions too) goes there, the entry stays until
+            # the INVITE transaction ends.
+            if not incoming.ack.done():
+                incoming.ack.set_result(ack)
+            incoming._on_ack(ack)
+            return
         if incoming is not None and not incoming.ack.done():
             incoming.ack.set_result(ack)
             self._invites.pop((ack.call_id, ack.cseq.seq), None)
@@ -395,6 +479,10 @@ class Endpoint:
         # The layer already answered the CANCEL (200); the INVITE gets 487 with the same To tag (§9.2).
         incoming = self._incoming.get(event.handle) if event.handle is not None else None
         if incoming is None or incoming.final is not None:
+            return
+        if incoming._on_cancel is not None:
+            incoming.cancelled.set()
+            incoming._on_cancel(event.cancel)  # the owner answers the INVITE with 487
             return
         if not incoming.sent_tagged:
             incoming.to_tag = event.to_tag
@@ -416,7 +504,17 @@ class Endpoint:
     def _on_response(self, response: Response, handle: TransactionHandle) -> None:
         outgoing = self._outgoing.get(handle)
         if outgoing is None:
-            self._on_stray(response)
+            if handle.method == "CANCEL":
+                log.debug("CANCEL answered: %s", _summary(response))
+            else:
+                self._on_stray(response)
+            return
+        if outgoing.on_response is not None:
+            if response.status < 200:
+                outgoing.provisional.append(response)
+            elif not outgoing.final.done():
+                outgoing.final.set_result(response)
+            outgoing.on_response(response)
             return
         if response.status < 200:
             outgoing.provisional.append(response)
@@ -433,7 +531,7 @@ class Endpoint:
     def _send_response(self, incoming: IncomingRequest, response: Response) -> None:
         request = incoming.request
         log.debug("send to %s: %s", incoming.flow, _summary(response))
-        if request.method == "INVITE" and 200 <= response.status < 300:
+        if request.method == "INVITE" and 200 <= response.status < 300 and not incoming.taken_over:
             self._layer.send_response(incoming._handle, response, self._now)
             data = bytes(response)
             if incoming.flow.transport == "UDP":
@@ -444,6 +542,11 @@ class Endpoint:
                 self._spawn(self._ack_watchdog(incoming))
         else:
             self._layer.send_response(incoming._handle, response, self._now)
+        self._drain()
+
+    def _retransmit(self, incoming: IncomingRequest, response: Response) -> None:
+        log.debug("resend to %s: %s", incoming.flow, _summary(response))
+        self._layer.send_response(incoming._handle, response, self._now)
         self._drain()
 
     async def _ack_watchdog(self, incoming: IncomingRequest) -> None:
@@ -460,16 +563,42 @@ class Endpoint:
         flow: Flow,
         *,
         on_provisional: Callable[[Response], None] | None = None,
+        on_response: Callable[[Response], None] | None = None,
+        on_failure: FailureCallback | None = None,
     ) -> OutgoingRequest:
-        """Send ``request`` in a new client transaction along ``flow``; await the result for the final."""
+        """Send ``request`` in a new client transaction along ``flow``; await the result for the final.
+
+        ``on_response`` sees every response (see :class:`OutgoingRequest`), ``on_failure`` a timeout or
+        transport failure (the final then raises ``RequestTimeout``).
+        """
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        outgoing = OutgoingRequest(request, flow, on_provisional)
+        outgoing = OutgoingRequest(
+            request, flow, on_provisional, on_response=on_response, on_failure=on_failure
+        )
         handle = self._layer.send_request(request, self._now, reliable=flow.transport != "UDP", context=flow)
+        outgoing._handle = handle
         self._outgoing[handle] = outgoing
         log.debug("send to %s: %s", flow, _summary(request))
         self._drain()
         return outgoing
+
+    def cancel(self, outgoing: OutgoingRequest, *, headers: Iterable[tuple[str, str]] = ()) -> bool:
+        """CANCEL an outgoing INVITE (RFC 3261 §9.1), with extra ``headers`` (e.g. ``Reason``, RFC 3326).
+
+        The CANCEL goes out once a provisional response has arrived. False when there is nothing left to
+        cancel (a final response arrived, or the transaction is gone).
+        """
+        if outgoing._handle is None:
+            return False
+        cancel = self._layer.cancel(outgoing._handle, self._now)
+        if cancel is None:
+            return False
+        extra = tuple(headers)
+        if extra:
+            self._cancel_headers[cancel] = extra
+        self._drain()
+        return True
 
     async def request(self, request: Request, flow: Flow) -> Response:
         """Send ``request`` and return its final response (raises ``RequestTimeout``)."""
@@ -567,6 +696,10 @@ class Endpoint:
         if self._closed or self._loop is None:
             return
         deadlines = [t for t in (self._layer.get_timer(),) if t is not None]
+        for user in self._timer_users:
+            at = user.get_timer()
+            if at is not None:
+                deadlines.append(at)
         deadlines.extend(p.next_at for p in self._pending_2xx.values())
         if self._acks:
             deadlines.append(min(expiry for _, _, expiry in self._acks.values()))
@@ -585,6 +718,11 @@ class Endpoint:
         self._timer_at = None
         now = self._now
         self._layer.handle_timer(now)
+        for user in list(self._timer_users):
+            try:
+                user.handle_timer(now)
+            except Exception:
+                log.exception("timer user %r failed", user)
         for key, pending in list(self._pending_2xx.items()):
             if now >= pending.give_up_at:
                 del self._pending_2xx[key]

@@ -1,0 +1,289 @@
+"""Flow 1 of issue 5 end to end over loopback: simulated phones register and call each other via the B2BUA."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from phones import FAST, Phone, Script
+
+from routing.b2bua import B2bua, passthrough
+from routing.directory import load_directory
+from routing.location import InMemoryLocationStore
+from routing.registrar_service import RegistrarService
+from routing.resolver import Resolver
+from sipcore import Endpoint, IncomingRequest
+from sipcore.core import CoreConfig
+from sipcore.message import Request
+from sipcore.session import (
+    Answered,
+    Cancelled,
+    Confirmed,
+    DialogRequestReceived,
+    DialogResponseReceived,
+    ProvisionalReceived,
+    ReinviteAnswered,
+    ReinviteFailed,
+    ReinviteReceived,
+    SessionEvent,
+    Terminated,
+    TerminationReason,
+)
+from sipcore.ua import Call, CallFailed, UserAgent
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+PASSWORDS = {"101": "anna-secret", "102": "bernd-secret", "103": "carla-secret"}
+CORE = CoreConfig(allowed_methods=("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER"))
+ANSWER = Script("answer")
+ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
+def write_office(folder: Path) -> Path:
+    lines = ["[server]", 'domain = "office.example"', 'listen = ["udp:127.0.0.1:5060"]', 'state_dir = "var"']
+    for extension, password in PASSWORDS.items():
+        lines += ["[[employee]]", f'extension = "{extension}"', f'name = "User {extension}"']
+        lines += [f'password = "{password}"']
+    path = folder / "office.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class Office:
+    endpoint: Endpoint
+    b2bua: B2bua
+    port: int
+    phones: list[Phone] = field(default_factory=list)
+
+    async def phone(self, extension: str, script: Script = ANSWER) -> Phone:
+        phone = await Phone(extension, PASSWORDS[extension], self.port, script=script).start()
+        self.phones.append(phone)
+        return phone
+
+
+@pytest.fixture
+async def office(tmp_path: Path) -> AsyncIterator[Office]:
+    directory = load_directory(write_office(tmp_path))
+    registrar = RegistrarService(directory, InMemoryLocationStore(), secret=SECRET)
+    endpoint = Endpoint(core=CORE, timers=FAST)
+    holder: list[B2bua] = []
+
+    def dispatch(incoming: IncomingRequest) -> Awaitable[None] | None:
+        method = incoming.request.method
+        if method == "REGISTER":
+            return registrar.handle(incoming)
+        if method == "INVITE":
+            return holder[0].handle(incoming)
+        if method == "OPTIONS":
+            endpoint.answer_options(incoming)
+        else:
+            incoming.respond(405)
+        return None
+
+    ua = UserAgent(endpoint, dispatch)
+    b2bua = B2bua(ua, registrar, directory, Resolver(directory), ring_seconds=2.0)
+    holder.append(b2bua)
+    _, port = await endpoint.listen("udp:127.0.0.1:0")
+    result = Office(endpoint, b2bua, port)
+    try:
+        yield result
+    finally:
+        for phone in result.phones:
+            await phone.close()
+        await endpoint.close()
+
+
+async def event_of(call: Call, kind: type[SessionEvent], timeout: float = 3.0) -> SessionEvent:
+    async with asyncio.timeout(timeout):
+        while True:
+            _, event = await call.events.get()
+            if isinstance(event, kind):
+                return event
+
+
+async def ended(call: Call, timeout: float = 3.0) -> Terminated:
+    async with asyncio.timeout(timeout):
+        return await call.wait_ended()
+
+
+async def failure(call: Call, timeout: float = 3.0) -> CallFailed:
+    with pytest.raises(CallFailed) as failed:
+        async with asyncio.timeout(timeout):
+            await call.wait_answered()
+    return failed.value
+
+
+async def test_every_device_rings_the_first_answer_wins_the_other_is_cancelled(office: Office) -> None:
+    desk = await office.phone("101", Script("answer", delay=0.2))
+    mobile = await office.phone("101", Script("ignore"))
+    caller = await office.phone("102")
+    call = caller.dial("101", headers=(("X-Crm-Ticket", "4711"), ("Subject", "Angebot")))
+    async with asyncio.timeout(3):
+        ok = await call.wait_answered()
+    assert ok.status == 200 and ok.body == desk.sdp  # SDP passed through, media not anchored
+    at_desk, at_mobile = await desk.next_call(), await mobile.next_call()
+    cancelled = await event_of(at_mobile, Cancelled)
+    assert isinstance(cancelled, Cancelled) and isinstance(cancelled.message, Request)
+    assert cancelled.message.get("reason") == ELSEWHERE
+    assert (await ended(at_mobile)).reason is TerminationReason.CANCELLED
+    await event_of(at_desk, Confirmed)
+
+    # Each B-leg is its own dialog; headers the B2BUA does not own pass through in order.
+    a_invite, b_invite = call.invite, at_desk.request
+    assert a_invite is not None
+    assert b_invite.call_id != a_invite.call_id and b_invite.from_.tag != a_invite.from_.tag
+    assert b_invite.call_id != at_mobile.request.call_id
+    assert b_invite.body == caller.sdp
+    assert b_invite.get("x-crm-ticket") == "4711" and b_invite.get("subject") == "Angebot"
+    assert b_invite.from_.uri == a_invite.from_.uri and b_invite.from_.display_name == "Phone 102"
+    assert b_invite.get("authorization") is None
+    assert [h for h in passthrough(b_invite) if h[0] in ("X-Crm-Ticket", "Subject")] == [
+        ("X-Crm-Ticket", "4711"),
+        ("Subject", "Angebot"),
+    ]
+
+    call.bye()
+    assert (await ended(at_desk)).reason is TerminationReason.REMOTE_BYE
+    assert (await ended(call)).reason is TerminationReason.LOCAL_BYE
+    async with asyncio.timeout(3):
+        while office.b2bua.active:
+            await asyncio.sleep(0.01)
+
+
+async def test_both_answer_the_loser_gets_ack_and_bye(office: Office) -> None:
+    first = await office.phone("101", Script("answer"))
+    second = await office.phone("101", Script("answer"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    async with asyncio.timeout(3):
+        await call.wait_answered()
+    legs = [await first.next_call(), await second.next_call()]
+    for leg in legs:  # both 2xx were ACKed
+        await event_of(leg, Confirmed)
+    async with asyncio.timeout(3):
+        while not any(leg.terminated for leg in legs):
+            await asyncio.sleep(0.01)
+    (loser,) = [leg for leg in legs if leg.terminated]
+    (winner,) = [leg for leg in legs if not leg.terminated]
+    assert (await ended(loser)).reason is TerminationReason.REMOTE_BYE
+    await asyncio.sleep(0.1)
+    assert not winner.terminated and not call.terminated
+    call.bye()
+    assert (await ended(winner)).reason is TerminationReason.REMOTE_BYE
+
+
+async def test_busy_everywhere_is_486(office: Office) -> None:
+    await office.phone("101", Script("reject", status=486))
+    await office.phone("101", Script("reject", status=486, delay=0.1))
+    caller = await office.phone("102")
+    assert (await failure(caller.dial("101"))).status == 486
+
+
+async def test_nobody_registered_is_480(office: Office) -> None:
+    caller = await office.phone("102")
+    assert (await failure(caller.dial("103"))).status == 480
+
+
+async def test_unknown_extension_is_404_and_unauthenticated_is_challenged(office: Office) -> None:
+    caller = await office.phone("102")
+    assert (await failure(caller.dial("999"))).status == 404
+    challenged = await failure(caller.dial("101", authenticate=False))
+    assert challenged.status == 401 and challenged.response is not None
+    assert challenged.response.www_authenticate
+
+
+async def test_no_answer_within_ring_time_is_480_and_devices_are_cancelled(office: Office) -> None:
+    office.b2bua.ring_seconds = 0.5
+    desk = await office.phone("101", Script("ignore"))
+    mobile = await office.phone("101", Script("ignore"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    provisional = await event_of(call, ProvisionalReceived)
+    assert isinstance(provisional, ProvisionalReceived) and provisional.response.status == 180
+    assert (await failure(call)).status == 480
+    for phone in (desk, mobile):
+        leg = await phone.next_call()
+        assert (await ended(leg)).reason is TerminationReason.CANCELLED
+
+
+async def test_caller_cancel_reaches_every_device(office: Office) -> None:
+    desk = await office.phone("101", Script("ignore"))
+    mobile = await office.phone("101", Script("ignore"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    await event_of(call, ProvisionalReceived)
+    call.cancel(headers=[("Reason", 'SIP;cause=487;text="Caller gave up"')])
+    assert (await failure(call)).status == 487
+    for phone in (desk, mobile):
+        leg = await phone.next_call()
+        cancelled = await event_of(leg, Cancelled)
+        assert isinstance(cancelled, Cancelled) and isinstance(cancelled.message, Request)
+        assert cancelled.message.get("reason") == 'SIP;cause=487;text="Caller gave up"'
+
+
+async def test_bye_from_callee_ends_the_caller_leg(office: Office) -> None:
+    desk = await office.phone("101", Script("answer"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    async with asyncio.timeout(3):
+        await call.wait_answered()
+    leg = await desk.next_call()
+    await event_of(leg, Confirmed)
+    leg.bye()
+    assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
+    assert (await ended(leg)).reason is TerminationReason.LOCAL_BYE
+
+
+async def test_bridged_call_relays_reinvite_and_info_both_ways(office: Office) -> None:
+    desk = await office.phone("101", Script("answer"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    async with asyncio.timeout(3):
+        await call.wait_answered()
+    leg = await desk.next_call()
+    await event_of(leg, Confirmed)
+
+    hold = caller.sdp + b"a=sendonly\r\n"
+    call.reinvite(body=hold, headers=[("X-Why", "hold")])
+    received = await event_of(leg, ReinviteReceived)
+    assert isinstance(received, ReinviteReceived) and received.offer == hold
+    assert received.request.get("x-why") == "hold"
+    leg.answer_reinvite(body=desk.sdp + b"a=recvonly\r\n")
+    answered = await event_of(call, ReinviteAnswered)
+    assert isinstance(answered, ReinviteAnswered) and answered.response.body.endswith(b"a=recvonly\r\n")
+
+    leg.send_request("INFO", body=b"Signal=7\r\nDuration=160\r\n", content_type="application/dtmf-relay")
+    info = await event_of(call, DialogRequestReceived)
+    assert (
+        isinstance(info, DialogRequestReceived)
+        and info.request.get("content-type") == "application/dtmf-relay"
+    )
+    call.respond(info.request, 200)
+    reply = await event_of(leg, DialogResponseReceived)
+    assert isinstance(reply, DialogResponseReceived) and reply.response.status == 200
+
+    call.reinvite(body=caller.sdp)
+    received = await event_of(leg, ReinviteReceived)
+    leg.reject_reinvite(488)
+    failed = await event_of(call, ReinviteFailed)
+    assert isinstance(failed, ReinviteFailed) and failed.status == 488
+    call.bye()
+    assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
+
+
+async def test_offerless_invite_gets_its_answer_through_the_acks(office: Office) -> None:
+    desk = await office.phone("101", Script("answer"))
+    caller = await office.phone("102")
+    call = caller.dial("101", body=b"")
+    answered = await event_of(call, Answered)
+    assert isinstance(answered, Answered) and answered.answer_owed and answered.response.body == desk.sdp
+    call.ack(body=caller.sdp)
+    leg = await desk.next_call()
+    assert leg.request.body == b""
+    confirmed = await event_of(leg, Confirmed)
+    assert isinstance(confirmed, Confirmed) and confirmed.ack.body == caller.sdp
+    leg.bye()
+    assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
