@@ -57,7 +57,7 @@ from sipcore.session import (
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
 from sipcore.uri import NameAddr, parse_uri
 
-from .dialstring import DialStringError, from_request_uri
+from .dialstring import DialStringError, from_request_uri, to_e164
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee
 from .registrar_service import RegistrarService
 from .resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused, Resolver, ToEmployee
@@ -213,9 +213,27 @@ class B2bua:
                 address = ipaddress.ip_address(source)
             except ValueError:
                 break
-            if any(address in network for network in trunk.inbound_from):
+            # A trunk's source address identifies the trunk only for calls to its numbers: anything else
+            # from that address (a phone on the same host or network) must authenticate like any caller.
+            if any(address in network for network in trunk.inbound_from) and self._calls_trunk_number(
+                request, trunk.name
+            ):
                 return FromTrunk(trunk.name)
         return Anonymous(str(incoming.flow), challenge=True)
+
+    def _calls_trunk_number(self, request: Request, trunk: str) -> bool:
+        config = self.resolver.config
+        try:
+            dialled = to_e164(
+                from_request_uri(request.uri),
+                config.country_code,
+                config.trunk_prefix,
+                config.international_prefix,
+            )
+        except DialStringError:
+            return False
+        wanted = {dialled, dialled.lstrip("+")}
+        return any(n.trunk == trunk and n.number in wanted for n in self.directory.numbers)
 
     def _refuse(self, incoming: IncomingRequest, route: Refused, caller: Caller) -> None:
         if route.status in (401, 407) and isinstance(caller, Anonymous):

@@ -20,11 +20,14 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from sipcore import Endpoint, IncomingRequest
 from sipcore.core import CoreConfig
+from sipcore.ua import UserAgent
 
+from .b2bua import B2bua
 from .directory import Directory, load_directory
 from .errors import ConfigError
 from .location import LocationStore, SqliteLocationStore
 from .registrar_service import RegistrarService
+from .resolver import Resolver, ResolverConfig, ResolverHook
 
 __all__ = ["Server", "load_secret"]
 
@@ -56,8 +59,9 @@ def load_secret(state_dir: Path) -> bytes:
 class Server:
     """durchwahl as one object: ``async with Server("office.toml") as server: ...``.
 
-    ``store`` replaces the SQLite location store (for tests or a shared store); ``calls`` handles INVITEs
-    (the B2BUA; until one is plugged in, INVITEs outside a dialog get 480).
+    ``store`` replaces the SQLite location store (for tests or a shared store); ``resolver_hook`` is an
+    async callable consulted before the built-in routing policy (e.g. route known CRM callers to their
+    employee); ``calls`` replaces the B2BUA's INVITE handling altogether.
     """
 
     def __init__(
@@ -67,6 +71,8 @@ class Server:
         store: LocationStore | None = None,
         calls: CallHandler | None = None,
         listen: tuple[str, ...] | None = None,
+        resolver_hook: ResolverHook | None = None,
+        resolver_config: ResolverConfig | None = None,
     ) -> None:
         self.directory = config if isinstance(config, Directory) else load_directory(config)
         self.events = AsyncIOEventEmitter()
@@ -81,6 +87,13 @@ class Server:
         state_dir = self.directory.server.state_dir
         self.store = store if store is not None else SqliteLocationStore(state_dir / "location.sqlite3")
         self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
+        self.ua = UserAgent(self.endpoint, self._handle)
+        self._resolver_config = resolver_config
+        self._resolver_hook = resolver_hook
+        self.resolver = Resolver(self.directory, resolver_config, resolver_hook)
+        self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver)
+        if self.calls is None:
+            self.calls = self.b2bua.handle
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -126,6 +139,7 @@ class Server:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.ua.close()
         await self.endpoint.close()
         await self.store.close()
         self.events.emit("stopped")
@@ -143,6 +157,9 @@ class Server:
             return False
         self.directory = directory
         self.registrar.update_directory(directory)
+        self.resolver = Resolver(directory, self._resolver_config, self._resolver_hook)
+        self.b2bua.directory = directory
+        self.b2bua.resolver = self.resolver
         log.info("reloaded %s", source)
         self.events.emit("reloaded", directory)
         return True
