@@ -13,9 +13,11 @@ from sipp import free_port, require_sipp, run_sipp
 from routing.directory import Directory, load_directory
 from routing.location import InMemoryLocationStore, LocationStore, SqliteLocationStore
 from routing.registrar_service import RegistrarService
+from routing.security import Admission, FailureGuard, GuardPolicy
 from sipcore import Endpoint, Response
 from sipcore.auth import answer_challenge
 from sipcore.core import CoreConfig
+from sipcore.headers import Challenge
 from sipcore.registrar import RegistrarConfig
 from sipcore.transport import Flow
 
@@ -282,6 +284,99 @@ async def test_bindings_survive_a_restart(tmp_path: Path) -> None:
     finally:
         await server.close()
         await store.close()
+
+
+# ------------------------------------------------------------------------ enumeration and brute force
+
+
+def shape(response: Response) -> tuple[object, ...]:
+    """Everything a scanner can compare, without the per-request values (nonce, tags, Via, Call-ID)."""
+    varying = {"via", "from", "to", "call-id", "cseq"}
+    challenges = tuple(
+        Challenge(c.scheme, tuple((k, v) for k, v in c.params if k != "nonce"))
+        for c in response.www_authenticate
+    )
+    return (
+        response.status,
+        response.reason,
+        tuple(h.name for h in response.headers if h.key not in varying),
+        challenges,
+        response.body,
+    )
+
+
+async def attempt(rig: Rig, user: str, password: str, n: int, flow: Flow | None = None) -> Response:
+    """One REGISTER → 401 → REGISTER-with-credentials round from ``flow``; returns the second answer."""
+    flow = flow or rig.flow
+    alt = Rig(rig.service, rig.server, rig.client, flow, rig.clock)
+    return await register(alt, user, password, algorithm="MD5", call_id=f"attempt-{n}")
+
+
+async def test_unknown_user_wrong_password_and_blocked_source_look_identical(rig: Rig) -> None:
+    rig.service.guard = FailureGuard(GuardPolicy(throttle_after=3, block_after=3, block_for=600))
+    unknown = await attempt(rig, "999", "guess", 1)
+    wrong = await attempt(rig, "101", "guess", 2)
+    plain = await send_register(rig, "101", call_id="plain")  # no credentials at all
+    assert shape(unknown) == shape(wrong) == shape(plain)
+    await attempt(rig, "101", "guess", 3)
+    assert rig.service.guard.admit("127.0.0.1", rig.clock.now) is Admission.BLOCKED
+    blocked = await attempt(rig, "101", USERS["101"], 4)  # even the right password: not checked now
+    assert shape(blocked) == shape(wrong)
+    assert await rig.service.contacts("101") == []
+
+
+async def test_403_reads_the_same_whether_the_target_user_exists(rig: Rig) -> None:
+    existing = await register(rig, "101", USERS["101"], to_user="102")
+    missing = await register(rig, "101", USERS["101"], to_user="998", call_id="reg-call-2")
+    assert existing.status == missing.status == 403
+    assert shape(existing) == shape(missing)
+
+
+async def test_brute_force_blocks_the_source_and_others_keep_registering(rig: Rig) -> None:
+    rig.service.guard = FailureGuard(GuardPolicy(throttle_after=3, throttle_interval=60, block_after=5))
+    statuses = [(await attempt(rig, "101", f"guess-{n}", n)).status for n in range(8)]
+    assert statuses == [401] * 8
+    # 3 guesses checked, then one per 60 s: the fake clock stands still, so no more were counted.
+    assert rig.service.guard.status("127.0.0.1", rig.clock.now).failures == 3
+    rig.clock.now += 60
+    for n in range(2):
+        await attempt(rig, "101", f"late-{n}", 10 + n)
+        rig.clock.now += 60
+    assert rig.service.guard.admit("127.0.0.1", rig.clock.now) is Admission.BLOCKED
+    assert (await attempt(rig, "101", USERS["101"], 20)).status == 401  # blocked: never checked
+
+    async with Endpoint() as other:  # another source on the loopback network
+        await other.listen("udp:127.0.0.2:0")
+        flow = other.flow_to("127.0.0.1", rig.flow.remote[1])
+        second = Rig(rig.service, rig.server, other, flow, rig.clock)
+        assert (await register(second, "102", USERS["102"], call_id="other")).status == 200
+    assert len(await rig.service.contacts("102")) == 1
+
+
+async def test_success_resets_the_users_failures(rig: Rig) -> None:
+    rig.service.guard = FailureGuard(GuardPolicy(throttle_after=3, block_after=5))
+    for n in range(2):
+        await attempt(rig, "101", "typo", n)
+    assert rig.service.guard.status("127.0.0.1", rig.clock.now).failures == 2
+    assert (await attempt(rig, "101", USERS["101"], 9)).status == 200
+    assert rig.service.guard.status("127.0.0.1", rig.clock.now).failures == 0
+
+
+async def test_answer_to_a_nonce_sent_elsewhere_is_rechallenged_and_not_counted(rig: Rig) -> None:
+    """A spoofer cannot make failures count against an address it does not receive answers at."""
+    first = await send_register(rig, "101")  # the nonce goes to 127.0.0.1
+    challenge = next(c for c in first.www_authenticate if c.param("algorithm") == "MD5")
+    creds = answer_challenge(challenge, "REGISTER", "sip:office.example", "101", USERS["101"], cnonce="x")
+    async with Endpoint() as other:
+        await other.listen("udp:127.0.0.2:0")
+        flow = other.flow_to("127.0.0.1", rig.flow.remote[1])
+        second = Rig(rig.service, rig.server, other, flow, rig.clock)
+        moved = await send_register(second, "101", cseq=2, headers=(("Authorization", str(creds)),))
+    assert moved.status == 401 and all(c.param("stale") is None for c in moved.www_authenticate)
+    assert rig.service.guard.tracked == 0
+    # The same answer from the address the nonce was sent to is fine.
+    ok = await send_register(rig, "101", cseq=2, headers=(("Authorization", str(creds)),))
+    assert ok.status == 200
 
 
 # ------------------------------------------------------------------------------------------------ SIPp
