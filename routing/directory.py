@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import enum
+import functools
 import ipaddress
 import re
 import sys
@@ -195,11 +196,20 @@ class Directory:
     crm: tuple[CrmContact, ...] = ()
     source: Path | None = None
 
+    @functools.cached_property
+    def _by_extension(self) -> dict[str, Employee]:
+        return {e.extension: e for e in self.employees}
+
+    @functools.cached_property
+    def _by_sip_user(self) -> dict[str, Employee]:
+        return {e.sip_user: e for e in self.employees}
+
     def employee(self, extension: str) -> Employee | None:
-        return next((e for e in self.employees if e.extension == extension), None)
+        return self._by_extension.get(extension)
 
     def employee_by_sip_user(self, sip_user: str) -> Employee | None:
-        return next((e for e in self.employees if e.sip_user == sip_user), None)
+        """Looked up on every REGISTER and INVITE: an index, not a scan of a long employee list."""
+        return self._by_sip_user.get(sip_user)
 
     def group(self, extension: str) -> Group | None:
         return next((g for g in self.groups if g.extension == extension), None)
