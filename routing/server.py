@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .location import LocationStore, SqliteLocationStore
 from .registrar_service import RegistrarService
 from .resolver import Resolver, ResolverConfig, ResolverHook
+from .trunk import TrunkRegistration
 
 __all__ = ["Server", "load_secret"]
 
@@ -94,6 +95,8 @@ class Server:
         self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver)
         if self.calls is None:
             self.calls = self.b2bua.handle
+        #: Outbound registrations of the trunks with ``register = true`` (their ``.status`` shows the state).
+        self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -119,6 +122,11 @@ class Server:
             raise
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
         self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
+        for trunk in self.directory.trunks:
+            if trunk.register:
+                registration = TrunkRegistration(self.endpoint, trunk)
+                self.trunks[trunk.name] = registration
+                self._spawn(registration.run(), f"trunk {trunk.name} registration")
         self.events.emit("started", list(self.addresses))
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -133,7 +141,10 @@ class Server:
             log.error("background task %s failed: %s", task.get_name(), task.exception())
 
     async def stop(self) -> None:
-        """Stop serving: background tasks end, the endpoint closes, the store is flushed and closed."""
+        """Stop serving: trunks unregister, background tasks end, the endpoint closes, the store is closed."""
+        for registration in self.trunks.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(registration.stop(), 2.0)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -148,3 +148,39 @@ async def test_a_call_from_the_trunk_to_its_number_is_the_trunks_not_challenged(
         )
         answer = await provider.request(invite, flow)
         assert answer.status not in (401, 403, 407), answer  # taken as the trunk's call, not challenged
+
+
+async def test_a_trunk_with_register_true_is_registered_at_start_and_unregistered_at_stop(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from routing.trunk import RegistrationState
+    from sipcore import IncomingRequest
+
+    seen: list[str | None] = []
+
+    def provider_answers(incoming: IncomingRequest) -> None:
+        request = incoming.request
+        seen.append(request.get("expires"))
+        contact = request.get("contact") or "*"
+        incoming.respond(200, headers=[("Contact", f"{contact};expires={request.get('expires') or 3600}")])
+
+    from sipcore.core import CoreConfig
+
+    async with Endpoint(
+        provider_answers, core=CoreConfig(allowed_methods=("REGISTER", "OPTIONS"))
+    ) as provider:
+        _, provider_port = await provider.listen("udp:127.0.0.1:0")
+        config = copy_office(tmp_path)
+        text = config.read_text(encoding="utf-8")
+        text = text.replace("port = 5070", f"port = {provider_port}").replace(
+            "register = false", "register = true"
+        )
+        config.write_text(text, encoding="utf-8")
+        async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+            registration = server.trunks["provider"]
+            async with asyncio.timeout(5):
+                while registration.status.state is not RegistrationState.REGISTERED:
+                    await asyncio.sleep(0.02)
+        assert seen[0] != "0" and seen[-1] == "0"  # registered, then removed on the way out
