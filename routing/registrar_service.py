@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -79,6 +80,16 @@ _DEFAULT_CONFIG = RegistrarConfig()
 _UNIQUE_HEX = slice(16, 32)
 _BINDING_BYTES = 4
 _NONCE_HEX_LENGTH = 64
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_ip_literal(host: str) -> bool:
+    """Phones often register with the server's address as domain; parsing it is slow, hosts repeat."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class RegistrarService:
@@ -298,11 +309,7 @@ class RegistrarService:
         host = host.lower()
         if host == self.directory.server.domain.lower() or host in self._aliases:
             return True
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            return False
-        return True
+        return _is_ip_literal(host)
 
     # ------------------------------------------------------------------------------------------ lookup
 

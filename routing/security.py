@@ -48,6 +48,7 @@ only from an address in that trunk's ``inbound_from`` networks.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Iterable
@@ -116,6 +117,7 @@ class _Record:
     next_check_at: float = float("-inf")
 
 
+@functools.lru_cache(maxsize=4096)
 def source_key(address: str | IpAddress, ipv6_prefix: int = 64) -> str:
     """The key a source is counted under: the IPv4 address, or the IPv6 network of ``ipv6_prefix`` bits.
 
@@ -258,6 +260,7 @@ class FailureGuard:
 # ---------------------------------------------------------------------------------------------- trunks
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(source: str | IpAddress) -> IpAddress | None:
     if not isinstance(source, str):
         ip: IpAddress = source

@@ -344,22 +344,38 @@ class Endpoint:
         top = request.via[0]
         host = flow.remote[0]
         host_ref = f"[{host}]" if ":" in host else host
-        stamped = top
-        if top.host != host_ref.lower():
-            stamped = stamped.with_param("received", host)
+        set_params: dict[str, str] = {}
+        if top.host != host_ref.lower() or top.rport_requested:
+            set_params["received"] = host
         if top.rport_requested:
-            stamped = stamped.with_param("received", host).with_param("rport", str(flow.remote[1]))
-        if stamped is top:
+            set_params["rport"] = str(flow.remote[1])
+        if not set_params:
             return request
+        params = [(k, set_params.pop(k)) if k in set_params else (k, v) for k, v in top.params]
+        params.extend(set_params.items())
+        stamped = attrs.evolve(top, params=tuple(params))
         headers = list(request.headers)
+        old_value = new_value = ""
         for i, header in enumerate(headers):
             if header.key == "via":
-                values = header.value.split(",", 1) if "," in header.value else [header.value]
-                first = str(stamped)
+                old_value = header.value
+                values = old_value.split(",", 1) if "," in old_value else [old_value]
                 rest = f", {values[1].strip()}" if len(values) > 1 else ""
-                headers[i] = Header(header.name, first + rest)
+                new_value = str(stamped) + rest
+                headers[i] = Header(header.name, new_value)
                 break
-        return attrs.evolve(request, headers=tuple(headers))
+        stamped_request = attrs.evolve(request, headers=tuple(headers))
+        # Carry over what was already parsed: only the top Via changed.
+        cache = stamped_request.__dict__
+        old_cache = request.__dict__
+        index = dict(request._index)
+        index["via"] = [new_value if v is old_value else v for v in index["via"]]
+        cache["_index"] = index
+        cache["via"] = (stamped, *request.via[1:])
+        for name in ("from_", "to", "call_id", "cseq", "max_forwards"):
+            if name in old_cache:
+                cache[name] = old_cache[name]
+        return stamped_request
 
     # --------------------------------------------------------------------------------- layer events
 
