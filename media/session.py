@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import random
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,9 +26,9 @@ from .dtmf_rfc4733 import TelephoneEventReceiver
 from .errors import MediaError, RtpError
 from .g711 import alaw_decode, ulaw_decode
 from .greeting import FRAME_SAMPLES, FRAME_SECONDS, Pacer
-from .rtp import RtpSender, is_rtcp, parse
+from .rtp import RtpPacket, RtpSender, is_rtcp, parse
 
-__all__ = ["MediaClock", "PortAllocator", "PortsExhausted", "RtpSession", "SessionStats"]
+__all__ = ["MediaClock", "PortAllocator", "PortsExhausted", "RtpSession", "SessionStats", "Ticking"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,15 @@ class RtpSession(asyncio.DatagramProtocol):
         self._clock: MediaClock | None = None
         self._release: Callable[[], None] = lambda: None
         self.local: tuple[str, int] = ("", 0)
+        #: Every valid RTP packet received from the peer, with the loop time (a bridge's relay hooks in here).
+        self.on_packet: Callable[[RtpPacket, float], None] | None = None
+        #: The RTP timestamp of the last packet sent and the loop time it was sent at.
+        self.last_sent: tuple[int, float] | None = None
+
+    @property
+    def sender(self) -> RtpSender:
+        """The numbering of this leg's own packets (greeting playback)."""
+        return self._sender
 
     # ------------------------------------------------------------------------------------- datagrams
 
@@ -139,6 +149,8 @@ class RtpSession(asyncio.DatagramProtocol):
             self.latched = True
         self.stats.received += 1
         now = asyncio.get_running_loop().time()
+        if self.on_packet is not None:
+            self.on_packet(packet, now)
         if packet.payload_type == self.telephone_event_pt:
             self._events.handle_packet(
                 packet.timestamp, packet.sequence_number, packet.marker, packet.payload, now
@@ -225,13 +237,21 @@ class RtpSession(asyncio.DatagramProtocol):
                     self.stop()
                     return
                 frame_number %= len(self._frames)
-            self._send(self._frames[frame_number], index)
+            self._send(self._frames[frame_number], index, now)
 
-    def _send(self, payload: bytes, index: int) -> None:
+    def _send(self, payload: bytes, index: int, now: float) -> None:
         if self._transport is None or self.remote is None:
             return
         packet = self._sender.build(payload, media_time=index * FRAME_SAMPLES, marker=self._first_packet)
         self._first_packet = False
+        self._transport.sendto(bytes(packet), self.remote)
+        self.stats.sent += 1
+        self.last_sent = (packet.timestamp, now)
+
+    def send_packet(self, packet: RtpPacket) -> None:
+        """Send a packet numbered by someone else (the relay of a bridge) to where the peer is."""
+        if self._transport is None or self.remote is None:
+            return
         self._transport.sendto(bytes(packet), self.remote)
         self.stats.sent += 1
 
@@ -241,23 +261,29 @@ class RtpSession(asyncio.DatagramProtocol):
             self._transport.close()
 
 
+class Ticking(Protocol):
+    """Anything the media clock drives: a playing session, a bridge sending digits."""
+
+    def tick(self, now: float) -> None: ...
+
+
 class MediaClock:
     """One timer for every playing session: wakes at each 20 ms deadline and lets them send."""
 
     def __init__(self, interval: float = FRAME_SECONDS) -> None:
         self._interval = interval
-        self._sessions: set[RtpSession] = set()
+        self._sessions: set[Ticking] = set()
         self._task: asyncio.Task[None] | None = None
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def add(self, session: RtpSession) -> None:
+    def add(self, session: Ticking) -> None:
         self._sessions.add(session)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
 
-    def discard(self, session: RtpSession) -> None:
+    def discard(self, session: Ticking) -> None:
         self._sessions.discard(session)
 
     async def _run(self) -> None:
@@ -269,11 +295,11 @@ class MediaClock:
                 try:
                     session.tick(now)
                 except Exception:
-                    log.exception("media session %s failed to tick", session.local)
+                    log.exception("media session %r failed to tick", session)
                     self._sessions.discard(session)
             deadline += self._interval
-            if deadline < now:  # a stall: do not try to catch up tick by tick
-                deadline = now + self._interval
+            if deadline < now:  # a stall: do not try to catch up tick by tick, but keep the grid's phase
+                deadline += math.ceil((now - deadline) / self._interval) * self._interval
             await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     async def close(self) -> None:

@@ -9,30 +9,53 @@ from one queue, so a call flow reads like the call:
    ``inbound_from`` is ``FromTrunk``; anyone else is ``Anonymous`` and gets the resolver's 401/407 challenge
    (or 403).
 2. **Where to**: the Request-URI's dial string and the caller go to the resolver.
-3. **Internal call** (``ToEmployee``): every registered device of the employee rings in parallel, each on the
-   flow its REGISTER came on (NAT-safe). Each B-leg is a dialog of its own: new Call-ID, tags and CSeq;
-   headers the B2BUA does not own (:data:`OWNED_HEADERS`) pass through unchanged and in order. The first 2xx
-   wins and is bridged (its SDP passed through, media not anchored); the other devices get CANCEL with
-   ``Reason: SIP;cause=200;text="Call completed elsewhere"``; a 2xx crossing that CANCEL is ACKed and ended
-   with BYE (by the session). All busy → 486; a 6xx ends the fork with that 6xx; nobody registered, no
-   answer within ``ring_seconds`` or other failures → 480. The caller's CANCEL goes to every B-leg (its
-   ``Reason`` copied).
-4. **Bridged**: BYE on either side ends both legs; re-INVITEs (an offerless one too, its answer carried in
+3. **Ringing an employee** (``ToEmployee``; flow 1, and flow 2 for a trunk's number without extension
+   processing): every registered device of the employee rings in parallel, each on the flow its REGISTER
+   came on (NAT-safe). Each B-leg is a dialog of its own: new Call-ID, tags and CSeq; headers the B2BUA does
+   not own (:data:`OWNED_HEADERS`) pass through unchanged and in order. The first 2xx wins and is bridged;
+   the other devices get CANCEL with ``Reason: SIP;cause=200;text="Call completed elsewhere"``; a 2xx
+   crossing that CANCEL is ACKed and ended with BYE (by the session). All busy → 486; a 6xx ends the fork
+   with that 6xx; nobody registered, no answer within ``ring_seconds`` or other failures → 480. The
+   caller's CANCEL goes to every B-leg (its ``Reason`` copied). Unless the call is anchored (below), the
+   SDP is passed through: media flows between the phones.
+4. **Ring groups** (``ToGroup``; flow 4): :func:`~routing.ringgroup.plan_ring_group` over the members that
+   have a registered device and are not in a bridged call (:attr:`B2bua.busy`); each step rings its
+   members' devices as above for the step's seconds; after the last step the group's fallback is routed
+   (another group, an employee, "hangup" → 480; at most :data:`MAX_HOPS` routes, a group twice → 482). The
+   ``evenly`` state is :attr:`B2bua.ring_state`.
+5. **Extension processing** (``ToExtensionProcessing``; flow 3): the caller is answered with an SDP
+   answer of our own (PCMU/PCMA and telephone-event, media anchored on an RTP port of
+   ``directory.server.rtp_ports``), the number's greeting plays, and digits (RFC 4733, in-band and SIP
+   INFO, merged) feed the :class:`~routing.collector.DigitCollector` while it plays; see
+   :mod:`routing.greeting_flow`. A valid extension is rung, anything else goes to the number's default
+   destination. While devices ring the caller hears a generated ringback (425 Hz); the callee is offered
+   a second anchored port and, once it answers, RTP is relayed between the two ports
+   (:class:`~media.relay.MediaBridge`). On an anchored call a re-INVITE is answered by the B2BUA on that
+   leg (the relay learns the new direction) instead of being relayed.
+6. **Bridged**: BYE on either side ends both legs; re-INVITEs (an offerless one too, its answer carried in
    the ACK), UPDATE and INFO are relayed to the other leg and their answers back (a request the other leg
    cannot take now gets 491 or 500); requests that arrived before the bridge are held and relayed then.
 
-Routes this module does not ring yet (ring groups, external numbers, extension processing) are answered 480.
+External numbers (``ToExternal``) are answered 480 for now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
+import attrs
+
+from media.dtmf_info import parse_info_body
+from media.errors import MediaError, SdpError
+from media.greeting import Greeting, GreetingCache, GreetingError
+from media.relay import Side
+from media.session import MediaClock, PortAllocator, PortsExhausted
 from sipcore.auth import Authenticated, Stale
 from sipcore.endpoint import IncomingRequest
 from sipcore.headers import header_key
@@ -54,13 +77,29 @@ from sipcore.session import (
     SessionState,
     Terminated,
 )
+from sipcore.transport import Flow
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
-from sipcore.uri import NameAddr, parse_uri
+from sipcore.uri import NameAddr, SipUri, parse_uri
 
+from .collector import DigitCollector, ExtensionDialled
 from .dialstring import DialStringError, from_request_uri, to_e164
-from .directory import DEFAULT_RING_SECONDS, Directory, Employee
+from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number
+from .greeting_flow import AnchoredMedia, ExtensionCollection, ringback
 from .registrar_service import RegistrarService
-from .resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused, Resolver, ToEmployee
+from .resolver import (
+    Anonymous,
+    Caller,
+    FromEmployee,
+    FromTrunk,
+    Refused,
+    Resolver,
+    Route,
+    ToEmployee,
+    ToExtensionProcessing,
+    ToExternal,
+    ToGroup,
+)
+from .ringgroup import RingGroupState, plan_ring_group
 
 __all__ = ["COMPLETED_ELSEWHERE", "OWNED_HEADERS", "B2bua", "passthrough"]
 
@@ -126,8 +165,49 @@ def _fork_failure(statuses: list[int]) -> int:
     return 486 if 486 in statuses else 480
 
 
+@attrs.define(eq=False)
+class _Call:
+    """One call's mutable state, as the call coroutine goes from route to route."""
+
+    a: IncomingCall
+    queue: CallQueue
+    trunk: str | None
+    #: Every B-leg started for this call (all steps of a ring group).
+    legs: list[OutgoingCall] = attrs.Factory(list)
+    #: In-dialog requests that came before a bridge: relayed once there is one.
+    held: list[CallEvent] = attrs.Factory(list)
+    #: Set when the call is anchored (extension processing): the A-leg is answered by us.
+    media: AnchoredMedia | None = None
+    ringing: bool = False
+
+
+@attrs.frozen
+class _Failed:
+    """No device of a ring step answered: the final statuses they sent (none: no answer at all)."""
+
+    statuses: tuple[int, ...]
+
+
+@attrs.frozen
+class _Ended:
+    """The call is over: it was answered and has ended, or the caller left."""
+
+
+_ENDED: Final = _Ended()
+_RingOutcome = _Failed | _Ended
+
+#: How many routes one call may go through (a group's fallback to another group …) before it is refused.
+MAX_HOPS: Final = 8
+
+
 class B2bua:
-    """The call flows over ``ua`` (see the module docstring). ``clock`` is wall-clock time (digest nonces)."""
+    """The call flows over ``ua`` (see the module docstring). ``clock`` is wall-clock time (digest nonces).
+
+    Anchored calls (extension processing) take RTP ports from ``ports`` (default: the directory's
+    ``rtp_ports`` on its first listen address), play on ``media_clock`` and read greetings through
+    ``greetings``. ``ring_state`` is the ``evenly`` groups' state (persisting it is the embedder's job:
+    :attr:`ring_state` is replaced after each call to such a group).
+    """
 
     def __init__(
         self,
@@ -139,6 +219,10 @@ class B2bua:
         ring_seconds: float = DEFAULT_RING_SECONDS,
         resolve_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        ports: PortAllocator | None = None,
+        media_clock: MediaClock | None = None,
+        greetings: GreetingCache | None = None,
+        ring_state: RingGroupState | None = None,
     ) -> None:
         self.ua = ua
         self.registrar = registrar
@@ -147,8 +231,14 @@ class B2bua:
         self.ring_seconds = ring_seconds
         self.resolve_timeout = resolve_timeout
         self._clock = clock
+        self._ports = ports
+        self.media_clock = media_clock if media_clock is not None else MediaClock()
+        self.greetings = greetings if greetings is not None else GreetingCache()
+        self.ring_state = ring_state if ring_state is not None else RingGroupState()
         #: Calls being set up or bridged: (A-leg, B-legs).
         self.active: dict[IncomingCall, list[OutgoingCall]] = {}
+        #: Extensions of employees in a bridged call (ring groups skip them).
+        self.busy: collections.Counter[str] = collections.Counter()
 
     # ---------------------------------------------------------------------------------- entry point
 
@@ -178,21 +268,27 @@ class B2bua:
         if isinstance(route, Refused):
             self._refuse(incoming, route, caller)
             return
-        if not isinstance(route, ToEmployee):
-            incoming.respond(480, f"Temporarily Unavailable ({type(route).__name__} not routed yet)")
+        if isinstance(route, ToExternal):
+            incoming.respond(480, "Temporarily Unavailable (external calls are not routed yet)")
             return
         queue: CallQueue = asyncio.Queue()
         try:
             a = self.ua.accept(incoming, queue=queue)
         except CallFailed:
             return
-        legs: list[OutgoingCall] = []
-        self.active[a] = legs
+        call = _Call(a, queue, caller.name if isinstance(caller, FromTrunk) else None)
+        self.active[a] = call.legs
         try:
-            await self._call_employee(a, route.employee, legs, queue)
+            next_route: Route | None = route
+            if isinstance(route, ToExtensionProcessing):
+                next_route = await self._extension_processing(call, route.number)
+            if next_route is not None:
+                await self._deliver(call, next_route)
         finally:
             del self.active[a]
-            self._tear_down(a, legs)
+            self._tear_down(a, call.legs)
+            if call.media is not None:
+                call.media.close()
 
     def _who_calls(self, incoming: IncomingRequest) -> Caller | None:
         request = incoming.request
@@ -244,103 +340,251 @@ class B2bua:
         else:
             incoming.respond(route.status, route.reason)
 
-    # --------------------------------------------------------------------------------- flow 1: ring
+    # ------------------------------------------------------------------------ destinations (flows 1, 2, 4)
 
-    async def _call_employee(
-        self, a: IncomingCall, employee: Employee, legs: list[OutgoingCall], queue: CallQueue
-    ) -> None:
+    async def _deliver(self, call: _Call, route: Route) -> None:
+        """Ring ``route`` (an employee, a group and its fallbacks); the call ends answered or refused."""
+        seen_groups: set[str] = set()
+        for _ in range(MAX_HOPS):
+            if call.a.terminated:
+                return
+            if isinstance(route, ToEmployee):
+                outcome = await self._ring(call, [route.employee], self.ring_seconds)
+                if isinstance(outcome, _Failed):
+                    status = _fork_failure(list(outcome.statuses)) if outcome.statuses else 480
+                    self._fail(call, status)
+                return
+            if isinstance(route, ToGroup):
+                group = route.group
+                if group.extension in seen_groups:
+                    break
+                seen_groups.add(group.extension)
+                ended = await self._ring_group(call, group)
+                if ended:
+                    return
+                route = self.resolver.resolve_destination(group.fallback)
+                log.info("call %s: group %s unanswered, fallback %s", call.a.call_id, group.extension, route)
+                continue
+            if isinstance(route, Refused):
+                self._fail(call, route.status, route.reason)
+                return
+            self._fail(call, 480, f"Temporarily Unavailable ({type(route).__name__} not routed yet)")
+            return
+        log.warning("call %s: routing loops (groups falling back to each other)", call.a.call_id)
+        self._fail(call, 482, "Loop Detected")
+
+    async def _ring_group(self, call: _Call, group: Group) -> bool:
+        """Ring ``group``'s plan step by step; true when the call is over (answered or the caller left)."""
+        reachable = []
+        for extension in group.members:
+            employee = self._employee(extension)
+            if employee is not None and not self.busy[extension] and await self._devices(employee):
+                reachable.append(extension)
+        plan, self.ring_state = plan_ring_group(group, reachable, self.ring_state)
+        for step in plan.steps:
+            employees = [e for e in map(self._employee, step.extensions) if e is not None]
+            outcome = await self._ring(call, employees, float(step.seconds))
+            if isinstance(outcome, _Ended):
+                return True
+            if call.a.terminated:
+                return True
+        return False
+
+    def _employee(self, extension: str) -> Employee | None:
+        return next((e for e in self.directory.employees if e.extension == extension), None)
+
+    async def _devices(self, employee: Employee) -> list[tuple[SipUri, Flow]]:
         targets = []
         for binding in await self.registrar.contacts(employee.sip_user):
             flow = self.registrar.flow_for(binding)
             if flow is not None:
                 targets.append((binding.uri, flow))
-        if a.state is not SessionState.INCOMING:
+        return targets
+
+    def _fail(self, call: _Call, status: int, reason: str | None = None) -> None:
+        """The call cannot be delivered: reject the caller, or hang up on an anchored (answered) caller."""
+        a = call.a
+        if a.terminated:
             return
+        try:
+            if a.state is SessionState.INCOMING:
+                a.reject(status, reason=reason)
+            else:
+                a.bye()
+        except SessionError:
+            log.debug("call %s: caller leg already going", a.call_id)
+
+    # --------------------------------------------------------------------------------- flow 1: ring
+
+    async def _ring(self, call: _Call, employees: list[Employee], seconds: float) -> _RingOutcome:
+        """Ring every registered device of ``employees`` for ``seconds``; bridge the first to answer."""
+        targets: list[tuple[Employee, SipUri, Flow]] = []
+        for employee in employees:
+            targets += [(employee, uri, flow) for uri, flow in await self._devices(employee)]
+        a = call.a
+        if a.terminated:
+            return _ENDED
         if not targets:
-            a.reject(480, reason=f"Temporarily Unavailable ({employee.extension} is not registered)")
-            return
+            return _Failed(())
         invite = a.request
         from_ = NameAddr(invite.from_.display_name, invite.from_.uri)
-        to = NameAddr(employee.name, parse_uri(self.registrar_aor(employee)))
         headers = passthrough(invite)
-        for uri, flow in targets:
+        if call.media is not None:
+            try:
+                body: bytes = await call.media.offer_callee()
+            except MediaError as exc:
+                log.error("call %s: no media for the callee: %s", a.call_id, exc)
+                return _Failed((503,))
+            content_type: str | None = "application/sdp"
+        else:
+            body, content_type = invite.body, _content_type(invite)
+        legs: list[OutgoingCall] = []
+        answerer: dict[OutgoingCall, Employee] = {}
+        for employee, uri, flow in targets:
+            to = NameAddr(employee.name, parse_uri(self.registrar_aor(employee)))
             leg = self.ua.invite(
                 uri,
                 flow,
                 from_=from_,
                 to=to,
-                body=invite.body,
-                content_type=_content_type(invite),
+                body=body,
+                content_type=content_type,
                 headers=headers,
-                queue=queue,
+                queue=call.queue,
             )
             legs.append(leg)
-        held: list[CallEvent] = []
-        won = await self._fork(a, legs, queue, held)
-        if won is not None:
-            winner, answer = won
-            await self._bridge(a, winner, queue, held, answer_owed=answer.answer_owed)
-
-    def registrar_aor(self, employee: Employee) -> str:
-        return f"sip:{employee.sip_user}@{self.directory.server.domain}"
-
-    async def _fork(
-        self, a: IncomingCall, legs: list[OutgoingCall], queue: CallQueue, held: list[CallEvent]
-    ) -> tuple[OutgoingCall, Answered] | None:
-        """Ring every leg; the first 2xx wins (returned; the A-leg is answered with it). None: call over."""
-        pending: set[Call] = set(legs)
-        statuses: list[int] = []
-        ringing = False
-        winner: OutgoingCall | None = None
-        answer: Answered | None = None
+            answerer[leg] = employee
+        call.legs.extend(legs)
+        won = await self._fork(call, legs, seconds)
+        if not isinstance(won, tuple):
+            return won
+        winner, answer = won
+        if not self._connect(call, winner, answer):
+            return _ENDED
+        extension = answerer[winner].extension
+        self.busy[extension] += 1
         try:
-            async with asyncio.timeout(self.ring_seconds):
-                while pending and winner is None:
-                    call, event = await queue.get()
-                    if call is a:
-                        if isinstance(event, Cancelled | Terminated):
-                            reason: tuple[tuple[str, str], ...] = ()
-                            if isinstance(event, Cancelled) and isinstance(event.message, Request):
-                                reason = tuple(("Reason", v) for v in event.message.get_all("reason"))
-                            self._drop(legs, reason)
-                            return None
-                        if isinstance(event, DialogRequestReceived):
-                            held.append((call, event))
-                        continue
-                    if call not in pending:
-                        continue
-                    if isinstance(event, ProvisionalReceived):
-                        if event.response.status in (180, 183) and not ringing:
-                            ringing = True
-                            a.ring(180)
-                    elif isinstance(event, Answered):
-                        assert isinstance(call, OutgoingCall)
-                        winner, answer = call, event
-                    elif isinstance(event, DialogRequestReceived):
-                        held.append((call, event))
-                    elif isinstance(event, Rejected):
-                        pending.discard(call)
-                        statuses.append(event.status)
-                        if event.status >= 600:
-                            break
-                    elif isinstance(event, Terminated):
-                        pending.discard(call)
-        except TimeoutError:
-            log.info("call %s: no answer within %s s", a.call_id, self.ring_seconds)
-        if winner is None or answer is None:
-            self._drop(legs, ())
-            if a.state is SessionState.INCOMING:
-                a.reject(_fork_failure(statuses) if statuses else 480)
-            return None
-        self._drop([leg for leg in legs if leg is not winner], (COMPLETED_ELSEWHERE,))
-        response = answer.response
+            await self._bridge(call, winner, answer_owed=answer.answer_owed)
+        finally:
+            self.busy[extension] -= 1
+            if not self.busy[extension]:
+                del self.busy[extension]
+        return _ENDED
+
+    def _connect(self, call: _Call, winner: OutgoingCall, answer: Answered) -> bool:
+        """The callee answered: answer the caller with its SDP, or (anchored) relay media to it."""
+        a, response = call.a, answer.response
+        if call.media is not None:
+            try:
+                call.media.bridge_callee(response.body)
+            except MediaError as exc:
+                log.warning("call %s: cannot bridge media of %s: %s", a.call_id, winner.call_id, exc)
+                winner.bye()
+                self._fail(call, 488)
+                return False
+            return True
         try:
             a.answer(body=response.body, content_type=_content_type(response), headers=passthrough(response))
         except SessionError:
             log.info("call %s: the caller left as %s answered", a.call_id, winner.call_id)
             winner.bye()
-            return None
+            return False
+        return True
+
+    def registrar_aor(self, employee: Employee) -> str:
+        return f"sip:{employee.sip_user}@{self.directory.server.domain}"
+
+    async def _fork(
+        self, call: _Call, legs: list[OutgoingCall], seconds: float
+    ) -> tuple[OutgoingCall, Answered] | _RingOutcome:
+        """Ring every leg for ``seconds``; the first 2xx wins (returned, the others dropped)."""
+        a, queue = call.a, call.queue
+        pending: set[Call] = set(legs)
+        statuses: list[int] = []
+        winner: OutgoingCall | None = None
+        answer: Answered | None = None
+        try:
+            async with asyncio.timeout(seconds):
+                while pending and winner is None:
+                    leg, event = await queue.get()
+                    if leg is a:
+                        if isinstance(event, Cancelled | Terminated):
+                            reason: tuple[tuple[str, str], ...] = ()
+                            if isinstance(event, Cancelled) and isinstance(event.message, Request):
+                                reason = tuple(("Reason", v) for v in event.message.get_all("reason"))
+                            self._drop(legs, reason)
+                            return _ENDED
+                        self._caller_event(call, event)
+                        continue
+                    if leg not in pending:
+                        continue
+                    if isinstance(event, ProvisionalReceived):
+                        if event.response.status in (180, 183):
+                            self._ringback(call)
+                    elif isinstance(event, Answered):
+                        assert isinstance(leg, OutgoingCall)
+                        winner, answer = leg, event
+                    elif isinstance(event, DialogRequestReceived):
+                        call.held.append((leg, event))
+                    elif isinstance(event, Rejected):
+                        pending.discard(leg)
+                        statuses.append(event.status)
+                        if event.status >= 600:
+                            break
+                    elif isinstance(event, Terminated):
+                        pending.discard(leg)
+        except TimeoutError:
+            log.info("call %s: no answer within %s s", a.call_id, seconds)
+        if winner is None or answer is None:
+            self._drop(legs, ())
+            return _Failed(tuple(statuses))
+        self._drop([leg for leg in legs if leg is not winner], (COMPLETED_ELSEWHERE,))
+        if call.media is not None:
+            call.media.stop_playing()  # the ringback
         return winner, answer
+
+    def _ringback(self, call: _Call) -> None:
+        """A device rings: the caller hears it (180, or our generated ringback on an anchored call)."""
+        if call.ringing:
+            return
+        call.ringing = True
+        if call.media is not None:
+            call.media.play_to_caller(ringback(), loop=True)
+        elif call.a.state is SessionState.INCOMING:
+            call.a.ring(180)
+
+    def _caller_event(self, call: _Call, event: SessionEvent) -> None:
+        """An event of the caller's leg before the bridge: held for it, or (anchored) handled here."""
+        a = call.a
+        if call.media is not None:
+            if isinstance(event, ReinviteReceived):
+                self._reanswer(call, event)
+                return
+            if isinstance(event, DialogRequestReceived) and event.request.method == "INFO":
+                a.respond(event.request, 200)  # DTMF before the bridge: nobody to hear it
+                return
+        if isinstance(event, DialogRequestReceived):
+            call.held.append((a, event))
+
+    def _reanswer(self, call: _Call, event: ReinviteReceived, side: Side = Side.A) -> None:
+        """A re-INVITE (hold, resume) on a leg of an anchored call: answered here, media stays anchored."""
+        assert call.media is not None
+        leg = (
+            call.a
+            if side is Side.A
+            else next((b for b in call.legs if b.call_id == event.request.call_id), None)
+        )
+        if leg is None:
+            return
+        try:
+            if not event.request.body:
+                raise SdpError("offerless re-INVITE")
+            body = call.media.answer_again(side, event.request.body)
+        except MediaError as exc:
+            log.info("call %s: re-INVITE not acceptable: %s", call.a.call_id, exc)
+            leg.reject_reinvite(488)
+            return
+        leg.answer_reinvite(body=body, content_type="application/sdp")
 
     @staticmethod
     def _drop(legs: Iterable[OutgoingCall], headers: Iterable[tuple[str, str]]) -> None:
@@ -354,35 +598,135 @@ class B2bua:
             else:
                 leg.bye()
 
+    # ---------------------------------------------------------------------- flow 3: extension processing
+
+    def _media_ports(self, a: IncomingCall) -> tuple[PortAllocator, str]:
+        if self._ports is None:
+            first, last = self.directory.server.rtp_ports
+            listen = self.directory.server.listen
+            host = listen[0].host if listen else a.flow.local[0]
+            self._ports = PortAllocator(first, last, host=host)
+        host = self._ports.host
+        try:
+            if ipaddress.ip_address(host).is_unspecified:
+                host = a.flow.local[0]
+        except ValueError:
+            host = a.flow.local[0]
+        return self._ports, host
+
+    async def _extension_processing(self, call: _Call, number: Number) -> Route | None:
+        """Answer, play the greeting, collect an extension; the route to ring next (None: call over)."""
+        a = call.a
+        ports, address = self._media_ports(a)
+        media = call.media = AnchoredMedia(ports, self.media_clock, address)
+        offerless = not a.request.body
+        try:
+            body = await (media.offer_caller() if offerless else media.answer_caller(a.request.body))
+        except PortsExhausted:
+            log.error("call %s: no RTP port left", a.call_id)
+            a.reject(503, reason="Service Unavailable (no media port)")
+            return None
+        except MediaError as exc:
+            a.reject(488, reason=f"Not Acceptable Here ({exc})")
+            return None
+        try:
+            a.answer(body=body, content_type="application/sdp")
+        except SessionError:
+            return None  # the caller left meanwhile
+        if offerless and not await self._caller_answer(call, media):
+            return None
+        greeting: Greeting | None = None
+        if number.greeting is not None:
+            try:
+                greeting = self.greetings.get(number.greeting)
+            except GreetingError as exc:
+                log.error("call %s: greeting of %s: %s", a.call_id, number.number, exc)
+        playback = media.play_to_caller(greeting) if greeting is not None and greeting.frames else None
+        extensions = [e.extension for e in self.directory.employees] + [
+            g.extension for g in self.directory.groups
+        ]
+        assert media.a is not None
+        collection = ExtensionCollection(DigitCollector(extensions), media.a, playback)
+        getter: asyncio.Future[CallEvent] | None = None
+        try:
+            while not collection.result.done():
+                getter = asyncio.ensure_future(call.queue.get())
+                await asyncio.wait((getter, collection.result), return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    continue
+                _, event = getter.result()
+                getter = None
+                if isinstance(event, Terminated):
+                    return None
+                if isinstance(event, DialogRequestReceived) and event.request.method == "INFO":
+                    self._info_digit(call, collection, event.request)
+                else:
+                    self._caller_event(call, event)
+        finally:
+            if getter is not None:
+                getter.cancel()
+            collection.close()
+        media.stop_playing()
+        result = collection.result.result()
+        log.info("call %s to %s: %s", a.call_id, number.number, result)
+        if isinstance(result, ExtensionDialled):
+            route = self.resolver.resolve_destination(ExtensionRef(result.extension))
+            if not isinstance(route, Refused):
+                return route
+        return self.resolver.resolve_destination(number.default, trunk=number.trunk)
+
+    async def _caller_answer(self, call: _Call, media: AnchoredMedia) -> bool:
+        """Wait for the ACK bringing the answer to our 2xx's offer (offerless INVITE); false: call over."""
+        while True:
+            _, event = await call.queue.get()
+            if isinstance(event, Terminated):
+                return False
+            if isinstance(event, Confirmed):
+                try:
+                    media.caller_answered(event.ack.body)
+                except MediaError as exc:
+                    log.info("call %s: no usable answer in the ACK: %s", call.a.call_id, exc)
+                    call.a.bye()
+                    return False
+                return True
+            self._caller_event(call, event)
+
+    @staticmethod
+    def _info_digit(call: _Call, collection: ExtensionCollection, request: Request) -> None:
+        try:
+            received = parse_info_body(request.get("content-type") or "", request.body)
+        except MediaError:
+            call.a.respond(request, 415 if request.body else 200)
+            return
+        call.a.respond(request, 200)
+        collection.info_digit(received.digit)
+
     # ------------------------------------------------------------------------------- bridged call
 
-    async def _bridge(
-        self,
-        a: IncomingCall,
-        b: OutgoingCall,
-        queue: CallQueue,
-        held: list[CallEvent],
-        *,
-        answer_owed: bool,
-    ) -> None:
+    async def _bridge(self, call: _Call, b: OutgoingCall, *, answer_owed: bool) -> None:
         """Relay between the legs until one ends; then end the other."""
+        a, queue = call.a, call.queue
         relay = _Relay(a, b)
         if answer_owed:
             relay.owe(b, a)  # an offerless INVITE: B's offer went to A in the 2xx, A's ACK brings the answer
-        backlog = list(held)
+        backlog = list(call.held)
+        call.held.clear()
         while True:
-            call, event = backlog.pop(0) if backlog else await queue.get()
-            if call is not a and call is not b:
+            leg, event = backlog.pop(0) if backlog else await queue.get()
+            if leg is not a and leg is not b:
                 continue  # a losing leg's late events: its session ends it by itself
             if isinstance(event, Terminated):
-                other = b if call is a else a
+                other = b if leg is a else a
                 log.info(
-                    "call %s: %s ended (%s)", a.call_id, "caller" if call is a else "callee", event.reason
+                    "call %s: %s ended (%s)", a.call_id, "caller" if leg is a else "callee", event.reason
                 )
                 if not other.terminated:
                     other.bye()
                 return
-            relay.event(call, event)
+            if call.media is not None and isinstance(event, ReinviteReceived):
+                self._reanswer(call, event, Side.A if leg is a else Side.B)  # media stays anchored
+                continue
+            relay.event(leg, event)
 
     def _tear_down(self, a: IncomingCall, legs: list[OutgoingCall]) -> None:
         """Leave nothing behind when the call coroutine ends (also on cancellation at shutdown)."""

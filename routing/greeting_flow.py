@@ -1,0 +1,287 @@
+"""Anchored media for a B2BUA call (flow 3 of issue 5): the caller's leg answered on our own RTP port, the
+greeting played, the extension collected, the callee offered a second port and both relayed once it answers.
+
+Pure helpers first (no sockets, no clock): :func:`plan_answer` (the SDP answer to the caller's offer and what
+that leg negotiated), :func:`media_address` (where a leg's peer receives RTP) and :func:`ringback` (the German
+ringback tone, 425 Hz, 1 s on, 4 s off, as pre-encoded frames). Then the thin shell:
+
+* :class:`AnchoredMedia` owns a call's :class:`~media.session.RtpSession` pair (A: the caller, B: the callee,
+  whose offer is shared by every device rung) and, once the callee answered, the
+  :class:`~media.relay.MediaBridge` between them. :meth:`AnchoredMedia.close` releases everything.
+* :class:`ExtensionCollection` feeds a :class:`~routing.collector.DigitCollector` from the A session's digits
+  (RFC 4733 and in-band, merged with SIP INFO by the session), the greeting's end and the collector's timer
+  (one ``call_later`` handle); :attr:`ExtensionCollection.result` resolves with the collector's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Final
+
+import attrs
+import numpy as np
+
+from media.dtmf_merge import KeyPressed
+from media.errors import MediaError
+from media.greeting import Greeting, greeting_from_samples
+from media.relay import LegMedia, MediaBridge, Side, leg_media_from_sdp
+from media.sdp import Origin, SessionDescription, answer, make_offer, parse_sdp
+from media.session import MediaClock, PortAllocator, RtpSession
+
+from .collector import CollectorResult, DigitCollector
+
+__all__ = [
+    "AnchoredAnswer",
+    "AnchoredMedia",
+    "ExtensionCollection",
+    "media_address",
+    "plan_answer",
+    "ringback",
+]
+
+log = logging.getLogger(__name__)
+
+_SESSION_IDS: Final = itertools.count(1)
+_RINGBACK_HZ: Final = 425.0
+_RINGBACK_LEVEL: Final = 0.25  # of full scale: about -15 dBm0, a comfortable tone level
+
+
+@attrs.frozen
+class AnchoredAnswer:
+    """Our SDP answer to a leg's offer, and what the leg negotiated by it (for the relay)."""
+
+    description: SessionDescription
+    media: LegMedia
+    remote: tuple[str, int] | None
+
+    @property
+    def body(self) -> bytes:
+        return bytes(self.description)
+
+
+def media_address(description: SessionDescription) -> tuple[str, int] | None:
+    """Where the peer of ``description`` receives RTP: the first active audio stream's address and port."""
+    for media in description.media:
+        if media.media != "audio" or media.port == 0:
+            continue
+        connection = media.connection or description.connection
+        if connection is None:
+            return None
+        return connection.address.split("/", 1)[0], media.port
+    return None
+
+
+def plan_answer(offer: SessionDescription, origin: Origin, *, address: str, port: int) -> AnchoredAnswer:
+    """Answer ``offer`` on ``address:port`` with PCMU or PCMA and telephone-event when offered.
+
+    :raises media.errors.SdpError: the offer has no audio stream with G.711 (answer 488).
+    """
+    ours = answer(offer, origin, address=address, port=port)
+    negotiated = leg_media_from_sdp(ours)
+    # The relay wants the direction the leg's peer declared (its offer), with the formats we chose.
+    theirs = next(m for m in offer.media if m.media == "audio" and m.port != 0)
+    negotiated = attrs.evolve(negotiated, direction=theirs.direction(offer.direction()))
+    return AnchoredAnswer(ours, negotiated, media_address(offer))
+
+
+_ringback: Greeting | None = None
+
+
+def ringback() -> Greeting:
+    """Five seconds of German ringback (425 Hz for 1 s, then 4 s of silence), to be played in a loop."""
+    global _ringback
+    if _ringback is None:
+        t = np.arange(8000) / 8000.0
+        tone = _RINGBACK_LEVEL * 32767 * np.sin(2 * np.pi * _RINGBACK_HZ * t)
+        samples = np.concatenate([tone, np.zeros(4 * 8000)]).astype(np.int16)
+        _ringback = greeting_from_samples(samples, source="ringback 425 Hz")
+    return _ringback
+
+
+def _origin(address: str) -> Origin:
+    return Origin("durchwahl", str(next(_SESSION_IDS)), 1, address, "IP6" if ":" in address else "IP4")
+
+
+class AnchoredMedia:
+    """The RTP sessions of one call whose media the B2BUA anchors (see the module docstring)."""
+
+    def __init__(self, ports: PortAllocator, clock: MediaClock, address: str) -> None:
+        self.ports = ports
+        self.clock = clock
+        self.address = address
+        self.a: RtpSession | None = None
+        self.a_media: LegMedia | None = None
+        self.b: RtpSession | None = None
+        self.bridge: MediaBridge | None = None
+        self._a_origin = _origin(address)
+        self._answers: dict[Side, AnchoredAnswer] = {}
+        self._b_offer: SessionDescription | None = None
+
+    @property
+    def codec(self) -> str:
+        return self.a_media.codec if self.a_media is not None else "PCMU"
+
+    async def answer_caller(self, offer: bytes) -> bytes:
+        """Open the caller's session and return the SDP answer to its ``offer``.
+
+        :raises media.errors.SdpError: nothing usable offered; :raises PortsExhausted: no RTP port left.
+        """
+        description = parse_sdp(offer)
+        probe = plan_answer(description, self._a_origin, address=self.address, port=9)
+        media = probe.media
+        self.a = await self.ports.open(
+            lambda: RtpSession(payload_type=media.payload_type, telephone_event_pt=media.telephone_event_pt)
+        )
+        planned = plan_answer(description, self._a_origin, address=self.address, port=self.a.local[1])
+        self.a.remote = planned.remote  # until its first packet shows where it really sends from
+        self.a_media = planned.media
+        self._answers[Side.A] = planned
+        return planned.body
+
+    async def offer_caller(self) -> bytes:
+        """Open the caller's session for an offerless INVITE and return the offer its 2xx carries; the
+        answer comes in the ACK (:meth:`caller_answered`).
+
+        :raises PortsExhausted: no RTP port left.
+        """
+        self.a = await self.ports.open(lambda: RtpSession())
+        return bytes(make_offer(self._a_origin, address=self.address, port=self.a.local[1]))
+
+    def caller_answered(self, answer_body: bytes) -> None:
+        """The caller's ACK brought the answer to :meth:`offer_caller`'s offer.
+
+        :raises media.errors.MediaError: no usable SDP (the call flow hangs up).
+        """
+        assert self.a is not None
+        description = parse_sdp(answer_body)
+        media = leg_media_from_sdp(description)
+        if media.codec not in ("PCMU", "PCMA"):
+            raise MediaError(f"the caller answered {media.codec}, neither PCMU nor PCMA")
+        self.a.remote = media_address(description)
+        self.a.payload_type = self.a.sender.payload_type = media.payload_type
+        self.a.telephone_event_pt = media.telephone_event_pt
+        self.a_media = media
+
+    def answer_again(self, side: Side, offer: bytes) -> bytes:
+        """The answer to a re-INVITE's offer on leg ``side``: that leg's port, the version counted up, the
+        relay told about a changed direction (hold) or formats.
+
+        :raises media.errors.SdpError: nothing usable offered.
+        """
+        session = self.a if side is Side.A else self.b
+        assert session is not None
+        previous = self._answers.get(side)
+        if previous is not None:
+            origin = previous.description.origin
+            origin = attrs.evolve(origin, session_version=origin.session_version + 1)
+        else:
+            origin = self._a_origin if side is Side.A else _origin(self.address)
+        planned = plan_answer(parse_sdp(offer), origin, address=self.address, port=session.local[1])
+        self._answers[side] = planned
+        if side is Side.A:
+            self.a_media = planned.media
+        if self.bridge is not None:
+            self.bridge.update(side, planned.media)
+        return planned.body
+
+    async def offer_callee(self) -> bytes:
+        """Open the callee's session (once per call) and return the SDP offer every device is sent."""
+        if self.b is None or self._b_offer is None:
+            self.b = await self.ports.open(lambda: RtpSession(detect_inband=False))
+            self._b_offer = make_offer(_origin(self.address), address=self.address, port=self.b.local[1])
+        return bytes(self._b_offer)
+
+    def bridge_callee(self, answer_body: bytes) -> None:
+        """The callee answered with ``answer_body``: relay media between the two sessions.
+
+        :raises media.errors.MediaError: the answer is no usable SDP (the call flow hangs up).
+        """
+        assert self.a is not None and self.b is not None and self.a_media is not None
+        description = parse_sdp(answer_body)
+        b_media = leg_media_from_sdp(description)
+        remote = media_address(description)
+        if remote is None:
+            raise MediaError("the callee's answer has no audio address")
+        self.b.remote = remote
+        self.bridge = MediaBridge(self.a, self.b, self.a_media, b_media, self.clock)
+
+    def play_to_caller(self, greeting: Greeting, *, loop: bool = False) -> asyncio.Future[None]:
+        """Play ``greeting`` to the caller in the codec its leg negotiated."""
+        assert self.a is not None
+        return self.a.play(greeting.frames_for(self.codec), self.clock, loop=loop)
+
+    def stop_playing(self) -> None:
+        if self.a is not None:
+            self.a.stop()
+
+    def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+        for session in (self.a, self.b):
+            if session is not None:
+                session.close()
+
+
+class ExtensionCollection:
+    """Runs ``collector`` while ``playback`` (the greeting) plays; ``None`` playback: no greeting at all.
+
+    Digits come from ``session.on_digit`` (which it takes over) and :meth:`info_digit`.
+    """
+
+    def __init__(
+        self, collector: DigitCollector, session: RtpSession, playback: asyncio.Future[None] | None
+    ) -> None:
+        self.collector = collector
+        self.session = session
+        self._loop = asyncio.get_running_loop()
+        self.result: asyncio.Future[CollectorResult] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._playback = playback
+        session.on_digit = self._on_digit
+        if playback is None:
+            self._settle(collector.greeting_ended(self._loop.time()))
+        else:
+            playback.add_done_callback(self._greeting_ended)
+
+    def info_digit(self, digit: str) -> None:
+        """A digit that came as SIP INFO on the caller's dialog (merged with the media's)."""
+        self.session.handle_info_digit(digit, self._loop.time())
+
+    def _on_digit(self, pressed: KeyPressed) -> None:
+        if not self.result.done():
+            log.debug("digit %s (%s)", pressed.digit, pressed.source.value)
+            self._settle(self.collector.digit(pressed.digit, self._loop.time()))
+
+    def _greeting_ended(self, _: asyncio.Future[None]) -> None:
+        if not self.result.done():
+            self._settle(self.collector.greeting_ended(self._loop.time()))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._settle(self.collector.handle_timer(self._loop.time()))
+
+    def _settle(self, result: CollectorResult | None) -> None:
+        if result is not None:
+            if not self.result.done():
+                self.result.set_result(result)
+            self.close()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.collector.get_timer()
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def close(self) -> None:
+        """Stop listening (the session's digits are no longer taken); the greeting is the caller's to stop."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.session.on_digit == self._on_digit:
+            self.session.on_digit = None
+        if self._playback is not None:
+            self._playback.remove_done_callback(self._greeting_ended)

@@ -1,0 +1,542 @@
+"""Flows 2, 3 and 4 of issue 5 end to end over loopback: a simulated provider (a trunk, no auth) calls the
+office's numbers; simulated phones ring and answer; RTP digits and media go over real UDP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+from phones import FAST, Phone, Script, sdp
+
+from media.dtmf_info import DTMF_RELAY_CONTENT_TYPE, format_dtmf_relay
+from media.dtmf_rfc4733 import TelephoneEventSender
+from media.errors import SdpError
+from media.rtp import RtpPacket, parse
+from media.sdp import Origin, parse_sdp
+from media.session import PortAllocator, RtpSession
+from routing.b2bua import B2bua
+from routing.collector import DigitCollector, ExtensionDialled, NoExtension, NoExtensionReason
+from routing.directory import Directory, Strategy, load_directory
+from routing.greeting_flow import ExtensionCollection, media_address, plan_answer, ringback
+from routing.location import InMemoryLocationStore
+from routing.registrar_service import RegistrarService
+from routing.resolver import Resolver
+from sipcore import Endpoint, IncomingRequest
+from sipcore.core import CoreConfig
+from sipcore.session import Answered, Confirmed, SessionEvent, Terminated, TerminationReason
+from sipcore.ua import Call, CallFailed, OutgoingCall, UserAgent
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+PASSWORDS = {"101": "anna-secret", "102": "bernd-secret", "103": "carla-secret"}
+ANSWER = Script("answer")
+CORE = CoreConfig(allowed_methods=("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER"))
+
+DIRECT = "+49301111111"  # no extension processing: rings 101
+GREETING = "+49302222222"  # extension processing, a long greeting; default 102
+SHORT = "+49303333333"  # extension processing, a short greeting; default 102
+GROUP = "+49304444444"  # no extension processing: group 200 (in turn: 101, then 102)
+HANGUP = "+49305555555"  # no extension processing: hang up
+
+OFFICE = """
+[server]
+domain = "office.example"
+listen = ["udp:127.0.0.1:5060"]
+state_dir = "var"
+rtp_ports = "31000-31999"
+
+[[employee]]
+extension = "101"
+name = "Anna"
+password = "anna-secret"
+
+[[employee]]
+extension = "102"
+name = "Bernd"
+password = "bernd-secret"
+
+[[employee]]
+extension = "103"
+name = "Carla"
+password = "carla-secret"
+
+[[group]]
+extension = "200"
+name = "Vertrieb"
+strategy = "in_turn"
+members = ["101", "102"]
+ring_seconds = 5
+fallback = "103"
+
+[[trunk]]
+name = "provider"
+host = "127.0.0.1"
+port = 5070
+inbound_from = ["127.0.0.1/32"]
+
+[[number]]
+number = "+49 30 1111111"
+trunk = "provider"
+default = "101"
+
+[[number]]
+number = "+49 30 2222222"
+trunk = "provider"
+extension_processing = true
+greeting = "long.wav"
+default = "102"
+
+[[number]]
+number = "+49 30 3333333"
+trunk = "provider"
+extension_processing = true
+greeting = "short.wav"
+default = "102"
+
+[[number]]
+number = "+49 30 4444444"
+trunk = "provider"
+default = "200"
+
+[[number]]
+number = "+49 30 5555555"
+trunk = "provider"
+default = "hangup"
+"""
+
+
+def write_wav(path: Path, seconds: float) -> None:
+    t = np.arange(int(8000 * seconds)) / 8000
+    samples = (3000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(samples.tobytes())
+
+
+class RtpSink(asyncio.DatagramProtocol):
+    """A raw RTP socket: remembers what it receives."""
+
+    def __init__(self) -> None:
+        self.packets: list[RtpPacket] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets.append(parse(data))
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def send(self, packet: RtpPacket, to: tuple[str, int]) -> None:
+        assert self.transport is not None
+        self.transport.sendto(bytes(packet), to)
+
+    async def wait_for(self, predicate: Callable[[RtpPacket], bool], timeout: float = 3.0) -> RtpPacket:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = next((p for p in self.packets if predicate(p)), None)
+                if found is not None:
+                    return found
+                await asyncio.sleep(0.01)
+
+
+async def rtp_socket() -> RtpSink:
+    loop = asyncio.get_running_loop()
+    _, sink = await loop.create_datagram_endpoint(RtpSink, local_addr=("127.0.0.1", 0))
+    return sink
+
+
+class Provider:
+    """A trunk calling in: no registration, no credentials (the office trusts its source address)."""
+
+    def __init__(self, server_port: int) -> None:
+        self.server_port = server_port
+        self.endpoint = Endpoint(timers=FAST, user_agent="provider")
+        self.ua = UserAgent(self.endpoint)
+
+    async def start(self) -> Provider:
+        await self.endpoint.listen("udp:127.0.0.1:0")
+        return self
+
+    def dial(self, number: str, body: bytes) -> OutgoingCall:
+        return self.ua.invite(
+            f"sip:{number}@office.example",
+            self.endpoint.flow_to("127.0.0.1", self.server_port),
+            from_='"Kunde" <sip:+4989123456@provider.example>',
+            to=f"<sip:{number}@office.example>",
+            body=body,
+        )
+
+    async def close(self) -> None:
+        self.ua.close()
+        await self.endpoint.close()
+
+
+@dataclass
+class Office:
+    b2bua: B2bua
+    port: int
+    provider: Provider
+    phones: list[Phone] = field(default_factory=list)
+    sinks: list[RtpSink] = field(default_factory=list)
+
+    async def phone(self, extension: str, script: Script = ANSWER) -> Phone:
+        phone = await Phone(extension, PASSWORDS[extension], self.port, script=script).start()
+        self.phones.append(phone)
+        return phone
+
+    async def sink(self) -> RtpSink:
+        sink = await rtp_socket()
+        self.sinks.append(sink)
+        return sink
+
+    async def idle(self) -> None:
+        async with asyncio.timeout(3):
+            while self.b2bua.active:
+                await asyncio.sleep(0.01)
+
+
+def short_rings(directory: Directory) -> Directory:
+    """Ring groups ring 1 s per step (the config's minimum of 5 s would make the tests slow)."""
+    return attrs.evolve(directory, groups=tuple(attrs.evolve(g, ring_seconds=1) for g in directory.groups))
+
+
+@pytest.fixture
+async def office(tmp_path: Path) -> AsyncIterator[Office]:
+    write_wav(tmp_path / "long.wav", 4.0)
+    write_wav(tmp_path / "short.wav", 0.3)
+    (tmp_path / "office.toml").write_text(OFFICE, encoding="utf-8")
+    directory = short_rings(load_directory(tmp_path / "office.toml"))
+    registrar = RegistrarService(directory, InMemoryLocationStore(), secret=SECRET)
+    endpoint = Endpoint(core=CORE, timers=FAST)
+    holder: list[B2bua] = []
+
+    def dispatch(incoming: IncomingRequest) -> Awaitable[None] | None:
+        method = incoming.request.method
+        if method == "REGISTER":
+            return registrar.handle(incoming)
+        if method == "INVITE":
+            return holder[0].handle(incoming)
+        incoming.respond(405)
+        return None
+
+    ua = UserAgent(endpoint, dispatch)
+    b2bua = B2bua(
+        ua,
+        registrar,
+        directory,
+        Resolver(directory),
+        ring_seconds=2.0,
+        ports=PortAllocator(*directory.server.rtp_ports),
+    )
+    holder.append(b2bua)
+    _, port = await endpoint.listen("udp:127.0.0.1:0")
+    provider = await Provider(port).start()
+    result = Office(b2bua, port, provider)
+    try:
+        yield result
+    finally:
+        await provider.close()
+        for phone in result.phones:
+            await phone.close()
+        for sink in result.sinks:
+            assert sink.transport is not None
+            sink.transport.close()
+        await endpoint.close()
+        await b2bua.media_clock.close()
+
+
+async def event_of(call: Call, kind: type[SessionEvent], timeout: float = 3.0) -> SessionEvent:
+    async with asyncio.timeout(timeout):
+        while True:
+            _, event = await call.events.get()
+            if isinstance(event, kind):
+                return event
+
+
+async def ended(call: Call, timeout: float = 3.0) -> Terminated:
+    async with asyncio.timeout(timeout):
+        return await call.wait_ended()
+
+
+async def answered(call: OutgoingCall, timeout: float = 3.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        ok = await call.wait_answered()
+    return ok.body
+
+
+async def send_digits(sink: RtpSink, digits: str, to: tuple[str, int]) -> None:
+    """RFC 4733 telephone-events (payload type 101) for ``digits``, paced as a phone sends them."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for number, planned in enumerate(TelephoneEventSender().packets(digits)):
+        await asyncio.sleep(max(0.0, start + planned.send_time / 8000 - loop.time()))
+        sink.send(
+            RtpPacket(101, 100 + number, 5000 + planned.timestamp, 0x4711, planned.payload, planned.marker),
+            to,
+        )
+
+
+def audio(sequence: int) -> RtpPacket:
+    return RtpPacket(0, sequence, sequence * 160, 0xCAFE, bytes(160))
+
+
+# --------------------------------------------------------------------------------------------- flow 2
+
+
+async def test_trunk_call_to_a_number_without_extension_processing_rings_its_employee(office: Office) -> None:
+    desk = await office.phone("101")
+    mobile = await office.phone("101", Script("ignore"))
+    caller_sdp = sdp("provider", 42000)
+    call = office.provider.dial(DIRECT, caller_sdp)
+    assert await answered(call) == desk.sdp  # not anchored: SDP passed through
+    at_desk, at_mobile = await desk.next_call(), await mobile.next_call()
+    assert at_desk.request.body == caller_sdp
+    assert call.invite is not None and at_desk.request.from_.uri == call.invite.from_.uri
+    assert (await ended(at_mobile)).reason is TerminationReason.CANCELLED
+    await event_of(at_desk, Confirmed)
+    call.bye()
+    assert (await ended(at_desk)).reason is TerminationReason.REMOTE_BYE
+    assert (await ended(call)).reason is TerminationReason.LOCAL_BYE
+    await office.idle()
+
+
+async def test_trunk_call_to_a_number_that_hangs_up_is_480(office: Office) -> None:
+    call = office.provider.dial(HANGUP, sdp("provider", 42000))
+    with pytest.raises(CallFailed) as failed:
+        await answered(call)
+    assert failed.value.status == 480
+
+
+# --------------------------------------------------------------------------------------------- flow 3
+
+
+async def answered_anchored(office: Office, number: str) -> tuple[OutgoingCall, RtpSink, tuple[str, int]]:
+    """Call ``number`` from the provider with a real RTP socket; returns the call, the socket and where the
+    office's media for it is (from the SDP answer)."""
+    rtp = await office.sink()
+    call = office.provider.dial(number, sdp("provider", rtp.port))
+    answer = parse_sdp(await answered(call))
+    where = media_address(answer)
+    assert where is not None and where[0] == "127.0.0.1" and 31000 <= where[1] <= 31999
+    (audio_stream,) = answer.media
+    assert [m.encoding for m in audio_stream.rtp_maps()] == ["PCMU", "telephone-event"]
+    return call, rtp, where
+
+
+async def test_digits_during_the_greeting_ring_that_extension_and_media_is_relayed(office: Office) -> None:
+    anna = await office.phone("101")
+    bernd = await office.phone("102", Script("ignore"))
+    phone_rtp = await office.sink()
+    anna.sdp = sdp("phone-101", phone_rtp.port)
+    call, rtp, where = await answered_anchored(office, GREETING)
+    await rtp.wait_for(lambda p: p.payload_type == 0)  # the greeting plays
+    await send_digits(rtp, "101", where)
+
+    leg = await anna.next_call()
+    offer = parse_sdp(leg.request.body)
+    assert media_address(offer) != ("127.0.0.1", rtp.port)  # the callee is offered the office's media
+    assert leg.request.get("content-type") == "application/sdp"
+    await event_of(leg, Confirmed)
+    assert bernd.calls.empty()
+
+    # Media flows both ways through the anchor, renumbered for each leg.
+    office_b = media_address(offer)
+    assert office_b is not None
+    rtp.packets.clear()
+    for sequence in range(3):
+        rtp.send(audio(sequence), where)
+        phone_rtp.send(audio(sequence), office_b)
+        await asyncio.sleep(0.02)
+    relayed = await phone_rtp.wait_for(lambda p: p.payload_type == 0)
+    back = await rtp.wait_for(lambda p: p.payload_type == 0 and p.ssrc != relayed.ssrc)
+    assert relayed.ssrc != 0xCAFE and back.ssrc != 0xCAFE
+
+    call.bye()
+    assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
+async def test_info_digits_during_the_greeting_are_taken_too(office: Office) -> None:
+    carla = await office.phone("103")
+    call, _, _ = await answered_anchored(office, GREETING)
+    for digit in "103":
+        call.send_request("INFO", body=format_dtmf_relay(digit), content_type=DTMF_RELAY_CONTENT_TYPE)
+        await asyncio.sleep(0.05)
+    leg = await carla.next_call()
+    await event_of(leg, Confirmed)
+    leg.bye()  # the callee hangs up: the caller's leg ends too
+    assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
+async def test_no_digits_during_the_greeting_ring_the_default_destination(office: Office) -> None:
+    bernd = await office.phone("102")
+    call, _, _ = await answered_anchored(office, SHORT)
+    leg = await bernd.next_call(timeout=3.0)
+    await event_of(leg, Confirmed)
+    call.bye()
+    assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
+async def test_caller_hanging_up_during_the_greeting_ends_the_call(office: Office) -> None:
+    call, rtp, _ = await answered_anchored(office, GREETING)
+    await rtp.wait_for(lambda p: p.payload_type == 0)
+    call.bye()
+    assert (await ended(call)).reason is TerminationReason.LOCAL_BYE
+    await office.idle()
+
+
+# --------------------------------------------------------------------------------------------- flow 4
+
+
+async def test_in_turn_group_rings_the_next_member_when_the_first_does_not_answer(office: Office) -> None:
+    assert office.b2bua.directory.groups[0].strategy is Strategy.IN_TURN
+    anna = await office.phone("101", Script("ignore"))
+    bernd = await office.phone("102")
+    call = office.provider.dial(GROUP, sdp("provider", 42000))
+    at_anna = await anna.next_call()
+    assert bernd.calls.empty()
+    assert await answered(call) == bernd.sdp
+    assert (await ended(at_anna)).reason is TerminationReason.CANCELLED
+    at_bernd = await bernd.next_call()
+    await event_of(at_bernd, Confirmed)
+    call.bye()
+    assert (await ended(at_bernd)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
+async def test_group_nobody_answers_goes_to_the_fallback(office: Office) -> None:
+    await office.phone("101", Script("ignore"))
+    carla = await office.phone("103")
+    call = office.provider.dial(GROUP, sdp("provider", 42000))  # 102 is not registered: skipped
+    assert await answered(call, timeout=4.0) == carla.sdp
+    leg = await carla.next_call()
+    await event_of(leg, Confirmed)
+    call.bye()
+    await ended(leg)
+    await office.idle()
+
+
+async def test_busy_members_are_skipped(office: Office) -> None:
+    anna = await office.phone("101")
+    bernd = await office.phone("102")
+    first = office.provider.dial(DIRECT, sdp("provider", 42000))
+    await answered(first)
+    at_anna = await anna.next_call()
+    await event_of(at_anna, Confirmed)
+    assert office.b2bua.busy == {"101": 1}
+    second = office.provider.dial(GROUP, sdp("provider", 42002))
+    assert await answered(second) == bernd.sdp
+    assert anna.calls.empty()
+    for call in (first, second):
+        call.bye()
+        await ended(call)
+    await office.idle()
+    assert not office.b2bua.busy
+
+
+async def test_evenly_group_offers_each_call_first_to_the_next_member(office: Office) -> None:
+    directory = office.b2bua.directory
+    evenly = attrs.evolve(directory.groups[0], strategy=Strategy.EVENLY)
+    office.b2bua.directory = attrs.evolve(directory, groups=(evenly,))
+    office.b2bua.resolver = Resolver(office.b2bua.directory)
+    anna, bernd = await office.phone("101"), await office.phone("102")
+    for phone, port in ((anna, 42000), (bernd, 42002), (anna, 42004)):
+        call = office.provider.dial(GROUP, sdp("provider", port))
+        assert await answered(call) == phone.sdp
+        leg = await phone.next_call()
+        await event_of(leg, Confirmed)
+        call.bye()
+        await ended(leg)
+        await office.idle()
+    assert anna.calls.empty() and bernd.calls.empty()  # each call rang only the member offered first
+    assert office.b2bua.ring_state.to_mapping() == {"200": "101"}
+
+
+# ------------------------------------------------------------------------------------- pure helpers
+
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+    "m=audio 4000 RTP/AVP 8 0 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n"
+    "a=rtpmap:96 telephone-event/8000\r\na=sendonly\r\n"
+)
+
+
+def test_plan_answer_prefers_pcmu_keeps_the_offered_event_type_and_the_peer_direction() -> None:
+    origin = Origin("durchwahl", "1", 1, "127.0.0.1")
+    planned = plan_answer(parse_sdp(OFFER), origin, address="127.0.0.1", port=31000)
+    assert planned.media.payload_type == 0 and planned.media.codec == "PCMU"
+    assert planned.media.telephone_event_pt == 96 and planned.media.direction == "sendonly"
+    assert planned.remote == ("192.0.2.1", 4000)
+    answer = parse_sdp(planned.body)
+    assert media_address(answer) == ("127.0.0.1", 31000) and answer.media[0].direction() == "recvonly"
+
+    only_alaw = OFFER.replace(" 8 0 96", " 8").replace("a=rtpmap:0 PCMU/8000\r\n", "")
+    planned = plan_answer(parse_sdp(only_alaw), origin, address="127.0.0.1", port=31000)
+    assert (planned.media.codec, planned.media.telephone_event_pt) == ("PCMA", None)
+    with pytest.raises(SdpError):
+        plan_answer(
+            parse_sdp(OFFER.replace(" 8 0 96", " 9").replace("8000", "16000")), origin, address="x", port=1
+        )
+
+
+def test_ringback_is_425_hz_one_second_on_four_off() -> None:
+    tone = ringback()
+    assert tone.duration == pytest.approx(5.0)
+    on, off = tone.samples[:8000], tone.samples[8000:]
+    assert not off.any() and np.abs(on).max() > 1000
+    spectrum = np.abs(np.fft.rfft(on.astype(np.float64)))
+    assert np.argmax(spectrum) == pytest.approx(425, abs=1)  # 1 Hz bins over one second
+
+
+async def test_collection_takes_info_digits_until_an_extension_matches() -> None:
+    session = RtpSession()  # not bound: INFO digits still go through its merger
+    playback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    collection = ExtensionCollection(DigitCollector(["101", "1011", "102"]), session, playback)
+    for digit in "101":
+        collection.info_digit(digit)
+        await asyncio.sleep(0.05)
+    assert not collection.result.done()  # "1011" could still follow
+    collection.info_digit("#")
+    assert await collection.result == ExtensionDialled("101")
+    assert session.on_digit is None
+
+
+async def test_collection_without_digits_ends_with_the_greeting() -> None:
+    session = RtpSession()
+    playback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    collection = ExtensionCollection(DigitCollector(["101"]), session, playback)
+    playback.set_result(None)
+    assert await collection.result == NoExtension(NoExtensionReason.NO_DIGITS)
+    no_greeting = ExtensionCollection(DigitCollector(["101"]), RtpSession(), None)
+    assert no_greeting.result.result() == NoExtension(NoExtensionReason.NO_DIGITS)
+
+
+async def test_offerless_invite_gets_our_offer_and_the_greeting_after_the_ack(office: Office) -> None:
+    bernd = await office.phone("102")
+    rtp = await office.sink()
+    call = office.provider.dial(SHORT, b"")
+    answered_event = await event_of(call, Answered)
+    assert isinstance(answered_event, Answered) and answered_event.answer_owed
+    offer = parse_sdp(answered_event.response.body)
+    assert [m.encoding for m in offer.media[0].rtp_maps()] == ["PCMU", "PCMA", "telephone-event"]
+    call.ack(body=sdp("provider", rtp.port))
+    await rtp.wait_for(lambda p: p.payload_type == 0)  # the greeting, to where the ACK's answer said
+    leg = await bernd.next_call()
+    await event_of(leg, Confirmed)
+    call.bye()
+    assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
