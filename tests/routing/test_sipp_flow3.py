@@ -1,0 +1,76 @@
+"""Issue 5 flow 3 against real SIPp: a SIPp "trunk" calls the company number and, while the greeting plays,
+dials extension 102 by replaying SIPp's own RFC 4733 captures; the call reaches a SIPp UAS that registered as
+employee 102 (bernd) and is hung up by the trunk. Everything on 127.0.0.1, each SIPp bounded by -timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sipp import free_port, require_sipp, run_sipp
+from test_server import copy_office
+
+from routing.server import Server
+
+HERE = Path(__file__).parent
+CAPTURES = Path("/usr/share/sip-tester")
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("run", range(2))  # repeated runs: 0 failed calls each time
+async def test_sipp_trunk_dials_an_extension_during_the_greeting(tmp_path: Path, run: int) -> None:
+    require_sipp()
+    assert (CAPTURES / "dtmf_2833_1.pcap").exists(), "sip-tester's DTMF captures are missing"
+    config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    # SIPp answers only MD5 and only the first challenge (INTEROP.md).
+    text = text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]')
+    # Without (valid) digits the call would go to 103, who is not registered: only the digits reach 102.
+    assert 'default = "200"' in text
+    config.write_text(text.replace('default = "200"', 'default = "103"', 1))
+    users = tmp_path / "bernd.csv"
+    users.write_text("SEQUENTIAL\nbernd;[authentication username=bernd password=bernd-102-secret]\n")
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        port = server.addresses[0][2]
+        uas_port = free_port()
+        common = ["-i", "127.0.0.1", "-t", "u1", "-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin"]
+        registered = await run_sipp(
+            [
+                "-sf",
+                str(HERE / "sipp_register.xml"),
+                "-inf",
+                str(users),
+                f"127.0.0.1:{port}",
+                "-p",
+                str(uas_port),
+                *common,
+            ],
+            tmp_path,
+            timeout=30,
+        )
+        assert registered.returncode == 0, registered.stdout[-2000:]
+        assert await server.registrar.contacts("bernd")
+        uas = asyncio.ensure_future(
+            run_sipp(["-sn", "uas", "-p", str(uas_port), *common], tmp_path, timeout=30)
+        )
+        await asyncio.sleep(0.5)  # let the UAS bind its port
+        trunk = await run_sipp(
+            [
+                "-sf",
+                str(HERE / "sipp_trunk_dtmf.xml"),
+                f"127.0.0.1:{port}",
+                "-p",
+                str(free_port()),
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                str(free_port()),
+                *common,
+            ],
+            tmp_path,
+            timeout=30,
+        )
+        employee = await uas
+    assert trunk.returncode == 0 and trunk.failed == 0, trunk.stdout[-3000:] + trunk.stderr[-1500:]
+    assert employee.returncode == 0 and employee.successful == 1, employee.stdout[-3000:]
