@@ -36,7 +36,16 @@ from one queue, so a call flow reads like the call:
    the ACK), UPDATE and INFO are relayed to the other leg and their answers back (a request the other leg
    cannot take now gets 491 or 500); requests that arrived before the bridge are held and relayed then.
 
-External numbers (``ToExternal``) are answered 480 for now.
+7. **Calls out** (``ToExternal``; flow 5): the call leaves through the route's trunk — Request-URI
+   ``sip:<e164>@<trunk host>:<port>``, From the office's identity on that trunk (:func:`trunk_identity`),
+   one 401/407 answered with the trunk's username and password. Media is anchored: the caller's offer is
+   answered on one of our ports (sent only once the client answers), the client is offered another, and
+   the two are relayed by a :class:`~media.relay.MediaBridge`. Once the client has answered (its 2xx
+   received and our ACK sent — never on early media) the post-dial digits go to the client's leg as
+   RFC 4733 events if it negotiated telephone-event, else as in-band tones, ``,`` pausing one second.
+   While the client rings the caller gets 180; a failure is mapped back (:func:`external_failure`).
+
+When a call ends, one :class:`~routing.cdr.CallRecord` goes to the ``cdr`` store (if there is one).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import asyncio
 import collections
 import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -81,9 +91,10 @@ from sipcore.transport import Flow
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
 from sipcore.uri import NameAddr, SipUri, parse_uri
 
+from .cdr import CallRecord, CdrStore, disposition_for
 from .collector import DigitCollector, ExtensionDialled
-from .dialstring import DialStringError, from_request_uri, to_e164
-from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number
+from .dialstring import DialStringError, format_dialstring, format_post_dial, from_request_uri, to_e164
+from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number, Trunk
 from .greeting_flow import AnchoredMedia, ExtensionCollection, ringback
 from .registrar_service import RegistrarService
 from .resolver import (
@@ -101,7 +112,15 @@ from .resolver import (
 )
 from .ringgroup import RingGroupState, plan_ring_group
 
-__all__ = ["COMPLETED_ELSEWHERE", "OWNED_HEADERS", "B2bua", "passthrough"]
+__all__ = [
+    "COMPLETED_ELSEWHERE",
+    "OWNED_HEADERS",
+    "B2bua",
+    "external_failure",
+    "passthrough",
+    "trunk_identity",
+    "trunk_uri",
+]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +184,59 @@ def _fork_failure(statuses: list[int]) -> int:
     return 486 if 486 in statuses else 480
 
 
+def external_failure(statuses: Iterable[int]) -> int:
+    """What the caller hears when the client's leg failed with ``statuses`` (none: no answer in time).
+
+    The provider's status is passed on, except a challenge the trunk's credentials did not satisfy (503:
+    the caller's phone must not try its own credentials) and a redirection (not followed: 480)."""
+    status = next(iter(statuses), None)
+    if status is None:
+        return 480
+    if status in (401, 407):
+        return 503
+    if status < 400:
+        return 480
+    return status
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def trunk_uri(trunk: Trunk, e164: str) -> SipUri:
+    """The Request-URI of a call to ``e164`` through ``trunk``: ``sip:<e164>@<host>:<port>``."""
+    return SipUri("sip", e164, None, _host(trunk.host), trunk.port)
+
+
+def trunk_identity(trunk: Trunk, directory: Directory) -> NameAddr:
+    """The office's identity on ``trunk`` (the From of calls out): the trunk account's AOR (the one it
+    registers), else the first of the office's numbers on that trunk at the trunk's host, else the
+    office's domain."""
+    if trunk.username is not None:
+        return NameAddr(None, SipUri("sip", trunk.username, None, _host(trunk.host)))
+    number = next((n.number for n in directory.numbers if n.trunk == trunk.name), None)
+    if number is not None:
+        return NameAddr(None, SipUri("sip", number, None, _host(trunk.host)))
+    return NameAddr(None, SipUri("sip", "durchwahl", None, directory.server.domain))
+
+
+async def _trunk_flow(ua: UserAgent, trunk: Trunk) -> Flow:
+    """A flow to the trunk's host (resolved if it is a name)."""
+    try:
+        address = str(ipaddress.ip_address(trunk.host.strip("[]")))
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(trunk.host, trunk.port, type=socket.SOCK_DGRAM)
+        address = str(infos[0][4][0])
+    return ua.endpoint.flow_to(address, trunk.port, trunk.transport)
+
+
+def _caller_label(request: Request, caller: Caller) -> tuple[str, str | None]:
+    """Who calls, for the CDR: an employee's extension, else the From URI; and the trunk it came from."""
+    if isinstance(caller, FromEmployee):
+        return caller.extension, None
+    return str(request.from_.uri), caller.name if isinstance(caller, FromTrunk) else None
+
+
 @attrs.define(eq=False)
 class _Call:
     """One call's mutable state, as the call coroutine goes from route to route."""
@@ -178,7 +250,21 @@ class _Call:
     held: list[CallEvent] = attrs.Factory(list)
     #: Set when the call is anchored (extension processing): the A-leg is answered by us.
     media: AnchoredMedia | None = None
+    #: Flow 5: our answer to the caller's offer (or our offer, for an offerless INVITE), sent when the
+    #: client answers.
+    caller_sdp: bytes | None = None
     ringing: bool = False
+    # What the CDR says about the call (see routing.cdr.CallRecord).
+    caller: str = ""
+    source_trunk: str | None = None
+    dialled: str = ""
+    started_at: float = 0.0
+    destination: tuple[str, str] | None = None
+    answered_at: float | None = None
+    answered_by: str | None = None
+    answered_contact: str | None = None
+    digits: str = ""
+    status: int | None = None
 
 
 @attrs.frozen
@@ -206,7 +292,8 @@ class B2bua:
     Anchored calls (extension processing) take RTP ports from ``ports`` (default: the directory's
     ``rtp_ports`` on its first listen address), play on ``media_clock`` and read greetings through
     ``greetings``. ``ring_state`` is the ``evenly`` groups' state (persisting it is the embedder's job:
-    :attr:`ring_state` is replaced after each call to such a group).
+    :attr:`ring_state` is replaced after each call to such a group). Calls out ring the client for at most
+    ``dial_out_seconds``. ``cdr`` gets one record per call (refusals other than challenges included).
     """
 
     def __init__(
@@ -223,6 +310,8 @@ class B2bua:
         media_clock: MediaClock | None = None,
         greetings: GreetingCache | None = None,
         ring_state: RingGroupState | None = None,
+        dial_out_seconds: float = 120.0,
+        cdr: CdrStore | None = None,
     ) -> None:
         self.ua = ua
         self.registrar = registrar
@@ -235,6 +324,8 @@ class B2bua:
         self.media_clock = media_clock if media_clock is not None else MediaClock()
         self.greetings = greetings if greetings is not None else GreetingCache()
         self.ring_state = ring_state if ring_state is not None else RingGroupState()
+        self.dial_out_seconds = dial_out_seconds
+        self.cdr = cdr
         #: Calls being set up or bridged: (A-leg, B-legs).
         self.active: dict[IncomingCall, list[OutgoingCall]] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
@@ -265,11 +356,13 @@ class B2bua:
         if incoming.final is not None:
             return  # cancelled while resolving: the endpoint answered 487
         log.info("call %s from %s to %s: %s", request.call_id, caller, dialled, route)
+        started_at = self._clock()
         if isinstance(route, Refused):
             self._refuse(incoming, route, caller)
-            return
-        if isinstance(route, ToExternal):
-            incoming.respond(480, "Temporarily Unavailable (external calls are not routed yet)")
+            if route.status not in (401, 407):
+                self._write_cdr(
+                    self._refused_record(request, caller, format_dialstring(dialled), route, started_at)
+                )
             return
         queue: CallQueue = asyncio.Queue()
         try:
@@ -277,10 +370,13 @@ class B2bua:
         except CallFailed:
             return
         call = _Call(a, queue, caller.name if isinstance(caller, FromTrunk) else None)
+        call.caller, call.source_trunk = _caller_label(request, caller)
+        call.dialled, call.started_at = format_dialstring(dialled), started_at
         self.active[a] = call.legs
         try:
             next_route: Route | None = route
             if isinstance(route, ToExtensionProcessing):
+                call.destination = ("number", route.number.number)
                 next_route = await self._extension_processing(call, route.number)
             if next_route is not None:
                 await self._deliver(call, next_route)
@@ -289,6 +385,51 @@ class B2bua:
             self._tear_down(a, call.legs)
             if call.media is not None:
                 call.media.close()
+            self._write_cdr(self._record(call))
+
+    # ------------------------------------------------------------------------------------------ CDRs
+
+    def _write_cdr(self, record: CallRecord) -> None:
+        if self.cdr is None:
+            return
+        try:
+            self.cdr.write(record)
+        except Exception:
+            log.exception("call %s: CDR not written", record.call_id)
+
+    def _record(self, call: _Call) -> CallRecord:
+        answered = call.answered_at is not None
+        return CallRecord(
+            call_id=call.a.request.call_id,
+            caller=call.caller,
+            source_trunk=call.source_trunk,
+            dialled=call.dialled,
+            destination_kind=call.destination[0] if call.destination else None,
+            destination_id=call.destination[1] if call.destination else None,
+            answered_by=call.answered_by,
+            answered_contact=call.answered_contact,
+            digits=call.digits,
+            started_at=call.started_at,
+            answered_at=call.answered_at,
+            ended_at=self._clock(),
+            disposition=disposition_for(answered=answered, status=call.status),
+            status=None if answered else call.status,
+        )
+
+    def _refused_record(
+        self, request: Request, caller: Caller, dialled: str, route: Refused, started_at: float
+    ) -> CallRecord:
+        label, trunk = _caller_label(request, caller)
+        return CallRecord(
+            call_id=request.call_id,
+            caller=label,
+            source_trunk=trunk,
+            dialled=dialled,
+            started_at=started_at,
+            ended_at=self._clock(),
+            disposition=disposition_for(answered=False, status=route.status),
+            status=route.status,
+        )
 
     def _who_calls(self, incoming: IncomingRequest) -> Caller | None:
         request = incoming.request
@@ -349,6 +490,7 @@ class B2bua:
             if call.a.terminated:
                 return
             if isinstance(route, ToEmployee):
+                call.destination = ("employee", route.employee.extension)
                 outcome = await self._ring(call, [route.employee], self.ring_seconds)
                 if isinstance(outcome, _Failed):
                     status = _fork_failure(list(outcome.statuses)) if outcome.statuses else 480
@@ -359,16 +501,21 @@ class B2bua:
                 if group.extension in seen_groups:
                     break
                 seen_groups.add(group.extension)
+                call.destination = ("group", group.extension)
                 ended = await self._ring_group(call, group)
                 if ended:
                     return
                 route = self.resolver.resolve_destination(group.fallback)
                 log.info("call %s: group %s unanswered, fallback %s", call.a.call_id, group.extension, route)
                 continue
+            if isinstance(route, ToExternal):
+                call.destination = ("external", route.e164)
+                await self._call_out(call, route)
+                return
             if isinstance(route, Refused):
                 self._fail(call, route.status, route.reason)
                 return
-            self._fail(call, 480, f"Temporarily Unavailable ({type(route).__name__} not routed yet)")
+            self._fail(call, 480, f"Temporarily Unavailable ({type(route).__name__} not routed here)")
             return
         log.warning("call %s: routing loops (groups falling back to each other)", call.a.call_id)
         self._fail(call, 482, "Loop Detected")
@@ -404,6 +551,7 @@ class B2bua:
     def _fail(self, call: _Call, status: int, reason: str | None = None) -> None:
         """The call cannot be delivered: reject the caller, or hang up on an anchored (answered) caller."""
         a = call.a
+        call.status = status
         if a.terminated:
             return
         try:
@@ -439,7 +587,7 @@ class B2bua:
         else:
             body, content_type = invite.body, _content_type(invite)
         legs: list[OutgoingCall] = []
-        answerer: dict[OutgoingCall, Employee] = {}
+        answerer: dict[OutgoingCall, tuple[Employee, SipUri]] = {}
         for employee, uri, flow in targets:
             to = NameAddr(employee.name, parse_uri(self.registrar_aor(employee)))
             leg = self.ua.invite(
@@ -453,15 +601,17 @@ class B2bua:
                 queue=call.queue,
             )
             legs.append(leg)
-            answerer[leg] = employee
+            answerer[leg] = (employee, uri)
         call.legs.extend(legs)
         won = await self._fork(call, legs, seconds)
         if not isinstance(won, tuple):
             return won
         winner, answer = won
-        if not self._connect(call, winner, answer):
+        if not await self._connect(call, winner, answer):
             return _ENDED
-        extension = answerer[winner].extension
+        employee, device = answerer[winner]
+        call.answered_by, call.answered_contact = employee.sip_user, str(device)
+        extension = employee.extension
         self.busy[extension] += 1
         try:
             await self._bridge(call, winner, answer_owed=answer.answer_owed)
@@ -471,17 +621,29 @@ class B2bua:
                 del self.busy[extension]
         return _ENDED
 
-    def _connect(self, call: _Call, winner: OutgoingCall, answer: Answered) -> bool:
-        """The callee answered: answer the caller with its SDP, or (anchored) relay media to it."""
+    async def _connect(self, call: _Call, winner: OutgoingCall, answer: Answered) -> bool:
+        """The callee answered: answer the caller with its SDP, or (anchored) relay media to it — on a call
+        out, answering the caller with our own SDP first."""
         a, response = call.a, answer.response
-        if call.media is not None:
+        media = call.media
+        if media is not None:
+            if a.state is SessionState.INCOMING:
+                try:
+                    a.answer(body=call.caller_sdp or b"", content_type="application/sdp")
+                except SessionError:
+                    log.info("call %s: the caller left as %s answered", a.call_id, winner.call_id)
+                    winner.bye()
+                    return False
+                if media.a_media is None and not await self._caller_ack(call, winner):
+                    return False
             try:
-                call.media.bridge_callee(response.body)
+                media.bridge_callee(response.body)
             except MediaError as exc:
                 log.warning("call %s: cannot bridge media of %s: %s", a.call_id, winner.call_id, exc)
                 winner.bye()
                 self._fail(call, 488)
                 return False
+            call.answered_at = self._clock()
             return True
         try:
             a.answer(body=response.body, content_type=_content_type(response), headers=passthrough(response))
@@ -489,7 +651,35 @@ class B2bua:
             log.info("call %s: the caller left as %s answered", a.call_id, winner.call_id)
             winner.bye()
             return False
+        call.answered_at = self._clock()
         return True
+
+    async def _caller_ack(self, call: _Call, winner: OutgoingCall) -> bool:
+        """Flow 5 with an offerless INVITE: wait for the caller's ACK with the answer to our offer (the
+        client's leg already answered); false: the call is over (both legs are ended)."""
+        assert call.media is not None
+        a = call.a
+        while True:
+            leg, event = await call.queue.get()
+            if isinstance(event, Terminated) and leg in (a, winner):
+                if leg is a:
+                    winner.bye()
+                else:
+                    a.bye()
+                return False
+            if leg is a and isinstance(event, Confirmed):
+                try:
+                    call.media.caller_answered(event.ack.body)
+                except MediaError as exc:
+                    log.info("call %s: no usable answer in the ACK: %s", a.call_id, exc)
+                    a.bye()
+                    winner.bye()
+                    return False
+                return True
+            if leg is a:
+                self._caller_event(call, event)
+            elif leg is winner and isinstance(event, DialogRequestReceived):
+                call.held.append((leg, event))
 
     def registrar_aor(self, employee: Employee) -> str:
         return f"sip:{employee.sip_user}@{self.directory.server.domain}"
@@ -548,10 +738,10 @@ class B2bua:
         if call.ringing:
             return
         call.ringing = True
-        if call.media is not None:
+        if call.a.state is SessionState.INCOMING:
+            call.a.ring(180)  # not answered yet (a call out anchors media, but answers only with the client)
+        elif call.media is not None:
             call.media.play_to_caller(ringback(), loop=True)
-        elif call.a.state is SessionState.INCOMING:
-            call.a.ring(180)
 
     def _caller_event(self, call: _Call, event: SessionEvent) -> None:
         """An event of the caller's leg before the bridge: held for it, or (anchored) handled here."""
@@ -597,6 +787,88 @@ class B2bua:
                 leg.cancel(headers=extra)
             else:
                 leg.bye()
+
+    # --------------------------------------------------------------------------------- flow 5: call out
+
+    async def _call_out(self, call: _Call, route: ToExternal) -> None:
+        """Call ``route``'s number through its trunk, anchored; send the post-dial digits once it answers."""
+        a = call.a
+        trunk = self.directory.trunk(route.trunk)
+        if trunk is None:
+            self._fail(call, 503, f"Service Unavailable (no trunk {route.trunk})")
+            return
+        try:
+            flow = await _trunk_flow(self.ua, trunk)
+        except OSError as exc:
+            log.error("call %s: trunk %s unreachable: %s", a.call_id, trunk.name, exc)
+            self._fail(call, 503, "Service Unavailable (trunk unreachable)")
+            return
+        media = call.media
+        try:
+            if media is None:
+                ports, address = self._media_ports(a)
+                media = call.media = AnchoredMedia(ports, self.media_clock, address)
+                offer = a.request.body
+                call.caller_sdp = await (media.answer_caller(offer) if offer else media.offer_caller())
+            body = await media.offer_callee()
+        except PortsExhausted:
+            log.error("call %s: no RTP port left", a.call_id)
+            self._fail(call, 503, "Service Unavailable (no media port)")
+            return
+        except MediaError as exc:
+            self._fail(call, 488, f"Not Acceptable Here ({exc})")
+            return
+        if a.terminated:
+            return
+        uri = trunk_uri(trunk, route.e164)
+        credentials = None
+        if trunk.username is not None and trunk.password is not None:
+            credentials = (trunk.username, trunk.password)
+        leg = self.ua.invite(
+            uri,
+            flow,
+            from_=trunk_identity(trunk, self.directory),
+            to=NameAddr(None, attrs.evolve(uri, port=None)),
+            body=body,
+            content_type="application/sdp",
+            headers=passthrough(a.request),
+            credentials=credentials,
+            queue=call.queue,
+        )
+        call.legs.append(leg)
+        won = await self._fork(call, [leg], self.dial_out_seconds)
+        if isinstance(won, _Failed):
+            self._fail(call, external_failure(won.statuses))
+            return
+        if not isinstance(won, tuple):
+            return
+        winner, answer = won
+        # Answered: the 2xx came and the session has sent our ACK (we made the offer) — the client is there.
+        if not await self._connect(call, winner, answer):
+            return
+        call.answered_by = route.e164
+        contact = answer.response.get("contact")
+        call.answered_contact = contact
+        if route.post_dial:
+            self._post_dial(call, format_post_dial(route.post_dial))
+        await self._bridge(call, winner, answer_owed=False)
+
+    @staticmethod
+    def _post_dial(call: _Call, digits: str) -> None:
+        """Send ``digits`` to the client's leg: RFC 4733 if it negotiated telephone-event, else tones."""
+        bridge = call.media.bridge if call.media is not None else None
+        if bridge is None:
+            return
+        call_id = call.a.call_id
+
+        def sent(side: Side) -> None:
+            log.info("call %s: post-dial digits %s sent", call_id, digits)
+
+        bridge.on_digits_sent = sent
+        try:
+            bridge.send_digits(Side.B, digits)
+        except MediaError as exc:
+            log.warning("call %s: cannot send post-dial digits %s: %s", call_id, digits, exc)
 
     # ---------------------------------------------------------------------- flow 3: extension processing
 
@@ -669,6 +941,7 @@ class B2bua:
         media.stop_playing()
         result = collection.result.result()
         log.info("call %s to %s: %s", a.call_id, number.number, result)
+        call.digits = result.extension if isinstance(result, ExtensionDialled) else result.digits
         if isinstance(result, ExtensionDialled):
             route = self.resolver.resolve_destination(ExtensionRef(result.extension))
             if not isinstance(route, Refused):

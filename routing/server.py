@@ -1,5 +1,6 @@
-"""The assembled server: a directory file becomes an endpoint, a registrar, a location store and (as the call
-flows land) the B2BUA. One object, usable as an async context manager inside another asyncio service.
+"""The assembled server: a directory file becomes an endpoint, a registrar, a location store, the B2BUA and
+its CDR store (``state_dir/cdr.sqlite3``). One object, usable as an async context manager inside another
+asyncio service.
 
 Events (pyee, on ``server.events``): ``started`` (listen addresses), ``reloaded`` (the new Directory),
 ``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
@@ -23,6 +24,7 @@ from sipcore.core import CoreConfig
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
+from .cdr import SqliteCdrStore
 from .directory import Directory, load_directory
 from .errors import ConfigError
 from .location import LocationStore, SqliteLocationStore
@@ -92,7 +94,8 @@ class Server:
         self._resolver_config = resolver_config
         self._resolver_hook = resolver_hook
         self.resolver = Resolver(self.directory, resolver_config, resolver_hook)
-        self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver)
+        self.cdr = SqliteCdrStore(state_dir / "cdr.sqlite3")
+        self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver, cdr=self.cdr)
         if self.calls is None:
             self.calls = self.b2bua.handle
         #: Outbound registrations of the trunks with ``register = true`` (their ``.status`` shows the state).
@@ -153,6 +156,7 @@ class Server:
         self.ua.close()
         await self.endpoint.close()
         await self.store.close()
+        await self.cdr.close()
         self.events.emit("stopped")
 
     def reload(self, path: str | Path | None = None) -> bool:

@@ -1,0 +1,348 @@
+"""Flow 5 of issue 5 end to end over loopback: an employee dials a CRM number; the call goes out through the
+trunk to a simulated provider (which challenges with 407 once), media is anchored, and the post-dial digits
+reach the provider's RTP socket after the answer — as RFC 4733 events, or as tones when its SDP lacks
+telephone-event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from phones import FAST, Phone, Script, sdp
+from test_flows import RtpSink, ended, event_of, rtp_socket
+
+from media.dtmf_inband import InbandDetector
+from media.dtmf_rfc4733 import DTMF_EVENTS, parse_telephone_event
+from media.g711 import ulaw_decode
+from media.rtp import RtpPacket
+from media.session import PortAllocator
+from routing.b2bua import B2bua, external_failure, trunk_identity, trunk_uri
+from routing.cdr import Disposition, InMemoryCdrStore
+from routing.directory import Directory, load_directory
+from routing.location import InMemoryLocationStore
+from routing.registrar_service import RegistrarService
+from routing.resolver import Resolver, ResolverConfig
+from sipcore import Endpoint, IncomingRequest
+from sipcore.auth import Authenticated, DigestSecret, DigestServer
+from sipcore.core import CoreConfig
+from sipcore.session import Confirmed, TerminationReason
+from sipcore.ua import CallFailed, IncomingCall, UserAgent
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+CORE = CoreConfig(allowed_methods=("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER"))
+TRUNK_USER, TRUNK_PASSWORD = "office-account", "trunk-secret"
+
+CLIENT = "+49891234567"
+CRM_WITH_EXTENSION = "+49891234567;105"
+CRM_WITH_PAUSE = "+49891234567;1,05"
+
+OFFICE = """
+[server]
+domain = "office.example"
+listen = ["udp:127.0.0.1:5060"]
+state_dir = "var"
+rtp_ports = "32000-32999"
+
+[[employee]]
+extension = "101"
+name = "Anna"
+password = "anna-secret"
+
+[[trunk]]
+name = "provider"
+host = "127.0.0.1"
+port = {port}
+username = "{user}"
+password = "{password}"
+
+[[number]]
+number = "+49 30 1111111"
+trunk = "provider"
+default = "101"
+
+[[crm]]
+name = "Kunde GmbH, Durchwahl 105"
+number = "+49 89 1234567;105"
+
+[[crm]]
+name = "Kunde GmbH, Zentrale mit Pause"
+number = "+49 89 1234567;1,05"
+"""
+
+
+def provider_sdp(port: int, *, telephone_event: bool) -> bytes:
+    formats = "0 101" if telephone_event else "0"
+    events = "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n" if telephone_event else ""
+    return (
+        "v=0\r\no=provider 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP {formats}\r\na=rtpmap:0 PCMU/8000\r\n{events}"
+    ).encode()
+
+
+class TrunkProvider:
+    """The provider's side of the trunk: challenges each new INVITE once with 407, then answers it (or
+    rejects it with ``reject``) with SDP pointing at its RTP socket."""
+
+    def __init__(self) -> None:
+        self.endpoint = Endpoint(timers=FAST, user_agent="provider")
+        self.ua = UserAgent(self.endpoint, self._handle)
+        self.digest = DigestServer("provider.example", secret=SECRET, algorithms=("MD5",))
+        self.invites: list[IncomingRequest] = []
+        self.calls: asyncio.Queue[IncomingCall] = asyncio.Queue()
+        self.telephone_event = True
+        self.reject: int | None = None
+        self.rtp: RtpSink | None = None
+        self.port = 0
+
+    async def start(self) -> TrunkProvider:
+        _, self.port = await self.endpoint.listen("udp:127.0.0.1:0")
+        self.rtp = await rtp_socket()
+        return self
+
+    def _secret(self, user: str) -> DigestSecret | None:
+        return DigestSecret(password=TRUNK_PASSWORD) if user == TRUNK_USER else None
+
+    def _handle(self, incoming: IncomingRequest) -> None:
+        request = incoming.request
+        if request.method != "INVITE":
+            incoming.respond(405)
+            return
+        self.invites.append(incoming)
+        now = time.time()
+        if not isinstance(self.digest.verify(request, self._secret, now, proxy=True), Authenticated):
+            incoming.send(self.digest.challenge_response(request, now, proxy=True))
+            return
+        call = self.ua.accept(incoming)
+        self.calls.put_nowait(call)
+        call.ring(180)
+        if self.reject is not None:
+            call.reject(self.reject)
+            return
+        assert self.rtp is not None
+        call.answer(body=provider_sdp(self.rtp.port, telephone_event=self.telephone_event))
+
+    async def next_call(self, timeout: float = 3.0) -> IncomingCall:
+        async with asyncio.timeout(timeout):
+            return await self.calls.get()
+
+    async def close(self) -> None:
+        self.ua.close()
+        await self.endpoint.close()
+        if self.rtp is not None and self.rtp.transport is not None:
+            self.rtp.transport.close()
+
+
+@dataclass
+class Office:
+    b2bua: B2bua
+    port: int
+    provider: TrunkProvider
+    cdr: InMemoryCdrStore
+    phones: list[Phone] = field(default_factory=list)
+    sinks: list[RtpSink] = field(default_factory=list)
+
+    async def anna(self) -> tuple[Phone, RtpSink]:
+        phone = await Phone("101", "anna-secret", self.port, script=Script("answer")).start()
+        self.phones.append(phone)
+        sink = await rtp_socket()
+        self.sinks.append(sink)
+        phone.sdp = sdp("phone-101", sink.port)
+        return phone, sink
+
+    async def idle(self) -> None:
+        async with asyncio.timeout(3):
+            while self.b2bua.active:
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def office(tmp_path: Path) -> AsyncIterator[Office]:
+    provider = await TrunkProvider().start()
+    text = OFFICE.format(port=provider.port, user=TRUNK_USER, password=TRUNK_PASSWORD)
+    (tmp_path / "office.toml").write_text(text, encoding="utf-8")
+    directory = load_directory(tmp_path / "office.toml")
+    registrar = RegistrarService(directory, InMemoryLocationStore(), secret=SECRET)
+    endpoint = Endpoint(core=CORE, timers=FAST)
+    holder: list[B2bua] = []
+
+    def dispatch(incoming: IncomingRequest) -> Awaitable[None] | None:
+        method = incoming.request.method
+        if method == "REGISTER":
+            return registrar.handle(incoming)
+        if method == "INVITE":
+            return holder[0].handle(incoming)
+        incoming.respond(405)
+        return None
+
+    ua = UserAgent(endpoint, dispatch)
+    cdr = InMemoryCdrStore()
+    b2bua = B2bua(
+        ua,
+        registrar,
+        directory,
+        Resolver(directory, ResolverConfig(default_scope="crm")),
+        ring_seconds=2.0,
+        dial_out_seconds=3.0,
+        ports=PortAllocator(*directory.server.rtp_ports),
+        cdr=cdr,
+    )
+    holder.append(b2bua)
+    _, port = await endpoint.listen("udp:127.0.0.1:0")
+    result = Office(b2bua, port, provider, cdr)
+    try:
+        yield result
+    finally:
+        await provider.close()
+        for phone in result.phones:
+            await phone.close()
+        for sink in result.sinks:
+            assert sink.transport is not None
+            sink.transport.close()
+        await endpoint.close()
+        await b2bua.media_clock.close()
+
+
+def events_in(packets: list[RtpPacket]) -> str:
+    """The digits of the RFC 4733 events among ``packets`` (one per event, in order of their timestamps)."""
+    starts: dict[int, int] = {}
+    for packet in packets:
+        if packet.payload_type == 101:
+            starts.setdefault(packet.timestamp, parse_telephone_event(packet.payload).event)
+    return "".join(DTMF_EVENTS[starts[ts]] for ts in sorted(starts))
+
+
+async def wait_until(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_crm_call_goes_out_through_the_trunk_and_sends_rfc4733_digits_after_the_answer(
+    office: Office,
+) -> None:
+    anna, _ = await office.anna()
+    provider = office.provider
+    assert provider.rtp is not None
+    call = anna.dial(CRM_WITH_EXTENSION)
+    client = await provider.next_call()
+
+    # Challenged once with 407, then the same call again with the trunk's credentials.
+    first, second = provider.invites
+    assert first.request.call_id == second.request.call_id
+    assert second.request.cseq.seq == first.request.cseq.seq + 1
+    assert TRUNK_USER in (second.request.get("proxy-authorization") or "")
+    invite = client.request
+    assert str(invite.uri) == f"sip:{CLIENT}@127.0.0.1:{provider.port}"
+    assert invite.from_.uri.user == TRUNK_USER  # type: ignore[union-attr]
+    assert invite.call_id != (call.invite.call_id if call.invite else None)
+
+    # Media is anchored: the provider is offered the office's port, not the phone's.
+    assert b"127.0.0.1" in invite.body and anna.sdp.split(b"m=audio ")[1][:5] not in invite.body
+
+    async with asyncio.timeout(3):
+        answer = await call.wait_answered()
+    assert b"m=audio" in answer.body and answer.body != provider_sdp(provider.rtp.port, telephone_event=True)
+    await event_of(client, Confirmed)  # our ACK: only now the digits start
+    rtp = provider.rtp
+
+    def ended_events() -> set[int]:
+        return {
+            p.timestamp for p in rtp.packets if p.payload_type == 101 and parse_telephone_event(p.payload).end
+        }
+
+    await wait_until(lambda: len(ended_events()) == 3)  # every digit has its end packets
+    assert events_in(rtp.packets) == "105"
+    events = [p for p in rtp.packets if p.payload_type == 101]
+    assert sum(p.marker for p in events) == 3  # one start per digit
+
+    client.bye()  # the client hangs up
+    assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+    (record,) = office.cdr.records
+    assert record.disposition is Disposition.ANSWERED
+    assert (record.caller, record.dialled) == ("101", CRM_WITH_EXTENSION)
+    assert (record.destination_kind, record.destination_id, record.answered_by) == (
+        "external",
+        CLIENT,
+        CLIENT,
+    )
+
+
+async def test_client_without_telephone_event_gets_in_band_tones_with_the_pause(office: Office) -> None:
+    anna, _ = await office.anna()
+    provider = office.provider
+    provider.telephone_event = False
+    assert provider.rtp is not None
+    call = anna.dial(CRM_WITH_PAUSE)
+    client = await provider.next_call()
+    await event_of(client, Confirmed)
+
+    detector = InbandDetector()
+    found: list[tuple[str, int]] = []
+    seen: set[int] = set()
+
+    def decoded() -> str:
+        for packet in sorted(provider.rtp.packets, key=lambda p: p.sequence_number):  # type: ignore[union-attr]
+            if packet.payload_type == 0 and packet.sequence_number not in seen:
+                seen.add(packet.sequence_number)
+                found.extend((d.digit, d.start) for d in detector.feed(ulaw_decode(packet.payload)))
+        return "".join(digit for digit, _ in found)
+
+    await wait_until(lambda: len(decoded()) >= 3, timeout=6.0)
+    assert decoded() == "105"
+    assert not any(p.payload_type == 101 for p in provider.rtp.packets)
+    (_, one), (_, zero), (_, five) = found
+    assert (zero - one) / 8000 == pytest.approx(0.2 + 1.0, abs=0.05)  # tone, gap, and the 1 s pause
+    assert (five - zero) / 8000 == pytest.approx(0.2, abs=0.05)
+
+    call.bye()  # the employee hangs up: the client's leg ends too
+    assert (await ended(client)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
+async def test_client_busy_is_486_for_the_employee(office: Office) -> None:
+    anna, _ = await office.anna()
+    office.provider.reject = 486
+    call = anna.dial(CRM_WITH_EXTENSION)
+    with pytest.raises(CallFailed) as failed:
+        async with asyncio.timeout(3):
+            await call.wait_answered()
+    assert failed.value.status == 486
+    await office.idle()
+    (record,) = office.cdr.records
+    assert (record.disposition, record.status) == (Disposition.BUSY, 486)
+
+
+async def test_numbers_outside_the_crm_are_refused_for_a_crm_scope(office: Office) -> None:
+    anna, _ = await office.anna()
+    call = anna.dial("+49897654321")
+    with pytest.raises(CallFailed) as failed:
+        async with asyncio.timeout(3):
+            await call.wait_answered()
+    assert failed.value.status == 403
+    assert not office.provider.invites
+
+
+def test_trunk_uri_identity_and_failure_mapping(tmp_path: Path) -> None:
+    (tmp_path / "office.toml").write_text(
+        OFFICE.format(port=5070, user=TRUNK_USER, password=TRUNK_PASSWORD), encoding="utf-8"
+    )
+    directory: Directory = load_directory(tmp_path / "office.toml")
+    (trunk,) = directory.trunks
+    assert str(trunk_uri(trunk, CLIENT)) == f"sip:{CLIENT}@127.0.0.1:5070"
+    assert str(trunk_identity(trunk, directory)) == f"<sip:{TRUNK_USER}@127.0.0.1>"
+    anonymous = type(trunk)(name="p", host="sip.example.net")
+    assert str(trunk_identity(anonymous, directory)) == "<sip:durchwahl@office.example>"
+    assert [external_failure(s) for s in ((), (486,), (407,), (302,), (503,), (404,))] == [
+        480,
+        486,
+        503,
+        480,
+        503,
+        404,
+    ]
