@@ -12,7 +12,7 @@ from typing import Final, NamedTuple
 import attrs
 
 from .errors import SipParseError
-from .uri import parse_params
+from .uri import parse_params, split_plain_params
 
 __all__ = [
     "COMPACT_FORMS",
@@ -314,13 +314,7 @@ def _parse_via(value: str) -> Via:
     if fast is not None:
         transport, host, port_text, param_text = fast.groups()
         port = None if port_text is None else int(port_text)
-        params: tuple[tuple[str, str | None], ...] = ()
-        if param_text:
-            out: list[tuple[str, str | None]] = []
-            for item in param_text[1:].split(";"):
-                name, equals, pvalue = item.partition("=")
-                out.append((name.lower(), pvalue if equals else None))
-            params = tuple(out)
+        params = split_plain_params(param_text)
         if (port is None or port <= 65535) and all(
             k != "rport" or v is None or (is_digits(v) and int(v) <= 65535) for k, v in params
         ):

@@ -519,6 +519,17 @@ def parse_sip_uri(text: str) -> SipUri:
     return uri
 
 
+def split_plain_params(text: str) -> Params:
+    """``;a=b;c`` as a fast-path regex matched it (tokens only, no quotes or LWS): names lower-cased."""
+    if not text:
+        return ()
+    out: list[tuple[str, str | None]] = []
+    for item in text[1:].split(";"):
+        name, equals, value = item.partition("=")
+        out.append((name.lower(), value if equals else None))
+    return tuple(out)
+
+
 def _sip_from_match(scheme: str, match: re.Match[str], whole: str) -> SipUri | None:
     """The SipUri of a ``_SIP_FAST`` match, or None to leave it to the general parser (and its errors)."""
     user, host, port_text, param_text = match.groups()
@@ -531,14 +542,7 @@ def _sip_from_match(scheme: str, match: re.Match[str], whole: str) -> SipUri | N
         port = int(port_text)
         if port > 65535:
             return None
-    params: Params = ()
-    if param_text:
-        out: list[tuple[str, str | None]] = []
-        for item in param_text[1:].split(";"):
-            name, equals, value = item.partition("=")
-            out.append((name.lower(), value if equals else None))
-        params = tuple(out)
-    return SipUri(scheme, user, None, host, port, params, ())
+    return SipUri(scheme, user, None, host, port, split_plain_params(param_text), ())
 
 
 def _parse_sip(scheme: str, rest: str, whole: str) -> SipUri:
@@ -824,14 +828,8 @@ def _parse_name_addr(text: str) -> NameAddr:
     fast = _NAME_ADDR_FAST.fullmatch(text)
     if fast is not None:
         quoted, unquoted, uri_text, param_text = fast.groups()
-        params: Params = ()
-        if param_text:
-            out: list[tuple[str, str | None]] = []
-            for item in param_text[1:].split(";"):
-                name, equals, pvalue = item.partition("=")
-                out.append((name.lower(), pvalue if equals else None))
-            params = tuple(out)
-        return NameAddr(quoted if quoted is not None else unquoted, parse_uri(uri_text), params, True)
+        display = quoted if quoted is not None else unquoted
+        return NameAddr(display, parse_uri(uri_text), split_plain_params(param_text), True)
     return _parse_name_addr_general(text)
 
 
