@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("-v", "--verbose", action="store_true", help="log SIP messages (DEBUG)")
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
+    demo = commands.add_parser(
+        "demo",
+        help="play a scripted office day on loopback with simulated phones (no phone needed)",
+        description="Start the example office on loopback and play a scripted office day with simulated "
+        "phones and a simulated provider; print what happened; exit 0 only if every step happened.",
+    )
+    demo.add_argument("-v", "--verbose", action="store_true", help="also log what the server does")
     commands.add_parser(
         "dtmf",
         help="print the in-band DTMF digits of a recording (digit and start sample at 8 kHz)",
@@ -119,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         from routing.directory import check_config_main
 
         return check_config_main(args.file)
+    if args.command == "demo":
+        from routing.demo import main as demo_main
+
+        if args.verbose:
+            import logging
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return demo_main()
     return 2
 
 
