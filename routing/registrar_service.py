@@ -49,6 +49,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
+import attrs
+
 from sipcore.auth import Authenticated, DigestServer, Failed, Missing, Stale
 from sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
 from sipcore.errors import SipParseError
@@ -56,6 +58,7 @@ from sipcore.headers import parse_auth
 from sipcore.message import Request
 from sipcore.registrar import (
     Binding,
+    BindingFlow,
     RegisterOutcome,
     RegisterRejected,
     RegistrarConfig,
@@ -90,6 +93,28 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@attrs.frozen
+class Registered:
+    """A device registered (a new binding): emitted as the server's ``registered`` event."""
+
+    aor: str
+    contact: str
+    flow: BindingFlow | None
+    user_agent: str | None
+
+
+@attrs.frozen
+class Unregistered:
+    """A binding went away: ``reason`` is "removed" (REGISTER), "expired" or "evicted"."""
+
+    aor: str
+    contact: str
+    reason: str
+
+
+RegistrationEvent = Registered | Unregistered
 
 
 class RegistrarService:
@@ -130,6 +155,8 @@ class RegistrarService:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         #: (aor, contact) of bindings that did not answer the last OPTIONS ping; cleared by a REGISTER.
         self.unreachable: set[tuple[str, str]] = set()
+        #: Called with every ``Registered`` / ``Unregistered`` (the server turns them into pyee events).
+        self.on_event: Callable[[RegistrationEvent], None] | None = None
         self.directory = directory
         self.digest = self._digest_server(directory)
 
@@ -281,10 +308,14 @@ class RegistrarService:
             return None
         for binding in outcome.added:
             log.info("registered %s -> %s via %s", aor, binding.contact, binding.flow)
+            self._emit(Registered(aor, binding.contact, binding.flow, binding.user_agent))
         for binding in (*outcome.added, *outcome.refreshed, *outcome.removed):
             self.unreachable.discard((aor, binding.contact))
         for binding in outcome.removed:
             log.info("unregistered %s -> %s", aor, binding.contact)
+            self._emit(Unregistered(aor, binding.contact, "removed"))
+        for binding in outcome.expired:
+            self._emit(Unregistered(aor, binding.contact, "expired"))
         if not outcome.accepted:
             log.info("REGISTER for %s from %s: %s", aor, incoming.flow, outcome.response.reason)
         return outcome
@@ -384,7 +415,15 @@ class RegistrarService:
         gone = await self.store.expire(self._clock())
         for binding in gone:
             log.info("registration expired: %s -> %s", binding.aor, binding.contact)
+            self._emit(Unregistered(binding.aor, binding.contact, "expired"))
         return len(gone)
+
+    def _emit(self, event: RegistrationEvent) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("registration event handler failed on %s", event)
 
     async def run_expiry(self, interval: float = 30.0) -> None:
         """Purge expired bindings every ``interval`` seconds until cancelled (a task of the server's)."""

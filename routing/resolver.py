@@ -74,9 +74,11 @@ class FromEmployee:
 
 @attrs.frozen
 class FromTrunk:
-    """A call from a trunk, identified by its source address or its credentials."""
+    """A call from a trunk, identified by its source address or its credentials; ``calling`` is the
+    caller's number as the trunk gave it (the From user part), for hooks that route known callers."""
 
     name: str
+    calling: str | None = None
 
 
 @attrs.frozen

@@ -2,8 +2,9 @@
 its CDR store (``state_dir/cdr.sqlite3``). One object, usable as an async context manager inside another
 asyncio service.
 
-Events (pyee, on ``server.events``): ``started`` (listen addresses), ``reloaded`` (the new Directory),
-``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
+Events (pyee, on ``server.events``): ``started`` (listen addresses), ``registered`` (a
+``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``reloaded`` (the new
+Directory), ``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .cdr import SqliteCdrStore
 from .directory import Directory, load_directory
 from .errors import ConfigError
 from .location import LocationStore, SqliteLocationStore
-from .registrar_service import RegistrarService
+from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
 
@@ -90,6 +91,7 @@ class Server:
         state_dir = self.directory.server.state_dir
         self.store = store if store is not None else SqliteLocationStore(state_dir / "location.sqlite3")
         self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
+        self.registrar.on_event = self._registration_event
         self.ua = UserAgent(self.endpoint, self._handle)
         self._resolver_config = resolver_config
         self._resolver_hook = resolver_hook
@@ -102,6 +104,9 @@ class Server:
         self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _registration_event(self, event: RegistrationEvent) -> None:
+        self.events.emit("registered" if isinstance(event, Registered) else "unregistered", event)
 
     @staticmethod
     def _log_error(error: Exception) -> None:
