@@ -30,8 +30,9 @@ from one queue, so a call flow reads like the call:
    :mod:`routing.greeting_flow`. A valid extension is rung, anything else goes to the number's default
    destination. While devices ring the caller hears a generated ringback (425 Hz); the callee is offered
    a second anchored port and, once it answers, RTP is relayed between the two ports
-   (:class:`~media.relay.MediaBridge`). On an anchored call a re-INVITE is answered by the B2BUA on that
-   leg (the relay learns the new direction) instead of being relayed.
+   (:class:`~media.relay.MediaBridge`). On an anchored call a re-INVITE (or an UPDATE with SDP) is
+   answered by the B2BUA on that leg (the relay learns the new direction) and the other leg gets a
+   re-INVITE of ours with the same direction (hold/resume told across, :class:`_HoldSync`).
 6. **Bridged**: BYE on either side ends both legs; re-INVITEs (an offerless one too, its answer carried in
    the ACK), UPDATE and INFO are relayed to the other leg and their answers back (a request the other leg
    cannot take now gets 491 or 500); requests that arrived before the bridge are held and relayed then.
@@ -53,10 +54,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import ipaddress
+import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Final
 
 import attrs
@@ -65,6 +69,7 @@ from media.dtmf_info import parse_info_body
 from media.errors import MediaError, SdpError
 from media.greeting import Greeting, GreetingCache, GreetingError
 from media.relay import Side
+from media.sdp import parse_sdp
 from media.session import MediaClock, PortAllocator, PortsExhausted
 from sipcore.auth import Authenticated, Stale
 from sipcore.endpoint import IncomingRequest
@@ -89,7 +94,7 @@ from sipcore.session import (
 )
 from sipcore.transport import Flow
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
-from sipcore.uri import NameAddr, SipUri, parse_uri
+from sipcore.uri import NameAddr, SipUri, TelUri, parse_uri
 
 from .cdr import CallRecord, CdrStore, disposition_for
 from .collector import DigitCollector, ExtensionDialled
@@ -115,6 +120,7 @@ from .ringgroup import RingGroupState, plan_ring_group
 __all__ = [
     "COMPLETED_ELSEWHERE",
     "OWNED_HEADERS",
+    "RING_STATE_FILE",
     "B2bua",
     "external_failure",
     "passthrough",
@@ -166,6 +172,25 @@ OWNED_HEADERS: Final = frozenset(
 
 _EARLY: Final = frozenset({SessionState.CALLING, SessionState.PROCEEDING, SessionState.CANCEL_PENDING})
 
+#: States in which a leg can send an in-dialog request (its INVITE is complete).
+_ESTABLISHED: Final = frozenset(
+    {
+        SessionState.CONFIRMED,
+        SessionState.REINVITING,
+        SessionState.REINVITE_BACKOFF,
+        SessionState.REINVITED,
+        SessionState.REINVITE_ACK_WAIT,
+    }
+)
+#: States in which a leg's INVITE still waits for its ACK: requests for it are held until it is confirmed.
+_AWAITING_ACK: Final = frozenset({SessionState.WAITING_FOR_ACK, SessionState.ANSWERED})
+
+#: The ``evenly`` ring-group state is kept in this file under the directory's ``state_dir``.
+RING_STATE_FILE: Final = "ring_state.json"
+
+#: In-dialog requests held per call before the bridge (or until a leg is confirmed); more get 500.
+MAX_HELD: Final = 16
+
 
 def passthrough(message: Request | Response, *, also: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
     """The headers of ``message`` the B2BUA does not own, in order, exactly as they came."""
@@ -175,6 +200,18 @@ def passthrough(message: Request | Response, *, also: Iterable[str] = ()) -> tup
 
 def _content_type(message: Request | Response) -> str | None:
     return message.get("content-type") if message.body else None
+
+
+def _offered_direction(body: bytes) -> str | None:
+    """The direction (RFC 3264 §6.1) an SDP offer declares for its first active audio stream."""
+    try:
+        description = parse_sdp(body)
+    except SdpError:
+        return None
+    for media in description.media:
+        if media.media == "audio" and media.port != 0:
+            return media.direction(description.direction())
+    return None
 
 
 def _fork_failure(statuses: list[int]) -> int:
@@ -291,8 +328,9 @@ class B2bua:
 
     Anchored calls (extension processing) take RTP ports from ``ports`` (default: the directory's
     ``rtp_ports`` on its first listen address), play on ``media_clock`` and read greetings through
-    ``greetings``. ``ring_state`` is the ``evenly`` groups' state (persisting it is the embedder's job:
-    :attr:`ring_state` is replaced after each call to such a group). Calls out ring the client for at most
+    ``greetings``. ``ring_state`` is the ``evenly`` groups' state: by default it is read at start from
+    :attr:`ring_state_path` (``state_dir/ring_state.json``) and written there, as JSON, whenever a call to
+    such a group changes it, so the rotation survives a restart. Calls out ring the client for at most
     ``dial_out_seconds``. ``cdr`` gets one record per call (refusals other than challenges included).
     """
 
@@ -323,7 +361,7 @@ class B2bua:
         self._ports = ports
         self.media_clock = media_clock if media_clock is not None else MediaClock()
         self.greetings = greetings if greetings is not None else GreetingCache()
-        self.ring_state = ring_state if ring_state is not None else RingGroupState()
+        self.ring_state = ring_state if ring_state is not None else self._load_ring_state()
         self.dial_out_seconds = dial_out_seconds
         self.cdr = cdr
         #: Calls being set up or bridged: (A-leg, B-legs).
@@ -386,6 +424,40 @@ class B2bua:
             if call.media is not None:
                 call.media.close()
             self._write_cdr(self._record(call))
+
+    # ------------------------------------------------------------------------------- ring-group state
+
+    @property
+    def ring_state_path(self) -> Path:
+        """Where the ``evenly`` state is kept: ``ring_state.json`` in the directory's ``state_dir``."""
+        return self.directory.server.state_dir / RING_STATE_FILE
+
+    def _load_ring_state(self) -> RingGroupState:
+        path = self.ring_state_path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return RingGroupState()
+        except (OSError, ValueError) as exc:
+            log.warning("ring-group state %s not read (starting afresh): %s", path, exc)
+            return RingGroupState()
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            log.warning("ring-group state %s is not a {group: member} object (starting afresh)", path)
+            return RingGroupState()
+        return RingGroupState.from_mapping(data)
+
+    def _save_ring_state(self) -> None:
+        """Write :attr:`ring_state` atomically (a temporary file renamed over the old one)."""
+        path = self.ring_state_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(json.dumps(self.ring_state.to_mapping(), sort_keys=True), encoding="utf-8")
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.error("ring-group state not saved to %s: %s", path, exc)
 
     # ------------------------------------------------------------------------------------------ CDRs
 
@@ -455,7 +527,10 @@ class B2bua:
             if any(address in network for network in trunk.inbound_from) and self._calls_trunk_number(
                 request, trunk.name
             ):
-                return FromTrunk(trunk.name)
+                calling = request.from_.uri.user if isinstance(request.from_.uri, SipUri) else None
+                if isinstance(request.from_.uri, TelUri):
+                    calling = request.from_.uri.number
+                return FromTrunk(trunk.name, calling)
         return Anonymous(str(incoming.flow), challenge=True)
 
     def _calls_trunk_number(self, request: Request, trunk: str) -> bool:
@@ -527,7 +602,10 @@ class B2bua:
             employee = self._employee(extension)
             if employee is not None and not self.busy[extension] and await self._devices(employee):
                 reachable.append(extension)
-        plan, self.ring_state = plan_ring_group(group, reachable, self.ring_state)
+        plan, state = plan_ring_group(group, reachable, self.ring_state)
+        if state != self.ring_state:
+            self.ring_state = state
+            self._save_ring_state()
         for step in plan.steps:
             employees = [e for e in map(self._employee, step.extensions) if e is not None]
             outcome = await self._ring(call, employees, float(step.seconds))
@@ -679,7 +757,7 @@ class B2bua:
             if leg is a:
                 self._caller_event(call, event)
             elif leg is winner and isinstance(event, DialogRequestReceived):
-                call.held.append((leg, event))
+                self._hold(call, leg, event)
 
     def registrar_aor(self, employee: Employee) -> str:
         return f"sip:{employee.sip_user}@{self.directory.server.domain}"
@@ -715,7 +793,7 @@ class B2bua:
                         assert isinstance(leg, OutgoingCall)
                         winner, answer = leg, event
                     elif isinstance(event, DialogRequestReceived):
-                        call.held.append((leg, event))
+                        self._hold(call, leg, event)
                     elif isinstance(event, Rejected):
                         pending.discard(leg)
                         statuses.append(event.status)
@@ -750,22 +828,35 @@ class B2bua:
             if isinstance(event, ReinviteReceived):
                 self._reanswer(call, event)
                 return
-            if isinstance(event, DialogRequestReceived) and event.request.method == "INFO":
-                a.respond(event.request, 200)  # DTMF before the bridge: nobody to hear it
+            if isinstance(event, DialogRequestReceived) and event.request.method == "UPDATE":
+                self._update_locally(call, a, Side.A, event.request)
                 return
         if isinstance(event, DialogRequestReceived):
-            call.held.append((a, event))
+            self._hold(call, a, event)
 
-    def _reanswer(self, call: _Call, event: ReinviteReceived, side: Side = Side.A) -> None:
-        """A re-INVITE (hold, resume) on a leg of an anchored call: answered here, media stays anchored."""
-        assert call.media is not None
-        leg = (
-            call.a
-            if side is Side.A
-            else next((b for b in call.legs if b.call_id == event.request.call_id), None)
-        )
-        if leg is None:
+    @staticmethod
+    def _hold(call: _Call, leg: Call, event: DialogRequestReceived) -> None:
+        """Keep an in-dialog request (INFO …) that came before the bridge; relayed once there is one."""
+        if len(call.held) >= MAX_HELD:
+            leg.respond(event.request, 500, headers=(("Retry-After", "1"),))
             return
+        call.held.append((leg, event))
+
+    def _reanswer(
+        self, call: _Call, event: ReinviteReceived, side: Side = Side.A, leg: Call | None = None
+    ) -> str | None:
+        """A re-INVITE (hold, resume) on a leg of an anchored call: answered here (RFC 3264 §8.4: our answer
+        mirrors the offered direction), the relay told; returns the direction the leg offered (None: not
+        accepted)."""
+        assert call.media is not None
+        if leg is None:
+            leg = (
+                call.a
+                if side is Side.A
+                else next((b for b in call.legs if b.call_id == event.request.call_id), None)
+            )
+        if leg is None:
+            return None
         try:
             if not event.request.body:
                 raise SdpError("offerless re-INVITE")
@@ -773,8 +864,29 @@ class B2bua:
         except MediaError as exc:
             log.info("call %s: re-INVITE not acceptable: %s", call.a.call_id, exc)
             leg.reject_reinvite(488)
-            return
-        leg.answer_reinvite(body=body, content_type="application/sdp")
+            return None
+        try:
+            leg.answer_reinvite(body=body, content_type="application/sdp")
+        except SessionError as exc:
+            log.info("call %s: re-INVITE not answered: %s", call.a.call_id, exc)
+            return None
+        return _offered_direction(event.request.body)
+
+    def _update_locally(self, call: _Call, leg: Call, side: Side, request: Request) -> str | None:
+        """An UPDATE (RFC 3311) on a leg of an anchored call: an SDP offer is answered here like a
+        re-INVITE's; without one it only refreshes the dialog (200). Returns the direction offered."""
+        assert call.media is not None
+        if not request.body:
+            leg.respond(request, 200)
+            return None
+        try:
+            body = call.media.answer_again(side, request.body)
+        except MediaError as exc:
+            log.info("call %s: UPDATE not acceptable: %s", call.a.call_id, exc)
+            leg.respond(request, 488)
+            return None
+        leg.respond(request, 200, body=body, content_type="application/sdp")
+        return _offered_direction(request.body)
 
     @staticmethod
     def _drop(legs: Iterable[OutgoingCall], headers: Iterable[tuple[str, str]]) -> None:
@@ -982,6 +1094,7 @@ class B2bua:
         relay = _Relay(a, b)
         if answer_owed:
             relay.owe(b, a)  # an offerless INVITE: B's offer went to A in the 2xx, A's ACK brings the answer
+        hold = _HoldSync(call.media, a, b) if call.media is not None else None
         backlog = list(call.held)
         call.held.clear()
         while True:
@@ -994,12 +1107,28 @@ class B2bua:
                     "call %s: %s ended (%s)", a.call_id, "caller" if leg is a else "callee", event.reason
                 )
                 if not other.terminated:
+                    # Pending requests of the other leg (a re-INVITE or INFO relayed to the leg that
+                    # ended) are answered 487 by its session as it ends (RFC 3261 §15.1.2).
                     other.bye()
                 return
-            if call.media is not None and isinstance(event, ReinviteReceived):
-                self._reanswer(call, event, Side.A if leg is a else Side.B)  # media stays anchored
-                continue
-            relay.event(leg, event)
+            if hold is not None:
+                side = Side.A if leg is a else Side.B
+                if isinstance(event, ReinviteReceived):
+                    direction = self._reanswer(call, event, side, leg)  # media stays anchored
+                    if direction is not None:
+                        hold.want(side.other, direction)
+                elif isinstance(event, DialogRequestReceived) and event.request.method == "UPDATE":
+                    direction = self._update_locally(call, leg, side, event.request)
+                    if direction is not None:
+                        hold.want(side.other, direction)
+                elif isinstance(event, ReinviteAnswered | ReinviteFailed):
+                    hold.outcome(side, event)  # only our re-INVITEs: an anchored call relays none
+                else:
+                    relay.event(leg, event)
+                hold.sync()
+            else:
+                relay.event(leg, event)
+            relay.flush()
 
     def _tear_down(self, a: IncomingCall, legs: list[OutgoingCall]) -> None:
         """Leave nothing behind when the call coroutine ends (also on cancellation at shutdown)."""
@@ -1023,8 +1152,71 @@ class B2bua:
             log.debug("call %s: caller leg already going", a.call_id)
 
 
+class _HoldSync:
+    """On an anchored call, tells each leg the direction its peer asked for (hold and resume).
+
+    A leg's re-INVITE or UPDATE is answered by the B2BUA (the relay learns the direction), and the other
+    leg gets a re-INVITE of ours declaring the same direction (``sendonly`` from the holder: we only send
+    to the held leg; ``inactive`` stays ``inactive``; ``sendrecv`` resumes), so its phone shows the hold
+    and stops sending. Its answer updates the relay. One re-INVITE per leg at a time: a wish that comes
+    while one is out (or while the leg is busy with its own re-INVITE) is sent once the leg is free.
+    Glare with the phone's own re-INVITE is the session's (491, back-off and retry, RFC 3261 §14.1); a
+    back-off overtaken by the phone's re-INVITE is tried again afterwards; any other failure gives up
+    (the local answer stands, media keeps flowing as the relay allows).
+    """
+
+    def __init__(self, media: AnchoredMedia, a: Call, b: Call) -> None:
+        self.media = media
+        self.legs = {Side.A: a, Side.B: b}
+        #: The direction our last SDP to each leg declared, and the one it should declare.
+        self.offered = {Side.A: "sendrecv", Side.B: "sendrecv"}
+        self.wanted = dict(self.offered)
+        #: Our re-INVITE out on a leg: the direction it offers.
+        self.pending: dict[Side, str] = {}
+
+    def want(self, side: Side, direction: str) -> None:
+        self.wanted[side] = direction
+
+    def sync(self) -> None:
+        for side, leg in self.legs.items():
+            wanted = self.wanted[side]
+            if leg.terminated or side in self.pending or wanted == self.offered[side]:
+                continue
+            if leg.state is not SessionState.CONFIRMED:
+                continue  # busy with a re-INVITE of its own (or ending): after that
+            try:
+                body = self.media.offer_again(side, wanted)
+                leg.reinvite(body=body, content_type="application/sdp")
+            except (MediaError, SessionError) as exc:
+                log.info("call %s: cannot re-INVITE for %s: %s", leg.call_id, wanted, exc)
+                self.offered[side] = wanted  # not again
+                continue
+            self.pending[side] = wanted
+
+    def outcome(self, side: Side, event: ReinviteAnswered | ReinviteFailed) -> None:
+        direction = self.pending.pop(side, None)
+        if direction is None:
+            return
+        leg = self.legs[side]
+        if isinstance(event, ReinviteAnswered):
+            self.offered[side] = direction
+            try:
+                self.media.answered_again(side, event.response.body)
+            except MediaError as exc:
+                log.warning("call %s: unusable answer to our re-INVITE: %s", leg.call_id, exc)
+            return
+        if event.response is None:
+            return  # our 491 back-off was overtaken by the leg's own re-INVITE: sent again after it
+        log.info("call %s: re-INVITE (%s) refused with %s", leg.call_id, direction, event.status)
+        self.offered[side] = direction
+
+
 class _Relay:
-    """In-dialog requests of a bridged call, relayed across and answered back."""
+    """In-dialog requests of a bridged call, relayed across and answered back.
+
+    A request for a leg whose INVITE still waits for its ACK (it cannot send requests yet) is held and
+    relayed once that leg is confirmed (:meth:`flush`).
+    """
 
     def __init__(self, a: Call, b: Call) -> None:
         self.a = a
@@ -1035,6 +1227,8 @@ class _Relay:
         self._requests: dict[tuple[Call, int, str], tuple[Call, Request]] = {}
         #: A leg owing an ACK with the answer (after an offerless (re-)INVITE) -> the leg whose ACK brings it.
         self._owed: dict[Call, Call] = {}
+        #: Requests (leg they came on, request) waiting for the other leg to be confirmed.
+        self._waiting: list[tuple[Call, Request]] = []
 
     def owe(self, leg: Call, source: Call) -> None:
         """``leg`` waits for the ACK body that ``source``'s ACK brings."""
@@ -1042,6 +1236,40 @@ class _Relay:
 
     def other(self, call: Call) -> Call:
         return self.b if call is self.a else self.a
+
+    def flush(self) -> None:
+        """Relay the requests that waited for a leg to be confirmed, once it is."""
+        if not self._waiting:
+            return
+        waiting, self._waiting = self._waiting, []
+        for call, request in waiting:
+            other = self.other(call)
+            if call.terminated:
+                continue
+            if other.state in _AWAITING_ACK:
+                self._waiting.append((call, request))
+                continue
+            try:
+                self._send(call, other, request)
+            except SessionError as exc:
+                log.info("call %s: cannot relay %s: %s", self.a.call_id, request.method, exc)
+
+    def _send(self, call: Call, other: Call, request: Request) -> None:
+        """Relay ``request`` (INFO, UPDATE …) from ``call`` to ``other``; its answer goes back later."""
+        if other.state not in _ESTABLISHED:
+            call.respond(request, 500, headers=(("Retry-After", "1"),))
+            return
+        try:
+            sent = other.send_request(
+                request.method,
+                body=request.body,
+                content_type=_content_type(request),
+                headers=passthrough(request),
+            )
+        except SessionError:
+            call.respond(request, 500, headers=(("Retry-After", "1"),))
+            return
+        self._requests[(other, sent.cseq.seq, sent.method)] = (call, request)
 
     def event(self, call: Call, event: SessionEvent) -> None:
         other = self.other(call)
@@ -1083,17 +1311,10 @@ class _Relay:
                 origin.reject_reinvite(status)
         elif isinstance(event, DialogRequestReceived):
             request = event.request
-            try:
-                sent = other.send_request(
-                    request.method,
-                    body=request.body,
-                    content_type=_content_type(request),
-                    headers=passthrough(request),
-                )
-            except SessionError:
-                call.respond(request, 500, headers=(("Retry-After", "1"),))
+            if other.state in _AWAITING_ACK and len(self._waiting) < MAX_HELD:
+                self._waiting.append((call, request))
                 return
-            self._requests[(other, sent.cseq.seq, sent.method)] = (call, request)
+            self._send(call, other, request)
         elif isinstance(event, DialogResponseReceived):
             response = event.response
             found = self._requests.pop((call, response.cseq.seq, response.cseq.method), None)

@@ -118,6 +118,8 @@ class AnchoredMedia:
         self._a_origin = _origin(address)
         self._answers: dict[Side, AnchoredAnswer] = {}
         self._b_offer: SessionDescription | None = None
+        #: The last SDP we sent on each leg (offer or answer): a new one keeps its origin, version + 1.
+        self._sent: dict[Side, SessionDescription] = {}
 
     @property
     def codec(self) -> str:
@@ -138,6 +140,7 @@ class AnchoredMedia:
         self.a.remote = planned.remote  # until its first packet shows where it really sends from
         self.a_media = planned.media
         self._answers[Side.A] = planned
+        self._sent[Side.A] = planned.description
         return planned.body
 
     async def offer_caller(self) -> bytes:
@@ -147,7 +150,9 @@ class AnchoredMedia:
         :raises PortsExhausted: no RTP port left.
         """
         self.a = await self.ports.open(lambda: RtpSession())
-        return bytes(make_offer(self._a_origin, address=self.address, port=self.a.local[1]))
+        offer = make_offer(self._a_origin, address=self.address, port=self.a.local[1])
+        self._sent[Side.A] = offer
+        return bytes(offer)
 
     def caller_answered(self, answer_body: bytes) -> None:
         """The caller's ACK brought the answer to :meth:`offer_caller`'s offer.
@@ -172,14 +177,11 @@ class AnchoredMedia:
         """
         session = self.a if side is Side.A else self.b
         assert session is not None
-        previous = self._answers.get(side)
-        if previous is not None:
-            origin = previous.description.origin
-            origin = attrs.evolve(origin, session_version=origin.session_version + 1)
-        else:
-            origin = self._a_origin if side is Side.A else _origin(self.address)
-        planned = plan_answer(parse_sdp(offer), origin, address=self.address, port=session.local[1])
+        planned = plan_answer(
+            parse_sdp(offer), self._next_origin(side), address=self.address, port=session.local[1]
+        )
         self._answers[side] = planned
+        self._sent[side] = planned.description
         if side is Side.A:
             self.a_media = planned.media
         if self.bridge is not None:
@@ -191,7 +193,55 @@ class AnchoredMedia:
         if self.b is None or self._b_offer is None:
             self.b = await self.ports.open(lambda: RtpSession(detect_inband=False))
             self._b_offer = make_offer(_origin(self.address), address=self.address, port=self.b.local[1])
+            self._sent[Side.B] = self._b_offer
         return bytes(self._b_offer)
+
+    def _next_origin(self, side: Side) -> Origin:
+        """The origin of the next SDP we send on ``side``: the previous one's, version counted up (RFC 3264
+        §8)."""
+        previous = self._sent.get(side)
+        if previous is None:
+            return self._a_origin if side is Side.A else _origin(self.address)
+        origin = previous.origin
+        return attrs.evolve(origin, session_version=origin.session_version + 1)
+
+    def offer_again(self, side: Side, direction: str) -> bytes:
+        """A new offer for leg ``side`` (a re-INVITE telling it about hold or resume): the same port, the
+        codec and telephone-event type it negotiated, ``direction`` (ours: ``sendonly`` while its peer holds
+        … ). The leg's answer goes to :meth:`answered_again`."""
+        session = self.a if side is Side.A else self.b
+        assert session is not None
+        current = self.a_media if side is Side.A else (self.bridge.relay.media(side) if self.bridge else None)
+        codecs: tuple[str, ...] = ("PCMU", "PCMA")
+        event_pt: int | None = 101
+        if current is not None:
+            if current.codec in codecs:
+                codecs = (current.codec, *(c for c in codecs if c != current.codec))
+            event_pt = current.telephone_event_pt
+        offer = make_offer(
+            self._next_origin(side),
+            address=self.address,
+            port=session.local[1],
+            codecs=codecs,
+            telephone_event_payload_type=event_pt,
+            direction=direction,
+        )
+        self._sent[side] = offer
+        return bytes(offer)
+
+    def answered_again(self, side: Side, answer_body: bytes) -> None:
+        """Leg ``side`` answered :meth:`offer_again`'s offer: the relay learns its direction and formats.
+
+        :raises media.errors.MediaError: no usable SDP (the relay keeps what it had).
+        """
+        description = parse_sdp(answer_body)
+        media = leg_media_from_sdp(description)
+        if media.codec not in ("PCMU", "PCMA"):
+            raise MediaError(f"the leg answered {media.codec}, neither PCMU nor PCMA")
+        if side is Side.A:
+            self.a_media = media
+        if self.bridge is not None:
+            self.bridge.update(side, media)
 
     def bridge_callee(self, answer_body: bytes) -> None:
         """The callee answered with ``answer_body``: relay media between the two sessions.
