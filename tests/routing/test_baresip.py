@@ -29,8 +29,25 @@ def require_baresip() -> str:
     return BARESIP
 
 
+def tone_wav(path: Path) -> Path:
+    """10 s of a 440 Hz tone, 8 kHz mono: what baresip 1.0's aufile source needs with G.711 (it refuses other
+    rates: "input file must have sample-rate 8000 Hz")."""
+    import wave
+
+    import numpy as np
+
+    samples = (2000 * np.sin(2 * np.pi * 440 * np.arange(80000) / 8000)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(samples.tobytes())
+    return path
+
+
 def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
+    source = tone_wav(folder / "tone.wav")
     (folder / "config").write_text(
         "\n".join(
             [
@@ -44,8 +61,9 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
                 "module_app menu.so",
                 "module cons.so",
                 f"cons_listen 127.0.0.1:{cons_port}",
-                "audio_player aufile,/dev/null",
-                "audio_source aufile,/dev/null",
+                "module aufile.so",
+                f"audio_player aufile,{folder / 'heard.wav'}",
+                f"audio_source aufile,{source}",
                 "",
             ]
         ),
@@ -111,17 +129,19 @@ async def _wait_for(predicate: object, seconds: float) -> bool:
 
 
 @pytest.mark.interop
-async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path) -> None:
-    """bernd (102) dials 101 from baresip's console; 101, another baresip, answers; bernd hangs up."""
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, transport: str) -> None:
+    """bernd (102) dials 101 from baresip's console; 101, another baresip, answers; bernd sends the DTMF
+    digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up."""
     import socket
 
     binary = require_baresip()
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
-    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+    async with Server(config, listen=(f"{transport}:127.0.0.1:0",)) as server:
         port = server.addresses[0][2]
-        outbound = f'outbound="sip:127.0.0.1:{port}"'
+        outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"'
         cons_b = free_port()
         phones = {
             "101": baresip_config(
@@ -164,6 +184,12 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path) -
             console.sendto(b"/dial 101\n", ("127.0.0.1", cons_b))
             assert await _wait_for(lambda: server.b2bua.active, 5.0), "no call reached the B2BUA"
             await asyncio.sleep(1.0)  # answered automatically by 101's baresip
+            for key in b"42":
+                console.sendto(bytes([key]), ("127.0.0.1", cons_b))
+                await asyncio.sleep(0.2)
+                console.sendto(b"\x04", ("127.0.0.1", cons_b))  # key released: the digit ends
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
             console.sendto(b"/hangup\n", ("127.0.0.1", cons_b))
             assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
             for process in processes:
@@ -180,3 +206,5 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path) -
     anna, bernd = outputs
     assert "Call established: sip:bernd@office.example" in anna, anna[-2000:]
     assert "Call established: sip:101@office.example" in bernd, bernd[-2000:]
+    # The digits travel as RFC 4733 events in the media the B2BUA negotiated between the phones.
+    assert "received event: '4' (end=1)" in anna and "received event: '2' (end=1)" in anna, anna[-2000:]
