@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -33,20 +35,42 @@ def _parse(paths: list[str]) -> int:
     return status
 
 
-def _serve(config: str, listen: list[str] | None, verbose: bool) -> int:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, for log shippers (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(verbose: bool, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _serve(config: str, listen: list[str] | None, verbose: bool, log_format: str = "text") -> int:
     """Run the server until SIGINT/SIGTERM; SIGHUP reloads the directory."""
     import asyncio
-    import logging
     import signal
     from pathlib import Path
 
     from routing.errors import ConfigError
     from routing.server import Server
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(verbose, log_format)
 
     async def run() -> None:
         async with Server(config, listen=tuple(listen) if listen else None) as server:
@@ -97,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", default="examples/office.toml", help="the directory TOML file")
     serve.add_argument("--listen", action="append", metavar="SPEC", help="override: udp:HOST:PORT, tcp:...")
     serve.add_argument("-v", "--verbose", action="store_true", help="log SIP messages (DEBUG)")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="json: one object a line"
+    )
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
     demo = commands.add_parser(
@@ -121,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "parse":
         return _parse(args.files)
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.verbose)
+        return _serve(args.config, args.listen, args.verbose, args.log_format)
     if args.command == "check-config":
         from routing.directory import check_config_main
 

@@ -3,8 +3,9 @@ its CDR store (``state_dir/cdr.sqlite3``). One object, usable as an async contex
 asyncio service.
 
 Events (pyee, on ``server.events``): ``started`` (listen addresses), ``registered`` (a
-``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``reloaded`` (the new
-Directory), ``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
+``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``call_ended`` (the call's
+``routing.cdr.CallRecord``, as written to the CDR store), ``reloaded`` (the new Directory),
+``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sipcore.core import CoreConfig
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
-from .cdr import SqliteCdrStore
+from .cdr import CallRecord, SqliteCdrStore
 from .directory import Directory, load_directory
 from .errors import ConfigError
 from .location import LocationStore, SqliteLocationStore
@@ -58,6 +59,17 @@ def load_secret(state_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return data
+
+
+class _Announcing:
+    """The B2BUA's CDR sink: writes the row, then announces the call as the server's ``call_ended`` event."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    def write(self, record: CallRecord) -> None:
+        self._server.cdr.write(record)
+        self._server.events.emit("call_ended", record)
 
 
 class Server:
@@ -97,7 +109,7 @@ class Server:
         self._resolver_hook = resolver_hook
         self.resolver = Resolver(self.directory, resolver_config, resolver_hook)
         self.cdr = SqliteCdrStore(state_dir / "cdr.sqlite3")
-        self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver, cdr=self.cdr)
+        self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver, cdr=_Announcing(self))
         if self.calls is None:
             self.calls = self.b2bua.handle
         #: Outbound registrations of the trunks with ``register = true`` (their ``.status`` shows the state).

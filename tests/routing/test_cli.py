@@ -58,3 +58,15 @@ def test_dtmf_prints_digits_and_start_samples(tmp_path: Path, capsys: pytest.Cap
     starts = [int(line.split()[1]) for line in lines]
     for start, expected in zip(starts, (800, 800 + 1440, 800 + 2 * 1440), strict=True):
         assert abs(start - expected) <= 16  # within 2 ms
+
+
+def test_json_log_lines_are_json_objects() -> None:
+    import json
+    import logging
+
+    from routing.cli import JsonFormatter
+
+    record = logging.LogRecord("sipcore.endpoint", logging.INFO, __file__, 1, "listening on %s", ("UDP",), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "INFO" and entry["logger"] == "sipcore.endpoint"
+    assert entry["message"] == "listening on UDP"

@@ -104,7 +104,9 @@ async def test_an_employee_calls_another_through_the_server(tmp_path: Path) -> N
     from sipcore.session import Confirmed
 
     config = copy_office(tmp_path)
+    ended: list[object] = []
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        server.events.on("call_ended", ended.append)
         port = server.addresses[0][2]
         anna = await Phone("101", "anna-101-secret", port, script=Script("answer", delay=0.1)).start()
         bernd = await Phone("bernd", "bernd-102-secret", port).start()
@@ -121,9 +123,16 @@ async def test_an_employee_calls_another_through_the_server(tmp_path: Path) -> N
             call.bye()
             async with asyncio.timeout(3):
                 await ringing.wait_ended()
+                while not ended:
+                    await asyncio.sleep(0.02)
         finally:
             await anna.close()
             await bernd.close()
+    from routing.cdr import Disposition
+
+    (record,) = ended
+    assert record.disposition is Disposition.ANSWERED  # type: ignore[attr-defined]
+    assert record.caller == "102" and record.destination_id == "101"  # type: ignore[attr-defined]
 
 
 def _drain(call: object) -> list[tuple[object, object]]:
