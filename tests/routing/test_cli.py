@@ -66,7 +66,9 @@ def test_json_log_lines_are_json_objects() -> None:
 
     from routing.cli import JsonFormatter
 
-    record = logging.LogRecord("sipcore.endpoint", logging.INFO, __file__, 1, "listening on %s", ("UDP",), None)
+    record = logging.LogRecord(
+        "sipcore.endpoint", logging.INFO, __file__, 1, "listening on %s", ("UDP",), None
+    )
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "INFO" and entry["logger"] == "sipcore.endpoint"
     assert entry["message"] == "listening on UDP"
