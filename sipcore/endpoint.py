@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
@@ -207,7 +208,9 @@ class Endpoint:
         self._outgoing: dict[TransactionHandle, OutgoingRequest] = {}
         self._invites: dict[tuple[str, int], IncomingRequest] = {}
         self._pending_2xx: dict[tuple[str, int, str], _Pending2xx] = {}
-        self._acks: dict[tuple[str, int], tuple[bytes, Flow, float]] = {}
+        #: ACKs we sent for 2xx, re-sent if the 2xx is retransmitted; every entry lives 64*T1, so insertion
+        #: order is expiry order and the oldest is always first (no scan per event: that was the CPS limit).
+        self._acks: OrderedDict[tuple[str, int], tuple[bytes, Flow, float]] = OrderedDict()
         self._merged: dict[tuple[str, str, int], str] = {}
         self._cancel_headers: dict[TransactionHandle, tuple[tuple[str, str], ...]] = {}
         self._timer_users: list[TimerUser] = []
@@ -624,7 +627,9 @@ class Endpoint:
     def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send an ACK for a 2xx directly (no transaction); it is re-sent if the 2xx is retransmitted."""
         data = bytes(ack)
-        self._acks[(ack.call_id, ack.cseq.seq)] = (data, flow, self._now + 64 * self.timers.t1)
+        key = (ack.call_id, ack.cseq.seq)
+        self._acks[key] = (data, flow, self._now + 64 * self.timers.t1)
+        self._acks.move_to_end(key)
         self._transmit(data, flow)
         self._arm_timer()
 
@@ -718,7 +723,7 @@ class Endpoint:
                 deadlines.append(at)
         deadlines.extend(p.next_at for p in self._pending_2xx.values())
         if self._acks:
-            deadlines.append(min(expiry for _, _, expiry in self._acks.values()))
+            deadlines.append(next(iter(self._acks.values()))[2])
         at = min(deadlines) if deadlines else None
         if at == self._timer_at:
             return
@@ -749,7 +754,7 @@ class Endpoint:
                 self._transmit(pending.data, pending.incoming.flow)
                 pending.interval = min(pending.interval * 2, self.timers.t2)
                 pending.next_at = now + pending.interval
-        for ack_key, (_, _, expiry) in list(self._acks.items()):
-            if now >= expiry:
-                del self._acks[ack_key]
+        acks = self._acks
+        while acks and next(iter(acks.values()))[2] <= now:
+            acks.popitem(last=False)
         self._drain()
