@@ -98,7 +98,14 @@ from sipcore.uri import NameAddr, SipUri, TelUri, parse_uri
 
 from .cdr import CallRecord, CdrStore, disposition_for
 from .collector import DigitCollector, ExtensionDialled
-from .dialstring import DialStringError, format_dialstring, format_post_dial, from_request_uri, to_e164
+from .dialstring import (
+    DialStringError,
+    format_dialstring,
+    format_post_dial,
+    from_request_uri,
+    parse_dialstring,
+    to_e164,
+)
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number, Trunk
 from .greeting_flow import AnchoredMedia, ExtensionCollection, ringback
 from .registrar_service import RegistrarService
@@ -276,9 +283,13 @@ def _caller_label(request: Request, caller: Caller) -> tuple[str, str | None]:
 
 @attrs.define(eq=False)
 class _Call:
-    """One call's mutable state, as the call coroutine goes from route to route."""
+    """One call's mutable state, as the call coroutine goes from route to route.
 
-    a: IncomingCall
+    ``a`` is the caller's leg: the INVITE that came in or, for a click-to-call (:meth:`B2bua.originate`),
+    the employee's device that answered our INVITE.
+    """
+
+    a: Call
     queue: CallQueue
     trunk: str | None
     #: Every B-leg started for this call (all steps of a ring group).
@@ -302,6 +313,17 @@ class _Call:
     answered_contact: str | None = None
     digits: str = ""
     status: int | None = None
+
+
+@attrs.define(eq=False)
+class _Ringing:
+    """A click-to-call while the employee's devices ring: there is no caller's leg yet (what
+    :meth:`B2bua._fork` needs of a :class:`_Call` otherwise)."""
+
+    queue: CallQueue
+    media: AnchoredMedia
+    held: list[CallEvent] = attrs.Factory(list)
+    a: None = None
 
 
 @attrs.frozen
@@ -365,7 +387,7 @@ class B2bua:
         self.dial_out_seconds = dial_out_seconds
         self.cdr = cdr
         #: Calls being set up or bridged: (A-leg, B-legs).
-        self.active: dict[IncomingCall, list[OutgoingCall]] = {}
+        self.active: dict[Call, list[OutgoingCall]] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
 
@@ -472,7 +494,7 @@ class B2bua:
     def _record(self, call: _Call) -> CallRecord:
         answered = call.answered_at is not None
         return CallRecord(
-            call_id=call.a.request.call_id,
+            call_id=call.a.request.call_id if isinstance(call.a, IncomingCall) else call.a.call_id or "",
             caller=call.caller,
             source_trunk=call.source_trunk,
             dialled=call.dialled,
@@ -633,7 +655,7 @@ class B2bua:
         if a.terminated:
             return
         try:
-            if a.state is SessionState.INCOMING:
+            if isinstance(a, IncomingCall) and a.state is SessionState.INCOMING:
                 a.reject(status, reason=reason)
             else:
                 a.bye()
@@ -648,6 +670,7 @@ class B2bua:
         for employee in employees:
             targets += [(employee, uri, flow) for uri, flow in await self._devices(employee)]
         a = call.a
+        assert isinstance(a, IncomingCall)  # flows 1-4: someone called in
         if a.terminated:
             return _ENDED
         if not targets:
@@ -705,7 +728,7 @@ class B2bua:
         a, response = call.a, answer.response
         media = call.media
         if media is not None:
-            if a.state is SessionState.INCOMING:
+            if isinstance(a, IncomingCall) and a.state is SessionState.INCOMING:
                 try:
                     a.answer(body=call.caller_sdp or b"", content_type="application/sdp")
                 except SessionError:
@@ -723,6 +746,7 @@ class B2bua:
                 return False
             call.answered_at = self._clock()
             return True
+        assert isinstance(a, IncomingCall)  # not anchored: someone called in (flows 1, 2, 4)
         try:
             a.answer(body=response.body, content_type=_content_type(response), headers=passthrough(response))
         except SessionError:
@@ -763,9 +787,10 @@ class B2bua:
         return f"sip:{employee.sip_user}@{self.directory.server.domain}"
 
     async def _fork(
-        self, call: _Call, legs: list[OutgoingCall], seconds: float
+        self, call: _Call | _Ringing, legs: list[OutgoingCall], seconds: float
     ) -> tuple[OutgoingCall, Answered] | _RingOutcome:
-        """Ring every leg for ``seconds``; the first 2xx wins (returned, the others dropped)."""
+        """Ring every leg for ``seconds``; the first 2xx wins (returned, the others dropped). While a
+        click-to-call rings the employee (``_Ringing``) there is no caller to tell about it."""
         a, queue = call.a, call.queue
         pending: set[Call] = set(legs)
         statuses: list[int] = []
@@ -775,7 +800,7 @@ class B2bua:
             async with asyncio.timeout(seconds):
                 while pending and winner is None:
                     leg, event = await queue.get()
-                    if leg is a:
+                    if leg is a and isinstance(call, _Call):
                         if isinstance(event, Cancelled | Terminated):
                             reason: tuple[tuple[str, str], ...] = ()
                             if isinstance(event, Cancelled) and isinstance(event.message, Request):
@@ -787,7 +812,7 @@ class B2bua:
                     if leg not in pending:
                         continue
                     if isinstance(event, ProvisionalReceived):
-                        if event.response.status in (180, 183):
+                        if event.response.status in (180, 183) and isinstance(call, _Call):
                             self._ringback(call)
                     elif isinstance(event, Answered):
                         assert isinstance(leg, OutgoingCall)
@@ -802,7 +827,7 @@ class B2bua:
                     elif isinstance(event, Terminated):
                         pending.discard(leg)
         except TimeoutError:
-            log.info("call %s: no answer within %s s", a.call_id, seconds)
+            log.info("call %s: no answer within %s s", (a or legs[0]).call_id, seconds)
         if winner is None or answer is None:
             self._drop(legs, ())
             return _Failed(tuple(statuses))
@@ -816,7 +841,7 @@ class B2bua:
         if call.ringing:
             return
         call.ringing = True
-        if call.a.state is SessionState.INCOMING:
+        if isinstance(call.a, IncomingCall) and call.a.state is SessionState.INCOMING:
             call.a.ring(180)  # not answered yet (a call out anchors media, but answers only with the client)
         elif call.media is not None:
             call.media.play_to_caller(ringback(), loop=True)
@@ -835,7 +860,7 @@ class B2bua:
             self._hold(call, a, event)
 
     @staticmethod
-    def _hold(call: _Call, leg: Call, event: DialogRequestReceived) -> None:
+    def _hold(call: _Call | _Ringing, leg: Call, event: DialogRequestReceived) -> None:
         """Keep an in-dialog request (INFO …) that came before the bridge; relayed once there is one."""
         if len(call.held) >= MAX_HELD:
             leg.respond(event.request, 500, headers=(("Retry-After", "1"),))
@@ -918,7 +943,8 @@ class B2bua:
         media = call.media
         try:
             if media is None:
-                ports, address = self._media_ports(a)
+                assert isinstance(a, IncomingCall)  # a click-to-call anchors media as it rings the employee
+                ports, address = self._media_ports(a.flow)
                 media = call.media = AnchoredMedia(ports, self.media_clock, address)
                 offer = a.request.body
                 call.caller_sdp = await (media.answer_caller(offer) if offer else media.offer_caller())
@@ -943,7 +969,7 @@ class B2bua:
             to=NameAddr(None, attrs.evolve(uri, port=None)),
             body=body,
             content_type="application/sdp",
-            headers=passthrough(a.request),
+            headers=passthrough(a.request) if isinstance(a, IncomingCall) else (),
             credentials=credentials,
             queue=call.queue,
         )
@@ -982,26 +1008,162 @@ class B2bua:
         except MediaError as exc:
             log.warning("call %s: cannot send post-dial digits %s: %s", call_id, digits, exc)
 
+    # ------------------------------------------------------------------------ flow 5: click-to-call
+
+    async def originate(self, extension: str, number: str) -> CallRecord:
+        """Click-to-call (flow 5): ring the employee ``extension``, then call ``number`` for them.
+
+        Every registered device of the employee gets an INVITE of ours (From: the number called, media
+        anchored: the offer is one of our RTP ports). If none answers within ``ring_seconds`` the devices
+        get CANCEL and nothing goes to the trunk. When one answers, ``number`` (a dial string, post-dial
+        digits included) is resolved as if the employee had dialled it and called through the trunk the
+        way flow 5 calls out (:meth:`_call_out`: 401/407 answered, the employee hears ringback, post-dial
+        digits after the client's 2xx and our ACK); a client that fails gets the employee's leg a BYE.
+        Once the client answers the legs are bridged until either hangs up.
+
+        Runs until the call is over and returns its CDR record (written to ``cdr`` too). A click-to-call
+        that cannot start gives a record with ``status``: no such employee 404, an unparsable number 484,
+        the resolver's refusal (a number outside the employee's scope: 403), a route other than a number
+        out 403, nobody registered 480, no RTP port 503. Cancelling the coroutine ends every leg.
+        """
+        started_at = self._clock()
+        dialled_text = number
+
+        def refused(status: int, reason: str) -> CallRecord:
+            log.info("click-to-call %s -> %s refused: %s %s", extension, number, status, reason)
+            record = CallRecord(
+                call_id=self.ua.endpoint.new_call_id(),
+                caller=extension,
+                dialled=dialled_text,
+                started_at=started_at,
+                ended_at=self._clock(),
+                disposition=disposition_for(answered=False, status=status),
+                status=status,
+            )
+            self._write_cdr(record)
+            return record
+
+        employee = self._employee(extension)
+        if employee is None:
+            return refused(404, f"no employee {extension}")
+        try:
+            dialled = parse_dialstring(number)
+        except DialStringError as exc:
+            return refused(484, str(exc))
+        dialled_text = format_dialstring(dialled)
+        try:
+            async with asyncio.timeout(self.resolve_timeout):
+                route = await self.resolver.resolve(dialled, FromEmployee(extension))
+        except TimeoutError:
+            return refused(503, "routing timed out")
+        if isinstance(route, Refused):
+            return refused(route.status, route.reason)
+        if not isinstance(route, ToExternal):
+            return refused(403, f"click-to-call calls external numbers, not {type(route).__name__}")
+        devices = await self._devices(employee)
+        if not devices:
+            return refused(480, f"no device of {extension} is registered")
+        log.info("click-to-call %s -> %s: %s", extension, dialled_text, route)
+
+        ports, address = self._media_ports(devices[0][1])
+        media = AnchoredMedia(ports, self.media_clock, address)
+        ringing = _Ringing(asyncio.Queue(), media)
+        legs: list[OutgoingCall] = []
+        call: _Call | None = None
+        try:
+            try:
+                offer = await media.offer_caller()
+            except PortsExhausted:
+                log.error("click-to-call %s -> %s: no RTP port left", extension, dialled_text)
+                return refused(503, "no media port")
+            from_ = NameAddr(None, SipUri("sip", route.e164, None, self.directory.server.domain))
+            to = NameAddr(employee.name, parse_uri(self.registrar_aor(employee)))
+            for uri, flow in devices:
+                leg = self.ua.invite(
+                    uri,
+                    flow,
+                    from_=from_,
+                    to=to,
+                    body=offer,
+                    content_type="application/sdp",
+                    queue=ringing.queue,
+                )
+                legs.append(leg)
+            self.active[legs[0]] = legs
+            won = await self._fork(ringing, legs, self.ring_seconds)
+            if not isinstance(won, tuple):
+                statuses = won.statuses if isinstance(won, _Failed) else ()
+                status = _fork_failure(list(statuses)) if statuses else 480
+                log.info("click-to-call %s -> %s: not taken (%s)", extension, dialled_text, status)
+                return self._originate_record(legs, extension, dialled_text, started_at, status)
+            winner, answer = won
+            try:
+                media.caller_answered(answer.response.body)
+            except MediaError as exc:
+                log.info("click-to-call %s: no usable answer from %s: %s", extension, winner.call_id, exc)
+                winner.bye()
+                return self._originate_record(legs, extension, dialled_text, started_at, 488)
+            call = _Call(winner, ringing.queue, None, legs=[leg for leg in legs if leg is not winner])
+            call.held, call.media = ringing.held, media
+            call.caller, call.dialled, call.started_at = extension, dialled_text, started_at
+            call.destination = ("external", route.e164)
+            self.active[legs[0]] = call.legs
+            self.busy[extension] += 1
+            try:
+                await self._call_out(call, route)
+            finally:
+                self.busy[extension] -= 1
+                if not self.busy[extension]:
+                    del self.busy[extension]
+            record = self._record(call)
+            self._write_cdr(record)
+            return record
+        finally:
+            if legs:
+                self.active.pop(legs[0], None)
+            self._tear_down(call.a if call is not None else None, call.legs if call is not None else legs)
+            media.close()
+
+    def _originate_record(
+        self, legs: list[OutgoingCall], extension: str, dialled: str, started_at: float, status: int
+    ) -> CallRecord:
+        """The CDR record of a click-to-call the employee did not take (``status``), written."""
+        record = CallRecord(
+            call_id=legs[0].call_id or "",
+            caller=extension,
+            dialled=dialled,
+            destination_kind="employee",
+            destination_id=extension,
+            started_at=started_at,
+            ended_at=self._clock(),
+            disposition=disposition_for(answered=False, status=status),
+            status=status,
+        )
+        self._write_cdr(record)
+        return record
+
     # ---------------------------------------------------------------------- flow 3: extension processing
 
-    def _media_ports(self, a: IncomingCall) -> tuple[PortAllocator, str]:
+    def _media_ports(self, flow: Flow) -> tuple[PortAllocator, str]:
+        """The RTP ports and the address our SDP gives for a call whose leg goes along ``flow``."""
         if self._ports is None:
             first, last = self.directory.server.rtp_ports
             listen = self.directory.server.listen
-            host = listen[0].host if listen else a.flow.local[0]
+            host = listen[0].host if listen else flow.local[0]
             self._ports = PortAllocator(first, last, host=host)
         host = self._ports.host
         try:
             if ipaddress.ip_address(host).is_unspecified:
-                host = a.flow.local[0]
+                host = flow.local[0]
         except ValueError:
-            host = a.flow.local[0]
+            host = flow.local[0]
         return self._ports, host
 
     async def _extension_processing(self, call: _Call, number: Number) -> Route | None:
         """Answer, play the greeting, collect an extension; the route to ring next (None: call over)."""
         a = call.a
-        ports, address = self._media_ports(a)
+        assert isinstance(a, IncomingCall)  # flow 3: a trunk called in
+        ports, address = self._media_ports(a.flow)
         media = call.media = AnchoredMedia(ports, self.media_clock, address)
         offerless = not a.request.body
         try:
@@ -1130,8 +1292,9 @@ class B2bua:
                 relay.event(leg, event)
             relay.flush()
 
-    def _tear_down(self, a: IncomingCall, legs: list[OutgoingCall]) -> None:
-        """Leave nothing behind when the call coroutine ends (also on cancellation at shutdown)."""
+    def _tear_down(self, a: Call | None, legs: list[OutgoingCall]) -> None:
+        """Leave nothing behind when the call coroutine ends (also on cancellation at shutdown); ``a``:
+        the caller's leg (none while a click-to-call rings the employee)."""
         for leg in legs:
             if not leg.terminated:
                 try:
@@ -1140,11 +1303,11 @@ class B2bua:
                     else:
                         leg.bye()
                 except SessionError:
-                    log.debug("call %s: leg %s already going", a.call_id, leg.call_id)
-        if a.terminated:
+                    log.debug("call %s: leg %s already going", a.call_id if a else None, leg.call_id)
+        if a is None or a.terminated:
             return
         try:
-            if a.state is SessionState.INCOMING:
+            if isinstance(a, IncomingCall) and a.state is SessionState.INCOMING:
                 a.reject(500)
             else:
                 a.bye()

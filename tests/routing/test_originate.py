@@ -1,0 +1,103 @@
+"""Click-to-call (flow 5 of issue 5, second half) end to end over loopback: ``B2bua.originate`` rings the
+employee's phone first and, once it answers, calls the client through the trunk (the simulated provider of
+:mod:`test_crm_calls`, which challenges with 407 once), sends the post-dial digits as RFC 4733 events after
+the client's answer, and bridges the two legs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import test_crm_calls
+from phones import Phone, Script
+from test_crm_calls import CLIENT, CRM_WITH_EXTENSION, TRUNK_USER, Office, events_in, wait_until
+from test_flows import ended, event_of
+
+from media.dtmf_rfc4733 import parse_telephone_event
+from routing.cdr import Disposition
+from sipcore.session import Confirmed, TerminationReason
+
+office = test_crm_calls.office  # the fixture: the office, the provider trunk and its RTP socket
+
+
+async def test_originate_rings_the_employee_then_calls_the_client_and_bridges(office: Office) -> None:
+    anna, _ = await office.anna()
+    provider = office.provider
+    assert provider.rtp is not None
+    task = asyncio.create_task(office.b2bua.originate("101", CRM_WITH_EXTENSION))
+
+    # Anna's phone rings first (our INVITE with an anchored offer) and answers; only then the trunk.
+    async with asyncio.timeout(3):
+        leg = await anna.calls.get()
+    invite = leg.request
+    assert invite.from_.uri.user == CLIENT  # type: ignore[union-attr]
+    assert b"m=audio" in invite.body and b"127.0.0.1" in invite.body
+    client = await provider.next_call()
+
+    first, second = provider.invites  # 407 answered with the trunk's credentials
+    assert first.request.call_id == second.request.call_id
+    assert TRUNK_USER in (second.request.get("proxy-authorization") or "")
+    assert str(client.request.uri) == f"sip:{CLIENT}@127.0.0.1:{provider.port}"
+    assert client.request.call_id != invite.call_id
+    assert invite.body.split(b"m=audio ")[1][:5] not in client.request.body  # each leg its own port
+
+    await event_of(client, Confirmed)  # our ACK: only now the digits start
+    rtp = provider.rtp
+
+    def ended_events() -> set[int]:
+        return {
+            p.timestamp for p in rtp.packets if p.payload_type == 101 and parse_telephone_event(p.payload).end
+        }
+
+    await wait_until(lambda: len(ended_events()) == 3)
+    assert events_in(rtp.packets) == "105"
+    assert office.b2bua.busy == {"101": 1}
+
+    leg.bye()  # Anna hangs up: the client's leg ends too
+    assert (await ended(client)).reason is TerminationReason.REMOTE_BYE
+    async with asyncio.timeout(3):
+        record = await task
+    await office.idle()
+    assert office.cdr.records == [record]
+    assert record.disposition is Disposition.ANSWERED
+    assert (record.caller, record.dialled) == ("101", CRM_WITH_EXTENSION)
+    assert (record.destination_kind, record.destination_id, record.answered_by) == (
+        "external",
+        CLIENT,
+        CLIENT,
+    )
+    assert not office.b2bua.busy
+
+
+async def test_originate_gives_up_when_the_employee_does_not_answer(office: Office) -> None:
+    anna = await Phone("101", "anna-secret", office.port, script=Script("ignore")).start()
+    office.phones.append(anna)
+    async with asyncio.timeout(5):
+        record = await office.b2bua.originate("101", CRM_WITH_EXTENSION)  # ring_seconds=2
+    (leg,) = [anna.calls.get_nowait()]
+    assert (await ended(leg)).reason is TerminationReason.CANCELLED
+    assert not office.provider.invites  # the client was never called
+    await office.idle()
+    assert office.cdr.records == [record]
+    assert (record.disposition, record.status) == (Disposition.NO_ANSWER, 480)
+    assert (record.destination_kind, record.destination_id) == ("employee", "101")
+
+
+async def test_originate_hangs_up_on_the_employee_when_the_client_is_busy(office: Office) -> None:
+    anna, _ = await office.anna()
+    office.provider.reject = 486
+    task = asyncio.create_task(office.b2bua.originate("101", CRM_WITH_EXTENSION))
+    async with asyncio.timeout(3):
+        leg = await anna.calls.get()
+    assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
+    async with asyncio.timeout(3):
+        record = await task
+    assert (record.disposition, record.status) == (Disposition.BUSY, 486)
+
+
+async def test_originate_refuses_what_it_cannot_call(office: Office) -> None:
+    assert (await office.b2bua.originate("999", CLIENT)).status == 404
+    assert (await office.b2bua.originate("101", "+49 89 abc")).status == 484
+    assert (await office.b2bua.originate("101", "+49897654321")).status == 403  # not in the CRM
+    assert (await office.b2bua.originate("101", CLIENT)).status == 480  # nobody registered
+    assert len(office.cdr.records) == 4
+    assert not office.provider.invites
