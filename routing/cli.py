@@ -109,6 +109,61 @@ def _serve(config: str, listen: list[str] | None, verbose: bool, log_format: str
     return 0
 
 
+def _control(config: str, message: dict[str, object]) -> dict[str, object] | None:
+    """Send one request to the server running for ``config``; None (and a message) when none runs."""
+    import asyncio
+    from pathlib import Path
+
+    from routing.control import request, socket_path
+    from routing.directory import load_directory
+    from routing.errors import ConfigError
+
+    try:
+        directory = load_directory(config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    path = socket_path(Path(directory.server.state_dir))
+    try:
+        return asyncio.run(request(path, message))
+    except (OSError, TimeoutError) as exc:
+        print(
+            f"durchwahl: no server answers on {path} ({exc}); is `durchwahl serve` running?", file=sys.stderr
+        )
+        return None
+
+
+def _status(config: str) -> int:
+    answer = _control(config, {"cmd": "status"})
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"durchwahl: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print("listening:", ", ".join(str(a) for a in answer.get("listening", [])))  # type: ignore[attr-defined]
+    registrations = answer.get("registrations", [])
+    print(f"registrations: {len(registrations)}")  # type: ignore[arg-type]
+    for r in registrations:  # type: ignore[attr-defined]
+        state = "" if r["reachable"] else "  (not answering pings)"
+        print(f"  {r['aor']}  {r['contact']}  via {r['via']}  expires in {r['expires_in']} s{state}")
+    print(f"active calls: {answer.get('active_calls')}")
+    for t in answer.get("trunks", []):  # type: ignore[attr-defined]
+        error = f"  ({t['last_error']})" if t.get("last_error") else ""
+        print(f"trunk {t['name']}: {t['state']}{error}")
+    return 0
+
+
+def _originate(config: str, extension: str, number: str) -> int:
+    answer = _control(config, {"cmd": "originate", "extension": extension, "number": number})
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"durchwahl: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(f"calling: {extension}'s phones ring first, then {number}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="durchwahl", description="An asyncio SIP B2BUA that gives phones extensions."
@@ -123,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("-v", "--verbose", action="store_true", help="log SIP messages (DEBUG)")
     serve.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="json: one object a line"
+    )
+    status = commands.add_parser("status", help="registrations, active calls and trunks of a running server")
+    status.add_argument(
+        "--config", default="examples/office.toml", help="the running server's directory file"
+    )
+    originate = commands.add_parser("originate", help="click-to-call: ring EXTENSION, then call NUMBER")
+    originate.add_argument("extension")
+    originate.add_argument("number")
+    originate.add_argument(
+        "--config", default="examples/office.toml", help="the running server's directory file"
     )
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
@@ -149,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         return _parse(args.files)
     if args.command == "serve":
         return _serve(args.config, args.listen, args.verbose, args.log_format)
+    if args.command == "status":
+        return _status(args.config)
+    if args.command == "originate":
+        return _originate(args.config, args.extension, args.number)
     if args.command == "check-config":
         from routing.directory import check_config_main
 

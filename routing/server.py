@@ -27,6 +27,7 @@ from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
 from .cdr import CallRecord, SqliteCdrStore
+from .control import ControlChannel, socket_path
 from .directory import Directory, load_directory
 from .errors import ConfigError
 from .location import LocationStore, SqliteLocationStore
@@ -89,6 +90,7 @@ class Server:
         listen: tuple[str, ...] | None = None,
         resolver_hook: ResolverHook | None = None,
         resolver_config: ResolverConfig | None = None,
+        control: bool = True,
     ) -> None:
         self.directory = config if isinstance(config, Directory) else load_directory(config)
         self.events = AsyncIOEventEmitter()
@@ -112,6 +114,10 @@ class Server:
         self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver, cdr=_Announcing(self))
         if self.calls is None:
             self.calls = self.b2bua.handle
+        #: The local control socket (``durchwahl status``/``originate``), in the state directory.
+        self.control: ControlChannel | None = (
+            ControlChannel(self, socket_path(state_dir)) if control else None
+        )
         #: Outbound registrations of the trunks with ``register = true`` (their ``.status`` shows the state).
         self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
@@ -140,6 +146,16 @@ class Server:
         except OSError:
             await self.endpoint.close()
             raise
+        if self.control is not None:
+            try:
+                await self.control.start()
+            except OSError as exc:  # e.g. a state_dir path too long for a Unix socket (~107 bytes)
+                log.warning(
+                    "control socket %s unavailable (%s): durchwahl status will not reach this server",
+                    self.control.path,
+                    exc,
+                )
+                self.control = None
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
         self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
         for trunk in self.directory.trunks:
@@ -149,8 +165,12 @@ class Server:
                 self._spawn(registration.run(), f"trunk {trunk.name} registration")
         self.events.emit("started", list(self.addresses))
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def spawn_call(self, coro: Awaitable[Any], name: str) -> None:
+        """Run a call the server places itself (click-to-call) as one of its supervised tasks."""
+        self._spawn(coro, name)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -170,6 +190,8 @@ class Server:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.control is not None:
+            await self.control.close()
         self.ua.close()
         await self.endpoint.close()
         await self.store.close()

@@ -193,3 +193,39 @@ async def test_a_trunk_with_register_true_is_registered_at_start_and_unregistere
                 while registration.status.state is not RegistrationState.REGISTERED:
                     await asyncio.sleep(0.02)
         assert seen[0] != "0" and seen[-1] == "0"  # registered, then removed on the way out
+
+
+async def test_status_and_originate_over_the_control_socket(tmp_path: Path, capsys: object) -> None:
+    import asyncio
+    import os
+    import tempfile
+
+    from phones import Phone
+
+    from routing.control import request
+
+    # Unix socket paths are short (~107 bytes): keep this state directory near the root of /tmp.
+    with tempfile.TemporaryDirectory(prefix="dw-") as short:
+        folder = Path(short)
+        config = copy_office(folder)
+        async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+            assert server.control is not None
+            assert os.stat(server.control.path).st_mode & 0o777 == 0o600
+            anna = await Phone("101", "anna-101-secret", server.addresses[0][2]).start()
+            try:
+                status = await request(server.control.path, {"cmd": "status"})
+                assert status["ok"] and status["active_calls"] == 0
+                assert [r["aor"] for r in status["registrations"]] == ["sip:101@office.example"]
+                refused = await request(server.control.path, {"cmd": "originate", "extension": "999"})
+                assert not refused["ok"] and "number" in refused["error"]
+                unknown = await request(server.control.path, {"cmd": "reboot"})
+                assert not unknown["ok"] and "unknown command" in unknown["error"]
+                # The CLI runs its own event loop: drive it in a thread against this running server.
+                from routing.cli import main
+
+                code = await asyncio.to_thread(main, ["status", "--config", str(config)])
+                assert code == 0
+            finally:
+                await anna.close()
+        out = capsys.readouterr().out  # type: ignore[attr-defined]
+        assert "registrations: 1" in out and "sip:101@office.example" in out
