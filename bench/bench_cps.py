@@ -209,6 +209,8 @@ def start_durchwahl() -> Peer:
     port, callee_port = free_udp_port(), free_udp_port()
     args = [sys.executable, str(Path(__file__).resolve()), "serve", "--port", str(port)]
     args += ["--callee-port", str(callee_port)]
+    if os.environ.get("DURCHWAHL_DEFAULT_GC"):
+        args.append("--default-gc")
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -420,6 +422,7 @@ def main() -> int:
     server = sub.add_parser("serve", help="run the durchwahl B2BUA under test (used by the driver)")
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--callee-port", type=int, required=True)
+    server.add_argument("--default-gc", action="store_true", help="keep CPython's GC settings")
     parser.add_argument("--rates", default="50,100,200,300,400,600,800,1000")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each rate step")
     parser.add_argument("--hold-ms", type=int, default=1000, help="how long each call is held (SIPp -d)")
@@ -431,6 +434,10 @@ def main() -> int:
     parser.add_argument("--memory-timeout", type=float, default=90.0)
     args = parser.parse_args()
     if args.command == "serve":
+        if not args.default_gc:
+            from routing.server import tune_gc
+
+            tune_gc()  # what `durchwahl serve` does
         asyncio.run(serve(args.port, args.callee_port))
         return 0
 

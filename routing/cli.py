@@ -68,12 +68,13 @@ def _serve(config: str, listen: list[str] | None, verbose: bool, log_format: str
     from pathlib import Path
 
     from routing.errors import ConfigError
-    from routing.server import Server
+    from routing.server import Server, tune_gc
 
     setup_logging(verbose, log_format)
 
     async def run() -> None:
         async with Server(config, listen=tuple(listen) if listen else None) as server:
+            tune_gc()
             directory = server.directory
             for transport, host, port in server.addresses:
                 shown = f"[{host}]" if ":" in host else host

