@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_TORTURE = Path("/work/shared/sip-torture")
+DEFAULT_TORTURE = Path(__file__).resolve().parents[2] / "shared" / "sip-torture"  # beside the checkout
 
 _INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
