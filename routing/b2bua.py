@@ -107,6 +107,7 @@ from .dialstring import (
     to_e164,
 )
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number, Trunk
+from .events import CallAnswered, CallFact, CallRinging, CallStarted, DigitPressed
 from .greeting_flow import AnchoredMedia, ExtensionCollection, ringback
 from .registrar_service import RegistrarService
 from .resolver import (
@@ -387,6 +388,8 @@ class B2bua:
         self.dial_out_seconds = dial_out_seconds
         self.cdr = cdr
         #: Calls being set up or bridged: (A-leg, B-legs).
+        #: Called with every call event (routing.events); the server turns them into pyee events.
+        self.on_event: Callable[[CallFact], None] | None = None
         self.active: dict[Call, list[OutgoingCall]] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
@@ -432,6 +435,7 @@ class B2bua:
         call = _Call(a, queue, caller.name if isinstance(caller, FromTrunk) else None)
         call.caller, call.source_trunk = _caller_label(request, caller)
         call.dialled, call.started_at = format_dialstring(dialled), started_at
+        self._emit(CallStarted(request.call_id, call.caller, call.dialled, call.source_trunk))
         self.active[a] = call.legs
         try:
             next_route: Route | None = route
@@ -482,6 +486,17 @@ class B2bua:
             log.error("ring-group state not saved to %s: %s", path, exc)
 
     # ------------------------------------------------------------------------------------------ CDRs
+
+    def _emit(self, event: CallFact) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("call event handler failed on %s", event)
+
+    @staticmethod
+    def _call_id(call: _Call) -> str:
+        return call.a.request.call_id if isinstance(call.a, IncomingCall) else call.a.call_id or ""
 
     def _write_cdr(self, record: CallRecord) -> None:
         if self.cdr is None:
@@ -745,6 +760,7 @@ class B2bua:
                 self._fail(call, 488)
                 return False
             call.answered_at = self._clock()
+            self._emit(CallAnswered(self._call_id(call)))
             return True
         assert isinstance(a, IncomingCall)  # not anchored: someone called in (flows 1, 2, 4)
         try:
@@ -754,6 +770,7 @@ class B2bua:
             winner.bye()
             return False
         call.answered_at = self._clock()
+        self._emit(CallAnswered(self._call_id(call)))
         return True
 
     async def _caller_ack(self, call: _Call, winner: OutgoingCall) -> bool:
@@ -841,6 +858,7 @@ class B2bua:
         if call.ringing:
             return
         call.ringing = True
+        self._emit(CallRinging(self._call_id(call)))
         if isinstance(call.a, IncomingCall) and call.a.state is SessionState.INCOMING:
             call.a.ring(180)  # not answered yet (a call out anchors media, but answers only with the client)
         elif call.media is not None:
@@ -1192,7 +1210,13 @@ class B2bua:
             g.extension for g in self.directory.groups
         ]
         assert media.a is not None
-        collection = ExtensionCollection(DigitCollector(extensions), media.a, playback)
+        call_id = self._call_id(call)
+        collection = ExtensionCollection(
+            DigitCollector(extensions),
+            media.a,
+            playback,
+            on_digit=lambda pressed: self._emit(DigitPressed(call_id, pressed.digit, pressed.source.value)),
+        )
         getter: asyncio.Future[CallEvent] | None = None
         try:
             while not collection.result.done():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -282,9 +283,14 @@ class ExtensionCollection:
     """
 
     def __init__(
-        self, collector: DigitCollector, session: RtpSession, playback: asyncio.Future[None] | None
+        self,
+        collector: DigitCollector,
+        session: RtpSession,
+        playback: asyncio.Future[None] | None,
+        on_digit: Callable[[KeyPressed], None] | None = None,
     ) -> None:
         self.collector = collector
+        self.on_digit = on_digit
         self.session = session
         self._loop = asyncio.get_running_loop()
         self.result: asyncio.Future[CollectorResult] = self._loop.create_future()
@@ -303,6 +309,8 @@ class ExtensionCollection:
     def _on_digit(self, pressed: KeyPressed) -> None:
         if not self.result.done():
             log.debug("digit %s (%s)", pressed.digit, pressed.source.value)
+            if self.on_digit is not None:
+                self.on_digit(pressed)
             self._settle(self.collector.digit(pressed.digit, self._loop.time()))
 
     def _greeting_ended(self, _: asyncio.Future[None]) -> None:

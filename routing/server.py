@@ -3,7 +3,8 @@ its CDR store (``state_dir/cdr.sqlite3``). One object, usable as an async contex
 asyncio service.
 
 Events (pyee, on ``server.events``): ``started`` (listen addresses), ``registered`` (a
-``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``call_ended`` (the call's
+``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``call_started``,
+``ringing``, ``answered``, ``digit`` (``routing.events``), ``call_ended`` (the call's
 ``routing.cdr.CallRecord``, as written to the CDR store), ``reloaded`` (the new Directory),
 ``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
 """
@@ -31,6 +32,7 @@ from .cdr import CallRecord, SqliteCdrStore
 from .control import ControlChannel, socket_path
 from .directory import Directory, load_directory
 from .errors import ConfigError
+from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
@@ -125,6 +127,7 @@ class Server:
         self.resolver = Resolver(self.directory, resolver_config, resolver_hook)
         self.cdr = SqliteCdrStore(state_dir / "cdr.sqlite3")
         self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver, cdr=_Announcing(self))
+        self.b2bua.on_event = self._call_fact
         if self.calls is None:
             self.calls = self.b2bua.handle
         #: The local control socket (``durchwahl status``/``originate``), in the state directory.
@@ -135,6 +138,9 @@ class Server:
         self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _call_fact(self, fact: CallFact) -> None:
+        self.events.emit(EVENT_NAMES[type(fact)], fact)
 
     def _registration_event(self, event: RegistrationEvent) -> None:
         self.events.emit("registered" if isinstance(event, Registered) else "unregistered", event)

@@ -340,6 +340,8 @@ async def test_digits_during_the_greeting_ring_that_extension_and_media_is_relay
     bernd = await office.phone("102", Script("ignore"))
     phone_rtp = await office.sink()
     anna.sdp = sdp("phone-101", phone_rtp.port)
+    facts: list[object] = []
+    office.b2bua.on_event = facts.append
     call, rtp, where = await answered_anchored(office, GREETING)
     await rtp.wait_for(lambda p: p.payload_type == 0)  # the greeting plays
     await send_digits(rtp, "101", where)
@@ -366,6 +368,15 @@ async def test_digits_during_the_greeting_ring_that_extension_and_media_is_relay
     call.bye()
     assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
     await office.idle()
+    from routing.events import CallAnswered, CallStarted, DigitPressed
+
+    assert isinstance(facts[0], CallStarted) and facts[0].source_trunk == "provider"
+    assert [(f.digit, f.source) for f in facts if isinstance(f, DigitPressed)] == [
+        ("1", "rfc4733"),
+        ("0", "rfc4733"),
+        ("1", "rfc4733"),
+    ]
+    assert any(isinstance(f, CallAnswered) for f in facts)
 
 
 async def test_info_digits_during_the_greeting_are_taken_too(office: Office) -> None:

@@ -105,8 +105,11 @@ async def test_an_employee_calls_another_through_the_server(tmp_path: Path) -> N
 
     config = copy_office(tmp_path)
     ended: list[object] = []
+    seen: list[str] = []
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
         server.events.on("call_ended", ended.append)
+        for name in ("call_started", "ringing", "answered", "call_ended"):
+            server.events.on(name, lambda _, name=name: seen.append(name))
         port = server.addresses[0][2]
         anna = await Phone("101", "anna-101-secret", port, script=Script("answer", delay=0.1)).start()
         bernd = await Phone("bernd", "bernd-102-secret", port).start()
@@ -131,6 +134,7 @@ async def test_an_employee_calls_another_through_the_server(tmp_path: Path) -> N
     from routing.cdr import Disposition
 
     (record,) = ended
+    assert seen == ["call_started", "ringing", "answered", "call_ended"]
     assert record.disposition is Disposition.ANSWERED  # type: ignore[attr-defined]
     assert record.caller == "102" and record.destination_id == "101"  # type: ignore[attr-defined]
 
