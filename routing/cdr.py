@@ -26,6 +26,7 @@ from typing import Any, Final, Protocol
 import attrs
 
 from .errors import RoutingError
+from .sqlite import open_versioned
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -210,29 +211,7 @@ class SqliteCdrStore:
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise CdrStoreError(f"cannot open CDR store {self.path}: {exc}") from exc
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise CdrStoreError(
-                    f"CDR store {self.path} has schema version {version}, newer than this durchwahl "
-                    f"understands ({SCHEMA_VERSION}); upgrade durchwahl or move the file away"
-                )
-            if version == 0:
-                db.executescript(_SCHEMA)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise CdrStoreError(f"CDR store {self.path} is not usable: {exc}") from exc
-        except BaseException:
-            db.close()
-            raise
+        db = open_versioned(self.path, _SCHEMA, SCHEMA_VERSION, "CDR store", CdrStoreError)
         self._db = db
         return db
 

@@ -33,6 +33,7 @@ from typing import Any, Final, Protocol, TypeVar
 from sipcore.registrar import Binding, BindingFlow
 
 from .errors import RoutingError
+from .sqlite import open_versioned
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -241,23 +242,8 @@ class SqliteLocationStore:
             self._executor = executor
 
     def _open_sync(self, now: float) -> sqlite3.Connection:
+        db = open_versioned(self.path, _SCHEMA, SCHEMA_VERSION, "location store", LocationStoreError)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise LocationStoreError(f"cannot open location store {self.path}: {exc}") from exc
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LocationStoreError(
-                    f"location store {self.path} has schema version {version}, newer than this durchwahl "
-                    f"understands ({SCHEMA_VERSION}); upgrade durchwahl or move the file away"
-                )
-            if version == 0:
-                db.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits by itself
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             with db:
                 db.execute("BEGIN")
                 purged = db.execute("DELETE FROM binding WHERE expires_at <= ?", (now,)).rowcount
