@@ -51,34 +51,9 @@ with atheris.instrument_imports(include=["sipcore"]):
         parse_uri,
     )
     from sipcore.headers import parse_via
+    from sipcore.message import TYPED_ACCESSORS as ACCESSORS
 
 HERE = Path(__file__).resolve().parent
-
-#: Typed accessors of Request/Response; each may raise SipParseError lazily and nothing else.
-ACCESSORS = (
-    "via",
-    "branch",
-    "from_",
-    "to",
-    "call_id",
-    "cseq",
-    "max_forwards",
-    "contact",
-    "contact_is_wildcard",
-    "route",
-    "record_route",
-    "content_type",
-    "expires",
-    "require",
-    "proxy_require",
-    "supported",
-    "allow",
-    "unsupported",
-    "www_authenticate",
-    "proxy_authenticate",
-    "authorization",
-    "proxy_authorization",
-)
 
 
 class Mismatch(AssertionError):

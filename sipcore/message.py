@@ -36,6 +36,7 @@ from .uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri, split_comma_
 
 __all__ = [
     "REASON_PHRASES",
+    "TYPED_ACCESSORS",
     "Request",
     "Response",
     "error_response",
@@ -44,6 +45,33 @@ __all__ = [
 ]
 
 SIP_VERSION: Final = "SIP/2.0"
+
+#: The typed accessors of Request and Response. Each parses its header on first use and may raise only
+#: SipParseError; the fuzz harness and the property tests exercise exactly this list.
+TYPED_ACCESSORS: Final = (
+    "via",
+    "branch",
+    "from_",
+    "to",
+    "call_id",
+    "cseq",
+    "max_forwards",
+    "contact",
+    "contact_is_wildcard",
+    "route",
+    "record_route",
+    "content_type",
+    "expires",
+    "require",
+    "proxy_require",
+    "supported",
+    "allow",
+    "unsupported",
+    "www_authenticate",
+    "proxy_authenticate",
+    "authorization",
+    "proxy_authorization",
+)
 
 #: Headers whose values may be comma-separated lists (RFC 3261 §7.3.1); others are never split.
 _LIST_HEADERS: Final = frozenset(

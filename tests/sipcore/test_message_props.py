@@ -19,6 +19,7 @@ from torture import CORPUS
 
 from sipcore import Request, Response, SipParseError, SipUri, TelUri, parse_message
 from sipcore.headers import Header, header_key
+from sipcore.message import TYPED_ACCESSORS as ACCESSORS
 
 TORTURE_DIR = CORPUS  # ../shared/sip-torture beside the checkout (tests/sipcore/torture.py)
 TORTURE = sorted(TORTURE_DIR.rglob("*.dat"))
@@ -193,31 +194,6 @@ def test_core_header_accessors_of_a_generated_request() -> None:
 
 
 # ---------------------------------------------------------------------------------------- robustness
-
-ACCESSORS = (
-    "via",
-    "branch",
-    "from_",
-    "to",
-    "call_id",
-    "cseq",
-    "max_forwards",
-    "contact",
-    "contact_is_wildcard",
-    "route",
-    "record_route",
-    "content_type",
-    "expires",
-    "require",
-    "proxy_require",
-    "supported",
-    "allow",
-    "unsupported",
-    "www_authenticate",
-    "proxy_authenticate",
-    "authorization",
-    "proxy_authorization",
-)
 
 
 def parse_or_none(data: bytes) -> Request | Response | None:
