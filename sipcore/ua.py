@@ -4,7 +4,9 @@
 and shares its one timer) and keeps one pure :class:`~sipcore.session.InviteSession` per call leg:
 
 * ``ua.invite(...)`` starts an outgoing leg (:class:`OutgoingCall`); ``await call.wait_answered()`` gives the
-  2xx or raises :class:`CallFailed`. With ``credentials`` a 401/407 is answered once with digest.
+  2xx or raises :class:`CallFailed`. With ``credentials`` a 401/407 is answered with digest: once per
+  realm (a proxy and a server may both challenge), again when the nonce went stale, at most
+  ``MAX_AUTH_RETRIES`` times.
 * An incoming INVITE reaches the application's handler as an ``IncomingRequest``; ``ua.accept(incoming)``
   makes it an :class:`IncomingCall` to ``ring``, ``answer`` or ``reject``.
 * Every fact a session reports (``Answered``, ``Confirmed``, ``Cancelled``, ``ReinviteReceived``,
@@ -30,12 +32,14 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
+from typing import Final
 
 import attrs
 
 from .auth import answer_challenge, choose_challenge
 from .endpoint import Endpoint, IncomingRequest, OutgoingRequest, RequestHandler
 from .errors import SipError
+from .headers import Challenge
 from .message import Request, Response
 from .session import (
     Answered,
@@ -266,7 +270,10 @@ class OutgoingCall(Call):
         self.credentials = credentials
         self._args = args
         self._auth_retry: Response | None = None
-        self._auth_tried = False
+        #: Authorization headers sent so far, by (header name, realm): kept on later retries (a proxy's
+        #: 407 and the trunk's 401 can both challenge one INVITE).
+        self._auth_answers: dict[tuple[str, str], tuple[Challenge, int]] = {}
+        self._auth_attempts = 0
 
     def cancel(self, *, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Give up before the answer (RFC 3261 §9.1); ``headers`` go into the CANCEL (``Reason``, RFC 3326).
@@ -443,15 +450,28 @@ class UserAgent:
         if challenge is None:
             return False
         username, password = call.credentials
-        creds = answer_challenge(
-            challenge, "INVITE", str(old.uri), username, password, cnonce=self.endpoint.new_tag()
-        )
+        header = "Proxy-Authorization" if proxy else "Authorization"
+        call._auth_answers[(header, challenge.param("realm") or "")] = (challenge, 0)
+        extra: list[tuple[str, str]] = []
+        for key, (answered, uses) in call._auth_answers.items():
+            # A nonce used again is counted up (nc), as the challenger's replay check expects.
+            call._auth_answers[key] = (answered, uses + 1)
+            creds = answer_challenge(
+                answered,
+                "INVITE",
+                str(old.uri),
+                username,
+                password,
+                cnonce=self.endpoint.new_tag(),
+                nc=uses + 1,
+            )
+            extra.append((key[0], str(creds)))
+        call._auth_attempts += 1
         tag = old.from_.tag or self.endpoint.new_tag()
         session = self._session(Role.UAC, call.flow, call._args.from_, tag=tag, initial_cseq=old.cseq.seq + 1)
         call.session = session
         call._client.clear()
-        header = "Proxy-Authorization" if proxy else "Authorization"
-        self._start_invite(call, session, call_id=old.call_id, extra=((header, str(creds)),))
+        self._start_invite(call, session, call_id=old.call_id, extra=tuple(extra))
         return True
 
     # ------------------------------------------------------------------------------------ incoming
@@ -606,9 +626,9 @@ class UserAgent:
             and event.status in (401, 407)
             and event.response is not None
             and call.credentials is not None
-            and not call._auth_tried
+            and call._auth_attempts < MAX_AUTH_RETRIES
+            and _may_answer(call._auth_answers, event.response)
         ):
-            call._auth_tried = True
             call._auth_retry = event.response
             return
         if isinstance(event, Terminated):
@@ -687,3 +707,20 @@ class UserAgent:
             except SessionError:
                 log.exception("%s: session timer failed", call)
             self._pump(call, session)
+
+
+#: Authenticated retries of one INVITE at most (a proxy's and a server's challenge, then a stale nonce).
+MAX_AUTH_RETRIES: Final = 3
+
+
+def _may_answer(answered: dict[tuple[str, str], tuple[Challenge, int]], response: Response) -> bool:
+    """Whether a 401/407 is worth another authenticated INVITE: a realm not answered yet, or the same realm
+    saying our nonce went stale (RFC 7616 §3.3) — not a plain refusal of credentials already sent."""
+    proxy = response.status == 407
+    challenge = choose_challenge(response.proxy_authenticate if proxy else response.www_authenticate)
+    if challenge is None:
+        return True  # the retry finds no challenge and reports the rejection
+    header = "Proxy-Authorization" if proxy else "Authorization"
+    if (header, challenge.param("realm") or "") not in answered:
+        return True
+    return (challenge.param("stale") or "").lower() == "true"

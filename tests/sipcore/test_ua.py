@@ -10,6 +10,7 @@ import pytest
 
 from sipcore import Endpoint, IncomingRequest
 from sipcore.auth import DigestSecret, DigestServer
+from sipcore.message import Request
 from sipcore.session import (
     Answered,
     Cancelled,
@@ -280,6 +281,61 @@ async def test_digest_challenge_is_answered_once(pair: Pair) -> None:
     async with asyncio.timeout(3):
         event = await accepted[0].wait_ended()
     assert isinstance(event, Terminated)
+
+
+async def test_wrong_credentials_are_not_sent_twice(pair: Pair) -> None:
+    """A second plain 401 for the realm already answered means the password is wrong: no third INVITE."""
+    digest = DigestServer("example.com", secret=b"0123456789abcdef0123456789abcdef", algorithms=["MD5"])
+    invites: list[str | None] = []
+
+    def handler(incoming: IncomingRequest) -> None:
+        invites.append(incoming.request.get("authorization"))
+        incoming.send(digest.challenge_response(incoming.request, 0.0, to_tag=incoming.to_tag))
+
+    pair.bob.ua.handler = handler
+    caller = pair.call_bob(credentials=("alice", "wrong"))
+    with pytest.raises(CallFailed) as failed:
+        async with asyncio.timeout(3):
+            await caller.wait_answered()
+    assert failed.value.status == 401
+    await asyncio.sleep(0.1)
+    assert len(invites) == 2 and invites[0] is None and invites[1] is not None
+
+
+async def test_a_stale_nonce_and_a_second_realm_are_answered_again(pair: Pair) -> None:
+    """A proxy's 407, the server's 401, then a stale re-challenge: each answered, earlier answers kept."""
+    proxy = DigestServer("proxy.example", secret=b"1" * 32, algorithms=["MD5"])
+    server = DigestServer("example.com", secret=b"2" * 32, algorithms=["MD5"])
+    bob_ua = pair.bob.ua
+    seen: list[Request] = []
+    accepted: list[IncomingCall] = []
+
+    def handler(incoming: IncomingRequest) -> None:
+        request = incoming.request
+        seen.append(request)
+        lookup = lambda user: DigestSecret(password="pw")  # noqa: E731
+        if type(proxy.verify(request, lookup, 0.0, proxy=True)).__name__ != "Authenticated":
+            incoming.send(proxy.challenge_response(request, 0.0, proxy=True, to_tag=incoming.to_tag))
+        elif type(server.verify(request, lookup, 0.0)).__name__ != "Authenticated":
+            incoming.send(server.challenge_response(request, 0.0, to_tag=incoming.to_tag))
+        elif len(seen) == 3:
+            incoming.send(server.challenge_response(request, 0.0, stale=True, to_tag=incoming.to_tag))
+        else:
+            call = bob_ua.accept(incoming)
+            accepted.append(call)
+            call.answer(body=SDP_B)
+
+    bob_ua.handler = handler
+    caller = pair.call_bob(credentials=("alice", "pw"))
+    async with asyncio.timeout(3):
+        ok = await caller.wait_answered()
+    assert ok.status == 200
+    assert [r.cseq.seq for r in seen] == [1, 2, 3, 4]
+    assert seen[3].get("proxy-authorization") is not None and seen[3].get("authorization") is not None
+    assert seen[2].get("authorization") != seen[3].get("authorization")  # a fresh nonce after "stale"
+    caller.bye()
+    async with asyncio.timeout(3):
+        await accepted[0].wait_ended()
 
 
 async def test_a_2xx_crossing_the_cancel_is_acked_and_ended_with_bye(pair: Pair) -> None:
