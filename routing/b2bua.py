@@ -72,6 +72,7 @@ from media.relay import Side
 from media.sdp import parse_sdp
 from media.session import MediaClock, PortAllocator, PortsExhausted
 from sipcore.auth import Authenticated, Stale
+from sipcore.dialog import MAX_FORWARDS
 from sipcore.endpoint import IncomingRequest
 from sipcore.headers import header_key
 from sipcore.message import Request, Response
@@ -131,6 +132,7 @@ __all__ = [
     "RING_STATE_FILE",
     "B2bua",
     "external_failure",
+    "forwarded",
     "passthrough",
     "trunk_identity",
     "trunk_uri",
@@ -204,6 +206,21 @@ def passthrough(message: Request | Response, *, also: Iterable[str] = ()) -> tup
     """The headers of ``message`` the B2BUA does not own, in order, exactly as they came."""
     owned = OWNED_HEADERS | {header_key(name) for name in also}
     return tuple((h.name, h.value) for h in message.headers if header_key(h.name) not in owned)
+
+
+#: Identity headers a phone may send that are meaningful only inside the office (RFC 3325 §5: a trust
+#: domain's boundary removes them); the trunk gets the office's identity in From instead.
+PRIVATE_IDENTITY_HEADERS: Final = frozenset(
+    {"p-asserted-identity", "p-preferred-identity", "remote-party-id"}
+)
+
+
+def forwarded(invite: Request, *, to_trunk: bool = False) -> tuple[tuple[str, str], ...]:
+    """The headers a new leg's INVITE carries from the caller's: the pass-through ones (toward a trunk
+    without the office's private identity headers) and Max-Forwards counted down, so a loop ends in 483."""
+    headers = passthrough(invite, also=PRIVATE_IDENTITY_HEADERS if to_trunk else ())
+    hops = invite.max_forwards
+    return (*headers, ("Max-Forwards", str(MAX_FORWARDS if hops is None else max(hops - 1, 0))))
 
 
 def _content_type(message: Request | Response) -> str | None:
@@ -692,7 +709,7 @@ class B2bua:
             return _Failed(())
         invite = a.request
         from_ = NameAddr(invite.from_.display_name, invite.from_.uri)
-        headers = passthrough(invite)
+        headers = forwarded(invite)
         if call.media is not None:
             try:
                 body: bytes = await call.media.offer_callee()
@@ -987,7 +1004,7 @@ class B2bua:
             to=NameAddr(None, attrs.evolve(uri, port=None)),
             body=body,
             content_type="application/sdp",
-            headers=passthrough(a.request) if isinstance(a, IncomingCall) else (),
+            headers=forwarded(a.request, to_trunk=True) if isinstance(a, IncomingCall) else (),
             credentials=credentials,
             queue=call.queue,
         )

@@ -776,7 +776,8 @@ class InviteSession:
 
         An empty ``body`` makes an offerless INVITE: the 2xx will carry the offer and :class:`Answered`
         says ``answer_owed`` (call :meth:`ack` with the answer). ``route`` is a preloaded route set
-        (outbound proxy), written as Route headers in order.
+        (outbound proxy), written as Route headers in order. A ``Max-Forwards`` in ``headers`` replaces
+        the default 70.
         """
         if self._role is not Role.UAC:
             raise SessionError("send_invite() is for a UAC session")
@@ -792,9 +793,14 @@ class InviteSession:
         from_party = attrs.evolve(from_party, params=tuple(p for p in from_party.params if p[0] != "tag"))
         to_party = _as_name_addr(to)
         extra = tuple(headers)
+        max_forwards = str(MAX_FORWARDS)
+        if any(name.lower() == "max-forwards" for name, _ in extra):
+            # A B2BUA passes the incoming request's count on, less one, so a routing loop ends (483).
+            max_forwards = next(value for name, value in extra if name.lower() == "max-forwards")
+            extra = tuple((name, value) for name, value in extra if name.lower() != "max-forwards")
         lines = [
             Header("Via", str(via_with_branch(self._via, self._make_branch))),
-            Header("Max-Forwards", str(MAX_FORWARDS)),
+            Header("Max-Forwards", max_forwards),
             *(Header("Route", str(_as_name_addr(r))) for r in route),
             Header("From", str(from_party.with_tag(tag))),
             Header("To", str(to_party)),

@@ -140,6 +140,7 @@ async def test_every_device_rings_the_first_answer_wins_the_other_is_cancelled(o
     assert b_invite.get("x-crm-ticket") == "4711" and b_invite.get("subject") == "Angebot"
     assert b_invite.from_.uri == a_invite.from_.uri and b_invite.from_.display_name == "Phone 102"
     assert b_invite.get("authorization") is None
+    assert a_invite.max_forwards == 70 and b_invite.max_forwards == 69  # counted down: loops end
     assert [h for h in passthrough(b_invite) if h[0] in ("X-Crm-Ticket", "Subject")] == [
         ("X-Crm-Ticket", "4711"),
         ("Subject", "Angebot"),
@@ -173,6 +174,18 @@ async def test_both_answer_the_loser_gets_ack_and_bye(office: Office) -> None:
     assert not winner.terminated and not call.terminated
     call.bye()
     assert (await ended(winner)).reason is TerminationReason.REMOTE_BYE
+
+
+async def test_max_forwards_counts_down_across_the_b2bua_so_a_loop_ends_in_483(office: Office) -> None:
+    callee = await office.phone("101")
+    caller = await office.phone("102")
+    call = caller.dial("101", headers=(("Max-Forwards", "2"),))
+    async with asyncio.timeout(3):
+        await call.wait_answered()
+    assert (await callee.next_call()).request.max_forwards == 1
+    call.bye()
+    await ended(call)
+    assert (await failure(caller.dial("101", headers=(("Max-Forwards", "0"),)))).status == 483
 
 
 async def test_busy_everywhere_is_486(office: Office) -> None:

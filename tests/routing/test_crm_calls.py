@@ -228,8 +228,13 @@ async def test_crm_call_goes_out_through_the_trunk_and_sends_rfc4733_digits_afte
     anna, _ = await office.anna()
     provider = office.provider
     assert provider.rtp is not None
-    call = anna.dial(CRM_WITH_EXTENSION)
+    identity = ("P-Preferred-Identity", "<sip:101@office.example>")
+    call = anna.dial(CRM_WITH_EXTENSION, headers=(identity, ("X-Crm-Ticket", "4711")))
     client = await provider.next_call()
+
+    # The office's private identity stays inside (RFC 3325); other headers pass, Max-Forwards counts down.
+    assert client.request.get("p-preferred-identity") is None and client.request.get("x-crm-ticket") == "4711"
+    assert client.request.max_forwards == 69
 
     # Challenged once with 407, then the same call again with the trunk's credentials.
     first, second = provider.invites
