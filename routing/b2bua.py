@@ -44,7 +44,10 @@ from one queue, so a call flow reads like the call:
    the two are relayed by a :class:`~media.relay.MediaBridge`. Once the client has answered (its 2xx
    received and our ACK sent — never on early media) the post-dial digits go to the client's leg as
    RFC 4733 events if it negotiated telephone-event, else as in-band tones, ``,`` pausing one second.
-   While the client rings the caller gets 180; a failure is mapped back (:func:`external_failure`).
+   While the client rings the caller gets 180 — or, when the provider sends early media (a 183 with SDP:
+   an announcement, the far network's ringback), a 183 with our SDP and that audio through the relay; a
+   failure is mapped back (:func:`external_failure`). Not anchored, a sole ringing device's early media
+   goes to the caller as it came.
 
 When a call ends, one :class:`~routing.cdr.CallRecord` goes to the ``cdr`` store (if there is one).
 """
@@ -320,6 +323,8 @@ class _Call:
     #: client answers.
     caller_sdp: bytes | None = None
     ringing: bool = False
+    #: The B-leg whose early media (a 1xx with SDP) the caller gets, if any.
+    early: OutgoingCall | None = None
     # What the CDR says about the call (see routing.cdr.CallRecord).
     caller: str = ""
     source_trunk: str | None = None
@@ -846,6 +851,9 @@ class B2bua:
                     if leg not in pending:
                         continue
                     if isinstance(event, ProvisionalReceived):
+                        if isinstance(call, _Call) and event.response.body:
+                            assert isinstance(leg, OutgoingCall)
+                            self._early_media(call, leg, event.response, forked=len(legs) > 1)
                         if event.response.status in (180, 183) and isinstance(call, _Call):
                             self._ringback(call)
                     elif isinstance(event, Answered):
@@ -870,12 +878,42 @@ class B2bua:
             call.media.stop_playing()  # the ringback
         return winner, answer
 
+    def _early_media(self, call: _Call, leg: OutgoingCall, response: Response, *, forked: bool) -> None:
+        """A ringing leg sends early media (a 1xx with SDP: the provider's announcement or ringback): the
+        unanswered caller gets a 183 with SDP and hears it — anchored, through our relay (the caller's
+        answer is the one its 200 will carry); not anchored, the leg's SDP itself, only when it is the sole
+        leg (forks could answer with other SDP than the 183 had, RFC 6337 §3.1)."""
+        a = call.a
+        if call.early is not None or not isinstance(a, IncomingCall) or a.state is not SessionState.INCOMING:
+            return
+        if _content_type(response) != "application/sdp":
+            return
+        try:
+            if call.media is not None:
+                if not call.caller_sdp or call.media.a_media is None:
+                    return  # an offerless INVITE: our offer can only go in the 2xx
+                call.media.bridge_callee(response.body)
+                a.ring(183, body=call.caller_sdp, content_type="application/sdp")
+            elif not forked:
+                a.ring(183, body=response.body, content_type="application/sdp", headers=passthrough(response))
+            else:
+                return
+        except MediaError as exc:
+            log.info("call %s: early media of %s not usable: %s", a.call_id, leg.call_id, exc)
+            return
+        except SessionError:
+            return
+        call.early = leg
+        self._ringback(call)
+
     def _ringback(self, call: _Call) -> None:
         """A device rings: the caller hears it (180, or our generated ringback on an anchored call)."""
         if call.ringing:
             return
         call.ringing = True
         self._emit(CallRinging(self._call_id(call)))
+        if call.early is not None:
+            return  # the caller hears the early media
         if isinstance(call.a, IncomingCall) and call.a.state is SessionState.INCOMING:
             call.a.ring(180)  # not answered yet (a call out anchors media, but answers only with the client)
         elif call.media is not None:

@@ -256,6 +256,8 @@ class AnchoredMedia:
         if remote is None:
             raise MediaError("the callee's answer has no audio address")
         self.b.remote = remote
+        if self.bridge is not None:
+            self.bridge.close()  # early media's bridge, replaced by the answer's
         self.bridge = MediaBridge(self.a, self.b, self.a_media, b_media, self.clock)
 
     def play_to_caller(self, greeting: Greeting, *, loop: bool = False) -> asyncio.Future[None]:

@@ -188,6 +188,39 @@ async def test_max_forwards_counts_down_across_the_b2bua_so_a_loop_ends_in_483(o
     assert (await failure(caller.dial("101", headers=(("Max-Forwards", "0"),)))).status == 483
 
 
+async def test_early_media_of_a_single_device_reaches_the_caller(office: Office) -> None:
+    desk = await office.phone("101", Script("ignore"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    at_desk = await desk.next_call()
+    at_desk.ring(183, body=desk.sdp, content_type="application/sdp")
+    early = await event_of(call, ProvisionalReceived)
+    while isinstance(early, ProvisionalReceived) and early.response.status == 180:
+        early = await event_of(call, ProvisionalReceived)
+    assert isinstance(early, ProvisionalReceived)
+    assert early.response.status == 183 and early.response.body == desk.sdp
+    at_desk.answer(body=desk.sdp)
+    async with asyncio.timeout(3):
+        assert (await call.wait_answered()).body == desk.sdp  # the same answer as the 183's (RFC 6337)
+    call.bye()
+    await ended(at_desk)
+
+
+async def test_early_media_is_not_relayed_from_one_of_several_devices(office: Office) -> None:
+    desk = await office.phone("101", Script("ignore"))
+    await office.phone("101", Script("ignore"))
+    caller = await office.phone("102")
+    call = caller.dial("101")
+    at_desk = await desk.next_call()
+    at_desk.ring(183, body=desk.sdp, content_type="application/sdp")
+    await asyncio.sleep(0.3)
+    events = [call.events.get_nowait()[1] for _ in range(call.events.qsize())]
+    provisional = [e.response for e in events if isinstance(e, ProvisionalReceived)]
+    assert provisional and all(not r.body for r in provisional)  # the other device may answer
+    call.bye()
+    await ended(at_desk)
+
+
 async def test_busy_everywhere_is_486(office: Office) -> None:
     await office.phone("101", Script("reject", status=486))
     await office.phone("101", Script("reject", status=486, delay=0.1))

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 from phones import FAST, Phone, Script, sdp
+from test_b2bua import failure
 from test_flows import RtpSink, ended, event_of, rtp_socket
 
 from media.dtmf_inband import InbandDetector
 from media.dtmf_rfc4733 import DTMF_EVENTS, parse_telephone_event
 from media.g711 import ulaw_decode
 from media.rtp import RtpPacket
+from media.sdp import parse_sdp
 from media.session import PortAllocator
 from routing.b2bua import B2bua, external_failure, trunk_identity, trunk_uri
 from routing.cdr import Disposition, InMemoryCdrStore
@@ -29,7 +31,7 @@ from routing.resolver import Resolver, ResolverConfig
 from sipcore import Endpoint, IncomingRequest
 from sipcore.auth import Authenticated, DigestSecret, DigestServer
 from sipcore.core import CoreConfig
-from sipcore.session import Confirmed, TerminationReason
+from sipcore.session import Confirmed, ProvisionalReceived, TerminationReason
 from sipcore.ua import CallFailed, IncomingCall, UserAgent
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -95,6 +97,8 @@ class TrunkProvider:
         self.calls: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.telephone_event = True
         self.reject: int | None = None
+        #: Send a 183 with SDP first (early media: an announcement) and reject only after ``early`` seconds.
+        self.early: float | None = None
         self.rtp: RtpSink | None = None
         self.port = 0
 
@@ -118,11 +122,17 @@ class TrunkProvider:
             return
         call = self.ua.accept(incoming)
         self.calls.put_nowait(call)
+        assert self.rtp is not None
+        if self.early is not None:
+            call.ring(
+                183, body=provider_sdp(self.rtp.port, telephone_event=False), content_type="application/sdp"
+            )
+            asyncio.get_running_loop().call_later(self.early, call.reject, self.reject or 404)
+            return
         call.ring(180)
         if self.reject is not None:
             call.reject(self.reject)
             return
-        assert self.rtp is not None
         call.answer(body=provider_sdp(self.rtp.port, telephone_event=self.telephone_event))
 
     async def next_call(self, timeout: float = 3.0) -> IncomingCall:
@@ -308,6 +318,28 @@ async def test_client_without_telephone_event_gets_in_band_tones_with_the_pause(
     call.bye()  # the employee hangs up: the client's leg ends too
     assert (await ended(client)).reason is TerminationReason.REMOTE_BYE
     await office.idle()
+
+
+async def test_the_providers_early_media_reaches_the_employee_before_the_failure(office: Office) -> None:
+    """An announcement in early media (183 with SDP, then 404): the phone gets a 183 with the office's SDP
+    and hears the announcement through the relay, then the failure."""
+    anna, sink = await office.anna()
+    provider = office.provider
+    assert provider.rtp is not None
+    provider.early = 1.0
+    call = anna.dial(CLIENT)
+    client = await provider.next_call()
+    early = await event_of(call, ProvisionalReceived)
+    assert isinstance(early, ProvisionalReceived) and early.response.status == 183
+    description = parse_sdp(early.response.body)
+    assert description.media[0].port != provider.rtp.port  # anchored: the office's port, not the provider's
+    office_port = parse_sdp(client.request.body).media[0].port
+    for seq in range(5):  # the announcement, sent to the port the office offered the provider
+        provider.rtp.send(RtpPacket(0, seq, seq * 160, 0xA11CE, b"\xff" * 160), ("127.0.0.1", office_port))
+    relayed = await sink.wait_for(lambda p: p.payload == b"\xff" * 160)
+    assert relayed.payload_type == 0
+    failed = await failure(call)
+    assert failed.status == 404
 
 
 async def test_client_busy_is_486_for_the_employee(office: Office) -> None:
