@@ -31,7 +31,8 @@ from one queue, so a call flow reads like the call:
    destination. While devices ring the caller hears a generated ringback (425 Hz); the callee is offered
    a second anchored port and, once it answers, RTP is relayed between the two ports
    (:class:`~media.relay.MediaBridge`). On an anchored call a re-INVITE (or an UPDATE with SDP) is
-   answered by the B2BUA on that leg (the relay learns the new direction) and the other leg gets a
+   answered by the B2BUA on that leg (the relay learns the new direction; an offerless re-INVITE gets
+   our offer and brings its answer in the ACK) and the other leg gets a
    re-INVITE of ours with the same direction (hold/resume told across, :class:`_HoldSync`).
 6. **Bridged**: BYE on either side ends both legs; re-INVITEs (an offerless one too, its answer carried in
    the ACK), UPDATE and INFO are relayed to the other leg and their answers back (a request the other leg
@@ -323,6 +324,8 @@ class _Call:
     #: client answers.
     caller_sdp: bytes | None = None
     ringing: bool = False
+    #: Anchored legs whose offerless re-INVITE we answered with an offer: their ACK brings the answer.
+    offered_in_2xx: set[Side] = attrs.Factory(set)
     #: The B-leg whose early media (a 1xx with SDP) the caller gets, if any.
     early: OutgoingCall | None = None
     # What the CDR says about the call (see routing.cdr.CallRecord).
@@ -926,6 +929,9 @@ class B2bua:
             if isinstance(event, ReinviteReceived):
                 self._reanswer(call, event)
                 return
+            if isinstance(event, ReinviteConfirmed):
+                self._answer_in_ack(call, Side.A, event)
+                return
             if isinstance(event, DialogRequestReceived) and event.request.method == "UPDATE":
                 self._update_locally(call, a, Side.A, event.request)
                 return
@@ -941,11 +947,18 @@ class B2bua:
         call.held.append((leg, event))
 
     def _reanswer(
-        self, call: _Call, event: ReinviteReceived, side: Side = Side.A, leg: Call | None = None
+        self,
+        call: _Call,
+        event: ReinviteReceived,
+        side: Side = Side.A,
+        leg: Call | None = None,
+        *,
+        direction: str = "sendrecv",
     ) -> str | None:
         """A re-INVITE (hold, resume) on a leg of an anchored call: answered here (RFC 3264 §8.4: our answer
         mirrors the offered direction), the relay told; returns the direction the leg offered (None: not
-        accepted)."""
+        accepted, or no offer yet). An offerless re-INVITE gets our offer (``direction``: what the other
+        party wants of this leg) in the 2xx, its answer comes in the ACK (RFC 3261 §14.2)."""
         assert call.media is not None
         if leg is None:
             leg = (
@@ -955,9 +968,17 @@ class B2bua:
             )
         if leg is None:
             return None
+        if not event.request.body:
+            try:
+                leg.answer_reinvite(
+                    body=call.media.offer_again(side, direction), content_type="application/sdp"
+                )
+            except SessionError as exc:
+                log.info("call %s: re-INVITE not answered: %s", call.a.call_id, exc)
+                return None
+            call.offered_in_2xx.add(side)
+            return None
         try:
-            if not event.request.body:
-                raise SdpError("offerless re-INVITE")
             body = call.media.answer_again(side, event.request.body)
         except MediaError as exc:
             log.info("call %s: re-INVITE not acceptable: %s", call.a.call_id, exc)
@@ -969,6 +990,20 @@ class B2bua:
             log.info("call %s: re-INVITE not answered: %s", call.a.call_id, exc)
             return None
         return _offered_direction(event.request.body)
+
+    @staticmethod
+    def _answer_in_ack(call: _Call, side: Side, event: ReinviteConfirmed) -> str | None:
+        """The ACK for our 2xx to a re-INVITE: after an offerless one it carries the leg's answer, which
+        the relay learns; returns the direction it declares (None: nothing new)."""
+        if side not in call.offered_in_2xx or call.media is None:
+            return None
+        call.offered_in_2xx.discard(side)
+        try:
+            call.media.answered_again(side, event.ack.body)
+        except MediaError as exc:
+            log.info("call %s: no usable answer in the ACK: %s", call.a.call_id, exc)
+            return None
+        return _offered_direction(event.ack.body)
 
     def _update_locally(self, call: _Call, leg: Call, side: Side, request: Request) -> str | None:
         """An UPDATE (RFC 3311) on a leg of an anchored call: an SDP offer is answered here like a
@@ -1355,7 +1390,12 @@ class B2bua:
             if hold is not None:
                 side = Side.A if leg is a else Side.B
                 if isinstance(event, ReinviteReceived):
-                    direction = self._reanswer(call, event, side, leg)  # media stays anchored
+                    wish = hold.wanted[side]  # offered to an offerless re-INVITE
+                    direction = self._reanswer(call, event, side, leg, direction=wish)  # media stays anchored
+                    if direction is not None:
+                        hold.want(side.other, direction)
+                elif isinstance(event, ReinviteConfirmed) and side in call.offered_in_2xx:
+                    direction = self._answer_in_ack(call, side, event)
                     if direction is not None:
                         hold.want(side.other, direction)
                 elif isinstance(event, DialogRequestReceived) and event.request.method == "UPDATE":

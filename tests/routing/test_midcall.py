@@ -178,6 +178,33 @@ async def test_callee_holding_with_update_is_answered_here_and_the_caller_is_rei
     await office.idle()
 
 
+async def test_offerless_reinvite_on_an_anchored_leg_gets_our_offer_and_its_ack_holds(office: Office) -> None:
+    """RFC 3261 §14.2: a re-INVITE without SDP is answered with an offer (the leg's anchor, sendrecv); the
+    answer comes in the ACK — here a hold (sendonly), which the relay and the other leg learn."""
+    call, rtp, where, leg, bernd_rtp = await anchored_call(office)
+    office_b = media_address(parse_sdp(leg.request.body))
+    assert office_b is not None
+
+    leg.reinvite()
+    ours = await event_of(leg, ReinviteAnswered)
+    assert isinstance(ours, ReinviteAnswered) and ours.answer_owed and ours.response.status == 200
+    assert media_address(parse_sdp(ours.response.body)) == office_b
+    assert direction(ours.response.body) == "sendrecv"
+    leg.ack(body=with_direction(sdp("phone-102", bernd_rtp.port), "sendonly"), content_type="application/sdp")
+
+    told = await event_of(call, ReinviteReceived)  # the caller is told the callee holds
+    assert isinstance(told, ReinviteReceived) and direction(told.offer) == "sendonly"
+    call.answer_reinvite(body=with_direction(sdp("provider", rtp.port), "recvonly"))
+    await event_of(call, ReinviteConfirmed)
+    await asyncio.sleep(0.1)
+    await exchange(rtp, where, bernd_rtp, office_b)
+    assert audio_in(bernd_rtp) == 0 and audio_in(rtp) > 0  # nothing to the holder; its audio still goes
+
+    leg.bye()
+    assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
 # ----------------------------------------------------------------------------- 2. glare across the bridge
 
 
