@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ipaddress
 import json
 import logging
@@ -204,6 +205,8 @@ RING_STATE_FILE: Final = "ring_state.json"
 
 #: In-dialog requests held per call before the bridge (or until a leg is confirmed); more get 500.
 MAX_HELD: Final = 16
+#: How long a request is held at most: then it is answered 408, within the sender's 32 s (Timer F).
+HELD_SECONDS = 30.0
 
 
 def passthrough(message: Request | Response, *, also: Iterable[str] = ()) -> tuple[tuple[str, str], ...]:
@@ -940,11 +943,23 @@ class B2bua:
 
     @staticmethod
     def _hold(call: _Call | _Ringing, leg: Call, event: DialogRequestReceived) -> None:
-        """Keep an in-dialog request (INFO …) that came before the bridge; relayed once there is one."""
+        """Keep an in-dialog request (INFO …) that came before the bridge; relayed once there is one, or
+        answered 408 after :data:`HELD_SECONDS` (before the sender's own transaction gives up)."""
         if len(call.held) >= MAX_HELD:
             leg.respond(event.request, 500, headers=(("Retry-After", "1"),))
             return
-        call.held.append((leg, event))
+        held, item = call.held, (leg, event)
+        held.append(item)
+
+        def expire() -> None:
+            if item not in held:
+                return  # relayed (or the call is over)
+            held.remove(item)
+            log.info("call %s: held %s timed out before the bridge", leg.call_id, event.request.method)
+            with contextlib.suppress(SessionError):  # the leg ended meanwhile
+                leg.respond(event.request, 408)
+
+        asyncio.get_running_loop().call_later(HELD_SECONDS, expire)
 
     def _reanswer(
         self,

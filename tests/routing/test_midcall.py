@@ -9,6 +9,7 @@ import itertools
 import json
 
 import attrs
+import pytest
 import test_flows
 from phones import Phone, Script, sdp
 from test_flows import (
@@ -24,6 +25,7 @@ from test_flows import (
     event_of,
 )
 
+import routing.b2bua as b2bua_module
 from media.sdp import parse_sdp
 from routing.b2bua import RING_STATE_FILE, B2bua
 from routing.directory import Strategy
@@ -326,6 +328,22 @@ async def test_info_before_the_bridge_is_held_and_relayed_once_the_callee_answer
     leg.respond(info.request, 200)
     reply = await event_of(call, DialogResponseReceived)
     assert isinstance(reply, DialogResponseReceived) and reply.response.status == 200
+    call.bye()
+    await ended(leg)
+    await office.idle()
+
+
+async def test_a_request_held_too_long_is_answered_408(
+    office: Office, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(b2bua_module, "HELD_SECONDS", 0.3)
+    bernd = await office.phone("102", Script("ignore"))
+    call = office.provider.dial(SHORT, sdp("provider", 42014))  # greeting, then 102 rings and rings
+    await answered(call)
+    leg = await bernd.next_call(timeout=5)
+    call.send_request("INFO", body=b"Signal=5\r\nDuration=160\r\n", content_type="application/dtmf-relay")
+    reply = await event_of(call, DialogResponseReceived)
+    assert isinstance(reply, DialogResponseReceived) and reply.response.status == 408
     call.bye()
     await ended(leg)
     await office.idle()
