@@ -8,7 +8,11 @@ shared store can replace the default later. ``write`` must return at once: it is
   commit; one thread keeps the connection single-threaded and the rows in the order the calls ended). At
   most ``max_pending`` rows wait for the disk; beyond that a row is dropped with an error in the log rather
   than memory growing without bound. ``await store.close()`` writes what is pending and closes the file.
+  With ``retention_days`` set, :meth:`SqliteCdrStore.prune` deletes the rows of calls that ended longer
+  ago (the server prunes at start and once a day).
 * :class:`InMemoryCdrStore`, for tests and for embedding without a disk.
+* :func:`read_records`: the newest rows of a CDR file, read-only (``durchwahl cdr``; safe beside a running
+  server, SQLite's WAL lets a reader in while the server writes).
 
 :func:`disposition_for` is the one place that turns how a call ended into its :class:`Disposition`.
 """
@@ -37,11 +41,12 @@ __all__ = [
     "InMemoryCdrStore",
     "SqliteCdrStore",
     "disposition_for",
+    "read_records",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 class CdrStoreError(RoutingError):
@@ -86,7 +91,8 @@ class CallRecord:
     ``number``/E.164 when a greeting's caller never reached a destination. ``answered_by``: the SIP user of
     the employee who answered (or the E.164 number called out), ``answered_contact``: the device's contact.
     ``digits``: what the caller keyed in during the greeting (flow 3). ``status``: the final status when the
-    call was not answered.
+    call was not answered. ``transferred_by``: the employee whose transfer (REFER) brought the call to
+    ``answered_by`` (the last one, if several).
     """
 
     call_id: str
@@ -103,6 +109,7 @@ class CallRecord:
     digits: str = ""
     answered_at: float | None = None
     status: int | None = None
+    transferred_by: str | None = None
 
 
 class CdrStore(Protocol):
@@ -140,16 +147,19 @@ CREATE TABLE IF NOT EXISTS cdr (
     answered_at       REAL,
     ended_at          REAL    NOT NULL,
     disposition       TEXT    NOT NULL,
-    status            INTEGER
+    status            INTEGER,
+    transferred_by    TEXT
 );
 CREATE INDEX IF NOT EXISTS cdr_started_at ON cdr (started_at);
 """
 
 _COLUMNS: Final = (
     "call_id, caller, source_trunk, dialled, destination_kind, destination_id, answered_by, "
-    "answered_contact, digits, started_at, answered_at, ended_at, disposition, status"
+    "answered_contact, digits, started_at, answered_at, ended_at, disposition, status, transferred_by"
 )
-_INSERT: Final = f"INSERT INTO cdr ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_INSERT: Final = f"INSERT INTO cdr ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+#: Schema upgrades (version n to n + 1) of files written by older releases.
+_UPGRADES: Final = {1: "ALTER TABLE cdr ADD COLUMN transferred_by TEXT"}
 
 
 def _row(r: CallRecord) -> tuple[Any, ...]:
@@ -168,12 +178,13 @@ def _row(r: CallRecord) -> tuple[Any, ...]:
         r.ended_at,
         r.disposition.value,
         r.status,
+        r.transferred_by,
     )
 
 
 def _record(row: tuple[Any, ...]) -> CallRecord:
     (call_id, caller, trunk, dialled, kind, ident, by, contact, digits) = row[:9]
-    (started_at, answered_at, ended_at, disposition, status) = row[9:]
+    (started_at, answered_at, ended_at, disposition, status, transferred_by) = row[9:]
     return CallRecord(
         call_id=call_id,
         caller=caller,
@@ -189,6 +200,7 @@ def _record(row: tuple[Any, ...]) -> CallRecord:
         ended_at=ended_at,
         disposition=Disposition(disposition),
         status=status,
+        transferred_by=transferred_by,
     )
 
 
@@ -196,9 +208,11 @@ class SqliteCdrStore:
     """A :class:`CdrStore` in one SQLite file (see the module docstring); the file is opened on the first
     write or read."""
 
-    def __init__(self, path: str | Path, *, max_pending: int = 10_000) -> None:
+    def __init__(self, path: str | Path, *, max_pending: int = 10_000, retention_days: int = 0) -> None:
         self.path = Path(path)
         self.max_pending = max_pending
+        #: Rows of calls that ended longer ago are deleted by :meth:`prune` (0: kept for ever).
+        self.retention_days = retention_days
         self.dropped = 0
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="cdr-store"
@@ -211,7 +225,7 @@ class SqliteCdrStore:
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
-        db = open_versioned(self.path, _SCHEMA, SCHEMA_VERSION, "CDR store", CdrStoreError)
+        db = open_versioned(self.path, _SCHEMA, SCHEMA_VERSION, "CDR store", CdrStoreError, _UPGRADES)
         self._db = db
         return db
 
@@ -222,6 +236,11 @@ class SqliteCdrStore:
 
     def _select(self) -> list[tuple[Any, ...]]:
         return self._connect().execute(f"SELECT {_COLUMNS} FROM cdr ORDER BY id").fetchall()
+
+    def _delete_before(self, cutoff: float) -> int:
+        db = self._connect()
+        with db:
+            return db.execute("DELETE FROM cdr WHERE ended_at < ?", (cutoff,)).rowcount
 
     def _close_sync(self) -> None:
         if self._db is not None:
@@ -270,6 +289,24 @@ class SqliteCdrStore:
             raise CdrStoreError(f"CDR store {self.path}: {exc}") from exc
         return tuple(_record(row) for row in rows)
 
+    async def prune(self, now: float) -> int:
+        """Delete the rows of calls that ended more than ``retention_days`` before ``now`` (Unix time);
+        returns how many. Does nothing when ``retention_days`` is 0."""
+        if self.retention_days <= 0 or self._executor is None:
+            return 0
+        cutoff = now - self.retention_days * 86400
+        try:
+            deleted = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._delete_before, cutoff
+            )
+        except sqlite3.Error as exc:
+            raise CdrStoreError(f"CDR store {self.path}: {exc}") from exc
+        if deleted:
+            log.info(
+                "CDR store %s: %d rows older than %d days deleted", self.path, deleted, self.retention_days
+            )
+        return deleted
+
     async def close(self) -> None:
         """Write what is pending, then close the file."""
         executor, self._executor = self._executor, None
@@ -277,3 +314,39 @@ class SqliteCdrStore:
             return
         await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         executor.shutdown(wait=True)
+
+
+def read_records(
+    path: str | Path, *, since: float | None = None, limit: int | None = None
+) -> list[CallRecord]:
+    """The rows of the CDR file at ``path`` (calls started at or after ``since``; the newest ``limit``),
+    oldest first. Opens the file read-only and never creates it.
+
+    :raises CdrStoreError: no such file, or not a CDR store this version can read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CdrStoreError(f"no CDR file at {path} (has the server run with this state_dir?)")
+    query = f"SELECT {_COLUMNS} FROM cdr"
+    params: list[Any] = []
+    if since is not None:
+        query += " WHERE started_at >= ?"
+        params.append(since)
+    query += " ORDER BY id DESC"
+    if limit is not None:
+        query += " LIMIT ?"
+        params.append(limit)
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise CdrStoreError(
+                    f"{path}: CDR schema version {version}, this durchwahl reads {SCHEMA_VERSION}"
+                )
+            rows = db.execute(query, params).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise CdrStoreError(f"{path}: {exc}") from exc
+    return [_record(row) for row in reversed(rows)]

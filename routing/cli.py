@@ -165,6 +165,60 @@ def _originate(config: str, extension: str, number: str) -> int:
     return 0
 
 
+def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
+    """Print the newest call records of the office's CDR file (read-only, beside a running server)."""
+    import datetime
+
+    import attrs
+
+    from routing.cdr import CdrStoreError, read_records
+    from routing.directory import load_directory
+    from routing.errors import ConfigError
+
+    try:
+        directory = load_directory(config)
+    except ConfigError as exc:
+        print(f"durchwahl: {exc}", file=sys.stderr)
+        return 1
+    start: float | None = None
+    if since is not None:
+        try:
+            start = datetime.datetime.fromisoformat(since).timestamp()
+        except ValueError:
+            print(
+                f"durchwahl: --since {since!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM)",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        records = read_records(directory.server.state_dir / "cdr.sqlite3", since=start, limit=limit)
+    except CdrStoreError as exc:
+        print(f"durchwahl: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        for r in records:
+            row = attrs.asdict(r)
+            row["disposition"] = r.disposition.value
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    print(
+        f"{'started':19}  {'caller':16}  {'dialled':16}  {'to':18}  {'answered by':14}  {'talk':>6}  result"
+    )
+    for r in records:
+        started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
+        talk = f"{r.ended_at - r.answered_at:.0f}s" if r.answered_at is not None else "-"
+        result = r.disposition.value + (
+            f" ({r.status})" if r.status is not None and r.answered_at is None else ""
+        )
+        digits = f"  digits {r.digits}" if r.digits else ""
+        print(
+            f"{started:19}  {r.caller[:16]:16}  {r.dialled[:16]:16}  {where[:18]:18}  "
+            f"{(r.answered_by or '-')[:14]:14}  {talk:>6}  {result}{digits}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="durchwahl", description="An asyncio SIP B2BUA that gives phones extensions."
@@ -190,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     originate.add_argument(
         "--config", default="examples/office.toml", help="the running server's directory file"
     )
+    cdr = commands.add_parser("cdr", help="the newest call records (CDRs) of the office, from state_dir")
+    cdr.add_argument("--config", default="examples/office.toml", help="the office's directory file")
+    cdr.add_argument("-n", "--limit", type=int, default=20, help="how many of the newest calls (default 20)")
+    cdr.add_argument(
+        "--since", metavar="DATE", help="only calls started at or after DATE (YYYY-MM-DD[THH:MM])"
+    )
+    cdr.add_argument("--json", action="store_true", help="one JSON object a line, every field")
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
     demo = commands.add_parser(
@@ -219,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args.config)
     if args.command == "originate":
         return _originate(args.config, args.extension, args.number)
+    if args.command == "cdr":
+        return _cdr(args.config, args.limit, args.since, args.json)
     if args.command == "check-config":
         from routing.directory import check_config_main
 

@@ -125,6 +125,8 @@ class ServerConfig:
     state_dir: Path
     rtp_ports: tuple[int, int]
     auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    #: CDR rows of calls that ended more than this many days ago are deleted (0: kept for ever).
+    cdr_retention_days: int = 0
 
     @property
     def realm(self) -> str:
@@ -328,7 +330,7 @@ class _Locator:
 T = TypeVar("T")
 
 _TABLES: Final = {
-    "server": {"domain", "listen", "state_dir", "rtp_ports", "auth_algorithms"},
+    "server": {"domain", "listen", "state_dir", "rtp_ports", "auth_algorithms", "cdr_retention_days"},
     "employee": {"extension", "name", "sip_user", "password", "ha1", "ha1_sha256"},
     "group": {"extension", "name", "strategy", "members", "ring_seconds", "fallback"},
     "trunk": {"name", "host", "port", "transport", "username", "password", "register", "inbound_from"},
@@ -523,7 +525,23 @@ class _Loader:
             algorithms = ["SHA-256", "MD5"]
         elif not algorithms and isinstance(data["auth_algorithms"], list) and not data["auth_algorithms"]:
             c.report("server", None, "auth_algorithms", "must name at least one algorithm")
-        if domain is None or state_dir is None or rtp is None or not listen or not algorithms:
+        retention = c.get("server", None, data, "cdr_retention_days", int, 0)
+        if retention is not None and retention < 0:
+            c.report(
+                "server",
+                None,
+                "cdr_retention_days",
+                f"must be 0 (keep for ever) or more days, not {retention}",
+            )
+            retention = None
+        if (
+            domain is None
+            or state_dir is None
+            or rtp is None
+            or not listen
+            or not algorithms
+            or retention is None
+        ):
             return None
         return ServerConfig(
             domain=domain,
@@ -531,6 +549,7 @@ class _Loader:
             state_dir=self.base / state_dir,
             rtp_ports=rtp,
             auth_algorithms=tuple(algorithms),
+            cdr_retention_days=retention,
         )
 
     # ---------------------------------------------------------------------------------- employees

@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from sipcore.core import CoreConfig
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
-from .cdr import CallRecord, SqliteCdrStore
+from .cdr import CallRecord, CdrStoreError, SqliteCdrStore
 from .control import ControlChannel, socket_path
 from .directory import Directory, load_directory
 from .errors import ConfigError
@@ -43,6 +44,9 @@ __all__ = ["Server", "load_secret", "tune_gc"]
 log = logging.getLogger(__name__)
 
 #: What the server answers itself; everything else gets 405 with this Allow list.
+#: How often old CDR rows are pruned (``[server] cdr_retention_days``).
+CDR_PRUNE_SECONDS = 86400.0
+
 SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE")
 
 CallHandler = Callable[[IncomingRequest], Awaitable[None] | None]
@@ -177,12 +181,24 @@ class Server:
                 self.control = None
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
         self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
+        self._spawn(self._prune_cdrs(CDR_PRUNE_SECONDS), "CDR retention")
         for trunk in self.directory.trunks:
             if trunk.register:
                 registration = TrunkRegistration(self.endpoint, trunk)
                 self.trunks[trunk.name] = registration
                 self._spawn(registration.run(), f"trunk {trunk.name} registration")
         self.events.emit("started", list(self.addresses))
+
+    async def _prune_cdrs(self, every: float) -> None:
+        """Delete CDR rows older than ``[server] cdr_retention_days`` now and every ``every`` seconds (the
+        setting is read each time, so a reload changes it)."""
+        while True:
+            self.cdr.retention_days = self.directory.server.cdr_retention_days
+            try:
+                await self.cdr.prune(time.time())
+            except CdrStoreError as exc:
+                log.error("CDR retention: %s", exc)
+            await asyncio.sleep(every)
 
     def spawn_call(self, coro: Awaitable[Any], name: str) -> None:
         """Run a call the server places itself (click-to-call) as one of its supervised tasks."""

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from phones import Phone, Script
+from phones import Phone, Script, sdp
 from test_flows import (
+    DIRECT,
     GREETING,
+    GROUP,
     PASSWORDS,
     SHORT,
     Office,
+    answered,
     answered_anchored,
     ended,
     event_of,
@@ -83,6 +86,21 @@ async def test_a_newer_schema_is_refused_and_a_full_queue_drops_rows(tmp_path: P
     assert bounded.dropped == 1
     assert [r.call_id for r in await bounded.records()] == ["kept"]
     await bounded.close()
+
+
+async def test_rows_older_than_the_retention_are_pruned(tmp_path: Path) -> None:
+    day = 86400.0
+    now = 100 * day
+    store = SqliteCdrStore(tmp_path / "cdr.sqlite3", retention_days=30)
+    store.write(record("old", started_at=now - 40 * day, ended_at=now - 40 * day + 60))
+    store.write(record("edge", started_at=now - 30 * day - 60, ended_at=now - 30 * day + 1))
+    store.write(record("new", started_at=now - day, ended_at=now - day + 60))
+    assert await store.prune(now) == 1
+    assert [r.call_id for r in await store.records()] == ["edge", "new"]
+    store.retention_days = 0  # keep for ever
+    assert await store.prune(now + 365 * day) == 0
+    assert len(await store.records()) == 2
+    await store.close()
 
 
 def test_disposition_rules() -> None:
@@ -190,3 +208,34 @@ async def test_greeting_call_rows_with_digits_default_and_hang_up(
 
     assert (hung_up.destination_kind, hung_up.destination_id) == ("number", GREETING)
     assert hung_up.disposition is Disposition.CANCELLED and hung_up.answered_at is None
+
+
+async def test_trunk_call_to_a_direct_number_and_a_group_call_rows(
+    office: Office, cdr: SqliteCdrStore
+) -> None:
+    """Flow 2 (a number's default employee) and flow 4 (a group whose first member does not answer)."""
+    await office.phone("101", Script("ignore"))
+    bernd = await office.phone("102")
+
+    call = office.provider.dial(DIRECT, sdp("provider", 42000))  # rings 101, who never answers
+    await asyncio.sleep(0.3)
+    call.bye()  # the customer gives up
+    await ended(call)
+    await office.idle()
+
+    call = office.provider.dial(GROUP, sdp("provider", 42000))  # in turn: 101 (no answer), then 102
+    await answered(call)
+    leg = await bernd.next_call()
+    await event_of(leg, Confirmed)
+    call.bye()
+    await ended(leg)
+    await office.idle()
+
+    direct, group = await cdr.records()
+    assert (direct.source_trunk, direct.dialled) == ("provider", DIRECT)
+    assert (direct.destination_kind, direct.destination_id) == ("employee", "101")
+    assert direct.disposition is Disposition.CANCELLED and direct.answered_by is None
+
+    assert (group.dialled, group.destination_kind, group.destination_id) == (GROUP, "group", "200")
+    assert group.answered_by == "102" and group.disposition is Disposition.ANSWERED
+    assert group.answered_at is not None and group.started_at < group.answered_at <= group.ended_at

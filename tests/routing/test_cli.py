@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,48 @@ def test_check_config_reports_file_line_and_field(tmp_path: Path, capsys: pytest
     )
     assert main(["check-config", str(bad)]) == 1
     assert f"{bad}:5: employee[1].extension:" in capsys.readouterr().out
+
+
+async def test_cdr_prints_the_newest_calls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+
+    office = tmp_path / "office.toml"
+    office.write_text('[server]\ndomain = "office.example"\nstate_dir = "state"\n')
+    assert main(["cdr", "--config", str(office)]) == 1
+    assert "no CDR file" in capsys.readouterr().err
+
+    store = SqliteCdrStore(tmp_path / "state" / "cdr.sqlite3")
+    base = 1_780_000_000.0
+    for n in range(3):
+        store.write(
+            CallRecord(
+                call_id=f"c{n}",
+                caller="101",
+                dialled=f"10{n}",
+                started_at=base + n * 3600,
+                ended_at=base + n * 3600 + 95,
+                answered_at=base + n * 3600 + 5 if n != 1 else None,
+                disposition=Disposition.ANSWERED if n != 1 else Disposition.BUSY,
+                destination_kind="employee",
+                destination_id=f"10{n}",
+                answered_by=f"10{n}" if n != 1 else None,
+                status=None if n != 1 else 486,
+            )
+        )
+    await store.records()
+    await store.close()
+
+    assert main(["cdr", "--config", str(office), "-n", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("started")
+    assert "busy (486)" in lines[1] and "employee 101" in lines[1]
+    assert "90s" in lines[2] and "answered" in lines[2] and "employee 102" in lines[2]
+
+    assert main(["cdr", "--config", str(office), "--json", "-n", "1"]) == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["call_id"] == "c2" and row["disposition"] == "answered" and row["ended_at"] == base + 7295
+
+    assert main(["cdr", "--config", str(office), "--since", "tomorrow"]) == 2
 
 
 def test_parse_reports_valid_and_invalid_messages(capsys: pytest.CaptureFixture[str]) -> None:

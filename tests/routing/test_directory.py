@@ -443,6 +443,13 @@ CASES = [
     ),
     (
         'domain = "office.example"',
+        'domain = "office.example"\ncdr_retention_days = -1',
+        "cdr_retention_days",
+        "server.cdr_retention_days",
+        "keep for ever",
+    ),
+    (
+        'domain = "office.example"',
         'domain = "office.example"\nlisen = []',
         "lisen",
         "server.lisen",

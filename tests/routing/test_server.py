@@ -233,3 +233,26 @@ async def test_status_and_originate_over_the_control_socket(tmp_path: Path, caps
                 await anna.close()
         out = capsys.readouterr().out  # type: ignore[attr-defined]
         assert "registrations: 1" in out and "sip:101@office.example" in out
+
+
+async def test_old_call_records_are_pruned_at_start(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+
+    config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8").replace("[server]\n", "[server]\ncdr_retention_days = 30\n", 1)
+    config.write_text(text, encoding="utf-8")
+    store = SqliteCdrStore(tmp_path / "var" / "cdr.sqlite3")
+    now = time.time()
+    for name, age_days in (("old", 45), ("recent", 2)):
+        at = now - age_days * 86400
+        store.write(CallRecord(name, "101", "102", at, at + 60, Disposition.ANSWERED))
+    await store.records()
+    await store.close()
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        assert server.directory.server.cdr_retention_days == 30
+        async with asyncio.timeout(3):
+            while [r.call_id for r in await server.cdr.records()] != ["recent"]:
+                await asyncio.sleep(0.02)
