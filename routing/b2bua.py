@@ -630,12 +630,21 @@ class B2bua:
             if call.a.terminated:
                 return
             if isinstance(route, ToEmployee):
-                call.destination = ("employee", route.employee.extension)
-                outcome = await self._ring(call, [route.employee], self.ring_seconds)
-                if isinstance(outcome, _Failed):
-                    status = _fork_failure(list(outcome.statuses)) if outcome.statuses else 480
-                    self._fail(call, status)
-                return
+                employee = route.employee
+                call.destination = ("employee", employee.extension)
+                seconds = (
+                    float(employee.ring_seconds) if employee.ring_seconds is not None else self.ring_seconds
+                )
+                outcome = await self._ring(call, [employee], seconds)
+                if not isinstance(outcome, _Failed):
+                    return
+                status = _fork_failure(list(outcome.statuses)) if outcome.statuses else 480
+                if status != 480 or employee.fallback is None or call.a.terminated:
+                    self._fail(call, status)  # busy (486) or declined (6xx) stays with the caller
+                    return
+                route = self.resolver.resolve_destination(employee.fallback)
+                log.info("call %s: %s unanswered, fallback %s", call.a.call_id, employee.extension, route)
+                continue
             if isinstance(route, ToGroup):
                 group = route.group
                 if group.extension in seen_groups:

@@ -142,6 +142,10 @@ class Employee:
     password: str | None = attrs.field(default=None, repr=False)
     ha1: str | None = attrs.field(default=None, repr=False)
     ha1_sha256: str | None = attrs.field(default=None, repr=False)
+    #: How long the employee's devices ring for a call to the extension (None: the server's ring time).
+    ring_seconds: int | None = None
+    #: Where a call goes when nobody answers in time or no device is reachable (None: 480). Not for busy.
+    fallback: Destination | None = None
 
     @property
     def digest_secret(self) -> DigestSecret:
@@ -331,7 +335,16 @@ T = TypeVar("T")
 
 _TABLES: Final = {
     "server": {"domain", "listen", "state_dir", "rtp_ports", "auth_algorithms", "cdr_retention_days"},
-    "employee": {"extension", "name", "sip_user", "password", "ha1", "ha1_sha256"},
+    "employee": {
+        "extension",
+        "name",
+        "sip_user",
+        "password",
+        "ha1",
+        "ha1_sha256",
+        "ring_seconds",
+        "fallback",
+    },
     "group": {"extension", "name", "strategy", "members", "ring_seconds", "fallback"},
     "trunk": {"name", "host", "port", "transport", "username", "password", "register", "inbound_from"},
     "number": {"number", "trunk", "extension_processing", "greeting", "default"},
@@ -596,7 +609,15 @@ class _Loader:
             c.report(t, i, "password", "missing: an employee needs a password (or ha1 / ha1_sha256)")
         elif "password" in data and len(present) > 1:
             c.report(t, i, "password", "give either password or ha1 / ha1_sha256, not both")
-        if extension is None or name is None or not sip_user or not present:
+        ring = c.get(t, i, data, "ring_seconds", int, None)
+        low, high = RING_SECONDS_RANGE
+        bad_ring = ring is not None and not low <= ring <= high
+        if bad_ring:
+            c.report(t, i, "ring_seconds", f"{ring} is outside {low}–{high} seconds")
+        fallback = self.destination(t, i, data, "fallback", HANGUP) if "fallback" in data else None
+        if extension is None or name is None or not sip_user or not present or bad_ring:
+            return None
+        if "fallback" in data and fallback is None:
             return None
         if password is None and ha1 is None and ha1_sha256 is None:
             return None
@@ -612,7 +633,7 @@ class _Loader:
                     "could never register",
                 )
                 return None
-        return Employee(extension, name, sip_user, password, ha1, ha1_sha256)
+        return Employee(extension, name, sip_user, password, ha1, ha1_sha256, ring, fallback)
 
     # ------------------------------------------------------------------------------------- groups
 
@@ -784,6 +805,11 @@ class _Loader:
                     f"SIP user {user!r} is already used by employee[{first + 1}] (line {where})",
                 )
         fallbacks: dict[str, str] = {}
+        for i, data in raw["employee"]:
+            extension = claimed.get(("employee", i))
+            fallback = data.get("fallback")
+            if extension is not None and isinstance(fallback, str):
+                fallbacks[extension] = fallback.strip()
         for i, data in raw["group"]:
             members = data.get("members")
             if isinstance(members, list) and all(isinstance(m, str) for m in members):
@@ -836,7 +862,8 @@ class _Loader:
         return first
 
     def check_cycles(self, fallbacks: Mapping[str, str]) -> None:
-        """Report each cycle of group fallbacks once, at its group that comes first in the file."""
+        """Report each cycle of fallbacks (employees' and groups') once, at its member that comes first in
+        the file."""
         reported: set[str] = set()
         for start in fallbacks:
             path: list[str] = []
@@ -850,11 +877,12 @@ class _Loader:
             if reported & set(cycle):
                 continue
             reported.update(cycle)
-            first = min(cycle, key=lambda ext: self.extensions[ext][1])
-            loop = [*cycle[cycle.index(first) :], *cycle[: cycle.index(first)], first]
-            self.c.report(
-                "group", self.extensions[first][1], "fallback", f"fallback cycle: {' → '.join(loop)}"
+            first = min(
+                cycle, key=lambda ext: (self.extensions[ext][0] != "employee", self.extensions[ext][1])
             )
+            loop = [*cycle[cycle.index(first) :], *cycle[: cycle.index(first)], first]
+            table, index = self.extensions[first]
+            self.c.report(table, index, "fallback", f"fallback cycle: {' → '.join(loop)}")
 
 
 def _built(

@@ -255,6 +255,39 @@ async def test_no_answer_within_ring_time_is_480_and_devices_are_cancelled(offic
         assert (await ended(leg)).reason is TerminationReason.CANCELLED
 
 
+async def test_no_answer_goes_to_the_employees_fallback_but_busy_does_not(
+    office: Office, tmp_path: Path
+) -> None:
+    text = write_office(tmp_path).read_text(encoding="utf-8")
+    text = text.replace('name = "User 101"\n', 'name = "User 101"\nring_seconds = 5\nfallback = "103"\n', 1)
+    (tmp_path / "office.toml").write_text(text, encoding="utf-8")
+    directory = load_directory(tmp_path / "office.toml")
+    assert directory.employees[0].fallback is not None and directory.employees[0].ring_seconds == 5
+    office.b2bua.directory, office.b2bua.resolver = directory, Resolver(directory)
+
+    anna = await office.phone("101", Script("ignore"))
+    carla = await office.phone("103")
+    caller = await office.phone("102")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    call = caller.dial("101")
+    at_anna = await anna.next_call()
+    async with asyncio.timeout(8):
+        ok = await call.wait_answered()
+    assert ok.body == carla.sdp and loop.time() - started >= 4.9  # 101's own ring time, then 103
+    assert (await ended(at_anna)).reason is TerminationReason.CANCELLED
+    at_carla = await carla.next_call()
+    await event_of(at_carla, Confirmed)
+    call.bye()
+    await ended(at_carla)
+
+    await anna.close()
+    office.phones.remove(anna)
+    await office.phone("101", Script("reject", status=486))
+    assert (await failure(caller.dial("101"))).status == 486  # busy is not diverted
+    assert carla.calls.empty()
+
+
 async def test_caller_cancel_reaches_every_device(office: Office) -> None:
     desk = await office.phone("101", Script("ignore"))
     mobile = await office.phone("101", Script("ignore"))

@@ -482,6 +482,30 @@ def test_fallback_cycle_between_groups(tmp_path: Path) -> None:
     assert len(load_directory(write(tmp_path, ok)).groups) == 3
 
 
+def test_employee_fallback_and_ring_time(tmp_path: Path) -> None:
+    text = BASE.replace('password = "a"', 'password = "a"\nring_seconds = 15\nfallback = "200"', 1)
+    anna = load_directory(write(tmp_path, text)).employees[0]
+    assert anna.ring_seconds == 15 and anna.fallback == ExtensionRef("200")
+    assert load_directory(write(tmp_path, BASE)).employees[0].fallback is None  # default: 480, as before
+    # Employee and group fallbacks close a loop: 200 → 101 → 200 (the group's own fallback).
+    looped = text.replace('members = ["101", "102"]', 'members = ["101", "102"]\nfallback = "101"')
+    assert_problem(tmp_path, looped, 'fallback = "200"', "employee[1].fallback", "101 → 200 → 101")
+    assert_problem(
+        tmp_path,
+        BASE.replace('password = "a"', 'password = "a"\nring_seconds = 2', 1),
+        "ring_seconds = 2",
+        "employee[1].ring_seconds",
+        "outside 5–300",
+    )
+    assert_problem(
+        tmp_path,
+        BASE.replace('password = "a"', 'password = "a"\nfallback = "999"', 1),
+        'fallback = "999"',
+        "employee[1].fallback",
+        "neither an employee nor a group",
+    )
+
+
 def test_duplicates_across_tables(tmp_path: Path) -> None:
     text = BASE + '\n[[trunk]]\nname = "provider"\nhost = "10.0.0.1"\n'
     assert_problem(tmp_path, text, ('name = "provider"', 2), "trunk[2].name", "already defined by trunk[1]")
