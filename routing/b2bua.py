@@ -73,7 +73,7 @@ import attrs
 from media.dtmf_info import parse_info_body
 from media.errors import MediaError, SdpError
 from media.greeting import Greeting, GreetingCache, GreetingError
-from media.relay import Side
+from media.relay import MediaBridge, Side
 from media.sdp import parse_sdp
 from media.session import MediaClock, PortAllocator, PortsExhausted
 from sipcore.auth import Authenticated, Stale
@@ -113,7 +113,7 @@ from .dialstring import (
     to_e164,
 )
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number, Trunk
-from .events import CallAnswered, CallFact, CallRinging, CallStarted, DigitPressed
+from .events import CallAnswered, CallFact, CallRinging, CallStarted, DigitPressed, DigitSent
 from .greeting_flow import AnchoredMedia, ExtensionCollection, ringback
 from .registrar_service import RegistrarService
 from .resolver import (
@@ -205,6 +205,10 @@ RING_STATE_FILE: Final = "ring_state.json"
 
 #: In-dialog requests held per call before the bridge (or until a leg is confirmed); more get 500.
 MAX_HELD: Final = 16
+#: Post-dial digits: each tone or event lasts DIGIT_MS, DIGIT_GAP_MS of silence follow, ``,`` pauses PAUSE_MS.
+DIGIT_MS: Final = 100
+DIGIT_GAP_MS: Final = 100
+PAUSE_MS: Final = 1000
 #: How long a request is held at most: then it is answered 408, within the sender's 32 s (Timer F).
 HELD_SECONDS = 30.0
 
@@ -1123,9 +1127,9 @@ class B2bua:
             self._post_dial(call, format_post_dial(route.post_dial))
         await self._bridge(call, winner, answer_owed=False)
 
-    @staticmethod
-    def _post_dial(call: _Call, digits: str) -> None:
-        """Send ``digits`` to the client's leg: RFC 4733 if it negotiated telephone-event, else tones."""
+    def _post_dial(self, call: _Call, digits: str) -> None:
+        """Send ``digits`` to the client's leg: RFC 4733 if it negotiated telephone-event, else tones; each
+        digit is announced (:class:`~routing.events.DigitSent`) when its tone or event is over."""
         bridge = call.media.bridge if call.media is not None else None
         if bridge is None:
             return
@@ -1135,10 +1139,27 @@ class B2bua:
             log.info("call %s: post-dial digits %s sent", call_id, digits)
 
         bridge.on_digits_sent = sent
+        method = "rfc4733" if bridge.relay.media(Side.B).telephone_event_pt is not None else "inband"
         try:
-            bridge.send_digits(Side.B, digits)
+            start = self.media_clock.now()
+            bridge.send_digits(Side.B, digits, duration_ms=DIGIT_MS, gap_ms=DIGIT_GAP_MS, pause_ms=PAUSE_MS)
         except MediaError as exc:
             log.warning("call %s: cannot send post-dial digits %s: %s", call_id, digits, exc)
+            return
+        loop, offset = asyncio.get_running_loop(), 0.0
+        for digit in digits:
+            if digit == ",":
+                offset += PAUSE_MS / 1000
+                continue
+            offset += DIGIT_MS / 1000
+            loop.call_at(
+                start + offset, self._digit_sent, call, bridge, DigitSent(self._call_id(call), digit, method)
+            )
+            offset += DIGIT_GAP_MS / 1000
+
+    def _digit_sent(self, call: _Call, bridge: MediaBridge, fact: DigitSent) -> None:
+        if call.media is not None and call.media.bridge is bridge:  # the call is still on that bridge
+            self._emit(fact)
 
     # ------------------------------------------------------------------------ flow 5: click-to-call
 

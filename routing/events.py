@@ -10,7 +10,16 @@ from typing import Final
 
 import attrs
 
-__all__ = ["EVENT_NAMES", "CallAnswered", "CallFact", "CallRinging", "CallStarted", "DigitPressed"]
+__all__ = [
+    "EVENT_NAMES",
+    "CallAnswered",
+    "CallFact",
+    "CallRinging",
+    "CallStarted",
+    "CallTransferred",
+    "DigitPressed",
+    "DigitSent",
+]
 
 
 @attrs.frozen
@@ -46,11 +55,42 @@ class DigitPressed:
     source: str
 
 
-CallFact = CallStarted | CallRinging | CallAnswered | DigitPressed
+@attrs.frozen
+class CallTransferred:
+    """A transfer (REFER) of the call is over: ``transferor`` (an employee's extension) sent ``target`` (the
+    Refer-To as dialled), routed to ``destination_kind``/``destination_id`` (as in the CDR). ``status`` is
+    200 when the target answered and took the transferor's place, else why it failed (486, 480 …; the call
+    stayed as it was)."""
+
+    call_id: str
+    transferor: str
+    target: str
+    destination_kind: str | None
+    destination_id: str | None
+    status: int
+
+    @property
+    def answered(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@attrs.frozen
+class DigitSent:
+    """A post-dial digit went to the called client (flow 5), as ``rfc4733`` events or ``inband`` tones;
+    announced when its packets are due to have left (``,`` pauses are not digits and are not announced)."""
+
+    call_id: str
+    digit: str
+    method: str
+
+
+CallFact = CallStarted | CallRinging | CallAnswered | DigitPressed | DigitSent | CallTransferred
 
 EVENT_NAMES: Final[dict[type, str]] = {
     CallStarted: "call_started",
     CallRinging: "ringing",
     CallAnswered: "answered",
     DigitPressed: "digit",
+    DigitSent: "digit_sent",
+    CallTransferred: "transferred",
 }

@@ -25,6 +25,7 @@ from media.session import PortAllocator
 from routing.b2bua import B2bua, external_failure, trunk_identity, trunk_uri
 from routing.cdr import Disposition, InMemoryCdrStore
 from routing.directory import Directory, load_directory
+from routing.events import DigitSent
 from routing.location import InMemoryLocationStore
 from routing.registrar_service import RegistrarService
 from routing.resolver import Resolver, ResolverConfig
@@ -238,6 +239,8 @@ async def test_crm_call_goes_out_through_the_trunk_and_sends_rfc4733_digits_afte
     anna, _ = await office.anna()
     provider = office.provider
     assert provider.rtp is not None
+    facts: list[object] = []
+    office.b2bua.on_event = facts.append
     identity = ("P-Preferred-Identity", "<sip:101@office.example>")
     call = anna.dial(CRM_WITH_EXTENSION, headers=(identity, ("X-Crm-Ticket", "4711")))
     client = await provider.next_call()
@@ -272,6 +275,12 @@ async def test_crm_call_goes_out_through_the_trunk_and_sends_rfc4733_digits_afte
 
     await wait_until(lambda: len(ended_events()) == 3)  # every digit has its end packets
     assert events_in(rtp.packets) == "105"
+    await wait_until(lambda: len([f for f in facts if isinstance(f, DigitSent)]) == 3)
+    assert [(f.digit, f.method) for f in facts if isinstance(f, DigitSent)] == [
+        ("1", "rfc4733"),
+        ("0", "rfc4733"),
+        ("5", "rfc4733"),
+    ]
     events = [p for p in rtp.packets if p.payload_type == 101]
     assert sum(p.marker for p in events) == 3  # one start per digit
 
@@ -293,6 +302,8 @@ async def test_client_without_telephone_event_gets_in_band_tones_with_the_pause(
     provider = office.provider
     provider.telephone_event = False
     assert provider.rtp is not None
+    facts: list[object] = []
+    office.b2bua.on_event = facts.append
     call = anna.dial(CRM_WITH_PAUSE)
     client = await provider.next_call()
     await event_of(client, Confirmed)
@@ -314,6 +325,8 @@ async def test_client_without_telephone_event_gets_in_band_tones_with_the_pause(
     (_, one), (_, zero), (_, five) = found
     assert (zero - one) / 8000 == pytest.approx(0.2 + 1.0, abs=0.05)  # tone, gap, and the 1 s pause
     assert (five - zero) / 8000 == pytest.approx(0.2, abs=0.05)
+    await wait_until(lambda: len([f for f in facts if isinstance(f, DigitSent)]) == 3)
+    assert "".join(f.digit for f in facts if isinstance(f, DigitSent) and f.method == "inband") == "105"
 
     call.bye()  # the employee hangs up: the client's leg ends too
     assert (await ended(client)).reason is TerminationReason.REMOTE_BYE
