@@ -1261,6 +1261,7 @@ class B2bua:
             call.caller, call.dialled, call.started_at = extension, dialled_text, started_at
             call.destination = ("external", route.e164)
             self.active[legs[0]] = call.legs
+            self._emit(CallStarted(self._call_id(call), extension, dialled_text))  # ringing, answered follow
             self.busy[extension] += 1
             try:
                 await self._call_out(call, route)

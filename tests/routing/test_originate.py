@@ -14,6 +14,7 @@ from test_flows import ended, event_of
 
 from media.dtmf_rfc4733 import parse_telephone_event
 from routing.cdr import Disposition
+from routing.events import CallStarted
 from sipcore.session import Confirmed, TerminationReason
 
 office = test_crm_calls.office  # the fixture: the office, the provider trunk and its RTP socket
@@ -23,6 +24,8 @@ async def test_originate_rings_the_employee_then_calls_the_client_and_bridges(of
     anna, _ = await office.anna()
     provider = office.provider
     assert provider.rtp is not None
+    facts: list[object] = []
+    office.b2bua.on_event = facts.append
     task = asyncio.create_task(office.b2bua.originate("101", CRM_WITH_EXTENSION))
 
     # Anna's phone rings first (our INVITE with an anchored offer) and answers; only then the trunk.
@@ -66,6 +69,14 @@ async def test_originate_rings_the_employee_then_calls_the_client_and_bridges(of
         CLIENT,
     )
     assert not office.b2bua.busy
+    # The embedding API sees a click-to-call like any call: started, ringing, answered, one digit_sent each.
+    kinds = [type(f).__name__ for f in facts]
+    assert kinds[:3] == ["CallStarted", "CallRinging", "CallAnswered"] and kinds.count("DigitSent") == 3
+    started = facts[0]
+    assert isinstance(started, CallStarted) and (started.caller, started.dialled) == (
+        "101",
+        CRM_WITH_EXTENSION,
+    )
 
 
 async def test_originate_gives_up_when_the_employee_does_not_answer(office: Office) -> None:
