@@ -102,6 +102,7 @@ from sipcore.transport import Flow
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
 from sipcore.uri import NameAddr, SipUri, TelUri, parse_uri
 
+from . import transfer  # imports this module back: by module, not by name
 from .cdr import CallRecord, CdrStore, disposition_for
 from .collector import DigitCollector, ExtensionDialled
 from .dialstring import (
@@ -346,6 +347,10 @@ class _Call:
     answered_contact: str | None = None
     digits: str = ""
     status: int | None = None
+    transferred_by: str | None = None
+    #: Employees this call counts in :attr:`B2bua.busy` (the callee, or who clicked to call; a transfer
+    #: target).
+    busy: list[str] = attrs.Factory(list)
 
 
 @attrs.define(eq=False)
@@ -419,6 +424,7 @@ class B2bua:
         self.ring_state = ring_state if ring_state is not None else self._load_ring_state()
         self.dial_out_seconds = dial_out_seconds
         self.cdr = cdr
+        ua.allow = transfer.ALLOW  # REFER: call transfer
         #: Calls being set up or bridged: (A-leg, B-legs).
         #: Called with every call event (routing.events); the server turns them into pyee events.
         self.on_event: Callable[[CallFact], None] | None = None
@@ -555,6 +561,7 @@ class B2bua:
             ended_at=self._clock(),
             disposition=disposition_for(answered=answered, status=call.status),
             status=None if answered else call.status,
+            transferred_by=call.transferred_by,
         )
 
     def _refused_record(
@@ -768,15 +775,24 @@ class B2bua:
             return _ENDED
         employee, device = answerer[winner]
         call.answered_by, call.answered_contact = employee.sip_user, str(device)
-        extension = employee.extension
-        self.busy[extension] += 1
+        self._count_busy(call, employee.extension)
         try:
             await self._bridge(call, winner, answer_owed=answer.answer_owed)
         finally:
-            self.busy[extension] -= 1
-            if not self.busy[extension]:
-                del self.busy[extension]
+            self._uncount_busy(call)
         return _ENDED
+
+    def _count_busy(self, call: _Call, extension: str) -> None:
+        call.busy.append(extension)
+        self.busy[extension] += 1
+
+    def _uncount_busy(self, call: _Call, extension: str | None = None) -> None:
+        """``extension`` (default: every employee ``call`` counts) is no longer busy with ``call``."""
+        for counted in [e for e in call.busy if extension is None or e == extension]:
+            call.busy.remove(counted)
+            self.busy[counted] -= 1
+            if not self.busy[counted]:
+                del self.busy[counted]
 
     async def _connect(self, call: _Call, winner: OutgoingCall, answer: Answered) -> bool:
         """The callee answered: answer the caller with its SDP, or (anchored) relay media to it — on a call
@@ -1127,9 +1143,9 @@ class B2bua:
             self._post_dial(call, format_post_dial(route.post_dial))
         await self._bridge(call, winner, answer_owed=False)
 
-    def _post_dial(self, call: _Call, digits: str) -> None:
-        """Send ``digits`` to the client's leg: RFC 4733 if it negotiated telephone-event, else tones; each
-        digit is announced (:class:`~routing.events.DigitSent`) when its tone or event is over."""
+    def _post_dial(self, call: _Call, digits: str, side: Side = Side.B) -> None:
+        """Send ``digits`` to the client's leg (``side``): RFC 4733 if it negotiated telephone-event, else
+        tones; each digit is announced (:class:`~routing.events.DigitSent`) when its tone or event is over."""
         bridge = call.media.bridge if call.media is not None else None
         if bridge is None:
             return
@@ -1139,10 +1155,10 @@ class B2bua:
             log.info("call %s: post-dial digits %s sent", call_id, digits)
 
         bridge.on_digits_sent = sent
-        method = "rfc4733" if bridge.relay.media(Side.B).telephone_event_pt is not None else "inband"
+        method = "rfc4733" if bridge.relay.media(side).telephone_event_pt is not None else "inband"
         try:
             start = self.media_clock.now()
-            bridge.send_digits(Side.B, digits, duration_ms=DIGIT_MS, gap_ms=DIGIT_GAP_MS, pause_ms=PAUSE_MS)
+            bridge.send_digits(side, digits, duration_ms=DIGIT_MS, gap_ms=DIGIT_GAP_MS, pause_ms=PAUSE_MS)
         except MediaError as exc:
             log.warning("call %s: cannot send post-dial digits %s: %s", call_id, digits, exc)
             return
@@ -1262,13 +1278,11 @@ class B2bua:
             call.destination = ("external", route.e164)
             self.active[legs[0]] = call.legs
             self._emit(CallStarted(self._call_id(call), extension, dialled_text))  # ringing, answered follow
-            self.busy[extension] += 1
+            self._count_busy(call, extension)
             try:
                 await self._call_out(call, route)
             finally:
-                self.busy[extension] -= 1
-                if not self.busy[extension]:
-                    del self.busy[extension]
+                self._uncount_busy(call)
             record = self._record(call)
             self._write_cdr(record)
             return record
@@ -1411,16 +1425,28 @@ class B2bua:
     # ------------------------------------------------------------------------------- bridged call
 
     async def _bridge(self, call: _Call, b: OutgoingCall, *, answer_owed: bool) -> None:
-        """Relay between the legs until one ends; then end the other."""
+        """Relay between the legs until one ends; then end the other. A REFER on either leg transfers the
+        other party (:mod:`routing.transfer`): the target takes the transferor's place."""
         a, queue = call.a, call.queue
         relay = _Relay(a, b)
         if answer_owed:
             relay.owe(b, a)  # an offerless INVITE: B's offer went to A in the 2xx, A's ACK brings the answer
         hold = _HoldSync(call.media, a, b) if call.media is not None else None
+        transfers = transfer.Transfers(self, call, a, b)
         backlog = list(call.held)
         call.held.clear()
         while True:
             leg, event = backlog.pop(0) if backlog else await queue.get()
+            if transfers.event(leg, event):
+                replaced = transfers.take_replacement()
+                if replaced is not None:
+                    side, target = replaced
+                    a, b = (target, b) if side is Side.A else (a, target)
+                    relay = _Relay(a, b)
+                    if hold is not None:
+                        hold.replace(side, target)
+                        hold.sync()
+                continue
             if leg is not a and leg is not b:
                 continue  # a losing leg's late events: its session ends it by itself
             if isinstance(event, Terminated):
@@ -1504,6 +1530,13 @@ class _HoldSync:
 
     def want(self, side: Side, direction: str) -> None:
         self.wanted[side] = direction
+
+    def replace(self, side: Side, leg: Call) -> None:
+        """A transfer target took leg ``side``'s place: it was offered ``sendrecv``, its peer is resumed."""
+        self.legs[side] = leg
+        self.pending.pop(side, None)
+        self.offered[side] = self.wanted[side] = "sendrecv"
+        self.wanted[side.other] = "sendrecv"
 
     def sync(self) -> None:
         for side, leg in self.legs.items():

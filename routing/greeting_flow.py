@@ -260,6 +260,44 @@ class AnchoredMedia:
             self.bridge.close()  # early media's bridge, replaced by the answer's
         self.bridge = MediaBridge(self.a, self.b, self.a_media, b_media, self.clock)
 
+    async def offer_replacement(self) -> tuple[RtpSession, SessionDescription]:
+        """A new session and our offer on it, for a party that is to take a leg's place (a transfer target):
+        :meth:`replace` puts it in, or the caller closes it.
+
+        :raises PortsExhausted: no RTP port left.
+        """
+        session = await self.ports.open(lambda: RtpSession(detect_inband=False))
+        return session, make_offer(_origin(self.address), address=self.address, port=session.local[1])
+
+    def replace(self, side: Side, session: RtpSession, offer: SessionDescription, answer_body: bytes) -> None:
+        """The party offered ``offer`` on ``session`` answered ``answer_body``: it takes leg ``side``'s place,
+        relayed to the other leg (whose session and port stay); the old session is closed.
+
+        :raises media.errors.MediaError: no usable answer, or no bridge yet (nothing changed).
+        """
+        if self.bridge is None or self.a is None or self.b is None:
+            raise MediaError("no bridged call to take a leg of")
+        description = parse_sdp(answer_body)
+        media = leg_media_from_sdp(description)
+        if media.codec not in ("PCMU", "PCMA"):
+            raise MediaError(f"the new party answered {media.codec}, neither PCMU nor PCMA")
+        remote = media_address(description)
+        if remote is None:
+            raise MediaError("the new party's answer has no audio address")
+        other = self.bridge.relay.media(side.other)
+        self.bridge.close()
+        session.remote = remote
+        old = self.a if side is Side.A else self.b
+        if side is Side.A:
+            self.a, self.a_media = session, media
+        else:
+            self.b, self._b_offer = session, offer
+        self._sent[side] = offer
+        self._answers.pop(side, None)
+        a_media, b_media = (media, other) if side is Side.A else (other, media)
+        self.bridge = MediaBridge(self.a, self.b, a_media, b_media, self.clock)
+        old.close()
+
     def play_to_caller(self, greeting: Greeting, *, loop: bool = False) -> asyncio.Future[None]:
         """Play ``greeting`` to the caller in the codec its leg negotiated."""
         assert self.a is not None

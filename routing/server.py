@@ -4,7 +4,7 @@ asyncio service.
 
 Events (pyee, on ``server.events``): ``started`` (listen addresses), ``registered`` (a
 ``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``call_started``,
-``ringing``, ``answered``, ``digit`` (``routing.events``), ``call_ended`` (the call's
+``ringing``, ``answered``, ``digit``, ``transferred`` (``routing.events``), ``call_ended`` (the call's
 ``routing.cdr.CallRecord``, as written to the CDR store), ``reloaded`` (the new Directory),
 ``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
 """
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: How often old CDR rows are pruned (``[server] cdr_retention_days``).
 CDR_PRUNE_SECONDS = 86400.0
 
-SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE")
+SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE", "REFER")
 
 CallHandler = Callable[[IncomingRequest], Awaitable[None] | None]
 
@@ -118,7 +118,7 @@ class Server:
         self._listen_override = listen
         self.endpoint = Endpoint(
             self._handle,
-            core=CoreConfig(allowed_methods=SERVER_METHODS),
+            core=CoreConfig(allowed_methods=SERVER_METHODS, supported=("norefersub",)),
             user_agent="durchwahl",
         )
         state_dir = self.directory.server.state_dir
@@ -267,5 +267,7 @@ class Server:
                 await result
         elif method == "INVITE" and incoming.request.to.tag is None:
             incoming.respond(480, "Temporarily Unavailable (no call routing configured)")
+        elif method == "REFER" and incoming.request.to.tag is None:
+            incoming.respond(403, "Forbidden (REFER only inside a call)")
         else:
             incoming.respond(481)

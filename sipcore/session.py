@@ -53,6 +53,7 @@ from .message import Request, Response, make_response
 from .uri import NameAddr, Uri, parse_name_addr, parse_uri
 
 __all__ = [
+    "DEFAULT_ALLOW",
     "AckTimedOut",
     "Answered",
     "Cancelled",
@@ -640,7 +641,8 @@ class InviteSession:
     Randomness is injected: ``make_tag`` (our From/To tag), ``make_call_id`` (UAC Call-ID), ``make_branch``
     (unique part of each Via branch) and ``rand`` (uniform in [0, 1): the 491 back-off of §14.1 and the
     Retry-After of §14.2). ``via`` is the Via template (transport and sent-by; a branch is added per request),
-    ``contact`` our Contact for dialog-creating and target refresh messages.
+    ``contact`` our Contact for dialog-creating and target refresh messages; ``allow`` the Allow header of our
+    INVITEs and 2xx (the methods the TU takes in the dialog).
     """
 
     def __init__(
@@ -656,8 +658,10 @@ class InviteSession:
         timers: SessionTimers | None = None,
         initial_cseq: int = 1,
         over_tls: bool = False,
+        allow: str = DEFAULT_ALLOW,
     ) -> None:
         self._role = role
+        self._allow = allow
         self._contact = _as_name_addr(contact)
         self._via = parse_via(via) if isinstance(via, str) else via
         self._make_tag = make_tag
@@ -810,7 +814,7 @@ class InviteSession:
             *(Header(name, value) for name, value in extra),
         ]
         if not any(name.lower() == "allow" for name, _ in extra):
-            lines.append(Header("Allow", DEFAULT_ALLOW))
+            lines.append(Header("Allow", self._allow))
         if body:
             lines.append(Header("Content-Type", content_type or "application/sdp"))
         invite = Request("INVITE", uri, tuple(lines), body)
@@ -1125,7 +1129,7 @@ class InviteSession:
         if request.method == "INVITE" and 101 <= status <= 299:
             extra.append(("Contact", str(self._contact)))  # §12.1.1: dialog-creating responses carry Contact
             if status >= 200 and not any(name.lower() == "allow" for name, _ in extra):
-                extra.append(("Allow", DEFAULT_ALLOW))
+                extra.append(("Allow", self._allow))
         if body:
             extra.append(("Content-Type", content_type or "application/sdp"))
         return make_response(request, status, reason, to_tag=self._local_tag, headers=extra, body=body)

@@ -42,6 +42,7 @@ from .errors import SipError
 from .headers import Challenge
 from .message import Request, Response
 from .session import (
+    DEFAULT_ALLOW,
     Answered,
     Cancelled,
     Confirmed,
@@ -363,6 +364,8 @@ class UserAgent:
     ) -> None:
         self.endpoint = endpoint
         self.handler = handler
+        #: The Allow header of the INVITEs and 2xx of sessions started from now on.
+        self.allow = DEFAULT_ALLOW
         self.timers = timers or SessionTimers(t1=endpoint.timers.t1, t2=endpoint.timers.t2)
         self._rng = rng or random.Random()
         self._calls: dict[tuple[str, str], Call] = {}
@@ -676,6 +679,7 @@ class UserAgent:
             rand=self._rng.random,
             timers=self.timers,
             initial_cseq=initial_cseq,
+            allow=self.allow,
         )
 
     # -------------------------------------------------------------------------------------- timer

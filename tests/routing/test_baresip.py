@@ -208,3 +208,87 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, t
     assert "Call established: sip:101@office.example" in bernd, bernd[-2000:]
     # The digits travel as RFC 4733 events in the media the B2BUA negotiated between the phones.
     assert "received event: '4' (end=1)" in anna and "received event: '2' (end=1)" in anna, anna[-2000:]
+
+
+@pytest.mark.interop
+async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(tmp_path: Path) -> None:
+    """bernd (102) calls 101; both baresips; bernd's ``/transfer 103`` sends REFER. 103 (a third baresip)
+    gets our offerless INVITE from 101, 101 a re-INVITE with 103's offer, bernd the NOTIFYs — and hangs up
+    by itself on the final ``SIP/2.0 200 OK`` (before our own BYE would come)."""
+    import socket
+
+    from routing.events import CallTransferred
+    from sipcore.session import SessionState, TerminationReason
+
+    binary = require_baresip()
+    config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    transfers: list[CallTransferred] = []
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        server.events.on("transferred", transfers.append)
+        outbound = f'outbound="sip:127.0.0.1:{server.addresses[0][2]}"'
+        cons = {name: free_port() for name in ("anna", "bernd", "carla")}
+        accounts = {
+            "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};answermode=auto",
+            "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound}",
+            "carla": f"<sip:103@office.example>;auth_pass=carla-103-secret;{outbound};answermode=auto",
+        }
+        processes = [
+            await asyncio.create_subprocess_exec(
+                binary,
+                "-f",
+                str(
+                    baresip_config(
+                        tmp_path / name, sip_port=free_port(), cons_port=cons[name], account=account
+                    )
+                ),
+                "-t",
+                "30",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for name, account in accounts.items()
+        ]
+        console = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+
+            async def registered() -> bool:
+                return all([await server.registrar.contacts(user) for user in ("101", "bernd", "103")])
+
+            for _ in range(100):
+                if await registered():
+                    break
+                await asyncio.sleep(0.05)
+            assert await registered(), "the baresip phones did not register"
+            console.sendto(b"/dial 101\n", ("127.0.0.1", cons["bernd"]))
+            assert await _wait_for(lambda: server.b2bua.active, 5.0), "no call reached the B2BUA"
+            (caller,) = server.b2bua.active
+            assert await _wait_for(lambda: caller.state is SessionState.CONFIRMED, 5.0), "101 did not answer"
+            console.sendto(b"/transfer 103\n", ("127.0.0.1", cons["bernd"]))
+            assert await _wait_for(lambda: transfers, 5.0), "the transfer did not end"
+            assert await _wait_for(lambda: caller.terminated, 2.0), "bernd did not hang up after NOTIFY 200"
+            assert caller.ended.result().reason is TerminationReason.REMOTE_BYE
+            await asyncio.sleep(1.0)  # 101 and 103 talk
+            assert server.b2bua.active, "the transferred call ended"
+            console.sendto(b"/hangup\n", ("127.0.0.1", cons["carla"]))
+            assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            outputs = [
+                (await asyncio.wait_for(p.communicate(), 10.0))[0].decode(errors="replace") for p in processes
+            ]
+        finally:
+            console.close()
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    anna, bernd, carla = outputs
+    (transferred,) = transfers
+    assert (transferred.transferor, transferred.target, transferred.status) == ("102", "103", 200)
+    assert "transferring call to sip:103@office.example" in bernd, bernd[-2000:]
+    assert "call: got re-INVITE (SDP Offer)" in anna, anna[-2000:]  # 103's offer, from us
+    assert "Call established: sip:101@office.example" in carla, carla[-2000:]  # 101 calls, as 103 sees it
+    assert "incoming rtp for 'audio' established" in carla.split("Call established")[-1], carla[-2000:]
