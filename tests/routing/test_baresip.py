@@ -292,3 +292,129 @@ async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(tm
     assert "call: got re-INVITE (SDP Offer)" in anna, anna[-2000:]  # 103's offer, from us
     assert "Call established: sip:101@office.example" in carla, carla[-2000:]  # 101 calls, as 103 sees it
     assert "incoming rtp for 'audio' established" in carla.split("Call established")[-1], carla[-2000:]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Path, transport: str) -> None:
+    """Flow 6 with real phones: anna (101) calls bernd (102), whose baresip answers by itself. anna's
+    ``/hold`` sends a re-INVITE with ``a=sendonly``; the call is not anchored, so the B2BUA relays it (SDP
+    unchanged) to bernd, whose ``a=recvonly`` answer goes back to anna. ``/resume`` (``a=sendrecv``) goes
+    the same way. Then bernd holds and resumes: the same towards anna. After that DTMF still goes both ways
+    (RFC 4733 in their direct media); anna hangs up."""
+    import socket
+
+    from siptrace import SipTrace, Traced
+
+    from sipcore.session import SessionState
+
+    binary = require_baresip()
+    config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
+    trace = SipTrace(server.endpoint)
+    async with server:
+        outbound = f'outbound="sip:127.0.0.1:{server.addresses[0][2]};transport={transport}"'
+        cons = {name: free_port() for name in ("anna", "bernd")}
+        accounts = {
+            "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound}",
+            "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound};answermode=auto",
+        }
+        processes = [
+            await asyncio.create_subprocess_exec(
+                binary,
+                "-f",
+                str(
+                    baresip_config(
+                        tmp_path / name, sip_port=free_port(), cons_port=cons[name], account=account
+                    )
+                ),
+                "-t",
+                "30",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for name, account in accounts.items()
+        ]
+        console = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+        def answered(call_id: str, count: int) -> bool:
+            """The ``count``-th re-INVITE from a phone on dialog ``call_id`` has its 2xx (relayed back)."""
+            sent = trace.reinvites("in", call_id)
+            return len(sent) >= count and trace.answer(sent[count - 1]) is not None
+
+        def key(phone: str, digit: bytes) -> None:
+            console.sendto(digit, ("127.0.0.1", cons[phone]))
+
+        try:
+
+            async def registered() -> bool:
+                return all([await server.registrar.contacts(user) for user in ("101", "bernd")])
+
+            for _ in range(100):
+                if await registered():
+                    break
+                await asyncio.sleep(0.05)
+            assert await registered(), "the baresip phones did not register"
+            console.sendto(b"/dial 102\n", ("127.0.0.1", cons["anna"]))
+            assert await _wait_for(lambda: server.b2bua.active, 5.0), "no call reached the B2BUA"
+            (caller,) = server.b2bua.active
+            assert await _wait_for(lambda: caller.state is SessionState.CONFIRMED, 5.0), "102 did not answer"
+            await asyncio.sleep(0.3)  # the callee leg's ACK
+            dialogs = {"anna": caller.call_id}
+            key("anna", b"/hold\n")
+            assert await _wait_for(lambda: answered(caller.call_id, 1), 5.0), "no hold\n" + trace.dump()
+            await asyncio.sleep(0.5)  # on hold a while
+            key("anna", b"/resume\n")
+            assert await _wait_for(lambda: answered(caller.call_id, 2), 5.0), "no resume\n" + trace.dump()
+            (bernd_leg,) = {t.message.call_id for t in trace.reinvites("out")}
+            dialogs["bernd"] = bernd_leg
+            key("bernd", b"/hold\n")
+            assert await _wait_for(lambda: answered(bernd_leg, 1), 5.0), "no hold\n" + trace.dump()
+            await asyncio.sleep(0.5)
+            key("bernd", b"/resume\n")
+            assert await _wait_for(lambda: answered(bernd_leg, 2), 5.0), "no resume\n" + trace.dump()
+            await asyncio.sleep(0.3)
+            for phone, digit in (("anna", b"5"), ("bernd", b"7")):
+                key(phone, digit)
+                await asyncio.sleep(0.2)
+                key(phone, b"\x04")  # key released: the digit ends
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
+            console.sendto(b"/hangup\n", ("127.0.0.1", cons["anna"]))
+            assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            outputs = [
+                (await asyncio.wait_for(p.communicate(), 10.0))[0].decode(errors="replace") for p in processes
+            ]
+        finally:
+            console.close()
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+    anna, bernd = outputs
+    dump = trace.dump()
+    assert {t.flow.transport for t in trace.messages} == {transport.upper()}, dump
+    for holder, held in (("anna", "bernd"), ("bernd", "anna")):
+        # The holder's two re-INVITEs (in) and ours to the other phone (out), nothing else on either dialog.
+        sent = trace.reinvites("in", dialogs[holder])
+        told = trace.reinvites("out", dialogs[held])
+        assert [t.direction for t in sent] == ["sendonly", "sendrecv"], dump
+        # Not anchored: offers and answers pass unchanged (the phones' own SDP, their own RTP ports).
+        assert [t.message.body for t in told] == [t.message.body for t in sent], dump
+        answers = [trace.answer(t) for t in told]
+        relayed = [trace.answer(t) for t in sent]
+        assert all(isinstance(t, Traced) for t in answers + relayed), dump
+        assert [t.direction for t in answers if t] == ["recvonly", "sendrecv"], dump
+        assert [t.message.body for t in relayed if t] == [t.message.body for t in answers if t], dump
+    assert "call: hold sip:102@office.example" in anna and "call: resume sip:102@office.example" in anna
+    assert "call: hold sip:101@office.example" in bernd and "call: resume sip:101@office.example" in bernd
+    assert anna.count("call: got re-INVITE (SDP Offer)") == 2, anna[-2000:]
+    assert bernd.count("call: got re-INVITE (SDP Offer)") == 2, bernd[-2000:]
+    # The digits after the last resume reach the other phone in the media the phones set up.
+    assert "received event: '5' (end=1)" in bernd.rsplit("call: resume", 1)[1], bernd[-2000:]
+    assert "received event: '7' (end=1)" in anna.rsplit("call: got re-INVITE", 1)[1], anna[-2000:]

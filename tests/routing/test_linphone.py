@@ -454,3 +454,105 @@ async def test_two_linphones_call_each_other_by_extension(tmp_path: Path) -> Non
     (record,) = ended
     assert (record.caller, record.dialled, record.answered_by) == ("102", "101", "101")
     assert record.disposition is Disposition.ANSWERED
+
+
+@pytest.mark.interop
+async def test_linphone_hold_and_resume_on_an_anchored_call(tmp_path: Path) -> None:
+    """Flow 6 with real phones on an anchored call: Linphone plays the provider calling the office number
+    (extension processing: the B2BUA answers, plays the greeting and keeps the media) and keys 102; bernd's
+    Linphone answers. The provider's ``call-pause`` sends a re-INVITE with ``a=sendonly``: the B2BUA answers
+    it itself (``a=recvonly``, its own media address, unchanged) and re-INVITEs bernd with ``a=sendonly``,
+    bernd's Linphone shows PausedByRemote and answers ``a=recvonly``. ``call-resume`` (an offer without a
+    direction attribute: sendrecv) resumes both legs; the provider's DTMF 7 then reaches bernd through
+    the B2BUA's media. Then bernd pauses and resumes: the same, mirrored onto the provider's leg."""
+    from siptrace import SipTrace, Traced
+
+    from sipcore.message import Request
+
+    require_linphone()
+    server = Server(office(tmp_path), listen=("udp:127.0.0.1:0",))
+    trace = SipTrace(server.endpoint)
+    async with server:
+        port = server.addresses[0][2]
+        provider_rc = linphonerc(
+            user="provider", password="unused", server=("127.0.0.1", port), transport="udp", register=False
+        )
+        bernd_rc = linphonerc(
+            user="bernd", password="bernd-102-secret", server=("127.0.0.1", port), transport="udp"
+        )
+        async with (
+            linphone(tmp_path / "provider", provider_rc) as provider,
+            linphone(tmp_path / "bernd", bernd_rc) as bernd,
+        ):
+            await wait_registered(server, "bernd", bernd)
+            await provider.command(f"call sip:{OFFICE_NUMBER}@office.example")
+            await provider.wait_call_state("LinphoneCallStreamsRunning")  # the greeting plays
+            for digit in "102":
+                await provider.command(f"dtmf {digit}")
+                await asyncio.sleep(0.3)
+            await bernd.wait_call_state("LinphoneCallIncomingReceived")
+            await bernd.command("answer")
+            await bernd.wait_call_state("LinphoneCallStreamsRunning")
+
+            async def pause_and_resume(holder: Linphone, held: Linphone) -> None:
+                """``holder`` pauses the call, then resumes it; ``held`` sees it paused, then running."""
+                (call_id,) = set(holder.events("call-state-changed", "Id"))
+                since = (len(holder.call_states()), len(held.call_states()))
+                await holder.command(f"call-pause {call_id}")
+                await holder.wait_call_state("LinphoneCallPaused", since=since[0])
+                await held.wait_call_state("LinphoneCallPausedByRemote", since=since[1])
+                await asyncio.sleep(0.3)
+                since = (len(holder.call_states()), len(held.call_states()))
+                await holder.command(f"call-resume {call_id}")
+                await holder.wait_call_state("LinphoneCallStreamsRunning", since=since[0])
+                await held.wait_call_state("LinphoneCallStreamsRunning", since=since[1])
+
+            await pause_and_resume(provider, bernd)
+            await asyncio.sleep(0.3)
+            await provider.command("dtmf 7")
+            await until(lambda: bernd.tones() == "7", 3.0, f"tones at bernd: {bernd.tones()!r}", bernd)
+            await pause_and_resume(bernd, provider)
+            await provider.command("terminate")
+            await bernd.wait_call_state("LinphoneCallReleased")
+    dump = trace.dump()
+    invites = [
+        t
+        for t in trace.messages
+        if isinstance(t.message, Request) and t.message.method == "INVITE" and t.message.to.tag is None
+    ]
+    (first_in,) = [t for t in invites if t.way == "in"]  # the provider's call
+    (first_out,) = [t for t in invites if t.way == "out"]  # ours to bernd
+    provider_call, bernd_call = first_in.message.call_id, first_out.message.call_id
+    answer_a, answer_b = trace.answer(first_in), trace.answer(first_out)
+    assert answer_a is not None and answer_b is not None, dump
+    anchor_a = media_address(answer_a.message.body)  # where the B2BUA takes the provider's media
+    anchor_b = media_address(first_out.message.body)  # … and bernd's
+
+    def exchange(holder: str, way: str) -> tuple[list[str | None], list[str | None], list[bytes]]:
+        """The re-INVITEs on ``holder``'s dialog that went ``way``: their directions, their answers'
+        directions and the answers' bodies."""
+        call_id = provider_call if holder == "provider" else bernd_call
+        sent = trace.reinvites(way, call_id)
+        answers = [trace.answer(t) for t in sent]
+        assert all(isinstance(t, Traced) for t in answers), dump
+        return (
+            [t.direction for t in sent],
+            [t.direction for t in answers if t],
+            [t.message.body for t in answers if t],
+        )
+
+    # The provider holds and resumes: answered here (our anchor stays), told to bernd.
+    offered, answered, bodies = exchange("provider", "in")
+    assert (offered, answered) == (["sendonly", "sendrecv"], ["recvonly", "sendrecv"]), dump
+    assert [media_address(body) for body in bodies] == [anchor_a, anchor_a], dump
+    offered, answered, _ = exchange("bernd", "out")
+    assert (offered, answered) == (["sendonly", "sendrecv"], ["recvonly", "sendrecv"]), dump
+    # bernd holds and resumes: the same the other way round.
+    offered, answered, bodies = exchange("bernd", "in")
+    assert (offered, answered) == (["sendonly", "sendrecv"], ["recvonly", "sendrecv"]), dump
+    assert [media_address(body) for body in bodies] == [anchor_b, anchor_b], dump
+    offered, answered, _ = exchange("provider", "out")
+    assert (offered, answered) == (["sendonly", "sendrecv"], ["recvonly", "sendrecv"]), dump
+    # Our re-INVITEs to a leg always point it at the same anchor.
+    assert {media_address(t.message.body) for t in trace.reinvites("out", bernd_call)} == {anchor_b}, dump
+    assert {media_address(t.message.body) for t in trace.reinvites("out", provider_call)} == {anchor_a}, dump

@@ -1,0 +1,109 @@
+"""What a :class:`~routing.server.Server` says on the wire, for interop tests with real phones.
+
+:class:`SipTrace` wraps the server endpoint's receive and send paths (private: ``Endpoint._transports``'
+message callback and ``Endpoint._transmit``, the one place every message goes in or out) and keeps every
+SIP message, parsed, in order. Attach it after constructing the server and before starting it (the
+listeners take the receive callback when they open).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from media.errors import SdpError
+from media.sdp import parse_sdp
+from sipcore.endpoint import Endpoint
+from sipcore.errors import SipParseError
+from sipcore.message import Request, Response, parse_message
+from sipcore.transport import Flow
+
+
+@dataclass(frozen=True)
+class Traced:
+    """One message: ``way`` "in" (received by the server) or "out" (sent by it), on ``flow``."""
+
+    way: str
+    flow: Flow
+    message: Request | Response
+
+    @property
+    def direction(self) -> str | None:
+        """The audio stream's direction an SDP body declares (sendrecv when it says nothing); None without
+        an SDP body (or with one that does not parse)."""
+        content_type = (self.message.get("content-type") or "").split(";")[0].strip().lower()
+        if not self.message.body or content_type != "application/sdp":
+            return None
+        try:
+            description = parse_sdp(self.message.body)
+        except SdpError:
+            return None
+        audio = [m for m in description.media if m.media == "audio"]
+        return audio[0].direction(description.direction()) if audio else None
+
+    def __str__(self) -> str:
+        m = self.message
+        first = f"{m.method} {m.uri}" if isinstance(m, Request) else f"{m.status} {m.reason}"
+        return f"{self.way} {self.flow.transport} {self.flow.remote} {first} CSeq {m.cseq} {self.direction}"
+
+
+class SipTrace:
+    """Every SIP message ``endpoint`` receives and sends (see the module docstring)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.messages: list[Traced] = []
+        transports = endpoint._transports
+        receive: Callable[[bytes, Flow], None] = transports._on_message
+        send: Callable[[bytes, Flow], None] = endpoint._transmit
+
+        def received(data: bytes, flow: Flow) -> None:
+            self._keep("in", data, flow)
+            receive(data, flow)
+
+        def sent(data: bytes, flow: Flow) -> None:
+            self._keep("out", data, flow)
+            send(data, flow)
+
+        transports._on_message = received
+        endpoint._transmit = sent  # type: ignore[method-assign]
+
+    def _keep(self, way: str, data: bytes, flow: Flow) -> None:
+        try:
+            message = parse_message(data, stream=flow.transport != "UDP")
+        except SipParseError:
+            return  # keep-alives (CRLF) and the like
+        self.messages.append(Traced(way, flow, message))
+
+    def reinvites(self, way: str, call_id: str | None = None) -> list[Traced]:
+        """The re-INVITEs (in-dialog INVITEs: a To tag) that went ``way``, optionally of one Call-ID, in
+        order; a retransmission (same Call-ID and CSeq) is not counted again."""
+        found: dict[tuple[str, int], Traced] = {}
+        for t in self.messages:
+            m = t.message
+            if (
+                t.way == way
+                and isinstance(m, Request)
+                and m.method == "INVITE"
+                and m.to.tag is not None
+                and (call_id is None or m.call_id == call_id)
+            ):
+                found.setdefault((m.call_id, m.cseq.seq), t)
+        return list(found.values())
+
+    def answer(self, request: Traced) -> Traced | None:
+        """The final 2xx that answered ``request`` (same Call-ID and CSeq, the other way), if any yet."""
+        assert isinstance(request.message, Request)
+        for t in self.messages:
+            m = t.message
+            if (
+                t.way != request.way
+                and isinstance(m, Response)
+                and 200 <= m.status < 300
+                and m.call_id == request.message.call_id
+                and m.cseq == request.message.cseq
+            ):
+                return t
+        return None
+
+    def dump(self) -> str:
+        return "\n".join(str(t) for t in self.messages)
