@@ -81,7 +81,8 @@ class SessionStats:
 
 
 class RtpSession(asyncio.DatagramProtocol):
-    """One call leg's RTP: receive, latch, detect RFC 4733 digits, play frames on the shared clock."""
+    """One call leg's RTP: receive, latch, detect digits (RFC 4733 and in-band, only while ``on_digit`` is
+    set), play frames on the shared clock."""
 
     def __init__(
         self,
@@ -151,15 +152,21 @@ class RtpSession(asyncio.DatagramProtocol):
         now = asyncio.get_running_loop().time()
         if self.on_packet is not None:
             self.on_packet(packet, now)
+        # Digits are detected only while someone listens (a greeting's collection): the in-band detector is
+        # most of an anchored call's CPU, and a bridged call needs none of it.
+        listening = self.on_digit is not None
         if packet.payload_type == self.telephone_event_pt:
-            self._events.handle_packet(
-                packet.timestamp, packet.sequence_number, packet.marker, packet.payload, now
-            )
-            self._drain_digits()
-        elif packet.payload_type in (PCMU, PCMA) and (self._inband is not None or self.on_audio is not None):
+            if listening:
+                self._events.handle_packet(
+                    packet.timestamp, packet.sequence_number, packet.marker, packet.payload, now
+                )
+                self._drain_digits()
+        elif packet.payload_type in (PCMU, PCMA) and (
+            (listening and self._inband is not None) or self.on_audio is not None
+        ):
             decode = ulaw_decode if packet.payload_type == PCMU else alaw_decode
             samples = decode(packet.payload)
-            if self._inband is not None:
+            if listening and self._inband is not None:
                 for detected in self._inband.feed(samples):
                     self._merger.handle_inband(detected, now)
                 self._drain_merged()

@@ -140,3 +140,43 @@ async def test_a_key_press_counts_once_however_it_arrives(ways: tuple[str, ...])
         peer.close()
     assert [digit for digit, _ in pressed] == ["7"]
     assert pressed[0][1] in ways
+
+
+async def test_digits_are_detected_only_while_someone_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bridged call has no collector: its audio is not run through the in-band detector (its CPU cost),
+    and a collector that starts listening gets the digits from then on."""
+    from media.dtmf_inband import InbandDetector
+    from media.dtmf_tones import dtmf_tone
+    from media.g711 import ulaw_encode
+
+    fed: list[int] = []
+    real_feed = InbandDetector.feed
+
+    def counting_feed(self: InbandDetector, samples: np.ndarray) -> list[object]:
+        fed.append(len(samples))
+        return real_feed(self, samples)  # type: ignore[return-value]
+
+    monkeypatch.setattr(InbandDetector, "feed", counting_feed)
+    loop = asyncio.get_running_loop()
+    session = await PortAllocator(33000, 33999).open(RtpSession)
+    peer = _peer()
+    audio = np.concatenate([np.zeros(800), dtmf_tone("7", 800), np.zeros(1600)]).astype(np.int16)
+
+    async def send_audio(first_seq: int) -> None:
+        for n in range(audio.size // 160):
+            frame = ulaw_encode(audio[n * 160 : (n + 1) * 160])
+            packet = RtpPacket(0, first_seq + n, (first_seq + n) * 160, 0x77, frame)
+            await loop.sock_sendto(peer, bytes(packet), session.local)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+
+    pressed: list[str] = []
+    try:
+        await send_audio(1)  # nobody listens
+        assert session.stats.received == 20 and fed == []
+        session.on_digit = lambda p: pressed.append(p.digit)
+        await send_audio(100)
+    finally:
+        session.close()
+        peer.close()
+    assert len(fed) == 20 and pressed == ["7"]
