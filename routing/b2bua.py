@@ -64,7 +64,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -77,7 +77,7 @@ from media.relay import MediaBridge, Side
 from media.sdp import parse_sdp
 from media.session import MediaClock, PortAllocator, PortsExhausted
 from sipcore.auth import Authenticated, Stale
-from sipcore.dialog import MAX_FORWARDS
+from sipcore.dialog import MAX_FORWARDS, DialogId
 from sipcore.endpoint import IncomingRequest
 from sipcore.headers import header_key
 from sipcore.message import Request, Response
@@ -351,6 +351,10 @@ class _Call:
     #: Employees this call counts in :attr:`B2bua.busy` (the callee, or who clicked to call; a transfer
     #: target).
     busy: list[str] = attrs.Factory(list)
+    #: Attended transfer: legs another call handed over to this one (ended with it), and legs this call
+    #: handed over to another (left alone when it ends).
+    adopted: list[Call] = attrs.Factory(list)
+    given: set[Call] = attrs.Factory(set)
 
 
 @attrs.define(eq=False)
@@ -429,6 +433,9 @@ class B2bua:
         #: Called with every call event (routing.events); the server turns them into pyee events.
         self.on_event: Callable[[CallFact], None] | None = None
         self.active: dict[Call, list[OutgoingCall]] = {}
+        #: The legs of bridged calls by dialog (Call-ID, our tag, the peer's tag) -> their call's transfers:
+        #: where an attended transfer's Replaces finds the call it names.
+        self.bridged: dict[DialogId, transfer.Transfers] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
 
@@ -484,7 +491,7 @@ class B2bua:
                 await self._deliver(call, next_route)
         finally:
             del self.active[a]
-            self._tear_down(a, call.legs)
+            self._tear_down(a, [*call.legs, *call.adopted], keep=call.given)
             if call.media is not None:
                 call.media.close()
             self._write_cdr(self._record(call))
@@ -1289,7 +1296,10 @@ class B2bua:
         finally:
             if legs:
                 self.active.pop(legs[0], None)
-            self._tear_down(call.a if call is not None else None, call.legs if call is not None else legs)
+            if call is None:
+                self._tear_down(None, legs)
+            else:
+                self._tear_down(call.a, [*call.legs, *call.adopted], keep=call.given)
             media.close()
 
     def _originate_record(
@@ -1424,9 +1434,10 @@ class B2bua:
 
     # ------------------------------------------------------------------------------- bridged call
 
-    async def _bridge(self, call: _Call, b: OutgoingCall, *, answer_owed: bool) -> None:
+    async def _bridge(self, call: _Call, b: Call, *, answer_owed: bool) -> None:
         """Relay between the legs until one ends; then end the other. A REFER on either leg transfers the
-        other party (:mod:`routing.transfer`): the target takes the transferor's place."""
+        other party (:mod:`routing.transfer`): the target takes the transferor's place (attended: the other
+        party of the transferor's other call, which then ends here without touching that party)."""
         a, queue = call.a, call.queue
         relay = _Relay(a, b)
         if answer_owed:
@@ -1438,6 +1449,8 @@ class B2bua:
         while True:
             leg, event = backlog.pop(0) if backlog else await queue.get()
             if transfers.event(leg, event):
+                if transfers.released:
+                    return  # an attended transfer took the other party to its call: this one is over
                 replaced = transfers.take_replacement()
                 if replaced is not None:
                     side, target = replaced
@@ -1483,13 +1496,17 @@ class B2bua:
                 relay.event(leg, event)
             relay.flush()
 
-    def _tear_down(self, a: Call | None, legs: list[OutgoingCall]) -> None:
+    def _tear_down(
+        self, a: Call | None, legs: Iterable[Call], *, keep: Collection[Call] = frozenset()
+    ) -> None:
         """Leave nothing behind when the call coroutine ends (also on cancellation at shutdown); ``a``:
-        the caller's leg (none while a click-to-call rings the employee)."""
+        the caller's leg (none while a click-to-call rings the employee); ``keep``: legs another call took."""
+        if a is not None and a in keep:
+            a = None
         for leg in legs:
-            if not leg.terminated:
+            if not leg.terminated and leg not in keep:
                 try:
-                    if leg.state in _EARLY:
+                    if leg.state in _EARLY and isinstance(leg, OutgoingCall):
                         leg.cancel()
                     else:
                         leg.bye()
@@ -1532,11 +1549,13 @@ class _HoldSync:
         self.wanted[side] = direction
 
     def replace(self, side: Side, leg: Call) -> None:
-        """A transfer target took leg ``side``'s place: it was offered ``sendrecv``, its peer is resumed."""
+        """A transfer target took leg ``side``'s place: it was offered what our last SDP to it declared (a
+        target rung for the transfer ``sendrecv``; a party an attended transfer brought, what its call left
+        it at), and both legs are to be resumed."""
         self.legs[side] = leg
         self.pending.pop(side, None)
-        self.offered[side] = self.wanted[side] = "sendrecv"
-        self.wanted[side.other] = "sendrecv"
+        self.offered[side] = self.media.declared(side)
+        self.wanted[side] = self.wanted[side.other] = "sendrecv"
 
     def sync(self) -> None:
         for side, leg in self.legs.items():

@@ -60,7 +60,9 @@ class CallTransferred:
     """A transfer (REFER) of the call is over: ``transferor`` (an employee's extension) sent ``target`` (the
     Refer-To as dialled), routed to ``destination_kind``/``destination_id`` (as in the CDR). ``status`` is
     200 when the target answered and took the transferor's place, else why it failed (486, 480 …; the call
-    stayed as it was)."""
+    stayed as it was). ``attended``: the Refer-To replaced another call of the transferor's (RFC 5589 §7);
+    ``target`` is then the party of that call (an extension, else its number), who took the transferor's
+    place without being rung again."""
 
     call_id: str
     transferor: str
@@ -68,6 +70,7 @@ class CallTransferred:
     destination_kind: str | None
     destination_id: str | None
     status: int
+    attended: bool = False
 
     @property
     def answered(self) -> bool:

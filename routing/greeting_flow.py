@@ -7,7 +7,10 @@ ringback tone, 425 Hz, 1 s on, 4 s off, as pre-encoded frames). Then the thin sh
 
 * :class:`AnchoredMedia` owns a call's :class:`~media.session.RtpSession` pair (A: the caller, B: the callee,
   whose offer is shared by every device rung) and, once the callee answered, the
-  :class:`~media.relay.MediaBridge` between them. :meth:`AnchoredMedia.close` releases everything.
+  :class:`~media.relay.MediaBridge` between them. :meth:`AnchoredMedia.close` releases everything. A call
+  transfer puts another party in a leg's place (:meth:`~AnchoredMedia.replace`: a new session;
+  :meth:`~AnchoredMedia.adopt`: a session :meth:`~AnchoredMedia.detach` took out of another call) and
+  plays the ringback to the transferee meanwhile (:meth:`~AnchoredMedia.ring_back`).
 * :class:`ExtensionCollection` feeds a :class:`~routing.collector.DigitCollector` from the A session's digits
   (RFC 4733 and in-band, merged with SIP INFO by the session), the greeting's end and the collector's timer
   (one ``call_later`` handle); :attr:`ExtensionCollection.result` resolves with the collector's result.
@@ -37,6 +40,7 @@ __all__ = [
     "AnchoredAnswer",
     "AnchoredMedia",
     "ExtensionCollection",
+    "MovedLeg",
     "media_address",
     "plan_answer",
     "ringback",
@@ -101,6 +105,32 @@ def ringback() -> Greeting:
     return _ringback
 
 
+@attrs.frozen
+class MovedLeg:
+    """A leg's media taken out of one call for another (attended transfer): its session (socket, latched
+    peer), what it negotiated, and the last SDP we sent it (a later offer keeps that origin)."""
+
+    session: RtpSession
+    media: LegMedia
+    sent: SessionDescription | None
+
+
+def _declared(description: SessionDescription | None) -> str:
+    """The direction ``description`` declares for its first active audio stream (none: ``sendrecv``)."""
+    if description is not None:
+        for media in description.media:
+            if media.media == "audio" and media.port != 0:
+                return media.direction(description.direction())
+    return "sendrecv"
+
+
+def _continue_numbering(session: RtpSession) -> None:
+    """Number the session's own packets on from what a relay sent through it, so a playback or a new
+    bridge after a relay never goes back in sequence numbers."""
+    sender = session.sender
+    sender.packets_sent = max(sender.packets_sent, session.stats.sent)
+
+
 def _origin(address: str) -> Origin:
     return Origin("durchwahl", str(next(_SESSION_IDS)), 1, address, "IP6" if ":" in address else "IP4")
 
@@ -121,6 +151,8 @@ class AnchoredMedia:
         self._b_offer: SessionDescription | None = None
         #: The last SDP we sent on each leg (offer or answer): a new one keeps its origin, version + 1.
         self._sent: dict[Side, SessionDescription] = {}
+        #: The leg hearing the ringback instead of the relay (:meth:`ring_back`).
+        self._ringing: Side | None = None
 
     @property
     def codec(self) -> str:
@@ -258,6 +290,8 @@ class AnchoredMedia:
         self.b.remote = remote
         if self.bridge is not None:
             self.bridge.close()  # early media's bridge, replaced by the answer's
+        _continue_numbering(self.a)
+        _continue_numbering(self.b)
         self.bridge = MediaBridge(self.a, self.b, self.a_media, b_media, self.clock)
 
     async def offer_replacement(self) -> tuple[RtpSession, SessionDescription]:
@@ -284,19 +318,88 @@ class AnchoredMedia:
         remote = media_address(description)
         if remote is None:
             raise MediaError("the new party's answer has no audio address")
+        session.remote = remote
+        self._install(side, session, media)
+        if side is Side.B:
+            self._b_offer = offer
+        self._sent[side] = offer
+
+    def detach(self, side: Side) -> MovedLeg:
+        """Take leg ``side`` out of this call, its session still open, for another call to :meth:`adopt`
+        (attended transfer); the relay stops, the other leg stays (closed with the call).
+
+        :raises media.errors.MediaError: no bridge (nothing changed).
+        """
+        session = self.a if side is Side.A else self.b
+        if self.bridge is None or session is None:
+            raise MediaError("no bridged call to take a leg of")
+        moved = MovedLeg(session, self.bridge.relay.media(side), self._sent.pop(side, None))
+        self.bridge.close()
+        self.bridge = None
+        self._answers.pop(side, None)
+        if side is Side.A:
+            self.a, self.a_media = None, None
+        else:
+            self.b, self._b_offer = None, None
+        return moved
+
+    def adopt(self, side: Side, moved: MovedLeg) -> None:
+        """A leg :meth:`detach` took out of another call takes leg ``side``'s place, relayed to the other leg
+        as it is (no new offer: its peer keeps sending to the same port); the old session is closed.
+
+        :raises media.errors.MediaError: no bridge yet (nothing changed).
+        """
+        if self.bridge is None or self.a is None or self.b is None:
+            raise MediaError("no bridged call to take a leg of")
+        self._install(side, moved.session, moved.media)
+        if moved.sent is not None:
+            self._sent[side] = moved.sent
+        else:
+            self._sent.pop(side, None)
+
+    def _install(self, side: Side, session: RtpSession, media: LegMedia) -> None:
+        """Put ``session`` (negotiated ``media``) in leg ``side``'s place and relay it to the other leg."""
+        assert self.bridge is not None and self.a is not None and self.b is not None
         other = self.bridge.relay.media(side.other)
         self.bridge.close()
-        session.remote = remote
+        self._ringing = None  # the new bridge stops the ringback
         old = self.a if side is Side.A else self.b
         if side is Side.A:
             self.a, self.a_media = session, media
         else:
-            self.b, self._b_offer = session, offer
-        self._sent[side] = offer
+            self.b = session
         self._answers.pop(side, None)
         a_media, b_media = (media, other) if side is Side.A else (other, media)
+        _continue_numbering(self.a)
+        _continue_numbering(self.b)
         self.bridge = MediaBridge(self.a, self.b, a_media, b_media, self.clock)
-        old.close()
+        if old is not session:
+            old.close()
+
+    def declared(self, side: Side) -> str:
+        """The direction the last SDP we sent on leg ``side`` declared (``sendonly`` while we hold it …)."""
+        return _declared(self._sent.get(side))
+
+    def ring_back(self, side: Side) -> None:
+        """Play the ringback to leg ``side`` instead of what its peer sends (a transfer target rings), until
+        :meth:`relay_again` or a new party's :meth:`replace`; the relay's state is kept meanwhile."""
+        session = self.a if side is Side.A else self.b
+        if self.bridge is None or session is None or self._ringing is not None:
+            return
+        self.bridge.close()
+        self._ringing = side
+        _continue_numbering(session)
+        session.play(ringback().frames_for(self.bridge.relay.media(side).codec), self.clock, loop=True)
+
+    def relay_again(self) -> None:
+        """End :meth:`ring_back`: relay between the two legs again, as negotiated."""
+        if self._ringing is None or self.bridge is None or self.a is None or self.b is None:
+            return
+        self._ringing = None
+        relay = self.bridge.relay
+        _continue_numbering(self.a)
+        _continue_numbering(self.b)
+        self.bridge = MediaBridge(self.a, self.b, relay.media(Side.A), relay.media(Side.B), self.clock)
 
     def play_to_caller(self, greeting: Greeting, *, loop: bool = False) -> asyncio.Future[None]:
         """Play ``greeting`` to the caller in the codec its leg negotiated."""

@@ -1,5 +1,5 @@
-"""Blind call transfer on a bridged call: REFER (RFC 3515) received by the B2BUA, which then acts for the
-other party as RFC 5589 §6's transferee.
+"""Call transfer on a bridged call: REFER (RFC 3515) received by the B2BUA, which then acts for the other
+party as RFC 5589's transferee — blind (§6) or attended (§7, Refer-To with ``Replaces``, RFC 3891).
 
 A party of a bridged call, the *transferor*, sends REFER in its dialog; the other party is the *transferee*.
 One :class:`Transfers` per bridged call (:meth:`routing.b2bua.B2bua._bridge` hands it every event first):
@@ -7,8 +7,8 @@ One :class:`Transfers` per bridged call (:meth:`routing.b2bua.B2bua._bridge` han
 1. **Who may**: an employee's leg only; a trunk's leg gets 403 (a provider does not re-route our calls). The
    Refer-To (:func:`parse_refer`) is resolved as if that employee had dialled it (their outbound scope
    applies); a refusal answers the REFER (404, 403, 484 …). One Refer-To with a SIP or tel URI, else 400
-   (484 when it holds nothing to dial); with ``Replaces`` (attended transfer) 501; a ``method`` other than
-   INVITE 403; a REFER while another is under way 491; a REFER on a leg that left the bridge 403.
+   (484 when it holds nothing to dial); a ``method`` other than INVITE 403; a REFER while another is under
+   way 491; a REFER on a leg that left the bridge 403. With ``Replaces`` it is an attended transfer (below).
 2. **Accepted**: 202, then NOTIFY ``SIP/2.0 100 Trying`` in the transferor's dialog (``Event: refer``, with
    ``;id=`` the REFER's CSeq from the second accepted REFER of a dialog on, RFC 3515 §2.4.6; body
    ``message/sipfrag;version=2.0``; ``Subscription-State: active;expires=60``), ``180 Ringing`` once the
@@ -28,10 +28,40 @@ One :class:`Transfers` per bridged call (:meth:`routing.b2bua.B2bua._bridge` han
    transferor in ``transferred_by``.
 5. **Failed** (busy, no answer, nobody registered …): NOTIFY with that status; the call stays as it was and
    the transferor may resume it. If the transferor has left meanwhile, the transferee is hung up on.
+   Anchored call: while the target rings (its first 180/183) the transferee hears our ringback instead of
+   the transferor (:meth:`~routing.greeting_flow.AnchoredMedia.ring_back`); the target's answer or the
+   failure ends it (the relay to the transferor again). Not anchored, the transferee hears what the
+   transferor's phone sends.
+
+**Attended transfer** (RFC 5589 §7). The transferor talks to the transferee in this call (usually holding
+it) and to a third party in another call through this B2BUA; its REFER — in either dialog — carries
+``Refer-To: <sip:…?Replaces=<Call-ID>;to-tag=<tag>;from-tag=<tag>>`` naming its dialog with us in the *other*
+call (RFC 3891 §3: the to-tag is compared with our tag, the from-tag with the transferor's; the swapped
+order is accepted too). :attr:`routing.b2bua.B2bua.bridged` finds that call. The REFER is answered 202 and
+NOTIFY ``100 Trying`` as above (400 if the Replaces lacks a Call-ID or tag, 491 while either call has a
+transfer under way); then the outcome is NOTIFYed: ``481`` when no dialog of ours matches, ``403`` when the
+dialog is not the transferor's or not yet bridged (ringing, greeting) or is this call's own, ``603`` when it
+has ended, ``486`` for ``early-only`` (RFC 3891 §3: our dialogs are confirmed). On a match the other call
+hands its other party (the *replaced party*) over and ends: our BYE to the transferor's leg there, the
+party's leg untouched; its CDR record ends as answered, as any call. The replaced party takes the
+transferor's place here, rung by no one:
+
+* both calls anchored: its RTP session moves into this call's relay — no SIP to it at all (a party the
+  transferor held there, or the transferee held here, gets a re-INVITE of ours to resume);
+* this call anchored, the other not: a re-INVITE offers it a new port of ours, its answer starts the relay;
+* this call not anchored: an offerless re-INVITE; its offer goes to the transferee in a re-INVITE, the
+  answer back in our ACK (RFC 3725 flow I; an anchor the other call had is released).
+
+Then NOTIFY ``200 OK`` (or the status of a failed re-INVITE; the replaced party is then hung up) and the
+transferor's BYE (or ours, as above). The CDR names the replaced party as who answered (an employee's SIP
+user, else its number: the one called out, or the caller's From user; destination ``employee`` or
+``external``) and the transferor in ``transferred_by``; the event has ``attended=True``. An INVITE that
+carries ``Replaces`` (pickup, or a transfer done by the transferee's phone) is not taken as one: it is routed
+like any call.
 
 Each accepted REFER ends in one :class:`~routing.events.CallTransferred` (status 487 when the call ended
-before the transfer did). Not handled: attended transfer (Replaces), REFER outside a dialog (the server
-answers 403), post-dial digits on a call whose media is not anchored.
+before the transfer did). Not handled: REFER outside a dialog (the server answers 403), post-dial digits
+on a call whose media is not anchored.
 """
 
 from __future__ import annotations
@@ -46,6 +76,7 @@ from media.errors import MediaError
 from media.relay import Side
 from media.sdp import SessionDescription
 from media.session import RtpSession
+from sipcore.dialog import DialogId
 from sipcore.errors import SipError
 from sipcore.message import REASON_PHRASES, Request
 from sipcore.session import (
@@ -55,6 +86,7 @@ from sipcore.session import (
     ProvisionalReceived,
     ReinviteAnswered,
     ReinviteFailed,
+    ReinviteReceived,
     Rejected,
     SessionError,
     SessionEvent,
@@ -68,6 +100,7 @@ from . import b2bua as calls
 from .dialstring import DialString, DialStringError, format_dialstring, format_post_dial, from_request_uri
 from .directory import Employee
 from .events import CallTransferred
+from .greeting_flow import MovedLeg
 from .resolver import FromEmployee, Refused, Route, ToEmployee, ToExtensionProcessing, ToExternal, ToGroup
 from .ringgroup import plan_ring_group
 
@@ -75,10 +108,13 @@ __all__ = [
     "ALLOW",
     "SIPFRAG",
     "SUBSCRIPTION_SECONDS",
+    "AttendedTarget",
     "ReferRefused",
     "ReferTarget",
+    "Replaces",
     "Transfers",
     "parse_refer",
+    "parse_replaces",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +139,54 @@ class ReferTarget:
 
 
 @attrs.frozen
+class Replaces:
+    """The dialog a ``Replaces`` names (RFC 3891 §6.1): its Call-ID, ``to_tag`` (the tag of whoever is to
+    replace the dialog: here ours) and ``from_tag`` (the asking party's: the transferor's)."""
+
+    call_id: str
+    to_tag: str
+    from_tag: str
+    early_only: bool = False
+
+
+@attrs.frozen
+class AttendedTarget:
+    """A REFER for an attended transfer: the Refer-To URI, the dialog its ``Replaces`` names, and as in
+    :class:`ReferTarget` whether NOTIFYs are wanted and the ``Referred-By``."""
+
+    uri: Uri
+    replaces: Replaces
+    subscribe: bool = True
+    referred_by: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The Refer-To as dialled (its URI as written when it is no dial string)."""
+        try:
+            return format_dialstring(from_request_uri(self.uri))
+        except DialStringError:
+            return str(self.uri.without_headers()) if isinstance(self.uri, SipUri) else str(self.uri)
+
+
+def parse_replaces(value: str) -> Replaces | None:
+    """``<Call-ID>;to-tag=<tag>;from-tag=<tag>[;early-only]`` (RFC 3891 §6.1); None when a part is missing."""
+    call_id, *params = (part.strip() for part in value.split(";"))
+    tags: dict[str, str] = {}
+    early_only = False
+    for param in params:
+        name, _, tag = param.partition("=")
+        name = name.strip().lower()
+        if name == "early-only":
+            early_only = True
+        elif name in ("to-tag", "from-tag"):
+            tags[name] = tag.strip()
+    to_tag, from_tag = tags.get("to-tag"), tags.get("from-tag")
+    if not call_id or not to_tag or not from_tag:
+        return None
+    return Replaces(call_id, to_tag, from_tag, early_only)
+
+
+@attrs.frozen
 class ReferRefused:
     """A REFER this B2BUA will not carry out: answer it with ``status`` and ``reason``."""
 
@@ -110,8 +194,9 @@ class ReferRefused:
     reason: str
 
 
-def parse_refer(request: Request) -> ReferTarget | ReferRefused:
-    """The target of ``request`` (a REFER), or why it is refused (see the module docstring). Pure."""
+def parse_refer(request: Request) -> ReferTarget | AttendedTarget | ReferRefused:
+    """The target of ``request`` (a REFER; with ``Replaces``, attended), or why it is refused (see the module
+    docstring). Pure."""
     values = request.get_all("refer-to")
     if len(values) != 1:
         return ReferRefused(400, "Bad Request (a REFER needs exactly one Refer-To)")
@@ -122,18 +207,24 @@ def parse_refer(request: Request) -> ReferTarget | ReferRefused:
     uri = target.uri
     if not isinstance(uri, SipUri | TelUri):
         return ReferRefused(400, "Bad Request (Refer-To is not a SIP or tel URI)")
+    refer_sub = request.get("refer-sub")
+    subscribe = refer_sub is None or refer_sub.split(";", 1)[0].strip().lower() != "false"
     if isinstance(uri, SipUri):
-        if any(name.lower() == "replaces" for name, _ in uri.headers):
-            return ReferRefused(501, "Not Implemented (attended transfer: Refer-To with Replaces)")
         method = uri.param("method")
         if method is not None and method.upper() != "INVITE":
             return ReferRefused(403, f"Forbidden (only INVITE references, not {method})")
+        replaces = [value for name, value in uri.headers if name.lower() == "replaces"]
+        if len(replaces) > 1:
+            return ReferRefused(400, "Bad Request (Refer-To with more than one Replaces)")
+        if replaces:
+            dialog = parse_replaces(replaces[0])
+            if dialog is None:
+                return ReferRefused(400, "Bad Request (Replaces needs a Call-ID, to-tag and from-tag)")
+            return AttendedTarget(uri, dialog, subscribe, request.get("referred-by"))
     try:
         dialled = from_request_uri(uri)
     except DialStringError as exc:
         return ReferRefused(484, f"Address Incomplete ({exc})")
-    refer_sub = request.get("refer-sub")
-    subscribe = refer_sub is None or refer_sub.split(";", 1)[0].strip().lower() != "false"
     return ReferTarget(uri, dialled, subscribe, request.get("referred-by"))
 
 
@@ -185,13 +276,65 @@ class _Transfer:
         self.task: asyncio.Task[None] | None = None
 
 
+@attrs.frozen
+class _Party:
+    """The party an attended transfer brings, as the CDR and the event name it: an employee (its extension
+    and SIP user), else a number outside (``external``)."""
+
+    extension: str | None
+    kind: str
+    ident: str
+    answered_by: str
+    contact: str | None
+
+
+@attrs.frozen
+class _Handover:
+    """What the other call of an attended transfer hands over: the replaced party's leg, who it is, and
+    its RTP session when both calls are anchored."""
+
+    leg: Call
+    party: _Party
+    moved: MovedLeg | None
+
+
+class _Attended:
+    """One accepted REFER with Replaces while it runs (the replaced party's re-INVITE is out)."""
+
+    def __init__(
+        self,
+        transferor: Call,
+        transferee: Call,
+        side: Side,
+        extension: str,
+        request: Request,
+        target: AttendedTarget,
+    ) -> None:
+        self.transferor = transferor
+        self.transferee = transferee
+        self.side = side
+        self.extension = extension
+        self.request = request
+        self.target = target
+        self.event_id: str | None = None
+        #: The replaced party, once the other call handed it over.
+        self.leg: Call | None = None
+        self.party: _Party | None = None
+        #: What its re-INVITE offers: our SDP on ``session`` (anchored), nothing (offerless); None: not yet.
+        self.offer: bytes | None = None
+        self.session: RtpSession | None = None
+        self.sdp: SessionDescription | None = None
+        self.sent = False
+        self.task: asyncio.Task[None] | None = None
+
+
 @attrs.define
 class _Connect:
     """Not anchored: the target's offer (from its 2xx) goes to the transferee in a re-INVITE of ours; the
     answer to it goes to the target in the ACK it waits for."""
 
     transferee: Call
-    target: OutgoingCall
+    target: Call
     offer: bytes
     content_type: str | None
     sent: bool = False
@@ -200,9 +343,11 @@ class _Connect:
 class Transfers:
     """The REFERs of one bridged call (see the module docstring).
 
-    ``legs`` are the bridged legs (side A, side B) of ``call``. :meth:`event` takes every event of the call
-    first; when a target has taken a leg's place, :meth:`take_replacement` says which. Ends with the task
-    that runs the bridge (calls still under way are dropped then)."""
+    ``legs`` are the bridged legs (side A, side B) of ``call``, listed in :attr:`routing.b2bua.B2bua.bridged`
+    by dialog. :meth:`event` takes every event of the call first; when a target has taken a leg's place,
+    :meth:`take_replacement` says which; once an attended transfer in another call has taken this call's
+    party, :attr:`released` says the bridge is over. Ends with the task that runs the bridge (calls still
+    under way are dropped then)."""
 
     #: Seconds the transferor has to hang up after the final NOTIFY before the B2BUA does.
     bye_after: float = 4.0
@@ -213,10 +358,14 @@ class Transfers:
         self.legs: list[Call] = [a, b]
         self._parties: dict[Call, str | None] = {a: self._party_a(), b: self._party_b()}
         self._pending: _Transfer | None = None
+        self._attended: _Attended | None = None
         self._connecting: _Connect | None = None
-        self._replacement: tuple[Side, OutgoingCall] | None = None
+        self._replacement: tuple[Side, Call] | None = None
+        self._released = False
         self._accepted: dict[Call, int] = {}
         self._timers: list[asyncio.TimerHandle] = []
+        for leg in self.legs:
+            self._index(leg)
         task = asyncio.current_task()
         if task is not None:
             task.add_done_callback(lambda _: self.close())
@@ -240,21 +389,52 @@ class Transfers:
 
     def event(self, leg: Call, event: SessionEvent) -> bool:
         """Take ``event`` if it belongs to a transfer (a REFER, the target's answer, the transferor leaving
-        while it rings, the transferee's answer to our re-INVITE); true when taken."""
+        while it rings, the transferee's answer to our re-INVITE, the replaced party's events); true when
+        taken (every event once :attr:`released`)."""
         taken = self._event(leg, event)
+        if not taken and isinstance(event, Terminated) and leg in self.legs:
+            self.close()  # the bridge ends with this leg (not only with the task: originate's may go on)
+            return False
         if self._connecting is not None:
             self._connect()
+        if self._attended is not None:
+            self._attend_step()
         return taken
 
-    def take_replacement(self) -> tuple[Side, OutgoingCall] | None:
+    def take_replacement(self) -> tuple[Side, Call] | None:
         """The side whose party a transfer target has replaced since the last call, and the target's leg."""
         replacement, self._replacement = self._replacement, None
         return replacement
 
+    @property
+    def released(self) -> bool:
+        """An attended transfer in another call took this call's party: the bridge is over."""
+        return self._released
+
+    def _index(self, leg: Call) -> None:
+        dialog_id = leg.session.dialog_id
+        if dialog_id is not None:
+            self.b2bua.bridged[dialog_id] = self
+
+    def _unindex(self, leg: Call) -> None:
+        dialog_id = leg.session.dialog_id
+        if dialog_id is not None and self.b2bua.bridged.get(dialog_id) is self:
+            del self.b2bua.bridged[dialog_id]
+
     def _event(self, leg: Call, event: SessionEvent) -> bool:
+        if self._released:
+            return True
         if isinstance(event, DialogRequestReceived) and event.request.method == "REFER":
             self._refer(leg, event.request)
             return True
+        attended = self._attended
+        if attended is not None:
+            if leg is attended.leg:
+                self._attended_event(attended, leg, event)
+                return True
+            if leg is attended.transferor and isinstance(event, Terminated):
+                log.info("call %s: the transferor left; the transfer goes on", leg.call_id)
+                return True
         pending = self._pending
         if pending is not None:
             if pending.won is not None and leg is pending.won.leg and isinstance(event, Answered):
@@ -290,6 +470,17 @@ class Transfers:
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
+        for leg in self.legs:
+            self._unindex(leg)
+        attended, self._attended = self._attended, None
+        if attended is not None:
+            if attended.task is not None:
+                attended.task.cancel()
+            if attended.leg is not None:
+                _hang_up(attended.leg)
+            if attended.session is not None:
+                attended.session.close()
+            self._announce(attended, 487)
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -311,12 +502,15 @@ class Transfers:
         if extension is None:
             _respond(leg, request, 403, "Forbidden (a trunk's party cannot transfer calls)")
             return
-        if self._pending is not None or self._connecting is not None:
+        if self._busy():
             _respond(leg, request, 491, "Request Pending (a transfer is under way)")
             return
         target = parse_refer(request)
         if isinstance(target, ReferRefused):
             _respond(leg, request, target.status, target.reason)
+            return
+        if isinstance(target, AttendedTarget):
+            self._attend(leg, request, target, extension)
             return
         side = Side.A if leg is self.legs[0] else Side.B
         transferee = self.legs[1] if side is Side.A else self.legs[0]
@@ -332,13 +526,7 @@ class Transfers:
                 self._pending = None
                 _respond(t.transferor, t.request, route.status, route.reason)
                 return
-            count = self._accepted[t.transferor] = self._accepted.get(t.transferor, 0) + 1
-            if count > 1:
-                t.event_id = str(t.request.cseq.seq)
-            _respond(
-                t.transferor, t.request, 202, headers=() if t.target.subscribe else (("Refer-Sub", "false"),)
-            )
-            self._notify(t, 100)
+            self._accept(t)
             outcome = await self._ring(t, route)
         except Exception:
             log.exception("call %s: transfer failed", t.transferor.call_id)
@@ -358,6 +546,22 @@ class Transfers:
             if leg is winner:
                 self.call.queue.put_nowait((leg, event))
 
+    def _busy(self) -> bool:
+        """A transfer is under way in this call (or it is over: another call took its party)."""
+        return self._released or any(
+            state is not None for state in (self._pending, self._attended, self._connecting)
+        )
+
+    def _accept(self, t: _Transfer | _Attended) -> None:
+        """202 for the REFER, then NOTIFY ``100 Trying`` (``id`` from the dialog's second REFER on)."""
+        count = self._accepted[t.transferor] = self._accepted.get(t.transferor, 0) + 1
+        if count > 1:
+            t.event_id = str(t.request.cseq.seq)
+        _respond(
+            t.transferor, t.request, 202, headers=() if t.target.subscribe else (("Refer-Sub", "false"),)
+        )
+        self._notify(t, 100)
+
     async def _resolve(self, t: _Transfer) -> Route:
         b2bua = self.b2bua
         try:
@@ -368,6 +572,205 @@ class Transfers:
         if isinstance(route, ToExtensionProcessing):  # an office number: its destination, no greeting
             route = b2bua.resolver.resolve_destination(route.number.default, trunk=route.number.trunk)
         return route
+
+    # ------------------------------------------------------------------------------ attended transfer
+
+    def _attend(self, leg: Call, request: Request, target: AttendedTarget, extension: str) -> None:
+        """A REFER with Replaces (RFC 5589 §7): the party of the call it names takes the transferor's
+        place."""
+        side = Side.A if leg is self.legs[0] else Side.B
+        transferee = self.legs[1] if side is Side.A else self.legs[0]
+        found = self._find(target.replaces)
+        if isinstance(found, tuple) and found[0] is not self and found[0]._busy():
+            _respond(leg, request, 491, "Request Pending (a transfer of the other call is under way)")
+            return
+        t = _Attended(leg, transferee, side, extension, request, target)
+        self._accept(t)
+        if isinstance(found, int):
+            self._attended_failed(t, found)
+            return
+        other, replaced = found
+        if other is self or other._parties.get(replaced) != extension:
+            self._attended_failed(t, 403)  # RFC 3891 §3: not the transferor's to replace
+            return
+        handover = other._release(replaced, self.call.queue, media=self.call.media is not None)
+        t.leg, t.party = handover.leg, handover.party
+        self._attended = t
+        self.call.adopted.append(handover.leg)
+        log.info("call %s: %s transfers to %s (attended)", leg.call_id, extension, t.party.ident)
+        media = self.call.media
+        if media is None:
+            t.offer = b""  # offerless: its offer goes to the transferee (RFC 3725 flow I)
+            self._attend_step()
+            return
+        if handover.moved is not None:
+            try:
+                media.adopt(t.side, handover.moved)
+            except MediaError as exc:
+                log.warning("call %s: cannot take over the replaced party's media: %s", leg.call_id, exc)
+                handover.moved.session.close()
+            else:
+                self._attended_done(t)
+                return
+        t.task = asyncio.ensure_future(self._offer_to(t))
+
+    def _find(self, replaces: Replaces) -> tuple[Transfers, Call] | int:
+        """The bridged call and leg ``replaces`` names (RFC 3891 §3: the to-tag is our tag, the from-tag the
+        peer's; swapped too), else the status that says why not (481 none, 403 not bridged, 603 ended)."""
+        r = replaces
+        names = (DialogId(r.call_id, r.to_tag, r.from_tag), DialogId(r.call_id, r.from_tag, r.to_tag))
+        for name in names:
+            owner = self.b2bua.bridged.get(name)
+            leg = (
+                None if owner is None else next((x for x in owner.legs if x.session.dialog_id == name), None)
+            )
+            if owner is not None and leg is not None:
+                if leg.terminated:
+                    return 603
+                return 486 if r.early_only else (owner, leg)
+        for a, legs in self.b2bua.active.items():
+            for leg in (a, *legs):
+                if leg.session.dialog_id in names:
+                    return 603 if leg.terminated else 403
+        return 481
+
+    def _release(self, replaced: Call, queue: CallQueue, *, media: bool) -> _Handover:
+        """An attended transfer in another call takes the party ``replaced`` talks to here: its leg (events
+        to ``queue`` from now on; with ``media`` its RTP session too) is handed over, ``replaced`` gets our
+        BYE, and this bridge ends without touching that party."""
+        party = self.legs[1] if replaced is self.legs[0] else self.legs[0]
+        side = Side.A if party is self.legs[0] else Side.B
+        self._released = True
+        for leg in self.legs:
+            self._unindex(leg)
+        self.call.given.add(party)
+        moved = None
+        anchored = self.call.media
+        if media and anchored is not None:
+            try:
+                moved = anchored.detach(side)
+            except MediaError as exc:
+                log.info("call %s: the replaced party's media stays: %s", party.call_id, exc)
+        party.events = queue
+        own = self.call.queue
+        waiting = []
+        while not own.empty():
+            waiting.append(own.get_nowait())
+        for item in waiting:
+            (queue if item[0] is party else own).put_nowait(item)
+        _hang_up(replaced)
+        return _Handover(party, self._who(party), moved)
+
+    def _who(self, leg: Call) -> _Party:
+        dialog = leg.session.dialog
+        contact = None if dialog is None else str(dialog.remote_target)
+        extension = self._parties.get(leg)
+        if extension is None:
+            number = _number(leg)
+            return _Party(None, "external", number, number, contact)
+        employee = self.b2bua._employee(extension)
+        return _Party(extension, "employee", extension, employee.sip_user if employee else extension, contact)
+
+    async def _offer_to(self, t: _Attended) -> None:
+        """Anchored here, not in the other call: offer the replaced party a new port of ours."""
+        media = self.call.media
+        assert media is not None
+        try:
+            session, sdp = await media.offer_replacement()
+        except MediaError as exc:
+            log.error("call %s: no media for the replaced party: %s", t.transferor.call_id, exc)
+            if self._attended is t:
+                self._attended_failed(t, 503)
+            return
+        if self._attended is not t:
+            session.close()
+            return
+        t.session, t.sdp, t.offer = session, sdp, bytes(sdp)
+        self._attend_step()
+
+    def _attend_step(self) -> None:
+        """Re-INVITE the replaced party (our offer, or none) once it is free for it."""
+        t = self._attended
+        if t is None or t.sent or t.offer is None or t.leg is None:
+            return
+        if t.leg.state is not SessionState.CONFIRMED:
+            return  # busy with a re-INVITE (or ending: its Terminated follows)
+        try:
+            t.leg.reinvite(body=t.offer, content_type="application/sdp" if t.offer else None)
+        except SessionError as exc:
+            log.info("call %s: cannot re-INVITE the replaced party: %s", t.leg.call_id, exc)
+            return
+        t.sent = True
+
+    def _attended_event(self, t: _Attended, leg: Call, event: SessionEvent) -> None:
+        """An event of the replaced party while its re-INVITE is out."""
+        if isinstance(event, ReinviteAnswered) and t.sent:
+            self._attended_answered(t, event)
+        elif isinstance(event, ReinviteFailed) and t.sent:
+            if event.response is None:
+                t.sent = False  # our 491 back-off was overtaken: again once the leg is free
+            else:
+                self._attended_failed(t, event.status)
+        elif isinstance(event, Terminated):
+            self._attended_failed(t, 487)
+        elif isinstance(event, ReinviteReceived):
+            try:
+                leg.reject_reinvite(491)
+            except SessionError as exc:
+                log.debug("call %s: %s", leg.call_id, exc)
+        elif isinstance(event, DialogRequestReceived):
+            _respond(leg, event.request, 500, headers=(("Retry-After", "1"),))
+
+    def _attended_answered(self, t: _Attended, event: ReinviteAnswered) -> None:
+        leg, response = t.leg, event.response
+        assert leg is not None
+        media = self.call.media
+        if t.session is not None and t.sdp is not None:
+            assert media is not None
+            try:
+                media.replace(t.side, t.session, t.sdp, response.body)
+            except MediaError as exc:
+                log.warning("call %s: cannot relay the replaced party's media: %s", leg.call_id, exc)
+                self._attended_failed(t, 488)
+                return
+            t.session = None
+        elif event.answer_owed and response.body:
+            self._connecting = _Connect(t.transferee, leg, response.body, response.get("content-type"))
+        else:
+            log.warning("call %s: the replaced party answered without an offer", leg.call_id)
+            self._attended_failed(t, 488)
+            return
+        self._attended_done(t)
+
+    def _attended_done(self, t: _Attended) -> None:
+        """The replaced party takes the transferor's place (relayed, or being connected to the transferee)."""
+        assert t.leg is not None and t.party is not None
+        call, party = self.call, t.party
+        self._attended = None
+        self._take_place(t, t.leg, party.extension)
+        call.answered_by, call.answered_contact = party.answered_by, party.contact
+        call.destination, call.transferred_by = (party.kind, party.ident), t.extension
+        self.b2bua._uncount_busy(call, t.extension)
+        if party.extension is not None:
+            self.b2bua._count_busy(call, party.extension)
+        self._announce(t, 200)
+        log.info("call %s: transferred by %s to %s (attended)", t.leg.call_id, t.extension, party.ident)
+
+    def _attended_failed(self, t: _Attended, status: int) -> None:
+        """Tell the transferor; a replaced party already handed over is hung up (its call is gone), and
+        without the transferor the transferee too."""
+        if self._attended is t:
+            self._attended = None
+        if t.session is not None:
+            t.session.close()
+            t.session = None
+        if t.leg is not None:
+            _hang_up(t.leg)
+        self._notify(t, status, final=True)
+        self._announce(t, status)
+        log.info("call %s: attended transfer by %s failed: %s", t.transferor.call_id, t.extension, status)
+        if t.transferor.terminated:
+            _hang_up(t.transferee)
 
     # ------------------------------------------------------------------------------------ the target
 
@@ -536,6 +939,8 @@ class Transfers:
                         if event.response.status in (180, 183) and not t.ringing:
                             t.ringing = True
                             self._notify(t, 180)
+                            if self.call.media is not None:  # the transferee hears the target ring
+                                self.call.media.ring_back(t.side.other)
                     elif isinstance(event, Answered):
                         assert isinstance(leg, OutgoingCall)
                         won = (leg, event)
@@ -602,13 +1007,7 @@ class Transfers:
             self._fail(t, 488)
             return
         self._pending = None
-        self.legs[0 if t.side is Side.A else 1] = winner
-        self._parties[winner] = won.party
-        self._replacement = (t.side, winner)
-        self._notify(t, 200, final=True)
-        if not t.transferor.terminated:
-            loop = asyncio.get_running_loop()
-            self._timers.append(loop.call_later(self.bye_after, _hang_up, t.transferor))
+        self._take_place(t, winner, won.party)
         call.answered_by, call.answered_contact = won.answered_by, won.contact
         call.destination, call.transferred_by = t.destination, t.extension
         self.b2bua._uncount_busy(call, t.extension)
@@ -621,6 +1020,19 @@ class Transfers:
                 self.b2bua._post_dial(call, won.post_dial, t.side)
         self._announce(t, 200)
         log.info("call %s: transferred by %s to %s", winner.call_id, t.extension, won.answered_by)
+
+    def _take_place(self, t: _Transfer | _Attended, leg: Call, party: str | None) -> None:
+        """``leg`` (employee ``party``, None: outside) takes the transferor's place: the bridge is told, the
+        transferor gets NOTIFY 200 and, unless it hangs up first, our BYE after :attr:`bye_after`."""
+        self.legs[0 if t.side is Side.A else 1] = leg
+        self._parties[leg] = party
+        self._unindex(t.transferor)
+        self._index(leg)
+        self._replacement = (t.side, leg)
+        self._notify(t, 200, final=True)
+        if not t.transferor.terminated:
+            loop = asyncio.get_running_loop()
+            self._timers.append(loop.call_later(self.bye_after, _hang_up, t.transferor))
 
     def _connect(self) -> None:
         """Not anchored: re-INVITE the transferee with the target's offer once it is free for it."""
@@ -645,26 +1057,34 @@ class Transfers:
         if t.session is not None:
             t.session.close()
             t.session = None
+        if self.call.media is not None:
+            self.call.media.relay_again()  # the ringback ends
         self._notify(t, status, final=True)
         self._announce(t, status)
         log.info("call %s: transfer by %s failed: %s", t.transferor.call_id, t.extension, status)
         if t.transferor.terminated:
             _hang_up(t.transferee)
 
-    def _announce(self, t: _Transfer, status: int) -> None:
-        kind, ident = t.destination if t.destination is not None else (None, None)
-        self.b2bua._emit(
-            CallTransferred(
-                self.b2bua._call_id(self.call),
-                t.extension,
-                format_dialstring(t.target.dialled),
-                kind,
-                ident,
-                status,
+    def _announce(self, t: _Transfer | _Attended, status: int) -> None:
+        call_id = self.b2bua._call_id(self.call)
+        if isinstance(t, _Attended):
+            party = t.party
+            if party is None:
+                fact = CallTransferred(
+                    call_id, t.extension, t.target.label, None, None, status, attended=True
+                )
+            else:
+                fact = CallTransferred(
+                    call_id, t.extension, party.ident, party.kind, party.ident, status, attended=True
+                )
+        else:
+            kind, ident = t.destination if t.destination is not None else (None, None)
+            fact = CallTransferred(
+                call_id, t.extension, format_dialstring(t.target.dialled), kind, ident, status
             )
-        )
+        self.b2bua._emit(fact)
 
-    def _notify(self, t: _Transfer, status: int, *, final: bool = False) -> None:
+    def _notify(self, t: _Transfer | _Attended, status: int, *, final: bool = False) -> None:
         """NOTIFY the transferor of ``status`` (RFC 3515 §2.4.4), unless it asked for none or has left."""
         leg = t.transferor
         if not t.target.subscribe or leg.terminated:
@@ -697,6 +1117,19 @@ def _respond(
         leg.respond(request, status, reason=reason, headers=headers)
     except SessionError as exc:
         log.info("call %s: %s to %s not sent: %s", leg.call_id, status, request.method, exc)
+
+
+def _number(leg: Call) -> str:
+    """The number of a party outside: the one we called, or the caller's (its From URI's user)."""
+    invite = leg.invite
+    if invite is None:
+        return ""
+    uri = invite.uri if isinstance(leg, OutgoingCall) else invite.from_.uri
+    if isinstance(uri, TelUri):
+        return uri.number
+    if isinstance(uri, SipUri) and uri.user:
+        return uri.user
+    return str(uri)
 
 
 def _hang_up(leg: Call) -> None:

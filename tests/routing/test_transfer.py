@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import attrs
 import pytest
@@ -24,7 +25,16 @@ from routing.events import CallFact, CallTransferred, DigitSent
 from routing.greeting_flow import media_address
 from routing.resolver import Resolver
 from routing.server import Server
-from routing.transfer import ALLOW, ReferRefused, ReferTarget, Transfers, parse_refer
+from routing.transfer import (
+    ALLOW,
+    AttendedTarget,
+    ReferRefused,
+    ReferTarget,
+    Replaces,
+    Transfers,
+    parse_refer,
+    parse_replaces,
+)
 from sipcore import Endpoint
 from sipcore.core import CoreConfig
 from sipcore.message import Request
@@ -33,6 +43,7 @@ from sipcore.session import (
     DialogRequestReceived,
     DialogResponseReceived,
     ReinviteAnswered,
+    ReinviteConfirmed,
     ReinviteReceived,
     SessionEvent,
     TerminationReason,
@@ -132,6 +143,19 @@ def refer(leg: Call, target: str, *extra: tuple[str, str]) -> Request:
     return leg.send_request("REFER", headers=[("Refer-To", target), *extra])
 
 
+def replacing(user: str, dialog: Call) -> str:
+    """A Refer-To for an attended transfer: ``user`` with a Replaces naming ``dialog`` as its phone sees it
+    (RFC 3891: the to-tag is the far end's tag, the from-tag the phone's own)."""
+    ident = dialog.session.dialog_id
+    assert ident is not None
+    value = f"{ident.call_id};to-tag={ident.remote_tag};from-tag={ident.local_tag}"
+    return f"<sip:{user}@office.example?Replaces={quote(value, safe='')}>"
+
+
+def reinvited(wanted: str) -> Callable[[SessionEvent], bool]:
+    return lambda e: isinstance(e, ReinviteReceived) and direction(e.offer) == wanted
+
+
 def mirrored(phone_sdp: bytes) -> Callable[[bytes], bytes]:
     """Answers an offer with ``phone_sdp`` in the mirrored direction (RFC 3264 §6.1)."""
     return lambda offer: with_direction(phone_sdp, MIRROR[direction(offer)])
@@ -194,13 +218,20 @@ def test_parse_refer_takes_a_target_and_refuses_what_it_cannot_do() -> None:
     assert target.referred_by == "<sip:102@office.example>"
     tel = parse_refer(request(("Refer-To", "<tel:+49891234567>"), ("Refer-Sub", "false")))
     assert isinstance(tel, ReferTarget) and tel.dialled.digits == "49891234567" and not tel.subscribe
+    attended = parse_refer(
+        request(("Refer-To", "<sip:103@office.example?Replaces=abc%40h%3Bto-tag%3D1%3Bfrom-tag%3D2>"))
+    )
+    assert isinstance(attended, AttendedTarget) and attended.label == "103" and attended.subscribe
+    assert attended.replaces == Replaces("abc@h", "1", "2")
+    assert parse_replaces("x; from-tag=b ;to-tag=a;early-only") == Replaces("x", "a", "b", early_only=True)
     refusals = {
         (): 400,
         (("Refer-To", "<sip:103@office.example>"), ("Refer-To", "<sip:104@office.example>")): 400,
         (("Refer-To", "<sip:103@office"),): 400,
         (("Refer-To", "<http://example.com/>"),): 400,
         (("Refer-To", "<sip:office.example>"),): 484,
-        (("Refer-To", "<sip:103@office.example?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>"),): 501,
+        (("Refer-To", "<sip:103@office.example?Replaces=abc%3Bto-tag%3D1>"),): 400,
+        (("Refer-To", "<sip:103@office.example?Replaces=a%3Bto-tag%3D1%3Bfrom-tag%3D2&Replaces=b>"),): 400,
         (("Refer-To", "<sip:103@office.example;method=BYE>"),): 403,
     }
     for headers, status in refusals.items():
@@ -549,7 +580,7 @@ async def test_refer_from_the_trunk_and_unusable_refers_are_refused_and_the_call
     # A provider cannot re-route our calls.
     assert await answered_with(call, caller, ("Refer-To", "<sip:103@office.example>")) == 403
     assert await answered_with(leg, transferor) == 400
-    assert await answered_with(leg, transferor, ("Refer-To", "<sip:103@office.example?Replaces=x>")) == 501
+    assert await answered_with(leg, transferor, ("Refer-To", "<sip:103@office.example?Replaces=x>")) == 400
     assert await answered_with(leg, transferor, ("Refer-To", "<sip:199@office.example>")) == 404
     assert transferor.notifies == [] and caller.notifies == []
     assert not call.terminated and not leg.terminated
@@ -582,6 +613,330 @@ async def test_a_second_refer_while_one_rings_is_491_and_the_call_ending_stops_t
     transferor.close()
     (transferred,) = [f for f in facts if isinstance(f, CallTransferred)]
     assert transferred.status == 487
+
+
+# ------------------------------------------------------------------------------- attended transfers
+
+
+async def test_attended_transfer_connects_the_held_customer_with_the_consulted_colleague(
+    office: Office,
+) -> None:
+    """Call 1 is anchored (a customer through the greeting to 102), call 2 is not (102 dialled 103): 103 is
+    not rung again; a re-INVITE in its own dialog offers it a port of ours, and the customer hears 103."""
+    takes_refer(office)
+    cdr = InMemoryCdrStore()
+    office.b2bua.cdr = cdr
+    facts = facts_of(office)
+    call, rtp, where, leg, bernd, _ = await anchored(office)
+    carla, carla_rtp = await phone(office, "103")
+    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
+    leg.reinvite(body=with_direction(bernd.sdp, "sendonly"))  # 102 holds the customer …
+    await event_of(leg, ReinviteAnswered)
+    await caller.wait_for(reinvited("sendonly"))
+    consult = bernd.dial("103")  # … and calls 103
+    await answered(consult)
+    at_carla = await carla.next_call()
+    target = Watch(at_carla, mirrored(carla.sdp))
+    await target.wait_for(lambda e: isinstance(e, Confirmed))
+    consulting = Watch(consult)
+
+    transferor = Watch(leg)
+    refer(leg, replacing("103", consult))
+    assert await transferor.response("REFER") == 202
+    await transferor.notify(b"SIP/2.0 100 Trying\r\n")
+    offer = await target.wait_for(lambda e: isinstance(e, ReinviteReceived))
+    assert isinstance(offer, ReinviteReceived) and direction(offer.offer) == "sendrecv"
+    carla_to = media_address(parse_sdp(offer.offer))
+    office_b = media_address(parse_sdp(leg.request.body))
+    assert carla_to is not None and carla_to not in (where, office_b)  # an anchor of call 1 for 103
+    done = await transferor.notify(b"SIP/2.0 200 OK\r\n")
+    assert done.get("subscription-state") == "terminated;reason=noresource"
+    assert (await ended(consult)).reason is TerminationReason.REMOTE_BYE  # our BYE ends 102's call 2
+    leg.bye()
+    assert (await ended(leg)).reason is TerminationReason.LOCAL_BYE
+
+    await caller.wait_for(reinvited("sendrecv"))  # the customer is resumed, towards 103
+    await asyncio.sleep(0.1)
+    await exchange(rtp, where, carla_rtp, carla_to)
+    assert audio_in(rtp) > 0 and audio_in(carla_rtp) > 0
+    assert carla.calls.empty() and not at_carla.terminated  # nobody rang 103 again
+    assert office.b2bua.busy == {"103": 1}
+    call.bye()
+    assert (await ended(at_carla)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+    assert not office.b2bua.bridged  # the dialog index empties with the calls
+    for watch in (caller, target, consulting, transferor):
+        watch.close()
+    assert call.invite is not None
+    transfers = [f for f in facts if isinstance(f, CallTransferred)]
+    assert transfers == [
+        CallTransferred(call.invite.call_id, "102", "103", "employee", "103", 200, attended=True)
+    ]
+    consultation, transferred = cdr.records
+    assert consultation.call_id == consult.call_id and consultation.caller == "102"
+    assert consultation.answered_by == "103" and consultation.disposition is Disposition.ANSWERED
+    assert consultation.transferred_by is None
+    assert transferred.call_id == call.invite.call_id and transferred.answered_by == "103"
+    assert transferred.transferred_by == "102"
+    assert (transferred.destination_kind, transferred.destination_id) == ("employee", "103")
+
+
+@pytest.mark.parametrize("both_held", [False, True])
+async def test_attended_transfer_between_two_anchored_calls_moves_the_media_without_any_invite(
+    office: Office, both_held: bool
+) -> None:
+    """Two customers through the greeting, both answered by 102: the second customer's RTP session joins
+    the first one's relay, so no customer gets an INVITE; only a held one is resumed (the second with the
+    origin its call gave it, the version counted up)."""
+    takes_refer(office)
+    facts = facts_of(office)
+    call, rtp, where, leg, bernd, _ = await anchored(office)
+    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
+    leg.reinvite(body=with_direction(bernd.sdp, "sendonly"))
+    await event_of(leg, ReinviteAnswered)
+    await caller.wait_for(reinvited("sendonly"))
+    rtp2 = await office.sink()
+    second = office.provider.dial(SHORT, sdp("provider-2", rtp2.port))
+    where2 = media_address(parse_sdp(await answered(second, timeout=5)))
+    assert where2 is not None and where2 != where
+    leg2 = await bernd.next_call(timeout=5)
+    await event_of(leg2, Confirmed)
+    caller2 = Watch(second, mirrored(sdp("provider-2", rtp2.port)))
+    if both_held:
+        leg2.reinvite(body=with_direction(bernd.sdp, "sendonly"))
+        await event_of(leg2, ReinviteAnswered)
+        await caller2.wait_for(reinvited("sendonly"))
+    consulting = Watch(leg2)
+
+    transferor = Watch(leg)
+    refer(leg, replacing("103", leg2))  # the user part does not matter: Replaces names the call
+    assert await transferor.response("REFER") == 202
+    await transferor.notify(b"SIP/2.0 200 OK\r\n")
+    assert (await ended(leg2)).reason is TerminationReason.REMOTE_BYE
+    leg.bye()
+    await ended(leg)
+    await caller.wait_for(reinvited("sendrecv"))
+    if both_held:
+        await caller2.wait_for(reinvited("sendrecv"))
+        held, resumed = (parse_sdp(offer).origin for offer in caller2.reinvite_offers())
+        assert resumed.session_id == held.session_id
+        assert resumed.session_version == held.session_version + 1
+    await asyncio.sleep(0.1)
+    await exchange(rtp, where, rtp2, where2)  # each customer keeps sending to its own anchor
+    assert audio_in(rtp) > 0 and audio_in(rtp2) > 0
+    assert len(caller2.reinvite_offers()) == (2 if both_held else 0) and not second.terminated
+    assert not office.b2bua.busy
+    second.bye()
+    assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+    assert not office.b2bua.bridged
+    for watch in (caller, caller2, consulting, transferor):
+        watch.close()
+    assert call.invite is not None
+    (transferred,) = [f for f in facts if isinstance(f, CallTransferred)]
+    assert transferred == CallTransferred(
+        call.invite.call_id, "102", "+4989123456", "external", "+4989123456", 200, attended=True
+    )
+
+
+@pytest.mark.parametrize("refer_in", ["held call", "consultation"])
+async def test_attended_transfer_of_internal_calls_hands_the_sdp_across(
+    office: Office, refer_in: str
+) -> None:
+    """Not anchored (RFC 3725 flow I): the replaced party gets an offerless re-INVITE, its offer goes to the
+    transferee in a re-INVITE and the answer back in the ACK. Some phones send the REFER in the held call,
+    others in the consultation: the call the REFER came in survives."""
+    takes_refer(office)
+    anna, _ = await phone(office, "101")
+    bernd, _ = await phone(office, "102")
+    carla, _ = await phone(office, "103")
+    call = anna.dial("102")
+    await answered(call)
+    at_bernd = await bernd.next_call()
+    consult = bernd.dial("103")
+    await answered(consult)
+    at_carla = await carla.next_call()
+    watches = {
+        "anna": Watch(call, lambda offer: anna.sdp),
+        "carla": Watch(at_carla, lambda offer: carla.sdp),
+        "held": Watch(at_bernd),
+        "consultation": Watch(consult),
+    }
+    await watches["held"].wait_for(lambda e: isinstance(e, Confirmed))
+    await watches["carla"].wait_for(lambda e: isinstance(e, Confirmed))
+    if refer_in == "held call":
+        transferor, other = at_bernd, consult
+        refer(at_bernd, replacing("103", consult))
+        transferee, party = (watches["anna"], anna), (watches["carla"], carla)
+    else:
+        transferor, other = consult, at_bernd
+        refer(consult, replacing("101", at_bernd))
+        transferee, party = (watches["carla"], carla), (watches["anna"], anna)
+    sender = watches["held" if refer_in == "held call" else "consultation"]
+    assert await sender.response("REFER") == 202
+    await sender.notify(b"SIP/2.0 200 OK\r\n")
+    assert (await ended(other)).reason is TerminationReason.REMOTE_BYE
+
+    party_watch, party_phone = party
+    transferee_watch, transferee_phone = transferee
+    confirmed = await party_watch.wait_for(lambda e: isinstance(e, ReinviteConfirmed))
+    assert isinstance(confirmed, ReinviteConfirmed) and confirmed.ack.body == transferee_phone.sdp
+    assert party_watch.reinvite_offers() == [b""]  # offerless
+    assert transferee_watch.reinvite_offers() == [party_phone.sdp]
+    transferor.bye()
+    await ended(transferor)
+    # The callee of the surviving call is busy with it (ring groups skip them), and the party brought.
+    assert office.b2bua.busy == ({"103": 1} if refer_in == "held call" else {"101": 1, "103": 1})
+    call.bye()  # 101 hangs up: 103's leg ends
+    assert (await ended(at_carla)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+    for watch in watches.values():
+        watch.close()
+
+
+async def test_attended_transfer_to_an_anchored_call_out_releases_its_anchor(office: Office) -> None:
+    """The held call is internal (not anchored), the consultation a call out (anchored): the client gets an
+    offerless re-INVITE, its own offer goes to the transferee, and media flows between them directly."""
+    takes_refer(office)
+    facts = facts_of(office)
+    client = await DemoProvider().start()
+    try:
+        point_trunk_at(office, client.port)
+        anna, _ = await phone(office, "101")
+        bernd, _ = await phone(office, "102")
+        call = anna.dial("102")
+        await answered(call)
+        at_bernd = await bernd.next_call()
+        consult = bernd.dial("+49891234567")
+        await answered(consult)
+        out = await asyncio.wait_for(client.calls.get(), 3)
+        client_sdp = sdp("provider", client.rtp.port)
+        transferee = Watch(call, lambda offer: anna.sdp)
+        party = Watch(out, lambda offer: client_sdp)
+        consulting = Watch(consult)
+        transferor = Watch(at_bernd)
+        await transferor.wait_for(lambda e: isinstance(e, Confirmed))
+        refer(at_bernd, replacing("+49891234567", consult))
+        assert await transferor.response("REFER") == 202
+        await transferor.notify(b"SIP/2.0 200 OK\r\n")
+        assert (await ended(consult)).reason is TerminationReason.REMOTE_BYE
+        confirmed = await party.wait_for(lambda e: isinstance(e, ReinviteConfirmed))
+        assert isinstance(confirmed, ReinviteConfirmed) and confirmed.ack.body == anna.sdp
+        assert party.reinvite_offers() == [b""] and transferee.reinvite_offers() == [client_sdp]
+        at_bernd.bye()
+        await ended(at_bernd)
+        out.bye()  # the client hangs up: 101's leg ends
+        assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
+        await office.idle()
+        for watch in (transferee, party, consulting, transferor):
+            watch.close()
+    finally:
+        await client.close()
+    (transferred,) = [f for f in facts if isinstance(f, CallTransferred)]
+    assert (transferred.target, transferred.destination_kind, transferred.status) == (
+        "+49891234567",
+        "external",
+        200,
+    )
+
+
+async def test_replaces_naming_no_call_of_ours_or_someone_elses_is_notified_and_the_calls_go_on(
+    office: Office,
+) -> None:
+    takes_refer(office)
+    facts = facts_of(office)
+    call, rtp, _, leg, _, _ = await anchored(office)
+    anna, _ = await phone(office, "101")
+    carla, _ = await phone(office, "103")
+    theirs = anna.dial("103")  # a call of 101 and 103, not 102's
+    await answered(theirs)
+    at_carla = await carla.next_call()
+    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
+    transferor = Watch(leg)
+
+    async def notified(target: str) -> bytes:
+        transferor.events.clear()
+        refer(leg, target)
+        assert await transferor.response("REFER") == 202
+        final = await transferor.wait_for(
+            lambda e: (
+                isinstance(e, DialogRequestReceived)
+                and e.request.method == "NOTIFY"
+                and (e.request.get("subscription-state") or "").startswith("terminated")
+            )
+        )
+        assert isinstance(final, DialogRequestReceived)
+        return final.request.body
+
+    nowhere = "<sip:103@office.example?Replaces=nosuch%3Bto-tag%3Da%3Bfrom-tag%3Db>"
+    assert await notified(nowhere) == b"SIP/2.0 481 Call/Transaction Does Not Exist\r\n"
+    assert (await notified(replacing("103", theirs))).startswith(b"SIP/2.0 403 ")
+    assert (await notified(replacing("103", leg))).startswith(b"SIP/2.0 403 ")  # its own call
+    await asyncio.sleep(0.1)
+    assert not any(c.terminated for c in (call, leg, theirs, at_carla))
+    for ended_call in (call, theirs):
+        ended_call.bye()
+    await ended(leg)
+    await ended(at_carla)
+    await office.idle()
+    caller.close()
+    transferor.close()
+    transferred = [f for f in facts if isinstance(f, CallTransferred)]
+    assert [(f.status, f.attended) for f in transferred] == [(481, True), (403, True), (403, True)]
+    assert transferred[0].target == "103" and transferred[0].destination_kind is None
+
+
+# ------------------------------------------------------------------------------ transferee ringback
+
+
+@pytest.mark.parametrize("outcome", ["answer", "reject"])
+async def test_the_transferee_hears_ringback_while_the_target_rings(office: Office, outcome: str) -> None:
+    """Anchored: from the target's 180 on, the transferee gets our ringback (numbered on from the relay);
+    the target's answer or refusal ends it."""
+    takes_refer(office)
+    call, rtp, where, leg, _, bernd_rtp = await anchored(office)
+    carla, carla_rtp = await phone(office, "103", Script(outcome, delay=0.8, status=486))
+    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
+    office_b = media_address(parse_sdp(leg.request.body))
+    assert office_b is not None
+    await asyncio.sleep(0.1)
+    await exchange(rtp, where, bernd_rtp, office_b)
+    last = max(p.sequence_number for p in rtp.packets if p.payload_type == 0)
+
+    transferor = Watch(leg)
+    refer(leg, "<sip:103@office.example>")
+    assert await transferor.response("REFER") == 202
+    await transferor.notify(b"SIP/2.0 180 Ringing\r\n")
+    rtp.packets.clear()
+    await asyncio.sleep(0.3)  # nobody sends: what the customer gets is the ringback
+    ringback = [p for p in rtp.packets if p.payload_type == 0]
+    assert len(ringback) >= 8
+    assert any(p.payload != b"\xff" * 160 for p in ringback)  # the 425 Hz tone, not silence
+    assert 0 < (ringback[0].sequence_number - last) % 65536 < 1000  # on from the relay, not back
+
+    if outcome == "answer":
+        await transferor.notify(b"SIP/2.0 200 OK\r\n")
+        at_carla = await carla.next_call()
+        await event_of(at_carla, Confirmed)
+        carla_to = media_address(parse_sdp(at_carla.request.body))
+        assert carla_to is not None
+        rtp.packets.clear()
+        await asyncio.sleep(0.2)
+        assert rtp.packets == []  # the ringback stopped
+        await exchange(rtp, where, carla_rtp, carla_to)
+        assert audio_in(rtp) > 0 and audio_in(carla_rtp) > 0
+    else:
+        await transferor.notify(b"SIP/2.0 486 Busy Here\r\n")
+        await asyncio.sleep(0.05)
+        rtp.packets.clear()
+        await asyncio.sleep(0.2)
+        assert rtp.packets == []  # the ringback stopped …
+        await exchange(rtp, where, bernd_rtp, office_b)  # … and 102 is relayed again
+        assert audio_in(rtp) > 0 and audio_in(bernd_rtp) > 0
+    call.bye()
+    await office.idle()
+    caller.close()
+    transferor.close()
 
 
 # ------------------------------------------------------------------------------------ the server
