@@ -28,7 +28,8 @@ from one queue, so a call flow reads like the call:
    ``directory.server.rtp_ports``), the number's greeting plays, and digits (RFC 4733, in-band and SIP
    INFO, merged) feed the :class:`~routing.collector.DigitCollector` while it plays; see
    :mod:`routing.greeting_flow`. A valid extension is rung, anything else goes to the number's default
-   destination. While devices ring the caller hears a generated ringback (425 Hz); the callee is offered
+   destination. While devices ring the caller hears the number's ``music`` or a generated ringback
+   (425 Hz, 1 s on, 4 s off); the callee is offered
    a second anchored port and, once it answers, RTP is relayed between the two ports
    (:class:`~media.relay.MediaBridge`). On an anchored call a re-INVITE (or an UPDATE with SDP) is
    answered by the B2BUA on that leg (the relay learns the new direction; an offerless re-INVITE gets
@@ -332,6 +333,9 @@ class _Call:
     #: client answers.
     caller_sdp: bytes | None = None
     ringing: bool = False
+    #: Played to the caller of an anchored call while its destination rings (the number's music), else the
+    #: generated ringback.
+    music: Greeting | None = None
     #: Anchored legs whose offerless re-INVITE we answered with an offer: their ACK brings the answer.
     offered_in_2xx: set[Side] = attrs.Factory(set)
     #: The B-leg whose early media (a 1xx with SDP) the caller gets, if any.
@@ -959,7 +963,7 @@ class B2bua:
         if isinstance(call.a, IncomingCall) and call.a.state is SessionState.INCOMING:
             call.a.ring(180)  # not answered yet (a call out anchors media, but answers only with the client)
         elif call.media is not None:
-            call.media.play_to_caller(ringback(), loop=True)
+            call.media.play_to_caller(call.music or ringback(), loop=True)
 
     def _caller_event(self, call: _Call, event: SessionEvent) -> None:
         """An event of the caller's leg before the bridge: held for it, or (anchored) handled here."""
@@ -1400,6 +1404,11 @@ class B2bua:
         result = collection.result.result()
         log.info("call %s to %s: %s", a.call_id, number.number, result)
         call.digits = result.extension if isinstance(result, ExtensionDialled) else result.digits
+        if number.music is not None:
+            try:
+                call.music = self.greetings.get(number.music)
+            except GreetingError as exc:
+                log.error("call %s: music of %s: %s (ringback instead)", a.call_id, number.number, exc)
         if isinstance(result, ExtensionDialled):
             route = self.resolver.resolve_destination(ExtensionRef(result.extension))
             if not isinstance(route, Refused):

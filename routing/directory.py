@@ -9,8 +9,8 @@ header line and each ``key =`` inside it to its line. The scan understands the d
 header or ``key = value`` per line, multi-line arrays, comments); for anything more exotic (inline tables,
 dotted keys) it falls back to the nearest enclosing table's line.
 
-Relative paths (``state_dir``, ``greeting``) are resolved against the folder holding the TOML file, never
-the current directory, so a configuration means the same wherever the server is started.
+Relative paths (``state_dir``, ``greeting``, ``music``) are resolved against the folder holding the TOML file,
+never the current directory, so a configuration means the same wherever the server is started.
 """
 
 from __future__ import annotations
@@ -182,6 +182,8 @@ class Number:
     default: Destination
     extension_processing: bool = False
     greeting: Path | None = None
+    #: What a caller hears while the dialled extension rings (extension processing only; None: ringback).
+    music: Path | None = None
 
 
 @attrs.frozen
@@ -347,7 +349,7 @@ _TABLES: Final = {
     },
     "group": {"extension", "name", "strategy", "members", "ring_seconds", "fallback"},
     "trunk": {"name", "host", "port", "transport", "username", "password", "register", "inbound_from"},
-    "number": {"number", "trunk", "extension_processing", "greeting", "default"},
+    "number": {"number", "trunk", "extension_processing", "greeting", "music", "default"},
     "crm": {"name", "number"},
 }
 _HOST_RE: Final = re.compile(
@@ -757,12 +759,24 @@ class _Loader:
                 "extension_processing",
                 "extension processing needs a greeting (digits are taken while it plays)",
             )
+        music_text = c.get(t, i, data, "music", str, None)
+        music: Path | None = None
+        if music_text is not None:
+            music = self.base / music_text
+            if not music.is_file():
+                c.report(t, i, "music", f"file {str(music)!r} does not exist (relative to the config file)")
+                music = None
+            elif processing is False:
+                c.report(
+                    t, i, "music", "music needs extension_processing (only then is the call answered here)"
+                )
+                music = None
         default = self.destination(t, i, data, "default", _MISSING)
         if number is None or trunk is None or processing is None or default is None:
             return None
-        if greeting_text is not None and greeting is None:
+        if (greeting_text is not None and greeting is None) or (music_text is not None and music is None):
             return None
-        return Number(number, trunk, default, processing, greeting)
+        return Number(number, trunk, default, processing, greeting, music)
 
     def crm(self, i: int, data: Mapping[str, Any]) -> CrmContact | None:
         c, t = self.c, "crm"

@@ -323,6 +323,20 @@ CASES = [
     ),
     (
         'default = "200"',
+        'default = "200"\nmusic = "nope.wav"',
+        "music",
+        "number[1].music",
+        "nope.wav",
+    ),
+    (
+        'default = "200"',
+        'default = "200"\nmusic = "office.toml"',
+        "music",
+        "number[1].music",
+        "needs extension_processing",
+    ),
+    (
+        'default = "200"',
         'default = "200"\nextension_processing = true',
         "extension_processing",
         "number[1].extension_processing",

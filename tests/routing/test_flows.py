@@ -17,6 +17,7 @@ from phones import FAST, Phone, Script, sdp
 from media.dtmf_info import DTMF_RELAY_CONTENT_TYPE, format_dtmf_relay
 from media.dtmf_rfc4733 import TelephoneEventSender
 from media.errors import SdpError
+from media.g711 import ulaw_decode
 from media.rtp import RtpPacket, parse
 from media.sdp import Origin, parse_sdp
 from media.session import PortAllocator, RtpSession
@@ -377,6 +378,36 @@ async def test_digits_during_the_greeting_ring_that_extension_and_media_is_relay
         ("1", "rfc4733"),
     ]
     assert any(isinstance(f, CallAnswered) for f in facts)
+
+
+async def test_the_numbers_music_plays_while_the_extension_rings(office: Office, tmp_path: Path) -> None:
+    """A number with ``music``: after the greeting the caller hears it (a 1 kHz tone here), not ringback."""
+    t = np.arange(8000) / 8000
+    with wave.open(str(tmp_path / "music.wav"), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes((3000 * np.sin(2 * np.pi * 1000 * t)).astype("<i2").tobytes())
+    directory = office.b2bua.directory
+    numbers = tuple(
+        attrs.evolve(n, music=tmp_path / "music.wav") if n.number == SHORT else n for n in directory.numbers
+    )
+    directory = attrs.evolve(directory, numbers=numbers)
+    office.b2bua.directory, office.b2bua.resolver = directory, Resolver(directory)
+
+    bernd = await office.phone("102", Script("ignore"))
+    call, rtp, _ = await answered_anchored(office, SHORT)  # no digits: the default, 102, rings
+    await bernd.next_call()
+    await asyncio.sleep(0.3)
+    rtp.packets.clear()
+    await asyncio.sleep(0.6)
+    payload = b"".join(p.payload for p in sorted(rtp.packets, key=lambda p: p.sequence_number))
+    samples = ulaw_decode(payload[:4000]).astype(float)
+    spectrum = np.abs(np.fft.rfft(samples))
+    assert len(samples) == 4000 and np.argmax(spectrum) * 8000 / len(samples) == pytest.approx(1000, abs=4)
+    call.bye()
+    await ended(call)
+    await office.idle()
 
 
 async def test_info_digits_during_the_greeting_are_taken_too(office: Office) -> None:
