@@ -38,6 +38,9 @@ from one queue, so a call flow reads like the call:
 6. **Bridged**: BYE on either side ends both legs; re-INVITEs (an offerless one too, its answer carried in
    the ACK), UPDATE and INFO are relayed to the other leg and their answers back (a request the other leg
    cannot take now gets 491 or 500); requests that arrived before the bridge are held and relayed then.
+   With ``anchor_media`` (the server's default) calls to employees and groups are anchored too: the
+   caller's offer is answered on a port of ours (sent when a device answers), every device is offered
+   another port of ours, and re-INVITEs are handled as on any anchored call (5.).
 
 7. **Calls out** (``ToExternal``; flow 5): the call leaves through the route's trunk — Request-URI
    ``sip:<e164>@<trunk host>:<port>``, From the office's identity on that trunk (:func:`trunk_identity`),
@@ -400,6 +403,8 @@ class B2bua:
     :attr:`ring_state_path` (``state_dir/ring_state.json``) and written there, as JSON, whenever a call to
     such a group changes it, so the rotation survives a restart. Calls out ring the client for at most
     ``dial_out_seconds``. ``cdr`` gets one record per call (refusals other than challenges included).
+    ``anchor_media``: also anchor calls to employees and groups (flows 1, 2, 4), as :class:`~routing.server.
+    Server` does by default (``[server] anchor_media``); off, their SDP passes through between the phones.
     """
 
     def __init__(
@@ -418,8 +423,10 @@ class B2bua:
         ring_state: RingGroupState | None = None,
         dial_out_seconds: float = 120.0,
         cdr: CdrStore | None = None,
+        anchor_media: bool = False,
     ) -> None:
         self.ua = ua
+        self.anchor_media = anchor_media
         self.registrar = registrar
         self.directory = directory
         self.resolver = resolver
@@ -647,6 +654,9 @@ class B2bua:
 
     async def _deliver(self, call: _Call, route: Route) -> None:
         """Ring ``route`` (an employee, a group and its fallbacks); the call ends answered or refused."""
+        anchor = self.anchor_media and call.media is None and not isinstance(route, ToExternal | Refused)
+        if anchor and not await self._anchor(call):
+            return
         seen_groups: set[str] = set()
         for _ in range(MAX_HOPS):
             if call.a.terminated:
@@ -1088,6 +1098,28 @@ class B2bua:
             else:
                 leg.bye()
 
+    async def _anchor(self, call: _Call) -> bool:
+        """Anchor the media of a caller not answered yet: our answer to its offer (or our offer, for an
+        offerless INVITE) on a port of ours, sent once a destination answers; every destination is offered
+        another port of ours and the two are relayed. False: the caller got 503/488 (no port, no usable
+        SDP) or has left."""
+        a = call.a
+        assert isinstance(a, IncomingCall)
+        ports, address = self._media_ports(a.flow)
+        media = call.media = AnchoredMedia(ports, self.media_clock, address)
+        offer = a.request.body
+        try:
+            call.caller_sdp = await (media.answer_caller(offer) if offer else media.offer_caller())
+            await media.offer_callee()
+        except PortsExhausted:
+            log.error("call %s: no RTP port left", a.call_id)
+            self._fail(call, 503, "Service Unavailable (no media port)")
+            return False
+        except MediaError as exc:
+            self._fail(call, 488, f"Not Acceptable Here ({exc})")
+            return False
+        return not a.terminated
+
     # --------------------------------------------------------------------------------- flow 5: call out
 
     async def _call_out(self, call: _Call, route: ToExternal) -> None:
@@ -1103,14 +1135,11 @@ class B2bua:
             log.error("call %s: trunk %s unreachable: %s", a.call_id, trunk.name, exc)
             self._fail(call, 503, "Service Unavailable (trunk unreachable)")
             return
+        if call.media is None and not await self._anchor(call):
+            return  # a click-to-call anchors media as it rings the employee
         media = call.media
+        assert media is not None
         try:
-            if media is None:
-                assert isinstance(a, IncomingCall)  # a click-to-call anchors media as it rings the employee
-                ports, address = self._media_ports(a.flow)
-                media = call.media = AnchoredMedia(ports, self.media_clock, address)
-                offer = a.request.body
-                call.caller_sdp = await (media.answer_caller(offer) if offer else media.offer_caller())
             body = await media.offer_callee()
         except PortsExhausted:
             log.error("call %s: no RTP port left", a.call_id)

@@ -127,6 +127,9 @@ class ServerConfig:
     auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     #: CDR rows of calls that ended more than this many days ago are deleted (0: kept for ever).
     cdr_retention_days: int = 0
+    #: Relay the media of every call through our RTP ports (NAT-safe); off, calls between phones pass
+    #: their SDP through and media flows phone to phone (greeting calls and calls out are always anchored).
+    anchor_media: bool = True
 
     @property
     def realm(self) -> str:
@@ -336,7 +339,15 @@ class _Locator:
 T = TypeVar("T")
 
 _TABLES: Final = {
-    "server": {"domain", "listen", "state_dir", "rtp_ports", "auth_algorithms", "cdr_retention_days"},
+    "server": {
+        "domain",
+        "listen",
+        "state_dir",
+        "rtp_ports",
+        "auth_algorithms",
+        "cdr_retention_days",
+        "anchor_media",
+    },
     "employee": {
         "extension",
         "name",
@@ -540,6 +551,7 @@ class _Loader:
             algorithms = ["SHA-256", "MD5"]
         elif not algorithms and isinstance(data["auth_algorithms"], list) and not data["auth_algorithms"]:
             c.report("server", None, "auth_algorithms", "must name at least one algorithm")
+        anchor = c.get("server", None, data, "anchor_media", bool, True)
         retention = c.get("server", None, data, "cdr_retention_days", int, 0)
         if retention is not None and retention < 0:
             c.report(
@@ -565,6 +577,7 @@ class _Loader:
             rtp_ports=rtp,
             auth_algorithms=tuple(algorithms),
             cdr_retention_days=retention,
+            anchor_media=anchor is not False,
         )
 
     # ---------------------------------------------------------------------------------- employees

@@ -130,7 +130,14 @@ class Server:
         self._resolver_hook = resolver_hook
         self.resolver = Resolver(self.directory, resolver_config, resolver_hook)
         self.cdr = SqliteCdrStore(state_dir / "cdr.sqlite3")
-        self.b2bua = B2bua(self.ua, self.registrar, self.directory, self.resolver, cdr=_Announcing(self))
+        self.b2bua = B2bua(
+            self.ua,
+            self.registrar,
+            self.directory,
+            self.resolver,
+            cdr=_Announcing(self),
+            anchor_media=self.directory.server.anchor_media,
+        )
         self.b2bua.on_event = self._call_fact
         if self.calls is None:
             self.calls = self.b2bua.handle
@@ -249,6 +256,7 @@ class Server:
         self.resolver = Resolver(directory, self._resolver_config, self._resolver_hook)
         self.b2bua.directory = directory
         self.b2bua.resolver = self.resolver
+        self.b2bua.anchor_media = directory.server.anchor_media
         log.info("reloaded %s", source)
         self.events.emit("reloaded", directory)
         return True

@@ -211,10 +211,14 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, t
 
 
 @pytest.mark.interop
-async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(tmp_path: Path) -> None:
+@pytest.mark.parametrize("anchored", [True, False], ids=["anchored", "not-anchored"])
+async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(
+    tmp_path: Path, anchored: bool
+) -> None:
     """bernd (102) calls 101; both baresips; bernd's ``/transfer 103`` sends REFER. 103 (a third baresip)
     gets our offerless INVITE from 101, 101 a re-INVITE with 103's offer, bernd the NOTIFYs — and hangs up
-    by itself on the final ``SIP/2.0 200 OK`` (before our own BYE would come)."""
+    by itself on the final ``SIP/2.0 200 OK`` (before our own BYE would come). With media anchored (the
+    default) 101 gets no re-INVITE at all: the relay moves to 103's leg."""
     import socket
 
     from routing.events import CallTransferred
@@ -223,7 +227,8 @@ async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(tm
     binary = require_baresip()
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    settings = 'auth_algorithms = ["MD5"]' + ("" if anchored else "\nanchor_media = false")
+    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', settings))
     transfers: list[CallTransferred] = []
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
         server.events.on("transferred", transfers.append)
@@ -289,7 +294,8 @@ async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(tm
     (transferred,) = transfers
     assert (transferred.transferor, transferred.target, transferred.status) == ("102", "103", 200)
     assert "transferring call to sip:103@office.example" in bernd, bernd[-2000:]
-    assert "call: got re-INVITE (SDP Offer)" in anna, anna[-2000:]  # 103's offer, from us
+    reinvited = "call: got re-INVITE (SDP Offer)" in anna  # 103's offer, from us
+    assert reinvited is not anchored, anna[-2000:]
     assert "Call established: sip:101@office.example" in carla, carla[-2000:]  # 101 calls, as 103 sees it
     assert "incoming rtp for 'audio' established" in carla.split("Call established")[-1], carla[-2000:]
 
@@ -311,7 +317,8 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
     binary = require_baresip()
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    settings = 'auth_algorithms = ["MD5"]\nanchor_media = false'  # what this test is about: relayed as is
+    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', settings))
     server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
     trace = SipTrace(server.endpoint)
     async with server:

@@ -626,3 +626,11 @@ def test_check_config_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{path}:3: server.listen: ")
     assert out[-1].endswith(f"problems in {path}")
+
+
+def test_media_is_anchored_unless_turned_off(tmp_path: Path) -> None:
+    assert load_directory(write(tmp_path, BASE)).server.anchor_media is True
+    off = BASE.replace('domain = "office.example"', 'domain = "office.example"\nanchor_media = false')
+    assert load_directory(write(tmp_path, off)).server.anchor_media is False
+    bad = BASE.replace('domain = "office.example"', 'domain = "office.example"\nanchor_media = "yes"')
+    assert_problem(tmp_path, bad, "anchor_media", "server.anchor_media", "must be")
