@@ -227,8 +227,9 @@ async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(
     binary = require_baresip()
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8")
-    settings = 'auth_algorithms = ["MD5"]' + ("" if anchored else "\nanchor_media = false")
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', settings))
+    if not anchored:
+        text = text.replace("anchor_media = true", "anchor_media = false")
+    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
     transfers: list[CallTransferred] = []
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
         server.events.on("transferred", transfers.append)
@@ -317,8 +318,8 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
     binary = require_baresip()
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8")
-    settings = 'auth_algorithms = ["MD5"]\nanchor_media = false'  # what this test is about: relayed as is
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', settings))
+    text = text.replace("anchor_media = true", "anchor_media = false")  # this test is about relaying as is
+    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
     server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
     trace = SipTrace(server.endpoint)
     async with server:
