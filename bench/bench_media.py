@@ -4,6 +4,8 @@ Run from the repository root::
 
     .venv/bin/python bench/bench_media.py [--ladder 25,50,100,200,400,800,1000] [--seconds 10]
         [--loops asyncio,uvloop] [--profile N] [--skip-calls] [--skip-detector]
+    .venv/bin/python bench/bench_media.py --mode relay [--ladder 50,100,200,300,400,600,800,1000]
+        [--seconds 10] [--loops asyncio,uvloop] [--profile N [--profile-out FILE]]
 
 **Calls.** Each call is one :class:`media.session.RtpSession` (its own UDP socket on 127.0.0.1) that plays
 ``examples/greeting.wav`` (through :class:`media.greeting.GreetingCache`, looped, PCMU) on the shared
@@ -19,6 +21,19 @@ call. **Lost**: frames missing from the sequence at the sink (including frames t
 stall); **late**: packets more than 20 ms behind the grid; **in lost**: inbound packets the server never
 received. The ladder stops at the first step with a lost or late packet or p99 > 5 ms.
 
+**Bridged calls** (``--mode relay``). Most of an anchored call's life: two sessions per call (the caller's
+leg and the callee's), set up as the B2BUA does (``routing.greeting_flow.AnchoredMedia``: the caller's SDP
+offer answered, the callee offered a port, its answer bridged by ``bridge_callee``: a ``MediaBridge``, PCMU
+and telephone-event 101 both ways, nobody listening for digits). The load generator (CPU 1) sends 50 pps
+PCMU into both legs of every call, from a caller socket to every A leg and from a callee socket to every B
+leg (latching points each leg at its socket), each stream at its own phase (1 ms slots); each packet's
+payload starts with its send time (``time.time_ns``), its call and its direction. Two sinks, one per
+direction, take the relayed packets' kernel receive times and measure **relay latency** (receive minus send
+time: the server's queueing and work plus loopback), p50/p99/max over every packet after the warm-up;
+**lost**: packets sent and never relayed; **gaps**: holes in each relayed stream's sequence numbers. The
+server's CPU (and the kernel's share of it) is given per step and per relayed packet. The ladder stops at
+the first step with a loss, a gap or p99 > 5 ms.
+
 **Detector.** CPU per stream-hour of the in-band detector on speech-like audio (the greeting): one stream fed
 frame by frame as a call does, against the window analysis batched over many streams in one numpy call.
 """
@@ -31,6 +46,7 @@ import contextlib
 import multiprocessing
 import os
 import platform
+import resource
 import socket
 import statistics
 import struct
@@ -358,6 +374,333 @@ def calls_ladder(
                 break
 
 
+# ------------------------------------------------------------------------------------ bridged calls
+
+#: The start of each relayed packet's payload: its send time (ns, CLOCK_REALTIME, the clock of the kernel's
+#: receive timestamps), the call and the direction (0: caller → callee, 1: callee → caller).
+_STAMP = struct.Struct("!qIB")
+_RECORD = np.dtype(
+    [("seq", ">u2"), ("ts", ">u4"), ("ssrc", ">u4"), ("sent", ">i8"), ("call", ">u4"), ("leg", "u1")]
+)
+RELAY_SLOTS = 20  # the streams' phases within each 20 ms: one group of streams every 1 ms
+GENERATOR_SLACK_MS = 5.0  # a step whose sender fell further behind its schedule is repeated (twice at most)
+
+
+def _relay_sender(
+    sockets: tuple[socket.socket, socket.socket],
+    ports: list[tuple[int, int]],
+    seconds: float,
+    start: float,
+    boundary_ns: int,
+    conn: Connection,
+) -> None:
+    """Send 50 pps PCMU into both legs of every call (the caller socket to each A port, the callee socket to
+    each B port) for ``seconds``; the streams' phases are spread over the 20 ms in 1 ms slots."""
+    _pin(LOADGEN_CPU)
+    caller, callee = sockets
+    streams = []
+    for call, (a_port, b_port) in enumerate(ports):
+        streams.append((caller.sendto, (HOST, a_port), call, 0))
+        streams.append((callee.sendto, (HOST, b_port), call, 1))
+    slots: list[list[tuple[Any, tuple[str, int], int, int, int]]] = [[] for _ in range(RELAY_SLOTS)]
+    for k, (sendto, address, call, leg) in enumerate(streams):
+        slots[k % RELAY_SLOTS].append((sendto, address, call, leg, 2 * call + leg + 1))
+    buffer = bytearray(b"\xff" * (12 + 160))  # PCMU silence after the header and the stamp
+    header = _HEADER.pack_into
+    stamp = _STAMP.pack_into
+    time_ns = time.time_ns
+    total = int(seconds / 0.02)
+    max_lag = 0.0
+    measured = [0, 0]
+    cpu0 = time.process_time()
+    for n in range(total):
+        ts = (n * 160) & 0xFFFFFFFF
+        seq = n & 0xFFFF
+        for s, group in enumerate(slots):
+            due = start + n * 0.02 + s * 0.001
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif time_ns() >= boundary_ns:  # behind schedule while measuring
+                max_lag = max(max_lag, -delay)
+            for sendto, address, call, leg, ssrc in group:
+                header(buffer, 0, 0x80, 0, seq, ts, ssrc)
+                now = time_ns()
+                stamp(buffer, 12, now, call, leg)
+                sendto(buffer, address)
+                if now >= boundary_ns:
+                    measured[leg] += 1
+    cpu = (time.process_time() - cpu0) / max(1e-9, time.monotonic() - start)
+    conn.send({"sent": measured, "max_lag_ms": max_lag * 1e3, "cpu": cpu})
+
+
+def _relay_sink(sock: socket.socket, seconds: float, boundary_ns: int, conn: Connection) -> None:
+    """Receive one direction's relayed packets with kernel timestamps: latency and sequence gaps.
+
+    The sink drains its socket every millisecond instead of blocking in ``recvmsg``: a blocked reader makes
+    every ``sendto`` of the server wake it (an inter-processor wake-up charged to the server, which a far
+    end on another machine does not cost). The kernel timestamps do not depend on when the sink reads."""
+    _pin(LOADGEN_CPU)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setblocking(False)
+    records: list[bytes] = []
+    stamps: list[bytes] = []
+    no_stamp = bytes(16)
+    end = time.monotonic() + seconds + 1.0
+    recvmsg = sock.recvmsg
+    keep, keep_stamp = records.append, stamps.append
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    while time.monotonic() < end:
+        try:
+            data, ancillary, _, _ = recvmsg(2048, 64)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        if len(data) < 25:
+            continue
+        keep(data[2:25])
+        keep_stamp(ancillary[0][2] if ancillary else no_stamp)
+    cpu = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    conn.send({**_relay_figures(b"".join(records), b"".join(stamps), boundary_ns), "cpu": cpu})
+
+
+def _relay_figures(records: bytes, stamps: bytes, boundary_ns: int) -> dict[str, Any]:
+    rec = np.frombuffer(records, dtype=_RECORD)
+    spec = np.frombuffer(stamps, dtype=np.int64).reshape(-1, 2)
+    received_ns = spec[:, 0] * 1_000_000_000 + spec[:, 1]
+    keep = rec["sent"] >= boundary_ns
+    rec, received_ns = rec[keep], received_ns[keep]
+    if rec.size == 0:
+        return {"packets": 0, "streams": 0, "gaps": 0, "duplicates": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    latency = (received_ns - rec["sent"].astype(np.int64)) / 1e6
+    order = np.lexsort((rec["sent"], rec["ssrc"]))
+    ssrc, seq = rec["ssrc"][order], rec["seq"][order].astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, ssrc[1:] != ssrc[:-1]])
+    group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, ssrc.size]))
+    delta = (seq - seq[starts][group]) & 0xFFFF
+    delta = np.where(delta >= 0x8000, delta - 0x10000, delta)  # unwrapped, relative to the stream's first
+    spans = np.maximum.reduceat(delta, starts) - np.minimum.reduceat(delta, starts) + 1
+    unique = np.array(
+        [np.unique(delta[a:b]).size for a, b in zip(starts, np.r_[starts[1:], ssrc.size], strict=True)]
+    )
+    return {
+        "packets": int(rec.size),
+        "streams": int(starts.size),
+        "gaps": int((spans - unique).sum()),
+        "duplicates": int(rec.size - unique.sum()),
+        "p50": float(np.percentile(latency, 50)),
+        "p99": float(np.percentile(latency, 99)),
+        "max": float(latency.max()),
+    }
+
+
+def _relay_server(
+    calls: int,
+    loop_kind: str,
+    profile: bool,
+    caller: tuple[str, int],
+    callee: tuple[str, int],
+    profile_out: str | None,
+    conn: Connection,
+) -> None:
+    """The measured process: ``calls`` bridged calls, set up as the B2BUA does (``AnchoredMedia``: the
+    caller's offer answered, the callee offered a port, its answer bridged by ``bridge_callee``)."""
+    from media.sdp import Origin, answer, make_offer, parse_sdp
+    from routing.greeting_flow import AnchoredMedia
+
+    pinned = _pin(SERVER_CPU)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        allocator = PortAllocator(40000, 59999)
+        clock = MediaClock()
+        anchored: list[AnchoredMedia] = []
+        for i in range(calls):
+            media = AnchoredMedia(allocator, clock, HOST)
+            offer = make_offer(Origin("caller", str(i), 1, HOST, "IP4"), address=HOST, port=caller[1])
+            await media.answer_caller(bytes(offer))
+            callee_offer = parse_sdp(await media.offer_callee())
+            reply = answer(
+                callee_offer, Origin("callee", str(i), 1, HOST, "IP4"), address=HOST, port=callee[1]
+            )
+            media.bridge_callee(bytes(reply))
+            anchored.append(media)
+
+        def relayed() -> int:
+            from media.relay import Side
+
+            return sum(
+                m.bridge.relay.stats(side).relayed for m in anchored if m.bridge is not None for side in Side
+            )
+
+        ports = [(m.a.local[1], m.b.local[1]) for m in anchored if m.a is not None and m.b is not None]
+        conn.send({"ports": ports, "pinned": pinned, "pid": os.getpid()})
+        await loop.run_in_executor(None, conn.recv)  # "measure": the warm-up is over
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        relayed0 = relayed()
+        times0, wall0 = os.times(), time.monotonic()
+        switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+        await loop.run_in_executor(None, conn.recv)  # "report"
+        times, wall = os.times(), time.monotonic() - wall0
+        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches0
+        system = times.system - times0.system
+        cpu = times.user - times0.user + system
+        count = relayed() - relayed0
+        if profiler is not None:
+            import pstats
+
+            profiler.disable()
+            print(f"--- profile of the server, {calls} bridged calls, {loop_kind} ---")
+            stats = pstats.Stats(profiler)
+            if profile_out:
+                stats.dump_stats(profile_out)
+            stats.sort_stats("tottime").print_stats(25)
+        await asyncio.sleep(0.3)  # the last packets
+        sessions = [s for m in anchored for s in (m.a, m.b) if s is not None]
+        result = {
+            "cpu": cpu / wall,
+            "system": system / cpu if cpu else 0.0,
+            "preempted": preempted,
+            "cpu_per_packet_us": cpu / count * 1e6 if count else 0.0,
+            "relayed": count,
+            "received": sum(s.stats.received for s in sessions),
+            "foreign": sum(s.stats.dropped_foreign + s.stats.dropped_garbage for s in sessions),
+        }
+        for media in anchored:
+            media.close()
+        await clock.close()
+        conn.send(result)
+
+    if loop_kind == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
+
+
+def run_relay_step(
+    calls: int, loop_kind: str, seconds: float, warmup: float, profile: bool, profile_out: str | None = None
+) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("fork")  # the sender and the sinks share the load generator's sockets
+    sockets = []
+    for _ in range(2):  # the caller's and the callee's
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.bind((HOST, 0))
+        sockets.append(sock)
+    caller, callee = sockets
+    server_end, server_conn = ctx.Pipe()
+    server = ctx.Process(
+        target=_relay_server,
+        args=(
+            calls,
+            loop_kind,
+            profile,
+            caller.getsockname(),
+            callee.getsockname(),
+            profile_out,
+            server_conn,
+        ),
+    )
+    server.start()
+    try:
+        ready = server_end.recv()
+        total = warmup + seconds
+        start = time.monotonic() + 0.2
+        boundary_ns = time.time_ns() + round((start + warmup - time.monotonic()) * 1e9)
+        sinks = []
+        for sock in sockets:
+            sink_end, sink_conn = ctx.Pipe()
+            sink = ctx.Process(target=_relay_sink, args=(sock, total, boundary_ns, sink_conn))
+            sink.start()
+            sinks.append((sink, sink_end))
+        sender_end, sender_conn = ctx.Pipe()
+        sender = ctx.Process(
+            target=_relay_sender,
+            args=((caller, callee), ready["ports"], total, start, boundary_ns, sender_conn),
+        )
+        sender.start()
+        time.sleep(max(0.0, start + warmup - time.monotonic()))
+        server_end.send("measure")
+        time.sleep(max(0.0, start + total - time.monotonic()))
+        server_end.send("report")
+        sent = sender_end.recv()
+        result = server_end.recv()
+        # Caller → callee arrives at the callee's socket (the second sink), callee → caller at the first.
+        to_caller, to_callee = (end.recv() for _, end in sinks)
+        for process in (sender, server, *(s for s, _ in sinks)):
+            process.join(10)
+    finally:
+        for process in multiprocessing.active_children():
+            process.kill()
+        for sock in sockets:
+            sock.close()
+    directions = (to_callee, to_caller)
+    packets = sum(d["packets"] for d in directions)
+    return {
+        "calls": calls,
+        "loop": loop_kind,
+        "pinned": ready["pinned"],
+        "packets": packets,
+        "lost": sum(sent["sent"]) - packets,
+        "gaps": sum(d["gaps"] for d in directions),
+        "duplicates": sum(d["duplicates"] for d in directions),
+        "streams": sum(d["streams"] for d in directions),
+        # Percentiles over both directions: the worse direction's (they carry the same number of packets).
+        "p50": max(d["p50"] for d in directions),
+        "p99": max(d["p99"] for d in directions),
+        "max": max(d["max"] for d in directions),
+        **result,
+        "load": sent,
+        "gen_cpu": sent["cpu"] + sum(d["cpu"] for d in directions),
+    }
+
+
+def relay_ladder(
+    ladder: list[int], loops: list[str], seconds: float, profile_at: int | None, profile_out: str | None
+) -> None:
+    print(
+        f"\nbridged calls: 50 pps PCMU into each leg, relayed to the other (MediaBridge), {seconds:g} s "
+        "per step after 2 s warm-up; relay latency at the sink (kernel timestamp − send time)\n"
+    )
+    header = (
+        f"{'loop':8} {'calls':>5} {'relayed':>8} {'lost':>5} {'gaps':>5} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>7} {'cpu':>5} {'kernel':>6} {'µs/pkt':>6} {'preempt':>7} {'gen lag':>7} {'gen cpu':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for loop_kind in loops:
+        for calls in ladder:
+            for _attempt in range(3):
+                r = run_relay_step(calls, loop_kind, seconds, 2.0, profile_at == calls, profile_out)
+                if r["load"]["max_lag_ms"] <= GENERATOR_SLACK_MS:
+                    break
+                # The generator fell behind (its CPU is shared): its late packets leave as a burst.
+                print(f"  (generator {r['load']['max_lag_ms']:.1f} ms behind: step repeated)", flush=True)
+            print(
+                f"{loop_kind:8} {calls:5d} {r['packets']:8d} {r['lost']:5d} {r['gaps']:5d} {r['p50']:7.2f} "
+                f"{r['p99']:7.2f} {r['max']:7.1f} {r['cpu']:5.0%} {r['system']:6.0%} "
+                f"{r['cpu_per_packet_us']:6.1f} {r['preempted']:7d} "
+                f"{r['load']['max_lag_ms']:5.1f}ms {r['gen_cpu']:7.0%}",
+                flush=True,
+            )
+            if r["streams"] != 2 * calls or r["duplicates"] or r["foreign"]:
+                print(
+                    f"  (streams {r['streams']}/{2 * calls}, duplicates {r['duplicates']}, "
+                    f"foreign/garbage {r['foreign']})"
+                )
+            if r["lost"] or r["gaps"] or r["p99"] > 5.0:
+                break
+
+
 # ---------------------------------------------------------------------------------------- detector
 
 
@@ -410,7 +753,16 @@ def detector_cost(repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--ladder", default="25,50,100,200,400,800,1000")
+    parser.add_argument(
+        "--mode",
+        choices=("greeting", "relay"),
+        default="greeting",
+        help="greeting: calls in the greeting phase (greeting out, digits detected on the caller's audio); "
+        "relay: bridged calls (two legs relayed by a MediaBridge)",
+    )
+    parser.add_argument(
+        "--ladder", default=None, help="calls per step (greeting: 25,…,1000; relay: 50,…,1000)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument(
@@ -420,6 +772,7 @@ def main() -> None:
         "batched (prototype: one analyse_windows per tick for all calls), off",
     )
     parser.add_argument("--profile", type=int, default=None, help="profile the server at this many calls")
+    parser.add_argument("--profile-out", default=None, help="relay mode: also dump the profile to this file")
     parser.add_argument("--skip-calls", action="store_true")
     parser.add_argument("--skip-detector", action="store_true")
     parser.add_argument("--repeat", type=int, default=7)
@@ -438,12 +791,17 @@ def main() -> None:
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; server on CPU {SERVER_CPU}, "
         f"load generator on CPU {LOADGEN_CPU}"
     )
+    if args.mode == "relay":
+        ladder = [int(n) for n in (args.ladder or "50,100,200,300,400,600,800,1000").split(",")]
+        with contextlib.suppress(KeyboardInterrupt):
+            relay_ladder(ladder, loops, args.seconds, args.profile, args.profile_out)
+        return
     if not args.skip_detector:
         detector_cost(args.repeat)
     if not args.skip_calls:
         with contextlib.suppress(KeyboardInterrupt):
             calls_ladder(
-                [int(n) for n in args.ladder.split(",")],
+                [int(n) for n in (args.ladder or "25,50,100,200,400,800,1000").split(",")],
                 loops,
                 args.detectors.split(","),
                 args.seconds,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import struct
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Final
@@ -39,7 +40,7 @@ from .dtmf_rfc4733 import DTMF_EVENTS, TelephoneEventSender, parse_telephone_eve
 from .dtmf_tones import dtmf_tone, keypad_frequencies
 from .errors import MediaError, TelephoneEventError
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from .rtp import RtpPacket
+from .rtp import RtpPacket, parse
 
 if TYPE_CHECKING:
     from .sdp import SessionDescription
@@ -64,6 +65,9 @@ _G711: Final = ("PCMU", "PCMA")
 _FRAME: Final = 160  # samples of one 20 ms frame at 8 kHz
 #: A telephone-event for a leg without telephone-event stops sounding after this long without packets.
 _EVENT_TIMEOUT: Final = 0.12
+#: The fixed RTP header (RFC 3550 §5.1), and its sequence number, timestamp and SSRC from octet 2 on.
+_HEADER: Final = struct.Struct("!BBHII")
+_NUMBERS: Final = struct.Struct("!HII")
 
 
 class Side(enum.Enum):
@@ -71,6 +75,10 @@ class Side(enum.Enum):
 
     A = "a"
     B = "b"
+
+    # Members are singletons compared by identity: hash them by identity too (a C slot, where Enum's own
+    # __hash__ is a Python function called on every dictionary lookup of the relay's per-packet path).
+    __hash__ = object.__hash__
 
     @property
     def other(self) -> Side:
@@ -378,6 +386,9 @@ class _Direction:
         self.target = target
         self.open = source.sends and target.receives
         self.conversion = _conversion(source, target)
+        #: The source's audio payload type while :meth:`MediaRelay.handle_datagram` may relay it (open, and
+        #: a target payload type that fits the header); -1: never.
+        self.plain_audio = source.payload_type if self.open and 0 <= target.payload_type <= 0x7F else -1
         if self.open and not was_open:
             self.stream.interrupt()
 
@@ -415,6 +426,37 @@ class MediaRelay:
         self._directions[Side.B].configure(b, a)
 
     # -------------------------------------------------------------------------------- relayed packets
+
+    def handle_datagram(self, side: Side, data: bytes, now: float) -> bytes | None:
+        """:meth:`handle_packet` without packet objects, for the packet of nearly every call's life: ``data``
+        is a plain RTP datagram (version 2, no padding, extension or CSRC: first octet 0x80, 12 octets or
+        more) of the leg's audio payload type, in an open and unmuted direction, no telephone-event's tone
+        sounding instead. Returns the datagram to send to the other leg (the same octets
+        :meth:`handle_packet` would give), ``b""`` for a duplicate (dropped and counted), or ``None`` for
+        any other packet: parse it and call :meth:`handle_packet`.
+        """
+        direction = self._directions[side]
+        second = data[1]
+        if (second & 0x7F) != direction.plain_audio or direction.muted:
+            return None
+        tones = direction.tones
+        if not tones.ended and now - tones.last_seen < _EVENT_TIMEOUT:
+            return None
+        stream = direction.stream
+        sequence, timestamp, ssrc = _NUMBERS.unpack_from(data, 2)
+        numbered = stream.rewrite(ssrc, sequence, timestamp, now)
+        if numbered is None:
+            direction.stats.dropped_duplicate += 1
+            return b""
+        out_sequence, out_timestamp, new_epoch = numbered
+        direction.stats.relayed += 1
+        out_pt = direction.target.payload_type
+        if second & 0x80 or new_epoch:
+            out_pt |= 0x80
+        header = _HEADER.pack(0x80, out_pt, out_sequence, out_timestamp, stream.ssrc)
+        if direction.conversion is not None:
+            return header + data[12:].translate(direction.conversion)
+        return header + data[12:]
 
     def handle_packet(self, side: Side, packet: RtpPacket, now: float) -> list[RtpPacket]:
         """The packets to send to the other leg for one packet received from ``side``."""
@@ -614,6 +656,8 @@ class MediaBridge:
         self.relay = MediaRelay(a_media, b_media, _continue_from(a), _continue_from(b))
         a.on_packet = self._from_a
         b.on_packet = self._from_b
+        a.on_datagram = self._datagram_from_a
+        b.on_datagram = self._datagram_from_b
 
     def _from_a(self, packet: RtpPacket, now: float) -> None:
         send = self._sessions[Side.B].send_packet
@@ -624,6 +668,20 @@ class MediaBridge:
         send = self._sessions[Side.A].send_packet
         for out in self.relay.handle_packet(Side.B, packet, now):
             send(out)
+
+    def _datagram_from_a(self, data: bytes, now: float) -> None:
+        out = self.relay.handle_datagram(Side.A, data, now)
+        if out is None:
+            self._from_a(parse(data), now)
+        elif out:
+            self._sessions[Side.B].send_datagram(out)
+
+    def _datagram_from_b(self, data: bytes, now: float) -> None:
+        out = self.relay.handle_datagram(Side.B, data, now)
+        if out is None:
+            self._from_b(parse(data), now)
+        elif out:
+            self._sessions[Side.A].send_datagram(out)
 
     def update(self, side: Side, media: LegMedia) -> None:
         """A re-INVITE changed what leg ``side`` negotiated (hold, resume, payload types)."""
@@ -655,4 +713,5 @@ class MediaBridge:
         """Stop relaying; the sessions keep their sockets."""
         for session in self._sessions.values():
             session.on_packet = None
+            session.on_datagram = None
         self._clock.discard(self)

@@ -4,6 +4,11 @@
 onto the address the peer's packets really come from (symmetric RTP: phones behind NAT), turns RFC 4733
 telephone-events into digits, hands decoded audio to an optional consumer (the in-band detector), and plays
 pre-encoded greeting frames. ``MediaClock`` is the single timer that drives every session's sending.
+
+The sockets :class:`PortAllocator` opens are read through one epoll of their own, registered once with the
+event loop (where the loop and the platform allow it): one wake-up serves every leg with a packet waiting,
+instead of a pass through asyncio's selector, a callback handle and a transport per packet. Elsewhere (no
+``select.epoll``, or a loop without ``add_reader``) they are asyncio datagram endpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import functools
 import logging
 import math
 import random
+import select
+import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
@@ -50,6 +58,8 @@ class PortAllocator:
         self._ports = list(range(first + (first & 1), last + 1, 2))
         self._next = 0
         self._used: set[int] = set()
+        self._reader: _EpollReader | None = None
+        self._direct = hasattr(select, "epoll")
 
     async def open(self, factory: Callable[[], RtpSession]) -> RtpSession:
         """Bind a new session on the next free port of the range."""
@@ -60,13 +70,153 @@ class PortAllocator:
             if port in self._used:
                 continue
             try:
-                _, session = await loop.create_datagram_endpoint(factory, local_addr=(self.host, port))
+                session = self._open_direct(loop, factory, port) if self._direct else None
+                if session is None:
+                    _, session = await loop.create_datagram_endpoint(factory, local_addr=(self.host, port))
             except OSError:
                 continue  # taken by another process: try the next one
             self._used.add(port)
             session._release = functools.partial(self._used.discard, port)
             return session
         raise PortsExhausted(f"no free RTP port in {self._ports[0]}-{self._ports[-1]}")
+
+    def _open_direct(
+        self, loop: asyncio.AbstractEventLoop, factory: Callable[[], RtpSession], port: int
+    ) -> RtpSession | None:
+        """A session on its own socket, read through the shared epoll; None where the loop cannot."""
+        reader = self._reader
+        if reader is None or reader.loop is not loop or reader.closed:
+            try:
+                reader = self._reader = _EpollReader(loop)
+            except NotImplementedError:  # a loop without add_reader (Windows' proactor)
+                self._direct = False
+                return None
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((self.host, port))
+            session = factory()
+            transport = _RtpTransport(reader, sock, session)
+            session.connection_made(transport)
+        except BaseException:
+            sock.close()
+            reader.release_if_unused()
+            raise
+        reader.add(sock.fileno(), transport)
+        return session
+
+
+class _EpollReader:
+    """The RTP sockets of one event loop, read through one epoll that the loop watches: when it is readable,
+    one datagram is read from each socket that has one (level-triggered: what is left waits for the next
+    turn, so a flood on one leg cannot starve the loop's timers). Closed with its last socket."""
+
+    #: Most sockets served per wake-up before the loop's other callbacks get their turn.
+    BATCH: Final = 64
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.closed = False
+        self._epoll = select.epoll()
+        self._transports: dict[int, _RtpTransport] = {}
+        try:
+            loop.add_reader(self._epoll.fileno(), self._ready)
+        except BaseException:
+            self._epoll.close()
+            raise
+
+    def add(self, fd: int, transport: _RtpTransport) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._transports[fd] = transport
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd`` (before its socket is closed)."""
+        if self._transports.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+        self.release_if_unused()
+
+    def release_if_unused(self) -> None:
+        if not self._transports and not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+
+    def _ready(self) -> None:
+        transports = self._transports
+        for fd, _ in self._epoll.poll(0, self.BATCH):
+            transport = transports.get(fd)  # None: closed by an earlier datagram of this batch
+            if transport is None:
+                continue
+            try:
+                data, addr = transport.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                transport.protocol.error_received(exc)
+                continue
+            try:
+                transport.protocol.datagram_received(data, addr)
+            except Exception:  # one session's bug must not cost the others their packets
+                log.exception("RTP socket %d: error handling a datagram", fd)
+
+
+class _RtpTransport(asyncio.DatagramTransport):
+    """A datagram transport on a socket read by an :class:`_EpollReader`; sends go straight to the socket
+    and are queued (until it is writable again) only when the kernel's send buffer is full."""
+
+    def __init__(self, reader: _EpollReader, sock: socket.socket, protocol: asyncio.DatagramProtocol) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname(), "peername": None})
+        self._reader = reader
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.protocol = protocol
+        self.recvfrom = sock.recvfrom  # read by the reader (65536: any UDP datagram)
+        self._closing = False
+        self._backlog: deque[tuple[bytes, Any]] = deque()
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closing or not data:
+            return
+        if self._backlog:
+            self._backlog.append((bytes(data), addr))
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._backlog.append((bytes(data), addr))
+            self._reader.loop.add_writer(self._fd, self._write_ready)
+        except OSError as exc:
+            self.protocol.error_received(exc)
+
+    def _write_ready(self) -> None:
+        backlog = self._backlog
+        while backlog:
+            data, addr = backlog[0]
+            try:
+                self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.protocol.error_received(exc)
+            backlog.popleft()
+        self._reader.loop.remove_writer(self._fd)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._reader.remove(self._fd)
+        if self._backlog:
+            self._backlog.clear()
+            self._reader.loop.remove_writer(self._fd)
+        self._sock.close()
+        self._reader.loop.call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
 
 
 class SessionStats:
@@ -117,6 +267,10 @@ class RtpSession(asyncio.DatagramProtocol):
         self.local: tuple[str, int] = ("", 0)
         #: Every valid RTP packet received from the peer, with the loop time (a bridge's relay hooks in here).
         self.on_packet: Callable[[RtpPacket, float], None] | None = None
+        #: If set, takes the place of ``on_packet`` for a plain RTP datagram (version 2, no padding,
+        #: extension or CSRC) while nobody listens for digits or audio: the bytes as received, unparsed.
+        self.on_datagram: Callable[[bytes, float], None] | None = None
+        self._time: Callable[[], float] | None = None  # the loop's clock, once a datagram arrived
         #: The RTP timestamp of the last packet sent and the loop time it was sent at.
         self.last_sent: tuple[int, float] | None = None
 
@@ -136,6 +290,25 @@ class RtpSession(asyncio.DatagramProtocol):
         source = (str(addr[0]), int(addr[1]))
         if self.latched and source != self.remote:
             self.stats.dropped_foreign += 1
+            return
+        on_datagram = self.on_datagram
+        if (
+            on_datagram is not None
+            and len(data) >= 12
+            and data[0] == 0x80
+            and not 192 <= data[1] <= 223  # RTCP (see is_rtcp)
+            and self.on_digit is None
+            and self.on_audio is None
+        ):
+            # A bridged call's packet (a valid plain one, so no parse): the relay rewrites the bytes.
+            if not self.latched:
+                self.remote = source
+                self.latched = True
+            self.stats.received += 1
+            time = self._time
+            if time is None:
+                time = self._time = asyncio.get_running_loop().time
+            on_datagram(data, time())
             return
         if is_rtcp(data):
             return  # RTCP is not used yet; it is not an error either
@@ -259,7 +432,13 @@ class RtpSession(asyncio.DatagramProtocol):
         """Send a packet numbered by someone else (the relay of a bridge) to where the peer is."""
         if self._transport is None or self.remote is None:
             return
-        self._transport.sendto(bytes(packet), self.remote)
+        self.send_datagram(bytes(packet))
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send an RTP datagram built by someone else (the relay of a bridge) to where the peer is."""
+        if self._transport is None or self.remote is None:
+            return
+        self._transport.sendto(data, self.remote)
         self.stats.sent += 1
 
     def close(self) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import socket
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from media.dtmf_inband import InbandDetector
@@ -268,6 +269,109 @@ def test_local_digits_mute_the_relayed_audio_and_continue_the_numbering() -> Non
     [after] = relay.handle_packet(Side.A, RtpPacket(0, 502, 320, 3, frame), 1.02)
     assert after.sequence_number == sent[-1].sequence_number + 1 and after.marker
     assert not relay.digits_pending()
+
+
+_LEGS = st.builds(
+    LegMedia,
+    st.sampled_from([0, 8]),
+    st.sampled_from(["PCMU", "PCMA"]),
+    st.sampled_from([101, 96, None]),
+    st.sampled_from(["sendrecv", "sendrecv", "sendonly", "recvonly", "inactive"]),
+)
+_SIDES = st.sampled_from([Side.A, Side.B])
+#: What happens to a bridge: a datagram from a leg, a re-INVITE, local digits, a clock tick.
+_STEPS = st.one_of(
+    st.tuples(
+        st.just("packet"),
+        _SIDES,
+        st.sampled_from([0, 8, 101, 96, 13]),  # payload type
+        st.sampled_from([0x11, 0x22]),  # SSRC
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFFFFFF),
+        st.booleans(),  # marker
+        st.sampled_from(["plain", "plain", "plain", "csrc", "padding"]),
+        st.one_of(  # audio, or a telephone-event (RFC 4733 §2.3: event, E, volume, duration)
+            st.binary(max_size=12),
+            st.builds(
+                lambda event, end, duration: (
+                    bytes((event, 0x8A if end else 0x0A)) + duration.to_bytes(2, "big")
+                ),
+                st.integers(0, 17),
+                st.booleans(),
+                st.integers(0, 1200),
+            ),
+        ),
+        st.floats(0.0, 0.2),  # time since the previous step
+    ),
+    st.tuples(st.just("update"), _SIDES, _LEGS),
+    st.tuples(st.just("digits"), _SIDES, st.sampled_from(["1", "4,", "#9"])),
+    st.tuples(st.just("tick"), st.floats(0.0, 1.5)),
+)
+
+
+def _datagram(pt: int, ssrc: int, seq: int, ts: int, marker: bool, shape: str, payload: bytes) -> bytes:
+    if shape == "csrc":
+        return bytes(RtpPacket(pt, seq, ts, ssrc, payload, marker, csrc=(7,)))
+    if shape == "padding":
+        return bytes(RtpPacket(pt, seq, ts, ssrc, payload, marker, padding=4))
+    return bytes(RtpPacket(pt, seq, ts, ssrc, payload, marker))
+
+
+@given(_LEGS, _LEGS, st.lists(_STEPS, max_size=60))
+@example(  # audio while a telephone-event sounds as tones for a leg without telephone-event: dropped
+    LegMedia(0, "PCMU", 101),
+    LegMedia(0, "PCMU", None),
+    [
+        ("packet", Side.A, 101, 0x11, 5, 1000, False, "plain", bytes((5, 0x0A, 0, 160)), 0.01),
+        ("packet", Side.A, 0, 0x11, 6, 1160, False, "plain", b"abc", 0.02),
+        ("packet", Side.A, 0, 0x11, 7, 1320, False, "plain", b"abc", 0.2),
+    ],
+)
+@example(  # audio while local digits are sent to the other leg: muted
+    LegMedia(),
+    LegMedia(),
+    [
+        ("packet", Side.A, 0, 0x11, 5, 1000, False, "plain", b"abc", 0.01),
+        ("digits", Side.B, "1"),
+        ("packet", Side.A, 0, 0x11, 6, 1160, True, "plain", b"abc", 0.02),
+        ("tick", 0.5),
+        ("packet", Side.A, 0, 0x11, 7, 1320, False, "plain", b"abc", 0.02),
+    ],
+)
+@settings(max_examples=300, deadline=None)
+def test_the_datagram_fast_path_relays_exactly_what_handle_packet_does(
+    a: LegMedia, b: LegMedia, steps: list[tuple[object, ...]]
+) -> None:
+    """A bridge hands plain datagrams to ``handle_datagram`` (falling back to ``handle_packet`` when it
+    returns None): the same octets out, the same counters and numbering as ``handle_packet`` alone."""
+    fast, reference = _relay(a, b), _relay(a, b)
+    now = 0.0
+    for step in steps:
+        if step[0] == "packet":
+            _, side, pt, ssrc, seq, ts, marker, shape, payload, dt = step
+            assert isinstance(side, Side) and isinstance(dt, float)
+            now += dt
+            data = _datagram(pt, ssrc, seq, ts, marker, shape, payload)  # type: ignore[arg-type]
+            expected = [bytes(p) for p in reference.handle_packet(side, parse(data), now)]
+            out = fast.handle_datagram(side, data, now) if data[0] == 0x80 else None
+            got = [bytes(p) for p in fast.handle_packet(side, parse(data), now)] if out is None else [out]
+            assert [d for d in got if d] == expected
+        elif step[0] == "update":
+            _, side, media = step
+            for relay in (fast, reference):
+                relay.update(side, media)  # type: ignore[arg-type]
+        elif step[0] == "digits":
+            _, side, digits = step
+            for relay in (fast, reference):
+                with contextlib.suppress(MediaError):
+                    relay.send_digits(side, digits, now)  # type: ignore[arg-type]
+        else:
+            now += step[1]  # type: ignore[operator]
+            assert [(s, bytes(p)) for s, p in fast.due_packets(now)] == [
+                (s, bytes(p)) for s, p in reference.due_packets(now)
+            ]
+        for side in Side:
+            assert vars(fast.stats(side)) == vars(reference.stats(side))
 
 
 # ----------------------------------------------------------------------------------------- loopback

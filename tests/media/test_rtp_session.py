@@ -7,6 +7,7 @@ import itertools
 import random
 import socket
 import statistics
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from media.dtmf_rfc4733 import TelephoneEventSender
 from media.greeting import greeting_from_samples
 from media.rtp import RtpPacket, parse
-from media.session import MediaClock, PortAllocator, PortsExhausted, RtpSession
+from media.session import MediaClock, PortAllocator, PortsExhausted, RtpSession, _EpollReader, _RtpTransport
 
 
 def _peer() -> socket.socket:
@@ -180,3 +181,154 @@ async def test_digits_are_detected_only_while_someone_listens(monkeypatch: pytes
         session.close()
         peer.close()
     assert len(fed) == 20 and pressed == ["7"]
+
+
+# ------------------------------------------------------------------------------ the sockets' reader
+
+
+async def _wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+async def test_the_sessions_of_a_loop_share_one_reader_released_with_the_last() -> None:
+    allocator = PortAllocator(36000, 36999)
+    sessions = [await allocator.open(RtpSession) for _ in range(3)]
+    peer = _peer()
+    try:
+        transports = [s._transport for s in sessions]
+        assert all(isinstance(t, _RtpTransport) for t in transports)
+        reader = allocator._reader
+        assert reader is not None and not reader.closed
+        for n, session in enumerate(sessions):
+            for k in range(n + 1):
+                peer.sendto(bytes(RtpPacket(0, k, k * 160, 0x10 + n, bytes(160))), session.local)
+        await _wait_until(lambda: [s.stats.received for s in sessions] == [1, 2, 3])
+        # The reader sends from each session's own socket (symmetric RTP), to the latched peer.
+        sessions[1].send_datagram(b"\x80\x00hello")
+        await _wait_until(lambda: sessions[1].stats.sent == 1)
+        data, source = peer.recvfrom(2048)
+        assert data == b"\x80\x00hello" and source == sessions[1].local
+        for session in sessions:
+            session.close()
+        assert reader.closed
+        again = await allocator.open(RtpSession)  # a new reader serves the next session
+        assert allocator._reader is not reader and not allocator._reader.closed
+        again.close()
+    finally:
+        for session in sessions:
+            session.close()
+        peer.close()
+
+
+async def test_one_failing_session_does_not_cost_the_others_their_packets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    allocator = PortAllocator(36000, 36999)
+    broken, fine = await allocator.open(RtpSession), await allocator.open(RtpSession)
+    peer = _peer()
+
+    def fail(packet: RtpPacket, now: float) -> None:
+        raise RuntimeError("a bug above the media shell")
+
+    broken.on_packet = fail
+    try:
+        for seq in range(3):
+            peer.sendto(bytes(RtpPacket(0, seq, 0, 1, bytes(160))), broken.local)
+            peer.sendto(bytes(RtpPacket(0, seq, 0, 1, bytes(160))), fine.local)
+        await _wait_until(lambda: fine.stats.received == 3 and broken.stats.received == 3)
+    finally:
+        broken.close()
+        fine.close()
+        peer.close()
+    assert [r.getMessage().endswith("error handling a datagram") for r in caplog.records] == [True] * 3
+
+
+async def test_without_add_reader_the_sessions_are_asyncio_datagram_endpoints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop that cannot watch file descriptors (Windows' proactor) gets asyncio's datagram transports."""
+    loop = asyncio.get_running_loop()
+
+    def no_readers(*args: object) -> None:
+        raise NotImplementedError
+
+    monkeypatch.setattr(loop, "add_reader", no_readers)
+    allocator = PortAllocator(36000, 36999)
+    session = await allocator.open(RtpSession)
+    peer = _peer()
+    try:
+        assert not isinstance(session._transport, _RtpTransport)
+        peer.sendto(bytes(RtpPacket(0, 1, 0, 1, bytes(160))), session.local)
+        await _wait_until(lambda: session.stats.received == 1)
+        session.send_datagram(b"\x80\x00back")
+        await _wait_until(lambda: session.stats.sent == 1)
+    finally:
+        session.close()
+        peer.close()
+
+
+class _FullSocket(socket.socket):
+    """A socket whose send buffer is full for its first ``full`` sends."""
+
+    full = 2
+
+    def sendto(self, data: object, *args: object) -> int:  # type: ignore[override]
+        if self.full:
+            self.full -= 1
+            raise BlockingIOError
+        return super().sendto(data, *args)  # type: ignore[call-overload, no-any-return]
+
+
+async def test_sends_wait_in_order_while_the_kernel_buffer_is_full() -> None:
+    loop = asyncio.get_running_loop()
+    reader = _EpollReader(loop)
+    sock = _FullSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    session = RtpSession()
+    transport = _RtpTransport(reader, sock, session)
+    session.connection_made(transport)
+    reader.add(sock.fileno(), transport)
+    peer = _peer()
+    try:
+        for n in range(4):
+            transport.sendto(bytes([0x80, 0, 0, n]), peer.getsockname())
+        received = []
+        for _ in range(4):
+            received.append(await asyncio.wait_for(loop.sock_recv(peer, 2048), 1.0))
+        assert [d[3] for d in received] == [0, 1, 2, 3]
+    finally:
+        transport.close()
+        peer.close()
+    assert reader.closed
+
+
+async def test_plain_datagrams_go_to_on_datagram_while_nobody_listens() -> None:
+    """A bridge takes plain RTP datagrams unparsed; anything else, and everything while a digit collector
+    listens, arrives parsed through ``on_packet``; RTCP and garbage reach neither."""
+    session = await PortAllocator(37000, 37999).open(RtpSession)
+    raw: list[bytes] = []
+    parsed: list[RtpPacket] = []
+    session.on_datagram = lambda data, now: raw.append(data)
+    session.on_packet = lambda packet, now: parsed.append(packet)
+    peer = _peer()
+    plain = bytes(RtpPacket(0, 1, 0, 5, bytes(160)))
+    with_csrc = bytes(RtpPacket(0, 2, 160, 5, bytes(160), csrc=(9,)))
+    receiver_report = bytes([0x80, 201, 0, 1]) + bytes(4)
+    try:
+        for data in (plain, with_csrc, receiver_report, b"\x80\x00"):
+            peer.sendto(data, session.local)
+        await _wait_until(lambda: session.stats.received == 2 and session.stats.dropped_garbage == 1)
+        session.on_digit = lambda pressed: None
+        peer.sendto(plain, session.local)
+        await _wait_until(lambda: session.stats.received == 3)
+    finally:
+        session.close()
+        peer.close()
+    assert raw == [plain]
+    assert [p.sequence_number for p in parsed] == [2, 1]
+    assert session.latched and session.stats.dropped_foreign == 0
