@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import platform
 import re
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,10 @@ CALLEE_SCENARIO = ROOT / "bench" / "sipp_uas_bye.xml"
 HOST = "127.0.0.1"
 PASS_SUCCESS = 0.999
 PASS_RATE = 0.9
+#: Set from the command line: durchwahl's event loop, and where SIPp's error and statistics files go.
+LOOP = "asyncio"
+SIPP_LOGS: Path | None = None
+_steps = itertools.count(1)
 
 
 # ---------------------------------------------------------------------------------- the durchwahl server
@@ -77,6 +83,12 @@ async def serve(port: int, callee_port: int) -> None:
         async def resolve(self, dialled: object, who: object) -> ToEmployee:
             return route
 
+    class OneEmployee:
+        """The little of the directory a bridged call still reads (the transfer bookkeeping: who answered)."""
+
+        def employee_by_sip_user(self, user: str) -> Employee | None:
+            return callee if user == callee.sip_user else None
+
     class BenchB2bua(B2bua):
         """The B2BUA's own call flow; only who calls and where the callee's device is are constants."""
 
@@ -94,12 +106,10 @@ async def serve(port: int, callee_port: int) -> None:
 
     endpoint = Endpoint(None, core=CoreConfig(), user_agent="durchwahl-bench")
     ua = UserAgent(endpoint)
-    no_directory: Any = None
+    directory: Any = OneEmployee()
     no_registrar: Any = None
     resolver: Any = ConstantResolver()
-    b2bua = BenchB2bua(
-        ua, no_registrar, no_directory, resolver, ring_seconds=30.0, ring_state=RingGroupState()
-    )
+    b2bua = BenchB2bua(ua, no_registrar, directory, resolver, ring_seconds=30.0, ring_state=RingGroupState())
     ua.handler = b2bua.handle
     await endpoint.listen(f"udp:{HOST}:{port}")
     device = (parse_uri(f"sip:callee@{HOST}:{callee_port}"), endpoint.flow_to(HOST, callee_port, "UDP"))
@@ -211,6 +221,7 @@ def start_durchwahl() -> Peer:
     args += ["--callee-port", str(callee_port)]
     if os.environ.get("DURCHWAHL_DEFAULT_GC"):
         args.append("--default-gc")
+    args += ["--loop", LOOP]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -257,9 +268,28 @@ def start_sippy(folder: Path) -> Peer:
     return Peer("sippy", process, port, callee_port)
 
 
-def start_callee(sipp: str, port: int, calls: int, timeout: float) -> subprocess.Popen[str]:
+def sipp_logs(name: str) -> list[str]:
+    """SIPp options that keep its errors and per-second statistics (``--sipp-logs``) as ``name``-*."""
+    if SIPP_LOGS is None:
+        return []
+    prefix = SIPP_LOGS / name
+    return [
+        "-trace_err",
+        "-error_file",
+        f"{prefix}-errors.log",
+        "-trace_stat",
+        "-stf",
+        f"{prefix}-stat.csv",
+        "-fd",
+        "1",
+    ]
+
+
+def start_callee(
+    sipp: str, port: int, calls: int, timeout: float, logs: Sequence[str] = ()
+) -> subprocess.Popen[str]:
     args = [sipp, "-sf", str(CALLEE_SCENARIO), "-i", HOST, "-p", str(port), "-m", str(calls)]
-    args += ["-recv_timeout", "10000", "-timeout", f"{int(timeout)}s", "-nostdin"]
+    args += ["-recv_timeout", "10000", "-timeout", f"{int(timeout)}s", "-nostdin", *logs]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -276,13 +306,14 @@ def run_step(sipp: str, peer: Peer, rate: int, seconds: float, hold_ms: int) -> 
     calls = int(rate * seconds)
     hold = hold_ms / 1000
     timeout = seconds * 4 + hold + 30
-    callee = start_callee(sipp, peer.callee_port, calls, timeout + 5)
+    step = f"{next(_steps):02d}-{peer.name}-{rate}cps"
+    callee = start_callee(sipp, peer.callee_port, calls, timeout + 5, sipp_logs(f"{step}-callee"))
     time.sleep(0.3)
     limit = max(int(rate * (hold + 3)), 100)
     cpu_before = cpu_seconds(peer.pid)
     started = time.monotonic()
     caller = subprocess.run(
-        caller_args(sipp, peer.port, calls, rate, limit, hold_ms, timeout),
+        caller_args(sipp, peer.port, calls, rate, limit, hold_ms, timeout) + sipp_logs(f"{step}-caller"),
         capture_output=True,
         text=True,
         timeout=timeout + 30,
@@ -423,6 +454,7 @@ def main() -> int:
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--callee-port", type=int, required=True)
     server.add_argument("--default-gc", action="store_true", help="keep CPython's GC settings")
+    server.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--rates", default="50,100,200,300,400,600,800,1000")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each rate step")
     parser.add_argument("--hold-ms", type=int, default=1000, help="how long each call is held (SIPp -d)")
@@ -432,14 +464,26 @@ def main() -> int:
     parser.add_argument("--memory-calls", type=int, default=5000, help="0: skip the memory run")
     parser.add_argument("--memory-rate", type=int, default=200)
     parser.add_argument("--memory-timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="durchwahl's event loop (serve)"
+    )
+    parser.add_argument("--sipp-logs", type=Path, help="keep SIPp's error and statistics files here")
     args = parser.parse_args()
     if args.command == "serve":
-        if not args.default_gc:
-            from routing.server import tune_gc
+        sys.path.insert(0, str(ROOT))
+        from routing.server import event_loop_factory, tune_gc
 
+        if not args.default_gc:
             tune_gc()  # what `durchwahl serve` does
-        asyncio.run(serve(args.port, args.callee_port))
+        with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
+            runner.run(serve(args.port, args.callee_port))
         return 0
+
+    global LOOP, SIPP_LOGS
+    LOOP = args.loop
+    if args.sipp_logs is not None:
+        SIPP_LOGS = args.sipp_logs.resolve()
+        SIPP_LOGS.mkdir(parents=True, exist_ok=True)
 
     sipp = shutil.which("sipp")
     if sipp is None:
@@ -447,6 +491,7 @@ def main() -> int:
         return 2
     version = subprocess.run([sipp, "-v"], capture_output=True, text=True).stdout
     print(f"machine: {machine()}")
+    print(f"durchwahl event loop: {LOOP}")
     print(f"sipp: {next((v.strip() for v in version.splitlines() if 'SIPp' in v), '?')}")
     rates = [int(r) for r in args.rates.split(",")]
     names = [p.strip() for p in args.peers.split(",") if p.strip()]

@@ -503,6 +503,7 @@ class B2bua:
         finally:
             del self.active[a]
             self._tear_down(a, [*call.legs, *call.adopted], keep=call.given)
+            _discard_events(call.queue, [a, *call.legs, *call.adopted], keep=call.given)
             if call.media is not None:
                 call.media.close()
             self._write_cdr(self._record(call))
@@ -1559,6 +1560,23 @@ class B2bua:
                 a.bye()
         except SessionError:
             log.debug("call %s: caller leg already going", a.call_id)
+
+
+def _discard_events(queue: CallQueue, legs: Iterable[Call], *, keep: Collection[Call] = ()) -> None:
+    """A call coroutine ended: nobody reads its queue any more. Empty it now and as each leg ends — a queued
+    ``(leg, event)`` holds the leg, whose ``events`` is this queue: a reference cycle that only the cyclic
+    garbage collector would free, with the leg's whole session (CPS benchmark: ~110 objects per call)."""
+    if any(leg.events is queue for leg in keep):
+        return  # a leg handed to another call still reports here
+
+    def discard(_: object = None) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+
+    discard()
+    for leg in legs:
+        if leg.events is queue and not leg.ended.done():
+            leg.ended.add_done_callback(discard)
 
 
 class _HoldSync:

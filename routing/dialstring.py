@@ -75,6 +75,8 @@ class DialStringError(RoutingError, ValueError):
 class DialKind(enum.Enum):
     """What a dial string's number is."""
 
+    __hash__ = object.__hash__  # members are singletons: identity hashing, without Enum's Python-level hash
+
     EXTENSION = "extension"  #: 1–4 digits, inside the office
     NATIONAL = "national"  #: 5 or more digits without "+": needs a country code (see :func:`to_e164`)
     INTERNATIONAL = "international"  #: "+" and an E.164 number

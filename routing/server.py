@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import secrets
@@ -39,7 +40,7 @@ from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
 
-__all__ = ["Server", "load_secret", "tune_gc"]
+__all__ = ["EVENT_LOOPS", "Server", "event_loop_factory", "load_secret", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,26 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+
+
+#: The event loops ``durchwahl serve --loop`` offers: asyncio's own, or uvloop (``pip install
+#: durchwahl[speed]``; about a fifth less CPU per call in the CPS benchmark, docs/PERFORMANCE.md).
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``asyncio.Runner`` (None: asyncio's default loop). Raises ``ValueError`` for a
+    name not in :data:`EVENT_LOOPS` and for uvloop when it is not installed."""
+    if name == "asyncio":
+        return None
+    if name != "uvloop":
+        raise ValueError(f"unknown event loop {name!r} (choose from {', '.join(EVENT_LOOPS)})")
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        raise ValueError("--loop uvloop: uvloop is not installed (pip install 'durchwahl[speed]')") from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def load_secret(state_dir: Path) -> bytes:

@@ -24,8 +24,8 @@ from typing import Final
 import attrs
 
 from .errors import SipError, SipParseError
-from .headers import MAX_UINT32, Header, Via, header_key, parse_via
-from .message import Request, Response
+from .headers import MAX_UINT32, CSeq, Header, Via, header_key, parse_via
+from .message import Request, Response, seed_parsed
 from .uri import NameAddr, SipUri, Uri, parse_name_addr
 
 __all__ = [
@@ -91,12 +91,16 @@ class DialogId:
 class DialogState(enum.Enum):
     """RFC 3261 §12: a dialog is early (made by a 1xx) or confirmed (by a 2xx); BYE or failure ends it."""
 
+    __hash__ = object.__hash__  # members are singletons: identity hashing, without Enum's Python-level hash
+
     EARLY = "early"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
 
 
 class _DialogInput(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hashing, without Enum's Python-level hash
+
     CONFIRM = "confirm"  # a 2xx was sent (UAS) or received (UAC) for the dialog-creating INVITE
     TERMINATE = "terminate"  # BYE, non-2xx final response, or an early dialog dropped after the fork window
 
@@ -121,7 +125,8 @@ def _as_name_addr(value: NameAddr | str) -> NameAddr:
 
 
 def _without_tag(party: NameAddr) -> NameAddr:
-    return attrs.evolve(party, params=tuple(p for p in party.params if p[0] != "tag"))
+    params = tuple(p for p in party.params if p[0] != "tag")
+    return NameAddr(party.display_name, party.uri, params, party.bracketed)  # hot: not attrs.evolve
 
 
 def _with_tag(party: NameAddr, tag: str | None) -> NameAddr:
@@ -516,10 +521,14 @@ class Dialog:
         lines.append(Header("CSeq", f"{seq} {method}"))
         if contact is not None:
             lines.append(Header("Contact", str(contact)))
-        lines.extend(Header(name, value) for name, value in headers)
+        extra = [Header(name, value) for name, value in headers]
+        lines.extend(extra)
         if body:
             lines.append(Header("Content-Type", content_type or "application/sdp"))
-        return Request(method, request_uri, tuple(lines), body)
+        request = Request(method, request_uri, tuple(lines), body)
+        if any(header_key(h.name) in ("via", "cseq") for h in extra):
+            return request
+        return seed_parsed(request, via=(via,), cseq=CSeq(seq, method))
 
     def _route(self) -> tuple[Uri, tuple[NameAddr, ...]]:
         """Request-URI and Route values per §12.2.1.1."""

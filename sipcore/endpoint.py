@@ -90,12 +90,19 @@ class IncomingRequest:
         self.final: Response | None = None
         self.sent_tagged = False
         self.to_tag = endpoint.new_tag() if request.to.tag is None else request.to.tag
-        #: Set when a CANCEL for this INVITE arrived (the endpoint already answered it and the INVITE 487).
-        self.cancelled = asyncio.Event()
+        self._cancelled: asyncio.Event | None = None
         #: For an INVITE answered with 2xx: resolves with the ACK (or an exception after 64*T1 without one).
         self.ack: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
         self._on_ack: Callable[[Request], None] | None = None
         self._on_cancel: Callable[[Request], None] | None = None
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set when a CANCEL for this INVITE arrived (the endpoint already answered it and the INVITE 487).
+        Made on first use: most requests never need it, and each outlives its call by 64*T1."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+        return self._cancelled
 
     @property
     def taken_over(self) -> bool:
@@ -159,8 +166,16 @@ class OutgoingRequest:
         self.on_failure = on_failure
         self._handle: TransactionHandle | None = None
         self.provisional: list[Response] = []
-        self.responses: asyncio.Queue[Response] = asyncio.Queue()
+        self._responses: asyncio.Queue[Response] | None = None
         self._final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+    @property
+    def responses(self) -> asyncio.Queue[Response]:
+        """Every response, in order — unless ``on_response`` takes them. Made on first use (the UA's
+        requests never need one, and each outlives its call by 64*T1)."""
+        if self._responses is None:
+            self._responses = asyncio.Queue()
+        return self._responses
 
     @property
     def final(self) -> asyncio.Future[Response]:
@@ -217,6 +232,9 @@ class Endpoint:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: Ticks come at most this often (see ``_arm_timer``); far below any SIP timer's precision.
+        self._tick = min(0.01, self.timers.t1 / 50)
+        self._last_tick = float("-inf")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -310,7 +328,8 @@ class Endpoint:
             if response is not None:
                 self._transmit(bytes(response), flow)
             return
-        log.debug("recv from %s: %s", flow, _summary(message))
+        if log.isEnabledFor(logging.DEBUG):  # the summary formats the URI: not for nothing, per message
+            log.debug("recv from %s: %s", flow, _summary(message))
         if isinstance(message, Response):
             if len(message.via) != 1:
                 # RFC 3261 §8.1.3.3: a response with more than one Via was meant for someone else.
@@ -549,7 +568,8 @@ class Endpoint:
 
     def _send_response(self, incoming: IncomingRequest, response: Response) -> None:
         request = incoming.request
-        log.debug("send to %s: %s", incoming.flow, _summary(response))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("send to %s: %s", incoming.flow, _summary(response))
         if request.method == "INVITE" and 200 <= response.status < 300 and not incoming.taken_over:
             self._layer.send_response(incoming._handle, response, self._now)
             data = bytes(response)
@@ -564,7 +584,8 @@ class Endpoint:
         self._drain()
 
     def _retransmit(self, incoming: IncomingRequest, response: Response) -> None:
-        log.debug("resend to %s: %s", incoming.flow, _summary(response))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("resend to %s: %s", incoming.flow, _summary(response))
         self._layer.send_response(incoming._handle, response, self._now)
         self._drain()
 
@@ -598,7 +619,8 @@ class Endpoint:
         handle = self._layer.send_request(request, self._now, reliable=flow.transport != "UDP", context=flow)
         outgoing._handle = handle
         self._outgoing[handle] = outgoing
-        log.debug("send to %s: %s", flow, _summary(request))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("send to %s: %s", flow, _summary(request))
         self._drain()
         return outgoing
 
@@ -714,29 +736,44 @@ class Endpoint:
     # ----------------------------------------------------------------------------------------- timer
 
     def _arm_timer(self) -> None:
+        """Make sure the timer fires by the earliest deadline. It runs after every event, so it is lazy: a
+        timer already armed for an earlier moment stays (a wake-up with nothing due is cheap; re-arming
+        on every change of the earliest deadline cost a timer handle and a cancellation per message)."""
         if self._closed or self._loop is None:
             return
-        deadlines = [t for t in (self._layer.get_timer(),) if t is not None]
+        at = self._layer.get_timer()
         for user in self._timer_users:
-            at = user.get_timer()
-            if at is not None:
-                deadlines.append(at)
-        deadlines.extend(p.next_at for p in self._pending_2xx.values())
+            due = user.get_timer()
+            if due is not None and (at is None or due < at):
+                at = due
+        for pending in self._pending_2xx.values():
+            if at is None or pending.next_at < at:
+                at = pending.next_at
         if self._acks:
-            deadlines.append(next(iter(self._acks.values()))[2])
-        at = min(deadlines) if deadlines else None
-        if at == self._timer_at:
+            due = next(iter(self._acks.values()))[2]
+            if at is None or due < at:
+                at = due
+        if at is None:
+            return
+        # At a few hundred calls per second some transaction expires every few milliseconds; a tick for
+        # each cost more than the precision is worth, so ticks are at least ``_tick`` apart.
+        at = max(at, self._last_tick + self._tick)
+        armed = self._timer_at
+        if armed is not None and armed <= at:
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = at
-        if at is not None:
-            self._timer = self._loop.call_at(at, self._on_timer)
+        self._timer = self._loop.call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        self._last_tick = self._now
+        # Input first: a response or ACK already waiting in a socket buffer must stop the retransmission
+        # this timer may be due for. Under load the buffer holds a backlog, and resending an INVITE whose
+        # 180 is queued there makes the callee drop the call (SIPp does).
+        self._transports.read_pending()
         now = self._now
         self._layer.handle_timer(now)
         for user in list(self._timer_users):

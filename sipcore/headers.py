@@ -253,7 +253,8 @@ class Via:
                 break
         else:
             params.append((name_l, value))
-        return attrs.evolve(self, params=tuple(params))
+        # The constructor, not attrs.evolve: this runs for every request sent (evolve's field walk costs).
+        return Via(self.transport, self.host, self.port, tuple(params), self.protocol)
 
     def __str__(self) -> str:
         host = self.host if self.port is None else f"{self.host}:{self.port}"

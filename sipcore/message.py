@@ -42,6 +42,7 @@ __all__ = [
     "error_response",
     "make_response",
     "parse_message",
+    "seed_parsed",
 ]
 
 SIP_VERSION: Final = "SIP/2.0"
@@ -378,6 +379,21 @@ class _MessageBase:
         _ = (self.from_, self.to, self.call_id, self.cseq, self.max_forwards)
 
 
+_M = TypeVar("_M", bound=_MessageBase)
+
+
+def seed_parsed(message: _M, *, via: tuple[Via, ...] | None = None, cseq: CSeq | None = None) -> _M:
+    """Record the typed Via and CSeq of a message built here from exactly these values (its headers hold
+    ``str(via)`` and ``"{seq} {method}"``), as the parser does for what it read: reading them back then
+    does not parse the text just written. Returns ``message``."""
+    cache = message.__dict__
+    if via is not None:
+        cache["via"] = via
+    if cseq is not None:
+        cache["cseq"] = cseq
+    return message
+
+
 def _single_name_addr(message: _MessageBase, name: str) -> NameAddr:
     values = message._values(name)
     if not values:
@@ -700,9 +716,15 @@ def make_response(
             copied.append(Header("To", value))
         elif key == "timestamp" and status == 100:
             copied.append(Header("Timestamp", header.value))
-    copied.extend(Header(name, value) for name, value in headers)
+    extra = [Header(name, value) for name, value in headers]
+    copied.extend(extra)
     phrase = reason if reason is not None else REASON_PHRASES.get(status, "Unknown")
-    return Response(status, phrase, tuple(copied), body)
+    response = Response(status, phrase, tuple(copied), body)
+    if any(header_key(h.name) in ("via", "cseq") for h in extra):
+        return response
+    # Via and CSeq are the request's, copied verbatim: what the request parsed from them holds here too.
+    parsed = request.__dict__
+    return seed_parsed(response, via=parsed.get("via"), cseq=parsed.get("cseq"))
 
 
 def error_response(error: SipParseError, *, to_tag: str | None = None) -> Response | None:

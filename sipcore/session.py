@@ -48,8 +48,8 @@ from .dialog import (
     ForkAnswered,
     via_with_branch,
 )
-from .headers import Header, Via, parse_via
-from .message import Request, Response, make_response
+from .headers import CSeq, Header, Via, header_key, parse_via
+from .message import Request, Response, make_response, seed_parsed
 from .uri import NameAddr, Uri, parse_name_addr, parse_uri
 
 __all__ = [
@@ -320,6 +320,8 @@ SessionEvent = (
 class SessionState(enum.Enum):
     """The states of an INVITE session (RFC 3261 §13 for setup, §14 re-INVITE, §15 BYE)."""
 
+    __hash__ = object.__hash__  # members are singletons: identity hashing, without Enum's Python-level hash
+
     IDLE = "idle"
     # UAC, initial INVITE (§13.2)
     CALLING = "calling"  # INVITE sent, no provisional yet
@@ -344,6 +346,8 @@ class SessionState(enum.Enum):
 
 class SessionInput(enum.Enum):
     """Everything that can happen to a session: TU commands, classified messages, failures, timers."""
+
+    __hash__ = object.__hash__  # members are singletons: identity hashing, without Enum's Python-level hash
 
     # TU commands
     SEND_INVITE = "send_invite"
@@ -590,6 +594,8 @@ _TRANSITIONS: Final = _build_table()
 
 
 class _Timer(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons: identity hashing, without Enum's Python-level hash
+
     ACK_DEADLINE = _I.ACK_TIMED_OUT  # listed first: on a tie, giving up wins over one more retransmission
     RETRANSMIT = _I.RETRANSMIT_DUE
     RETRY = _I.RETRY_DUE
@@ -794,7 +800,8 @@ class InviteSession:
         uri = parse_uri(request_uri) if isinstance(request_uri, str) else request_uri
         tag = self._make_tag()
         from_party = _as_name_addr(from_)
-        from_party = attrs.evolve(from_party, params=tuple(p for p in from_party.params if p[0] != "tag"))
+        params = tuple(p for p in from_party.params if p[0] != "tag")
+        from_party = NameAddr(from_party.display_name, from_party.uri, params, from_party.bracketed)
         to_party = _as_name_addr(to)
         extra = tuple(headers)
         max_forwards = str(MAX_FORWARDS)
@@ -802,8 +809,9 @@ class InviteSession:
             # A B2BUA passes the incoming request's count on, less one, so a routing loop ends (483).
             max_forwards = next(value for name, value in extra if name.lower() == "max-forwards")
             extra = tuple((name, value) for name, value in extra if name.lower() != "max-forwards")
+        via = via_with_branch(self._via, self._make_branch)
         lines = [
-            Header("Via", str(via_with_branch(self._via, self._make_branch))),
+            Header("Via", str(via)),
             Header("Max-Forwards", max_forwards),
             *(Header("Route", str(_as_name_addr(r))) for r in route),
             Header("From", str(from_party.with_tag(tag))),
@@ -818,6 +826,8 @@ class InviteSession:
         if body:
             lines.append(Header("Content-Type", content_type or "application/sdp"))
         invite = Request("INVITE", uri, tuple(lines), body)
+        if not any(header_key(name) in ("via", "cseq") for name, _ in extra):
+            seed_parsed(invite, via=(via,), cseq=CSeq(self._initial_cseq, "INVITE"))
         self._local_tag = tag
         self._dispatch(_I.SEND_INVITE, now, invite)
         return invite

@@ -257,7 +257,8 @@ class SipUri:
 
     def with_param(self, name: str, value: str | None = None) -> SipUri:
         """A copy with parameter ``name`` set to ``value`` (``None`` for a flag), replacing any present."""
-        return attrs.evolve(self, params=_replace_param(self.params, name, value))
+        params = _replace_param(self.params, name, value)
+        return SipUri(self.scheme, self.user, self.password, self.host, self.port, params, self.headers)
 
     def without_param(self, name: str) -> SipUri:
         """A copy without any parameter called ``name``."""
@@ -779,7 +780,8 @@ class NameAddr:
 
     def with_param(self, name: str, value: str | None = None) -> NameAddr:
         """A copy with header parameter ``name`` set to ``value`` (written as given), replacing others."""
-        return attrs.evolve(self, params=_replace_param(self.params, name, value))
+        params = _replace_param(self.params, name, value)
+        return NameAddr(self.display_name, self.uri, params, self.bracketed)  # hot: not attrs.evolve
 
     def with_tag(self, tag: str) -> NameAddr:
         return self.with_param("tag", tag)
