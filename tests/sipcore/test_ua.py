@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -120,6 +122,30 @@ async def test_call_answered_confirmed_and_bye_from_caller_ends_both(pair: Pair)
     assert ended_callee.reason is TerminationReason.REMOTE_BYE
     assert ended_caller.reason is TerminationReason.LOCAL_BYE
     assert pair.alice.ua.calls == () and pair.bob.ua.calls == ()
+
+
+async def test_a_finished_call_is_freed_without_the_cyclic_collector(pair: Pair) -> None:
+    """Once a call has ended, its events are read and its transactions are over (64*T1), reference counting
+    frees its legs. A reference cycle (an INVITE's ACK callback back to its call; a call's table of sent
+    requests to their response callbacks back to it) would leave every leg to the cyclic collector, which
+    with a server's raised GC thresholds (``routing.server.tune_gc``) runs seldom: they piled up."""
+    gc.disable()
+    try:
+        caller, callee = await answered_call(pair)
+        caller.bye()
+        async with asyncio.timeout(3):
+            await callee.wait_ended()
+            await caller.wait_ended()
+        legs = [caller, callee, caller.session, callee.session]
+        refs = [weakref.ref(leg) for leg in legs]
+        for call in (caller, callee):
+            while not call.events.empty():
+                call.events.get_nowait()
+        del caller, callee, call, legs
+        await asyncio.sleep(64 * FAST.t1 + 0.5)  # the call's transactions end (Timers J, K, L, M)
+        assert [ref() for ref in refs] == [None, None, None, None]
+    finally:
+        gc.enable()
 
 
 async def test_bye_from_callee_ends_both(pair: Pair) -> None:
