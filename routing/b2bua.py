@@ -702,8 +702,9 @@ class B2bua:
         log.warning("call %s: routing loops (groups falling back to each other)", call.a.call_id)
         self._fail(call, 482, "Loop Detected")
 
-    async def _ring_group(self, call: _Call, group: Group) -> bool:
-        """Ring ``group``'s plan step by step; true when the call is over (answered or the caller left)."""
+    async def group_steps(self, group: Group) -> list[tuple[list[Employee], float]]:
+        """``group``'s ring plan over its members that have a device and are not in a call: the employees
+        of each step and how long they ring (the ``evenly`` state is advanced and saved)."""
         reachable = []
         for extension in group.members:
             employee = self._employee(extension)
@@ -713,9 +714,15 @@ class B2bua:
         if state != self.ring_state:
             self.ring_state = state
             self._save_ring_state()
-        for step in plan.steps:
-            employees = [e for e in map(self._employee, step.extensions) if e is not None]
-            outcome = await self._ring(call, employees, float(step.seconds))
+        return [
+            ([e for e in map(self._employee, step.extensions) if e is not None], float(step.seconds))
+            for step in plan.steps
+        ]
+
+    async def _ring_group(self, call: _Call, group: Group) -> bool:
+        """Ring ``group``'s plan step by step; true when the call is over (answered or the caller left)."""
+        for employees, seconds in await self.group_steps(group):
+            outcome = await self._ring(call, employees, seconds)
             if isinstance(outcome, _Ended):
                 return True
             if call.a.terminated:

@@ -102,7 +102,6 @@ from .directory import Employee
 from .events import CallTransferred
 from .greeting_flow import MovedLeg
 from .resolver import FromEmployee, Refused, Route, ToEmployee, ToExtensionProcessing, ToExternal, ToGroup
-from .ringgroup import plan_ring_group
 
 __all__ = [
     "ALLOW",
@@ -815,20 +814,8 @@ class Transfers:
         return 482
 
     async def _ring_group(self, t: _Transfer, route: ToGroup) -> _Won | None:
-        b2bua = self.b2bua
-        group = route.group
-        reachable = []
-        for extension in group.members:
-            employee = b2bua._employee(extension)
-            if employee is not None and not b2bua.busy[extension] and await b2bua._devices(employee):
-                reachable.append(extension)
-        plan, state = plan_ring_group(group, reachable, b2bua.ring_state)
-        if state != b2bua.ring_state:
-            b2bua.ring_state = state
-            b2bua._save_ring_state()
-        for step in plan.steps:
-            employees = [e for e in map(b2bua._employee, step.extensions) if e is not None]
-            won = await self._ring_employees(t, employees, float(step.seconds))
+        for employees, seconds in await self.b2bua.group_steps(route.group):
+            won = await self._ring_employees(t, employees, seconds)
             if isinstance(won, _Won):
                 return won
             if t.transferee.terminated:
