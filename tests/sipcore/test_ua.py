@@ -148,6 +148,27 @@ async def test_a_finished_call_is_freed_without_the_cyclic_collector(pair: Pair)
         gc.enable()
 
 
+async def test_an_ended_call_is_not_kept_by_its_invite_transaction(pair: Pair) -> None:
+    """The INVITE's client transaction outlives the call by 64*T1 (Timer M, for 2xx retransmissions, which
+    the endpoint then ACKs from its cache); it must not keep the leg alive that long: at a few hundred calls
+    per second that is every ended call's session, dialog and queues, re-walked by each GC pass."""
+    gc.disable()
+    try:
+        caller, _ = await answered_call(pair)
+        caller.bye()
+        async with asyncio.timeout(3):
+            await caller.wait_ended()
+        refs = [weakref.ref(caller), weakref.ref(caller.session)]
+        while not caller.events.empty():
+            caller.events.get_nowait()
+        del caller
+        await asyncio.sleep(3 * FAST.t4)  # the BYE's transaction is over (Timer K = T4), the INVITE's is not
+        assert [ref() for ref in refs] == [None, None]
+        assert pair.alice.endpoint._layer.client_count == 1
+    finally:
+        gc.enable()
+
+
 async def test_bye_from_callee_ends_both(pair: Pair) -> None:
     caller, callee = await answered_call(pair)
     callee.bye()
