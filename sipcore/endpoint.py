@@ -391,7 +391,7 @@ class Endpoint:
         cache = stamped_request.__dict__
         old_cache = request.__dict__
         index = dict(request._index)
-        index["via"] = [new_value if v is old_value else v for v in index["via"]]
+        index["via"] = tuple(new_value if v is old_value else v for v in index["via"])
         cache["_index"] = index
         cache["via"] = (stamped, *request.via[1:])
         for name in ("from_", "to", "call_id", "cseq", "max_forwards"):

@@ -167,6 +167,8 @@ _SP_RE: Final = re.compile(r"[ \t]+")
 
 
 _T = TypeVar("_T")
+#: Header field values by lookup key.
+_Index = dict[str, tuple[str, ...]]
 
 
 class _cached(Generic[_T]):
@@ -207,11 +209,16 @@ class _MessageBase:
     body: bytes
 
     @_cached
-    def _index(self) -> dict[str, list[str]]:
-        """Header values by lookup key (set directly by the parser, which builds it in its one pass)."""
-        index: dict[str, list[str]] = {}
+    def _index(self) -> _Index:
+        """Header values by lookup key (set directly by the parser, which builds it in its one pass).
+
+        Tuples, not lists: the cyclic GC untracks a tuple of strings, and then the dict holding only
+        such tuples, so a message kept for a transaction's 64*T1 is not re-walked by every collection.
+        """
+        index: _Index = {}
         for header in self.headers:
-            index.setdefault(header_key(header.name), []).append(header.value)
+            key = header_key(header.name)
+            index[key] = (*index.get(key, ()), header.value)
         return index
 
     def get(self, name: str) -> str | None:
@@ -221,7 +228,7 @@ class _MessageBase:
 
     def get_all(self, name: str) -> tuple[str, ...]:
         """Every field value of header ``name`` in order, as written (comma lists not split)."""
-        return tuple(self._index.get(header_key(name), ()))
+        return self._index.get(header_key(name), ())
 
     def values(self, name: str) -> tuple[str, ...]:
         """Every value of a list header (Via, Contact, Route …), comma-separated fields split."""
@@ -319,23 +326,23 @@ class _MessageBase:
 
     @property
     def require(self) -> tuple[str, ...]:
-        return parse_token_list(tuple(self._index.get("require", ())))
+        return parse_token_list(self._index.get("require", ()))
 
     @property
     def proxy_require(self) -> tuple[str, ...]:
-        return parse_token_list(tuple(self._index.get("proxy-require", ())))
+        return parse_token_list(self._index.get("proxy-require", ()))
 
     @property
     def supported(self) -> tuple[str, ...]:
-        return parse_token_list(tuple(self._index.get("supported", ())))
+        return parse_token_list(self._index.get("supported", ()))
 
     @property
     def allow(self) -> tuple[str, ...]:
-        return parse_token_list(tuple(self._index.get("allow", ())))
+        return parse_token_list(self._index.get("allow", ()))
 
     @property
     def unsupported(self) -> tuple[str, ...]:
-        return parse_token_list(tuple(self._index.get("unsupported", ())))
+        return parse_token_list(self._index.get("unsupported", ()))
 
     @property
     def www_authenticate(self) -> tuple[Challenge, ...]:
@@ -552,13 +559,11 @@ def _unfold(lines: list[str]) -> list[tuple[int, str]]:
 _LINES: dict[str, tuple[Header, str]] = {}
 
 
-def _parse_header_lines(
-    lines: list[str], limits: Limits, folded: bool
-) -> tuple[list[Header], dict[str, list[str]]]:
+def _parse_header_lines(lines: list[str], limits: Limits, folded: bool) -> tuple[list[Header], _Index]:
     """Header lines -> the headers in order and the lookup index, in one pass."""
     numbered = _unfold(lines) if folded else enumerate(lines, start=2)
     headers: list[Header] = []
-    index: dict[str, list[str]] = {}
+    index: _Index = {}
     known_lines = _LINES
     for number, line in numbered:
         known = known_lines.get(line)
@@ -578,10 +583,7 @@ def _parse_header_lines(
         if key != "content-length":  # framing, owned by the message layer (the body length is the truth)
             headers.append(header)
         values = index.get(key)
-        if values is None:
-            index[key] = [header[1]]
-        else:
-            values.append(header[1])
+        index[key] = (header[1],) if values is None else (*values, header[1])
     if len(headers) > limits.max_headers:
         raise SipParseError(f"more than {limits.max_headers} header fields")
     return headers, index
@@ -612,7 +614,7 @@ def parse_message(
 
 
 def _body(
-    headers: list[Header], index: dict[str, list[str]], rest: bytes, limits: Limits, stream: bool
+    headers: list[Header], index: _Index, rest: bytes, limits: Limits, stream: bool
 ) -> tuple[tuple[Header, ...], bytes]:
     """Frame the body by Content-Length and drop the Content-Length headers (the body length is the truth)."""
     lengths = index.pop("content-length", None)
@@ -638,7 +640,7 @@ def _body(
 
 
 def _parse_response(
-    line: str, headers: list[Header], index: dict[str, list[str]], rest: bytes, limits: Limits, stream: bool
+    line: str, headers: list[Header], index: _Index, rest: bytes, limits: Limits, stream: bool
 ) -> Response:
     version, _, tail = line.partition(" ")
     code, _, reason = tail.partition(" ")
@@ -654,7 +656,7 @@ def _parse_response(
 
 
 def _parse_request(
-    line: str, headers: list[Header], index: dict[str, list[str]], rest: bytes, limits: Limits, stream: bool
+    line: str, headers: list[Header], index: _Index, rest: bytes, limits: Limits, stream: bool
 ) -> Request:
     parts = line.split(" ")
     if len(parts) != 3 or "\t" in line:
