@@ -160,6 +160,10 @@ class _EpollReader:
                 log.exception("RTP socket %d: error handling a datagram", fd)
 
 
+#: What a closed transport points at instead of its session.
+_GONE: Final = asyncio.DatagramProtocol()
+
+
 class _RtpTransport(asyncio.DatagramTransport):
     """A datagram transport on a socket read by an :class:`_EpollReader`; sends go straight to the socket
     and are queued (until it is writable again) only when the kernel's send buffer is full."""
@@ -213,7 +217,13 @@ class _RtpTransport(asyncio.DatagramTransport):
             self._backlog.clear()
             self._reader.loop.remove_writer(self._fd)
         self._sock.close()
-        self._reader.loop.call_soon(self.protocol.connection_lost, None)
+        self._reader.loop.call_soon(self._lost)
+
+    def _lost(self) -> None:
+        # The session holds this transport and this transport the session: let go, so that reference
+        # counting frees both when the call ends (else each anchored call left a cycle for the GC).
+        protocol, self.protocol = self.protocol, _GONE
+        protocol.connection_lost(None)
 
     def abort(self) -> None:
         self.close()

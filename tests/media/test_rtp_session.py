@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 import socket
 import statistics
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -91,6 +93,22 @@ async def test_rfc4733_digits_arrive_once_and_garbage_is_dropped() -> None:
     assert session.stats.dropped_garbage == 2
     assert session.stats.dropped_foreign == 1
     assert session.remote == peer_address
+
+
+async def test_a_closed_session_is_freed_without_the_cyclic_collector() -> None:
+    """An anchored call's sessions are closed when it ends; nothing may keep them (and their socket,
+    sender and digit state) for the cyclic GC, which a server runs seldom (routing.server.tune_gc)."""
+    gc.disable()
+    try:
+        allocator = PortAllocator(32000, 32999)
+        session = await allocator.open(lambda: RtpSession(on_digit=lambda pressed: None))
+        ref = weakref.ref(session)
+        session.close()
+        del session
+        await asyncio.sleep(0.01)  # connection_lost comes on the next loop turn
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 async def test_port_range_exhaustion_is_a_clear_error() -> None:
