@@ -2,10 +2,14 @@
 
     .venv/bin/python bench/bench_cps.py [--rates 50,100,200,300,400,600,800,1000] [--seconds 6]
         [--hold-ms 1000] [--peers durchwahl,sippy] [--profile] [--memory-calls 5000] [--memory-rate 200]
+        [--loop asyncio|uvloop] [--anchor]
 
 **Calls per second.** SIPp's built-in ``uac`` scenario (INVITE, ACK, ``--hold-ms`` pause, BYE) calls the B2BUA
 under test, which routes every INVITE to a SIPp callee running ``bench/sipp_uas_bye.xml`` (180, 200 with SDP,
-then ACK, BYE, 200). Signalling only: the SDP passes through, no media is anchored. A call counts as
+then ACK, BYE, 200). By default signalling only: the SDP passes through. With ``--anchor`` durchwahl anchors
+the media as ``durchwahl serve`` does (each call's caller and callee get a port of ours in the SDP, bound for
+the call; SIPp sends no RTP, so this measures the set-up and tear-down of anchored calls, not relaying);
+Sippy still passes the SDP through (it anchors only with an external rtpproxy). A call counts as
 successful only when it completed on **both** legs: success = min(caller's successful calls, callee's
 successful calls) / calls placed. Each B2BUA runs in its own process, started once for the whole ladder:
 
@@ -22,7 +26,11 @@ calls, with a fresh SIPp caller and callee; before each step the peer must be id
 for 2 s running, at least ``--idle`` s after the previous step). A step passes when ≥ 99.9 % of its calls
 succeeded and the caller placed them at ≥ 90 % of the target rate; a peer's ladder stops at its first failing
 step. Reported: the highest passing rate per peer and the ratio. With ``--profile`` one more durchwahl step
-runs at its highest passing rate under cProfile (top functions by own time printed).
+runs at its highest passing rate under cProfile (top functions by own time printed;
+``BENCH_PROFILE_FILE=path`` also saves the statistics for ``pstats``).
+Diagnostics of the server: ``BENCH_GC_LOG=1`` reports its cyclic-GC passes (see :class:`GcWatch`),
+``BENCH_GC_THRESHOLD=a,b,c`` replaces the thresholds ``tune_gc`` sets, ``DURCHWAHL_DEFAULT_GC=1`` keeps
+CPython's.
 
 **Memory per held call.** A fresh durchwahl server takes a warm-up of 200 short calls, goes idle, and its
 RSS (``VmRSS``) is read; then SIPp holds ``--memory-calls`` calls (``-d`` longer than the run) placed at
@@ -35,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import platform
@@ -46,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +67,8 @@ PASS_SUCCESS = 0.999
 PASS_RATE = 0.9
 #: Set from the command line: durchwahl's event loop, and where SIPp's error and statistics files go.
 LOOP = "asyncio"
+#: Set from the command line: durchwahl anchors (relays) the media of every call.
+ANCHOR = False
 SIPP_LOGS: Path | None = None
 _steps = itertools.count(1)
 
@@ -64,9 +76,39 @@ _steps = itertools.count(1)
 # ---------------------------------------------------------------------------------- the durchwahl server
 
 
-async def serve(port: int, callee_port: int) -> None:
-    """The B2BUA under test: routing.b2bua.B2bua with constant routing, on one UDP port."""
+class GcWatch:
+    """``BENCH_GC_LOG=1``: the server reports every cyclic-GC pass of 5 ms or more, or of an older
+    generation, on stderr, and at exit the passes per generation, their total time and what is tracked."""
+
+    def __init__(self) -> None:
+        self.passes = [0, 0, 0]
+        self.spent_ms = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        generation = info["generation"]
+        if phase == "start":
+            self._started = time.perf_counter()
+            self.passes[generation] += 1
+            return
+        took = 1000 * (time.perf_counter() - self._started)
+        self.spent_ms += took
+        if generation >= 1 or took >= 5:
+            print(f"GC gen{generation} {took:.1f} ms, collected {info['collected']}", file=sys.stderr)
+
+    def summary(self) -> None:
+        objects = gc.get_objects()
+        kinds = Counter(type(o).__qualname__ for o in objects).most_common(25)
+        print(f"GC passes per generation {self.passes}, {self.spent_ms:.0f} ms in all", file=sys.stderr)
+        print(f"GC tracks {len(objects)} objects: {kinds}", file=sys.stderr)
+
+
+async def serve(port: int, callee_port: int, anchor: bool) -> None:
+    """The B2BUA under test: routing.b2bua.B2bua with constant routing, on one UDP port; with ``anchor``
+    every call's media goes through ports of ours, as `durchwahl serve` does by default."""
     sys.path.insert(0, str(ROOT))
+    from media.session import PortAllocator
     from routing.b2bua import B2bua
     from routing.directory import Employee
     from routing.resolver import FromEmployee, ToEmployee
@@ -109,7 +151,17 @@ async def serve(port: int, callee_port: int) -> None:
     directory: Any = OneEmployee()
     no_registrar: Any = None
     resolver: Any = ConstantResolver()
-    b2bua = BenchB2bua(ua, no_registrar, directory, resolver, ring_seconds=30.0, ring_state=RingGroupState())
+    ports = PortAllocator(20000, 59999, host=HOST) if anchor else None
+    b2bua = BenchB2bua(
+        ua,
+        no_registrar,
+        directory,
+        resolver,
+        ring_seconds=30.0,
+        ring_state=RingGroupState(),
+        ports=ports,
+        anchor_media=anchor,
+    )
     ua.handler = b2bua.handle
     await endpoint.listen(f"udp:{HOST}:{port}")
     device = (parse_uri(f"sip:callee@{HOST}:{callee_port}"), endpoint.flow_to(HOST, callee_port, "UDP"))
@@ -123,20 +175,29 @@ async def serve(port: int, callee_port: int) -> None:
 
     def report() -> None:
         print(f"ACTIVE {len(b2bua.active)} {len(ua.calls)}", flush=True)
+        if gc_watch is not None:
+            in_use = len(ports._used) if ports is not None else 0
+            print(f"open fds {len(os.listdir('/proc/self/fd'))}, RTP ports in use {in_use}", file=sys.stderr)
+        if gc_watch is not None:
+            gc_watch.summary()
 
     def profile_stop() -> None:
         profiler.disable()
+        if os.environ.get("BENCH_PROFILE_FILE"):
+            profiler.dump_stats(os.environ["BENCH_PROFILE_FILE"])
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("tottime").print_stats(25)
         stats.print_callers(6)
         print("PROFILE-END", flush=True)
 
+    gc_watch = GcWatch() if os.environ.get("BENCH_GC_LOG") else None
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, report)
     loop.add_signal_handler(signal.SIGUSR1, profiler.enable)
     loop.add_signal_handler(signal.SIGUSR2, profile_stop)
     print("READY", flush=True)
     await stop.wait()
+    report()
     await endpoint.close()
 
 
@@ -222,6 +283,8 @@ def start_durchwahl() -> Peer:
     if os.environ.get("DURCHWAHL_DEFAULT_GC"):
         args.append("--default-gc")
     args += ["--loop", LOOP]
+    if ANCHOR:
+        args.append("--anchor")
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -455,6 +518,7 @@ def main() -> int:
     server.add_argument("--callee-port", type=int, required=True)
     server.add_argument("--default-gc", action="store_true", help="keep CPython's GC settings")
     server.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    server.add_argument("--anchor", action="store_true")
     parser.add_argument("--rates", default="50,100,200,300,400,600,800,1000")
     parser.add_argument("--seconds", type=float, default=6.0, help="length of each rate step")
     parser.add_argument("--hold-ms", type=int, default=1000, help="how long each call is held (SIPp -d)")
@@ -468,6 +532,9 @@ def main() -> int:
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="durchwahl's event loop (serve)"
     )
     parser.add_argument("--sipp-logs", type=Path, help="keep SIPp's error and statistics files here")
+    parser.add_argument(
+        "--anchor", action="store_true", help="durchwahl anchors the media (Sippy passes it through)"
+    )
     args = parser.parse_args()
     if args.command == "serve":
         sys.path.insert(0, str(ROOT))
@@ -475,12 +542,15 @@ def main() -> int:
 
         if not args.default_gc:
             tune_gc()  # what `durchwahl serve` does
+            if os.environ.get("BENCH_GC_THRESHOLD"):
+                gc.set_threshold(*(int(v) for v in os.environ["BENCH_GC_THRESHOLD"].split(",")))
         with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
-            runner.run(serve(args.port, args.callee_port))
+            runner.run(serve(args.port, args.callee_port, args.anchor))
         return 0
 
-    global LOOP, SIPP_LOGS
+    global LOOP, ANCHOR, SIPP_LOGS
     LOOP = args.loop
+    ANCHOR = args.anchor
     if args.sipp_logs is not None:
         SIPP_LOGS = args.sipp_logs.resolve()
         SIPP_LOGS.mkdir(parents=True, exist_ok=True)
@@ -492,6 +562,8 @@ def main() -> int:
     version = subprocess.run([sipp, "-v"], capture_output=True, text=True).stdout
     print(f"machine: {machine()}")
     print(f"durchwahl event loop: {LOOP}")
+    media = "anchored (every call gets two RTP ports of ours)" if ANCHOR else "passed through"
+    print(f"durchwahl media: {media}")
     print(f"sipp: {next((v.strip() for v in version.splitlines() if 'SIPp' in v), '?')}")
     rates = [int(r) for r in args.rates.split(",")]
     names = [p.strip() for p in args.peers.split(",") if p.strip()]
