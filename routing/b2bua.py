@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -142,6 +143,7 @@ __all__ = [
     "RING_STATE_FILE",
     "B2bua",
     "external_failure",
+    "fork",
     "forwarded",
     "passthrough",
     "trunk_identity",
@@ -392,6 +394,81 @@ _RingOutcome = _Failed | _Ended
 
 #: How many routes one call may go through (a group's fallback to another group …) before it is refused.
 MAX_HOPS: Final = 8
+
+
+async def fork(
+    queue: CallQueue,
+    legs: list[OutgoingCall],
+    seconds: float,
+    *,
+    ringing: Callable[[OutgoingCall, Response], None],
+    request: Callable[[Call, DialogRequestReceived], None],
+    caller: Call | None = None,
+    caller_event: Callable[[SessionEvent], None] | None = None,
+    call_id: str | None,
+    unanswered: str = "no answer",
+) -> tuple[OutgoingCall, Answered] | _RingOutcome:
+    """Ring every leg (their events come on ``queue``) for ``seconds``; the first 2xx wins (returned, the
+    others get CANCEL with :data:`COMPLETED_ELSEWHERE`, a 2xx crossing it BYE), else every leg is dropped
+    and their final statuses returned (a 6xx ends the fork at once).
+
+    A leg's 1xx goes to ``ringing``, an in-dialog request from it to ``request``. ``caller``: the leg the
+    legs are rung for; its CANCEL or BYE ends the fork (every leg dropped, the CANCEL's Reason passed on),
+    its other events go to ``caller_event``. Events of other legs are ignored. When nobody answers in time
+    the log says ``unanswered`` for call ``call_id``."""
+    pending: set[Call] = set(legs)
+    statuses: list[int] = []
+    winner: OutgoingCall | None = None
+    answer: Answered | None = None
+    try:
+        async with asyncio.timeout(seconds):
+            while pending and winner is None:
+                leg, event = await queue.get()
+                if caller is not None and leg is caller:
+                    if isinstance(event, Cancelled | Terminated):
+                        reason: tuple[tuple[str, str], ...] = ()
+                        if isinstance(event, Cancelled) and isinstance(event.message, Request):
+                            reason = tuple(("Reason", v) for v in event.message.get_all("reason"))
+                        _drop(legs, reason)
+                        return _ENDED
+                    if caller_event is not None:
+                        caller_event(event)
+                    continue
+                if leg not in pending:
+                    continue
+                assert isinstance(leg, OutgoingCall)
+                if isinstance(event, ProvisionalReceived):
+                    ringing(leg, event.response)
+                elif isinstance(event, Answered):
+                    winner, answer = leg, event
+                elif isinstance(event, DialogRequestReceived):
+                    request(leg, event)
+                elif isinstance(event, Rejected):
+                    pending.discard(leg)
+                    statuses.append(event.status)
+                    if event.status >= 600:
+                        break
+                elif isinstance(event, Terminated):
+                    pending.discard(leg)
+    except TimeoutError:
+        log.info("call %s: %s within %s s", call_id, unanswered, seconds)
+    if winner is None or answer is None:
+        _drop(legs, ())
+        return _Failed(tuple(statuses))
+    _drop([leg for leg in legs if leg is not winner], (COMPLETED_ELSEWHERE,))
+    return winner, answer
+
+
+def _drop(legs: Iterable[OutgoingCall], headers: Iterable[tuple[str, str]]) -> None:
+    """CANCEL the legs still ringing, BYE the ones that answered (RFC 3261 §15)."""
+    extra = tuple(headers)
+    for leg in legs:
+        if leg.terminated:
+            continue
+        if leg.state in _EARLY:
+            leg.cancel(headers=extra)
+        else:
+            leg.bye()
 
 
 class B2bua:
@@ -892,55 +969,32 @@ class B2bua:
     async def _fork(
         self, call: _Call | _Ringing, legs: list[OutgoingCall], seconds: float
     ) -> tuple[OutgoingCall, Answered] | _RingOutcome:
-        """Ring every leg for ``seconds``; the first 2xx wins (returned, the others dropped). While a
-        click-to-call rings the employee (``_Ringing``) there is no caller to tell about it."""
-        a, queue = call.a, call.queue
-        pending: set[Call] = set(legs)
-        statuses: list[int] = []
-        winner: OutgoingCall | None = None
-        answer: Answered | None = None
-        try:
-            async with asyncio.timeout(seconds):
-                while pending and winner is None:
-                    leg, event = await queue.get()
-                    if leg is a and isinstance(call, _Call):
-                        if isinstance(event, Cancelled | Terminated):
-                            reason: tuple[tuple[str, str], ...] = ()
-                            if isinstance(event, Cancelled) and isinstance(event.message, Request):
-                                reason = tuple(("Reason", v) for v in event.message.get_all("reason"))
-                            self._drop(legs, reason)
-                            return _ENDED
-                        self._caller_event(call, event)
-                        continue
-                    if leg not in pending:
-                        continue
-                    if isinstance(event, ProvisionalReceived):
-                        if isinstance(call, _Call) and event.response.body:
-                            assert isinstance(leg, OutgoingCall)
-                            self._early_media(call, leg, event.response, forked=len(legs) > 1)
-                        if event.response.status in (180, 183) and isinstance(call, _Call):
-                            self._ringback(call)
-                    elif isinstance(event, Answered):
-                        assert isinstance(leg, OutgoingCall)
-                        winner, answer = leg, event
-                    elif isinstance(event, DialogRequestReceived):
-                        self._hold(call, leg, event)
-                    elif isinstance(event, Rejected):
-                        pending.discard(leg)
-                        statuses.append(event.status)
-                        if event.status >= 600:
-                            break
-                    elif isinstance(event, Terminated):
-                        pending.discard(leg)
-        except TimeoutError:
-            log.info("call %s: no answer within %s s", (a or legs[0]).call_id, seconds)
-        if winner is None or answer is None:
-            self._drop(legs, ())
-            return _Failed(tuple(statuses))
-        self._drop([leg for leg in legs if leg is not winner], (COMPLETED_ELSEWHERE,))
-        if call.media is not None:
+        """:func:`fork` for a call: a ringing leg's early media and ringback go to the caller, its requests
+        are held for the bridge, the caller leaving ends the fork; the ringback stops once a leg answers.
+        While a click-to-call rings the employee (``_Ringing``) there is no caller to tell about it."""
+        caller = call if isinstance(call, _Call) else None
+
+        def ringing(leg: OutgoingCall, response: Response) -> None:
+            if caller is None:
+                return
+            if response.body:
+                self._early_media(caller, leg, response, forked=len(legs) > 1)
+            if response.status in (180, 183):
+                self._ringback(caller)
+
+        won = await fork(
+            call.queue,
+            legs,
+            seconds,
+            ringing=ringing,
+            request=functools.partial(self._hold, call),
+            caller=None if caller is None else caller.a,
+            caller_event=None if caller is None else functools.partial(self._caller_event, caller),
+            call_id=(call.a or legs[0]).call_id,
+        )
+        if isinstance(won, tuple) and call.media is not None:
             call.media.stop_playing()  # the ringback
-        return winner, answer
+        return won
 
     def _early_media(self, call: _Call, leg: OutgoingCall, response: Response, *, forked: bool) -> None:
         """A ringing leg sends early media (a 1xx with SDP: the provider's announcement or ringback): the
@@ -1093,18 +1147,6 @@ class B2bua:
             return None
         leg.respond(request, 200, body=body, content_type="application/sdp")
         return _offered_direction(request.body)
-
-    @staticmethod
-    def _drop(legs: Iterable[OutgoingCall], headers: Iterable[tuple[str, str]]) -> None:
-        """CANCEL the legs still ringing, BYE the ones that answered (RFC 3261 §15)."""
-        extra = tuple(headers)
-        for leg in legs:
-            if leg.terminated:
-                continue
-            if leg.state in _EARLY:
-                leg.cancel(headers=extra)
-            else:
-                leg.bye()
 
     async def _anchor(self, call: _Call) -> bool:
         """Anchor the media of a caller not answered yet: our answer to its offer (or our offer, for an

@@ -78,16 +78,14 @@ from media.sdp import SessionDescription
 from media.session import RtpSession
 from sipcore.dialog import DialogId
 from sipcore.errors import SipError
-from sipcore.message import REASON_PHRASES, Request
+from sipcore.message import REASON_PHRASES, Request, Response
 from sipcore.session import (
     DEFAULT_ALLOW,
     Answered,
     DialogRequestReceived,
-    ProvisionalReceived,
     ReinviteAnswered,
     ReinviteFailed,
     ReinviteReceived,
-    Rejected,
     SessionError,
     SessionEvent,
     SessionState,
@@ -244,35 +242,35 @@ class _Won:
     post_dial: str = ""
 
 
-class _Transfer:
+@attrs.define(eq=False)
+class _Refer:
+    """An accepted REFER while it runs: who transfers (``transferor``, the employee ``extension``), whom
+    (``transferee``), the REFER itself."""
+
+    transferor: Call
+    transferee: Call
+    #: The transferor's side of the bridge: the target takes it.
+    side: Side
+    extension: str
+    request: Request
+    #: The ``id`` of the NOTIFYs' ``Event`` (from the dialog's second accepted REFER on).
+    event_id: str | None = attrs.field(default=None, init=False)
+    task: asyncio.Task[None] | None = attrs.field(default=None, init=False)
+
+
+@attrs.define(eq=False)
+class _Transfer(_Refer):
     """One accepted REFER while it runs."""
 
-    def __init__(
-        self,
-        transferor: Call,
-        transferee: Call,
-        side: Side,
-        extension: str,
-        request: Request,
-        target: ReferTarget,
-    ) -> None:
-        self.transferor = transferor
-        self.transferee = transferee
-        #: The transferor's side of the bridge: the target takes it.
-        self.side = side
-        self.extension = extension
-        self.request = request
-        self.target = target
-        self.event_id: str | None = None
-        self.queue: CallQueue = asyncio.Queue()
-        self.legs: list[OutgoingCall] = []
-        self.destination: tuple[str, str] | None = None
-        #: Anchored call: the target's RTP session and our offer on it (until the relay takes it over).
-        self.session: RtpSession | None = None
-        self.offer: SessionDescription | None = None
-        self.ringing = False
-        self.won: _Won | None = None
-        self.task: asyncio.Task[None] | None = None
+    target: ReferTarget
+    queue: CallQueue = attrs.field(factory=asyncio.Queue, init=False)
+    legs: list[OutgoingCall] = attrs.field(factory=list, init=False)
+    destination: tuple[str, str] | None = attrs.field(default=None, init=False)
+    #: Anchored call: the target's RTP session and our offer on it (until the relay takes it over).
+    session: RtpSession | None = attrs.field(default=None, init=False)
+    offer: SessionDescription | None = attrs.field(default=None, init=False)
+    ringing: bool = attrs.field(default=False, init=False)
+    won: _Won | None = attrs.field(default=None, init=False)
 
 
 @attrs.frozen
@@ -297,34 +295,19 @@ class _Handover:
     moved: MovedLeg | None
 
 
-class _Attended:
+@attrs.define(eq=False)
+class _Attended(_Refer):
     """One accepted REFER with Replaces while it runs (the replaced party's re-INVITE is out)."""
 
-    def __init__(
-        self,
-        transferor: Call,
-        transferee: Call,
-        side: Side,
-        extension: str,
-        request: Request,
-        target: AttendedTarget,
-    ) -> None:
-        self.transferor = transferor
-        self.transferee = transferee
-        self.side = side
-        self.extension = extension
-        self.request = request
-        self.target = target
-        self.event_id: str | None = None
-        #: The replaced party, once the other call handed it over.
-        self.leg: Call | None = None
-        self.party: _Party | None = None
-        #: What its re-INVITE offers: our SDP on ``session`` (anchored), nothing (offerless); None: not yet.
-        self.offer: bytes | None = None
-        self.session: RtpSession | None = None
-        self.sdp: SessionDescription | None = None
-        self.sent = False
-        self.task: asyncio.Task[None] | None = None
+    target: AttendedTarget
+    #: The replaced party, once the other call handed it over.
+    leg: Call | None = attrs.field(default=None, init=False)
+    party: _Party | None = attrs.field(default=None, init=False)
+    #: What its re-INVITE offers: our SDP on ``session`` (anchored), nothing (offerless); None: not yet.
+    offer: bytes | None = attrs.field(default=None, init=False)
+    session: RtpSession | None = attrs.field(default=None, init=False)
+    sdp: SessionDescription | None = attrs.field(default=None, init=False)
+    sent: bool = attrs.field(default=False, init=False)
 
 
 @attrs.define
@@ -912,40 +895,31 @@ class Transfers:
     async def _fork(
         self, t: _Transfer, legs: list[OutgoingCall], seconds: float
     ) -> tuple[OutgoingCall, Answered] | list[int]:
-        """The first of ``legs`` to answer within ``seconds`` (the others dropped), else their statuses."""
-        pending: set[Call] = set(legs)
-        statuses: list[int] = []
-        won: tuple[OutgoingCall, Answered] | None = None
-        try:
-            async with asyncio.timeout(seconds):
-                while pending and won is None:
-                    leg, event = await t.queue.get()
-                    if leg not in pending:
-                        continue
-                    if isinstance(event, ProvisionalReceived):
-                        if event.response.status in (180, 183) and not t.ringing:
-                            t.ringing = True
-                            self._notify(t, 180)
-                            if self.call.media is not None:  # the transferee hears the target ring
-                                self.call.media.ring_back(t.side.other)
-                    elif isinstance(event, Answered):
-                        assert isinstance(leg, OutgoingCall)
-                        won = (leg, event)
-                    elif isinstance(event, DialogRequestReceived):
-                        _respond(leg, event.request, 500, headers=(("Retry-After", "1"),))
-                    elif isinstance(event, Rejected):
-                        pending.discard(leg)
-                        statuses.append(event.status)
-                        if event.status >= 600:
-                            break
-                    elif isinstance(event, Terminated):
-                        pending.discard(leg)
-        except TimeoutError:
-            log.info("call %s: the transfer target did not answer within %s s", t.transferee.call_id, seconds)
-        if won is None:
-            self.b2bua._drop(legs, ())
-            return statuses
-        self.b2bua._drop([leg for leg in legs if leg is not won[0]], (calls.COMPLETED_ELSEWHERE,))
+        """The first of ``legs`` to answer within ``seconds`` (the others dropped), else their statuses
+        (:func:`routing.b2bua.fork`). The first ring is NOTIFYed; anchored, the transferee hears it."""
+
+        def ringing(leg: OutgoingCall, response: Response) -> None:
+            if response.status in (180, 183) and not t.ringing:
+                t.ringing = True
+                self._notify(t, 180)
+                if self.call.media is not None:  # the transferee hears the target ring
+                    self.call.media.ring_back(t.side.other)
+
+        def request(leg: Call, event: DialogRequestReceived) -> None:
+            _respond(leg, event.request, 500, headers=(("Retry-After", "1"),))
+
+        won = await calls.fork(
+            t.queue,
+            legs,
+            seconds,
+            ringing=ringing,
+            request=request,
+            call_id=t.transferee.call_id,
+            unanswered="the transfer target did not answer",
+        )
+        if isinstance(won, calls._Failed):
+            return list(won.statuses)
+        assert isinstance(won, tuple)  # without a caller's leg nothing else ends the fork
         return won
 
     def _identity(self, leg: Call) -> NameAddr:
