@@ -20,7 +20,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -46,13 +46,16 @@ from .transaction import (
 from .transport import Flow, ListenSpec, TransportError, TransportName, TransportSet, parse_listen_spec
 from .uri import NameAddr, SipUri, parse_name_addr
 
-__all__ = ["Endpoint", "IncomingRequest", "OutgoingRequest", "RequestTimeout", "TimerUser"]
+__all__ = ["Endpoint", "IncomingRequest", "OutgoingRequest", "RequestTimeout", "TimerUser", "Tracer"]
 
 log = logging.getLogger(__name__)
 
 RequestHandler = Callable[["IncomingRequest"], Awaitable[None] | None]
 #: Told when a client transaction gives up: the transaction layer's ``TimedOut`` or ``TransportFailed``.
 FailureCallback = Callable[[TimedOut | TransportFailed], None]
+#: Sees every SIP message the endpoint receives ("in") or sends ("out"): its raw bytes and its flow
+#: (see :meth:`Endpoint.add_tracer`).
+Tracer = Callable[[Literal["in", "out"], bytes, Flow], None]
 _MAGIC = "z9hG4bK"
 
 
@@ -197,7 +200,18 @@ class _Pending2xx:
 
 
 class Endpoint:
-    """A SIP endpoint: listeners, transactions, the UAS core and the application's request handler."""
+    """A SIP endpoint: listeners, transactions, the UAS core and the application's request handler.
+
+    Tracing: :meth:`add_tracer` registers a callable ``tracer(direction, data, flow)`` (a :data:`Tracer`)
+    that sees every SIP message on the wire — for a sngrep-like log, a pcap writer or a test. ``direction``
+    is ``"in"`` for a message received, called before it is parsed (so malformed input is traced too), and
+    ``"out"`` for one sent, called with exactly the bytes handed to the socket once the transport took them
+    (every retransmission included; for TCP with the flow of the connection used). UDP and TCP alike;
+    CRLF keep-alives, oversized datagrams the transport drops and messages that could not be sent are not
+    traced, and nothing is traced once the endpoint is closed. Tracers run synchronously on the event loop,
+    in the order added: keep them quick (queue the bytes if writing them may block). One that raises is
+    logged and the endpoint carries on. With no tracer the receive and send paths pay one truth test.
+    """
 
     def __init__(
         self,
@@ -217,6 +231,7 @@ class Endpoint:
         self._rng = rng or random.Random()
         #: Called with the flow of each TCP connection that closes (a registrar drops the bindings on it).
         self.on_connection_closed: Callable[[Flow], None] | None = None
+        self._tracers: tuple[Tracer, ...] = ()
         self._transports = TransportSet(self._on_bytes, limits, self._connection_closed)
         self._layer = TransactionLayer(tag_factory=self.new_tag, timers=self.timers, limits=limits)
         self._incoming: dict[TransactionHandle, IncomingRequest] = {}
@@ -287,6 +302,26 @@ class Endpoint:
     def new_call_id(self) -> str:
         return f"{self._rng.getrandbits(96):024x}"
 
+    def add_tracer(self, tracer: Tracer) -> None:
+        """Call ``tracer(direction, data, flow)`` for every SIP message received (``"in"``, raw, before
+        parsing) or sent (``"out"``, the bytes on the wire, retransmissions included); see the class
+        docstring. May be called at any time, before or after :meth:`listen`."""
+        self._tracers = (*self._tracers, tracer)
+
+    def remove_tracer(self, tracer: Tracer) -> None:
+        """Stop calling ``tracer`` (added with :meth:`add_tracer`; nothing happens if it was not)."""
+        tracers = list(self._tracers)
+        with contextlib.suppress(ValueError):
+            tracers.remove(tracer)  # by equality: a bound method passed again is found
+        self._tracers = tuple(tracers)
+
+    def _trace(self, direction: Literal["in", "out"], data: bytes, flow: Flow) -> None:
+        for tracer in self._tracers:
+            try:
+                tracer(direction, data, flow)
+            except Exception:
+                log.exception("tracer %r failed on a message %s %s", tracer, direction, flow)
+
     def _connection_closed(self, flow: Flow) -> None:
         if self.on_connection_closed is not None and not self._closed:
             self.on_connection_closed(flow)
@@ -320,6 +355,8 @@ class Endpoint:
     def _on_bytes(self, data: bytes, flow: Flow) -> None:
         if self._closed:
             return
+        if self._tracers:
+            self._trace("in", data, flow)
         try:
             message = parse_message(data, self.limits, stream=flow.transport != "UDP")
         except SipParseError as exc:
@@ -719,14 +756,20 @@ class Endpoint:
                 self._transports.udp_send(data, flow)
             except TransportError as exc:
                 log.info("cannot send to %s: %s", flow, exc)
+                return
+            if self._tracers:
+                self._trace("out", data, flow)
             return
         self._spawn(self._transmit_stream(data, flow))
 
     async def _transmit_stream(self, data: bytes, flow: Flow) -> None:
         try:
-            await self._transports.send(data, flow)
+            sent = await self._transports.send(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
+            return
+        if self._tracers:
+            self._trace("out", data, sent)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

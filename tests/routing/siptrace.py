@@ -1,14 +1,12 @@
 """What a :class:`~routing.server.Server` says on the wire, for interop tests with real phones.
 
-:class:`SipTrace` wraps the server endpoint's receive and send paths (private: ``Endpoint._transports``'
-message callback and ``Endpoint._transmit``, the one place every message goes in or out) and keeps every
-SIP message, parsed, in order. Attach it after constructing the server and before starting it (the
-listeners take the receive callback when they open).
+:class:`SipTrace` is a tracer on the server endpoint (``Endpoint.add_tracer``: every message in and out,
+retransmissions included) and keeps every SIP message, parsed, in order; input that does not parse is left
+out. Attach it after constructing the server, best before starting it (so it misses nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from media.errors import SdpError
@@ -52,20 +50,7 @@ class SipTrace:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.messages: list[Traced] = []
-        transports = endpoint._transports
-        receive: Callable[[bytes, Flow], None] = transports._on_message
-        send: Callable[[bytes, Flow], None] = endpoint._transmit
-
-        def received(data: bytes, flow: Flow) -> None:
-            self._keep("in", data, flow)
-            receive(data, flow)
-
-        def sent(data: bytes, flow: Flow) -> None:
-            self._keep("out", data, flow)
-            send(data, flow)
-
-        transports._on_message = received
-        endpoint._transmit = sent  # type: ignore[method-assign]
+        endpoint.add_tracer(self._keep)
 
     def _keep(self, way: str, data: bytes, flow: Flow) -> None:
         try:
