@@ -247,6 +247,7 @@ class Endpoint:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._arm_asked = False
         #: Ticks come at most this often (see ``_arm_timer``); far below any SIP timer's precision.
         self._tick = min(0.01, self.timers.t1 / 50)
         self._last_tick = float("-inf")
@@ -779,9 +780,18 @@ class Endpoint:
     # ----------------------------------------------------------------------------------------- timer
 
     def _arm_timer(self) -> None:
-        """Make sure the timer fires by the earliest deadline. It runs after every event, so it is lazy: a
-        timer already armed for an earlier moment stays (a wake-up with nothing due is cheap; re-arming
-        on every change of the earliest deadline cost a timer handle and a cancellation per message)."""
+        """Make sure the timer fires by the earliest deadline. Asked for after every event, it looks once
+        per turn of the event loop (a burst of datagrams or a call's several requests arm it once)."""
+        if self._arm_asked or self._closed or self._loop is None:
+            return
+        self._arm_asked = True
+        self._loop.call_soon(self._arm_now)
+
+    def _arm_now(self) -> None:
+        """Arm lazily: a timer already armed for an earlier moment stays (a wake-up with nothing due is
+        cheap; re-arming on every change of the earliest deadline cost a timer handle and a cancellation
+        per message)."""
+        self._arm_asked = False
         if self._closed or self._loop is None:
             return
         at = self._layer.get_timer()
