@@ -83,24 +83,34 @@ class GcWatch:
     def __init__(self) -> None:
         self.passes = [0, 0, 0]
         self.spent_ms = 0.0
-        self._started = 0.0
+        self.cpu_ms = 0.0
+        self._started = self._cpu = 0.0
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started, self._cpu = time.perf_counter(), time.thread_time()
             self.passes[generation] += 1
             return
         took = 1000 * (time.perf_counter() - self._started)
+        cpu = 1000 * (time.thread_time() - self._cpu)
         self.spent_ms += took
+        self.cpu_ms += cpu
         if generation >= 1 or took >= 5:
-            print(f"GC gen{generation} {took:.1f} ms, collected {info['collected']}", file=sys.stderr)
+            print(
+                f"GC gen{generation} {took:.1f} ms ({cpu:.1f} ms CPU), collected {info['collected']}",
+                file=sys.stderr,
+            )
 
     def summary(self) -> None:
         objects = gc.get_objects()
         kinds = Counter(type(o).__qualname__ for o in objects).most_common(25)
-        print(f"GC passes per generation {self.passes}, {self.spent_ms:.0f} ms in all", file=sys.stderr)
+        print(
+            f"GC passes per generation {self.passes}, {self.spent_ms:.0f} ms in all"
+            f" ({self.cpu_ms:.0f} ms CPU)",
+            file=sys.stderr,
+        )
         print(f"GC tracks {len(objects)} objects: {kinds}", file=sys.stderr)
 
 
