@@ -1381,8 +1381,10 @@ class B2bua:
                 self.active.pop(legs[0], None)
             if call is None:
                 self._tear_down(None, legs)
+                _discard_events(ringing.queue, legs)
             else:
                 self._tear_down(call.a, [*call.legs, *call.adopted], keep=call.given)
+                _discard_events(call.queue, [call.a, *call.legs, *call.adopted], keep=call.given)
             media.close()
 
     def _originate_record(

@@ -6,6 +6,8 @@ the client's answer, and bridges the two legs."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import test_crm_calls
 from phones import Phone, Script
@@ -91,6 +93,25 @@ async def test_originate_gives_up_when_the_employee_does_not_answer(office: Offi
     assert office.cdr.records == [record]
     assert (record.disposition, record.status) == (Disposition.NO_ANSWER, 480)
     assert (record.destination_kind, record.destination_id) == ("employee", "101")
+
+
+async def test_a_click_to_call_nobody_took_is_freed_without_the_cyclic_collector(office: Office) -> None:
+    """Its event queue held ``(leg, event)`` for legs whose ``events`` is that queue: a cycle per leg that
+    only the cyclic GC (run seldom in a server, ``routing.server.tune_gc``) would free, with the session."""
+    anna = await Phone("101", "anna-secret", office.port, script=Script("ignore")).start()
+    office.phones.append(anna)
+    gc.collect()
+    gc.disable()
+    try:
+        task = asyncio.create_task(office.b2bua.originate("101", CRM_WITH_EXTENSION))  # ring_seconds=2
+        await wait_until(lambda: bool(office.b2bua.ua.calls))
+        refs = [weakref.ref(leg) for leg in office.b2bua.ua.calls]
+        async with asyncio.timeout(5):
+            await task
+        await asyncio.sleep(0.2)
+        assert refs and [ref() for ref in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
 
 
 async def test_originate_hangs_up_on_the_employee_when_the_client_is_busy(office: Office) -> None:
