@@ -730,6 +730,10 @@ class B2bua:
 
     # ------------------------------------------------------------------------ destinations (flows 1, 2, 4)
 
+    def ring_time(self, employee: Employee) -> float:
+        """How long an employee's devices ring: their own ``ring_seconds``, else the server's."""
+        return float(employee.ring_seconds) if employee.ring_seconds is not None else self.ring_seconds
+
     async def _deliver(self, call: _Call, route: Route) -> None:
         """Ring ``route`` (an employee, a group and its fallbacks); the call ends answered or refused."""
         anchor = self.anchor_media and call.media is None and not isinstance(route, ToExternal | Refused)
@@ -742,10 +746,7 @@ class B2bua:
             if isinstance(route, ToEmployee):
                 employee = route.employee
                 call.destination = ("employee", employee.extension)
-                seconds = (
-                    float(employee.ring_seconds) if employee.ring_seconds is not None else self.ring_seconds
-                )
-                outcome = await self._ring(call, [employee], seconds)
+                outcome = await self._ring(call, [employee], self.ring_time(employee))
                 if not isinstance(outcome, _Failed):
                     return
                 status = _fork_failure(list(outcome.statuses)) if outcome.statuses else 480

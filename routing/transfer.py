@@ -766,10 +766,7 @@ class Transfers:
             if isinstance(route, ToEmployee):
                 employee = route.employee
                 t.destination = ("employee", employee.extension)
-                seconds = (
-                    float(employee.ring_seconds) if employee.ring_seconds is not None else b2bua.ring_seconds
-                )
-                won = await self._ring_employees(t, [employee], seconds)
+                won = await self._ring_employees(t, [employee], b2bua.ring_time(employee))
                 if isinstance(won, _Won):
                     return won
                 status = calls._fork_failure(won) if won else 480
