@@ -10,6 +10,9 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -73,51 +76,80 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
     return folder
 
 
-@pytest.mark.interop
-async def test_baresip_registers_and_unregisters(tmp_path: Path) -> None:
-    binary = require_baresip()
+def office_for_baresip(tmp_path: Path, *, anchored: bool = True) -> Path:
+    """The test office, its digest challenges MD5 only: baresip 1.0 (libre) gives up with ENOSYS when any
+    challenge in the 401 is SHA-256. Skips (or fails in CI) first when baresip is missing."""
+    require_baresip()
     config = copy_office(tmp_path)
-    # baresip 1.0 (libre) gives up with ENOSYS when any challenge in the 401 is SHA-256: offer MD5 only.
     text = config.read_text(encoding="utf-8")
+    if not anchored:
+        text = text.replace("anchor_media = true", "anchor_media = false")
     config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
-    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
-        port = server.addresses[0][2]
-        folder = baresip_config(
-            tmp_path / "baresip",
-            sip_port=free_port(),
-            cons_port=free_port(),
-            account=f'<sip:101@office.example>;auth_pass=anna-101-secret;outbound="sip:127.0.0.1:{port}"',
-        )
-        process = await asyncio.create_subprocess_exec(
+    return config
+
+
+class Baresips:
+    """Running baresip phones by name, each with its console on a UDP port of its own."""
+
+    def __init__(self, processes: dict[str, asyncio.subprocess.Process], cons: dict[str, int]) -> None:
+        self.processes = processes
+        self.cons = cons
+        self.console = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, name: str, command: bytes) -> None:
+        """Types ``command`` into phone ``name``'s console."""
+        self.console.sendto(command, ("127.0.0.1", self.cons[name]))
+
+    async def registered(self, server: Server, *users: str) -> None:
+        """Waits up to 5 s until each of ``users`` has a binding."""
+
+        async def all_registered() -> bool:
+            return all([await server.registrar.contacts(user) for user in users])
+
+        for _ in range(100):
+            if await all_registered():
+                break
+            await asyncio.sleep(0.05)
+        assert await all_registered(), "the baresip phones did not register"
+
+    async def stop(self) -> list[str]:
+        """SIGTERM to every phone (baresip unregisters on the way out); their output, in order."""
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        return [
+            (await asyncio.wait_for(p.communicate(), 10.0))[0].decode(errors="replace")
+            for p in self.processes.values()
+        ]
+
+
+@asynccontextmanager
+async def baresips(tmp_path: Path, accounts: dict[str, str], seconds: int = 30) -> AsyncIterator[Baresips]:
+    """A baresip per ``accounts`` entry (name: account line), configured in ``tmp_path / name``, quitting by
+    itself after ``seconds``; killed on the way out if still running."""
+    binary = require_baresip()
+    cons = {name: free_port() for name in accounts}
+    processes = {
+        name: await asyncio.create_subprocess_exec(
             binary,
             "-f",
-            str(folder),
+            str(baresip_config(tmp_path / name, sip_port=free_port(), cons_port=cons[name], account=account)),
             "-t",
-            "20",
+            str(seconds),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        try:
-            bindings = []
-            for _ in range(100):
-                bindings = await server.registrar.contacts("101")
-                if bindings:
-                    break
-                await asyncio.sleep(0.05)
-            assert len(bindings) == 1, "baresip did not register within 5 s"
-            assert bindings[0].flow is not None and bindings[0].flow.remote[0] == "127.0.0.1"
-            process.send_signal(signal.SIGTERM)  # baresip unregisters on the way out
-            out, _ = await asyncio.wait_for(process.communicate(), 10.0)
-        finally:
+        for name, account in accounts.items()
+    }
+    phones = Baresips(processes, cons)
+    try:
+        yield phones
+    finally:
+        phones.console.close()
+        for process in processes.values():
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-        for _ in range(40):
-            if not await server.registrar.contacts("101"):
-                break
-            await asyncio.sleep(0.05)
-        assert await server.registrar.contacts("101") == [], out.decode(errors="replace")[-2000:]
 
 
 async def _wait_for(predicate: object, seconds: float) -> bool:
@@ -129,80 +161,55 @@ async def _wait_for(predicate: object, seconds: float) -> bool:
 
 
 @pytest.mark.interop
+async def test_baresip_registers_and_unregisters(tmp_path: Path) -> None:
+    config = office_for_baresip(tmp_path)
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        port = server.addresses[0][2]
+        account = f'<sip:101@office.example>;auth_pass=anna-101-secret;outbound="sip:127.0.0.1:{port}"'
+        async with baresips(tmp_path, {"baresip": account}, seconds=20) as phones:
+            bindings = []
+            for _ in range(100):
+                bindings = await server.registrar.contacts("101")
+                if bindings:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(bindings) == 1, "baresip did not register within 5 s"
+            assert bindings[0].flow is not None and bindings[0].flow.remote[0] == "127.0.0.1"
+            (out,) = await phones.stop()  # baresip unregisters on the way out
+        for _ in range(40):
+            if not await server.registrar.contacts("101"):
+                break
+            await asyncio.sleep(0.05)
+        assert await server.registrar.contacts("101") == [], out[-2000:]
+
+
+@pytest.mark.interop
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, transport: str) -> None:
     """bernd (102) dials 101 from baresip's console; 101, another baresip, answers; bernd sends the DTMF
     digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up."""
-    import socket
-
-    binary = require_baresip()
-    config = copy_office(tmp_path)
-    text = config.read_text(encoding="utf-8")
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    config = office_for_baresip(tmp_path)
     async with Server(config, listen=(f"{transport}:127.0.0.1:0",)) as server:
         port = server.addresses[0][2]
         outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"'
-        cons_b = free_port()
-        phones = {
-            "101": baresip_config(
-                tmp_path / "anna",
-                sip_port=free_port(),
-                cons_port=free_port(),
-                account=f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};answermode=auto",
-            ),
-            "bernd": baresip_config(
-                tmp_path / "bernd",
-                sip_port=free_port(),
-                cons_port=cons_b,
-                account=f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound}",
-            ),
+        accounts = {
+            "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};answermode=auto",
+            "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound}",
         }
-        processes = [
-            await asyncio.create_subprocess_exec(
-                binary,
-                "-f",
-                str(folder),
-                "-t",
-                "30",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            for folder in phones.values()
-        ]
-        console = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-
-            async def registered() -> bool:
-                return all([await server.registrar.contacts(user) for user in phones])
-
-            for _ in range(100):
-                if await registered():
-                    break
-                await asyncio.sleep(0.05)
-            assert await registered(), "the baresip phones did not register"
-            console.sendto(b"/dial 101\n", ("127.0.0.1", cons_b))
+        async with baresips(tmp_path, accounts) as phones:
+            await phones.registered(server, "101", "bernd")
+            phones.send("bernd", b"/dial 101\n")
             assert await _wait_for(lambda: server.b2bua.active, 5.0), "no call reached the B2BUA"
             await asyncio.sleep(1.0)  # answered automatically by 101's baresip
             for key in b"42":
-                console.sendto(bytes([key]), ("127.0.0.1", cons_b))
+                phones.send("bernd", bytes([key]))
                 await asyncio.sleep(0.2)
-                console.sendto(b"\x04", ("127.0.0.1", cons_b))  # key released: the digit ends
+                phones.send("bernd", b"\x04")  # key released: the digit ends
                 await asyncio.sleep(0.2)
             await asyncio.sleep(0.5)
-            console.sendto(b"/hangup\n", ("127.0.0.1", cons_b))
+            phones.send("bernd", b"/hangup\n")
             assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            outputs = [
-                (await asyncio.wait_for(p.communicate(), 10.0))[0].decode(errors="replace") for p in processes
-            ]
-        finally:
-            console.close()
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+            outputs = await phones.stop()
     anna, bernd = outputs
     assert "Call established: sip:bernd@office.example" in anna, anna[-2000:]
     assert "Call established: sip:101@office.example" in bernd, bernd[-2000:]
@@ -219,78 +226,34 @@ async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(
     gets our offerless INVITE from 101, 101 a re-INVITE with 103's offer, bernd the NOTIFYs — and hangs up
     by itself on the final ``SIP/2.0 200 OK`` (before our own BYE would come). With media anchored (the
     default) 101 gets no re-INVITE at all: the relay moves to 103's leg."""
-    import socket
-
     from routing.events import CallTransferred
     from sipcore.session import SessionState, TerminationReason
 
-    binary = require_baresip()
-    config = copy_office(tmp_path)
-    text = config.read_text(encoding="utf-8")
-    if not anchored:
-        text = text.replace("anchor_media = true", "anchor_media = false")
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    config = office_for_baresip(tmp_path, anchored=anchored)
     transfers: list[CallTransferred] = []
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
         server.events.on("transferred", transfers.append)
         outbound = f'outbound="sip:127.0.0.1:{server.addresses[0][2]}"'
-        cons = {name: free_port() for name in ("anna", "bernd", "carla")}
         accounts = {
             "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};answermode=auto",
             "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound}",
             "carla": f"<sip:103@office.example>;auth_pass=carla-103-secret;{outbound};answermode=auto",
         }
-        processes = [
-            await asyncio.create_subprocess_exec(
-                binary,
-                "-f",
-                str(
-                    baresip_config(
-                        tmp_path / name, sip_port=free_port(), cons_port=cons[name], account=account
-                    )
-                ),
-                "-t",
-                "30",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            for name, account in accounts.items()
-        ]
-        console = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-
-            async def registered() -> bool:
-                return all([await server.registrar.contacts(user) for user in ("101", "bernd", "103")])
-
-            for _ in range(100):
-                if await registered():
-                    break
-                await asyncio.sleep(0.05)
-            assert await registered(), "the baresip phones did not register"
-            console.sendto(b"/dial 101\n", ("127.0.0.1", cons["bernd"]))
+        async with baresips(tmp_path, accounts) as phones:
+            await phones.registered(server, "101", "bernd", "103")
+            phones.send("bernd", b"/dial 101\n")
             assert await _wait_for(lambda: server.b2bua.active, 5.0), "no call reached the B2BUA"
             (caller,) = server.b2bua.active
             assert await _wait_for(lambda: caller.state is SessionState.CONFIRMED, 5.0), "101 did not answer"
-            console.sendto(b"/transfer 103\n", ("127.0.0.1", cons["bernd"]))
+            phones.send("bernd", b"/transfer 103\n")
             assert await _wait_for(lambda: transfers, 5.0), "the transfer did not end"
             assert await _wait_for(lambda: caller.terminated, 2.0), "bernd did not hang up after NOTIFY 200"
             assert caller.ended.result().reason is TerminationReason.REMOTE_BYE
             await asyncio.sleep(1.0)  # 101 and 103 talk
             assert server.b2bua.active, "the transferred call ended"
-            console.sendto(b"/hangup\n", ("127.0.0.1", cons["carla"]))
+            phones.send("carla", b"/hangup\n")
             assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            outputs = [
-                (await asyncio.wait_for(p.communicate(), 10.0))[0].decode(errors="replace") for p in processes
-            ]
-        finally:
-            console.close()
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+            outputs = await phones.stop()
     anna, bernd, carla = outputs
     (transferred,) = transfers
     assert (transferred.transferor, transferred.target, transferred.status) == ("102", "103", 200)
@@ -309,64 +272,29 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
     unchanged) to bernd, whose ``a=recvonly`` answer goes back to anna. ``/resume`` (``a=sendrecv``) goes
     the same way. Then bernd holds and resumes: the same towards anna. After that DTMF still goes both ways
     (RFC 4733 in their direct media); anna hangs up."""
-    import socket
-
     from siptrace import SipTrace, Traced
 
     from sipcore.session import SessionState
 
-    binary = require_baresip()
-    config = copy_office(tmp_path)
-    text = config.read_text(encoding="utf-8")
-    text = text.replace("anchor_media = true", "anchor_media = false")  # this test is about relaying as is
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    config = office_for_baresip(tmp_path, anchored=False)  # this test is about relaying as is
     server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
     trace = SipTrace(server.endpoint)
     async with server:
         outbound = f'outbound="sip:127.0.0.1:{server.addresses[0][2]};transport={transport}"'
-        cons = {name: free_port() for name in ("anna", "bernd")}
         accounts = {
             "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound}",
             "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound};answermode=auto",
         }
-        processes = [
-            await asyncio.create_subprocess_exec(
-                binary,
-                "-f",
-                str(
-                    baresip_config(
-                        tmp_path / name, sip_port=free_port(), cons_port=cons[name], account=account
-                    )
-                ),
-                "-t",
-                "30",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            for name, account in accounts.items()
-        ]
-        console = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
         def answered(call_id: str, count: int) -> bool:
             """The ``count``-th re-INVITE from a phone on dialog ``call_id`` has its 2xx (relayed back)."""
             sent = trace.reinvites("in", call_id)
             return len(sent) >= count and trace.answer(sent[count - 1]) is not None
 
-        def key(phone: str, digit: bytes) -> None:
-            console.sendto(digit, ("127.0.0.1", cons[phone]))
-
-        try:
-
-            async def registered() -> bool:
-                return all([await server.registrar.contacts(user) for user in ("101", "bernd")])
-
-            for _ in range(100):
-                if await registered():
-                    break
-                await asyncio.sleep(0.05)
-            assert await registered(), "the baresip phones did not register"
-            console.sendto(b"/dial 102\n", ("127.0.0.1", cons["anna"]))
+        async with baresips(tmp_path, accounts) as phones:
+            key = phones.send
+            await phones.registered(server, "101", "bernd")
+            key("anna", b"/dial 102\n")
             assert await _wait_for(lambda: server.b2bua.active, 5.0), "no call reached the B2BUA"
             (caller,) = server.b2bua.active
             assert await _wait_for(lambda: caller.state is SessionState.CONFIRMED, 5.0), "102 did not answer"
@@ -391,19 +319,9 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
                 key(phone, b"\x04")  # key released: the digit ends
                 await asyncio.sleep(0.2)
             await asyncio.sleep(0.3)
-            console.sendto(b"/hangup\n", ("127.0.0.1", cons["anna"]))
+            key("anna", b"/hangup\n")
             assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            outputs = [
-                (await asyncio.wait_for(p.communicate(), 10.0))[0].decode(errors="replace") for p in processes
-            ]
-        finally:
-            console.close()
-            for process in processes:
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+            outputs = await phones.stop()
     anna, bernd = outputs
     dump = trace.dump()
     assert {t.flow.transport for t in trace.messages} == {transport.upper()}, dump

@@ -4,16 +4,15 @@ employee 102 (bernd) and is hung up by the trunk. Everything on 127.0.0.1, each 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from sipp import free_port, require_sipp, run_sipp
+from sipp_office import BOUNDS, HERE, register_bernd, start_uas
 from test_server import copy_office
 
 from routing.server import Server
 
-HERE = Path(__file__).parent
 CAPTURES = Path("/usr/share/sip-tester")
 
 
@@ -29,32 +28,10 @@ async def test_sipp_trunk_dials_an_extension_during_the_greeting(tmp_path: Path,
     # Without (valid) digits the call would go to 103, who is not registered: only the digits reach 102.
     assert 'default = "200"' in text
     config.write_text(text.replace('default = "200"', 'default = "103"', 1))
-    users = tmp_path / "bernd.csv"
-    users.write_text("SEQUENTIAL\nbernd;[authentication username=bernd password=bernd-102-secret]\n")
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
         port = server.addresses[0][2]
-        uas_port = free_port()
-        common = ["-i", "127.0.0.1", "-t", "u1", "-m", "1", "-timeout", "20s", "-timeout_error", "-nostdin"]
-        registered = await run_sipp(
-            [
-                "-sf",
-                str(HERE / "sipp_register.xml"),
-                "-inf",
-                str(users),
-                f"127.0.0.1:{port}",
-                "-p",
-                str(uas_port),
-                *common,
-            ],
-            tmp_path,
-            timeout=30,
-        )
-        assert registered.returncode == 0, registered.stdout[-2000:]
-        assert await server.registrar.contacts("bernd")
-        uas = asyncio.ensure_future(
-            run_sipp(["-sn", "uas", "-p", str(uas_port), *common], tmp_path, timeout=30)
-        )
-        await asyncio.sleep(0.5)  # let the UAS bind its port
+        uas_port = await register_bernd(server, tmp_path)
+        uas = await start_uas(["-sn", "uas", "-p", str(uas_port), "-m", "1"], tmp_path)
         trunk = await run_sipp(
             [
                 "-sf",
@@ -66,7 +43,9 @@ async def test_sipp_trunk_dials_an_extension_during_the_greeting(tmp_path: Path,
                 "127.0.0.1",
                 "-mp",
                 str(free_port()),
-                *common,
+                "-m",
+                "1",
+                *BOUNDS,
             ],
             tmp_path,
             timeout=30,

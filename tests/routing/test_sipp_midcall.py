@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 from sipp import free_port, require_sipp, run_sipp
+from sipp_office import BOUNDS, HERE, register_bernd, start_uas
 from siptrace import SipTrace
 from test_server import copy_office
 
 from routing.server import Server
 from sipcore.message import Request
 
-HERE = Path(__file__).parent
 CALLS = 20
 
 
@@ -31,40 +31,14 @@ async def test_sipp_hold_and_resume_are_relayed_through_the_b2bua(tmp_path: Path
     # SIPp answers only MD5 and only the first challenge (INTEROP.md).
     text = text.replace("anchor_media = true", "anchor_media = false")  # re-INVITEs relayed as they came
     config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
-    users = tmp_path / "bernd.csv"
-    users.write_text("SEQUENTIAL\nbernd;[authentication username=bernd password=bernd-102-secret]\n")
     server = Server(config, listen=("udp:127.0.0.1:0",))
     trace = SipTrace(server.endpoint)
     async with server:
         port = server.addresses[0][2]
-        uas_port = free_port()
-        bounds = ["-i", "127.0.0.1", "-t", "u1", "-timeout", "20s", "-timeout_error", "-nostdin"]
-        registered = await run_sipp(
-            [
-                "-sf",
-                str(HERE / "sipp_register.xml"),
-                "-inf",
-                str(users),
-                f"127.0.0.1:{port}",
-                "-p",
-                str(uas_port),
-                "-m",
-                "1",
-                *bounds,
-            ],
-            tmp_path,
-            timeout=30,
+        uas_port = await register_bernd(server, tmp_path)
+        uas = await start_uas(
+            ["-sf", str(HERE / "sipp_hold_uas.xml"), "-p", str(uas_port), "-m", str(CALLS)], tmp_path
         )
-        assert registered.returncode == 0, registered.stdout[-2000:]
-        assert await server.registrar.contacts("bernd")
-        uas = asyncio.ensure_future(
-            run_sipp(
-                ["-sf", str(HERE / "sipp_hold_uas.xml"), "-p", str(uas_port), "-m", str(CALLS), *bounds],
-                tmp_path,
-                timeout=30,
-            )
-        )
-        await asyncio.sleep(0.5)  # let the UAS bind its port
         caller = await run_sipp(
             [
                 "-sf",
@@ -80,7 +54,7 @@ async def test_sipp_hold_and_resume_are_relayed_through_the_b2bua(tmp_path: Path
                 str(CALLS),
                 "-r",
                 "10",
-                *bounds,
+                *BOUNDS,
             ],
             tmp_path,
             timeout=30,

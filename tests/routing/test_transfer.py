@@ -51,7 +51,7 @@ from sipcore.session import (
 from sipcore.ua import Call, IncomingCall, OutgoingCall
 from sipcore.uri import SipUri
 
-office = test_flows.office  # the fixture: an office, a provider trunk and phones on loopback
+flows_office = test_flows.office  # the fixture: an office, a provider trunk and phones on loopback
 
 #: What the simulated phones take: NOTIFY besides the usual (the transferor's side of RFC 3515).
 PHONE_CORE = CoreConfig(
@@ -62,9 +62,11 @@ ANSWER = Script("answer")
 MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive", "sendrecv": "sendrecv"}
 
 
-def takes_refer(office: Office) -> None:
-    """The test office's endpoint takes REFER (the server's list of methods has it)."""
-    office.b2bua.ua.endpoint.core = attrs.evolve(CORE, allowed_methods=(*CORE.allowed_methods, "REFER"))
+@pytest.fixture
+def office(flows_office: Office) -> Office:
+    """test_flows' office, its endpoint taking REFER (the server's list of methods has it)."""
+    flows_office.b2bua.ua.endpoint.core = attrs.evolve(CORE, allowed_methods=(*CORE.allowed_methods, "REFER"))
+    return flows_office
 
 
 async def phone(office: Office, extension: str, script: Script = ANSWER) -> tuple[Phone, RtpSink]:
@@ -176,6 +178,48 @@ async def anchored(
     return call, rtp, where, leg, bernd, bernd_rtp
 
 
+async def direct_call(
+    office: Office, anna: Phone, port: int
+) -> tuple[OutgoingCall, IncomingCall, Watch, Watch]:
+    """The provider calls DIRECT (not anchored: rings 101) with its RTP at ``port``; ``anna`` (101) answers.
+    The caller's leg and 101's, and a watch on each (the caller answers re-INVITEs with its own SDP), once
+    101's leg is confirmed."""
+    call = office.provider.dial(DIRECT, sdp("provider", port))
+    await answered(call)
+    leg = await anna.next_call()
+    caller = Watch(call, lambda offer: sdp("provider", port))
+    transferor = Watch(leg)
+    await transferor.wait_for(lambda e: isinstance(e, Confirmed))
+    return call, leg, caller, transferor
+
+
+def watched(call: OutgoingCall, rtp: RtpSink, leg: IncomingCall) -> tuple[Watch, Watch]:
+    """Watches on an :func:`anchored` call: the caller's (answering re-INVITEs in the mirrored direction)
+    and the transferor's (102's leg)."""
+    return Watch(call, mirrored(sdp("provider", rtp.port))), Watch(leg)
+
+
+async def settle(office: Office, *watches: Watch) -> None:
+    """Waits until the office has no calls left, then stops the ``watches``."""
+    await office.idle()
+    for watch in watches:
+        watch.close()
+
+
+async def hang_up(office: Office, call: Call, far_end: Call, *watches: Watch) -> None:
+    """``call``'s phone hangs up: waits for ``far_end`` (the leg it talks to) to end, then :func:`settle`."""
+    call.bye()
+    await ended(far_end)
+    await settle(office, *watches)
+
+
+async def internal_call(anna: Phone, bernd: Phone) -> tuple[OutgoingCall, IncomingCall]:
+    """``anna`` (101) calls 102, ``bernd`` answers: the two legs."""
+    call = anna.dial("102")
+    await answered(call)
+    return call, await bernd.next_call()
+
+
 def point_trunk_at(office: Office, port: int) -> None:
     """Calls out go to ``port`` on 127.0.0.1 (a simulated provider that answers them)."""
     directory = office.b2bua.directory
@@ -245,7 +289,6 @@ def test_parse_refer_takes_a_target_and_refuses_what_it_cannot_do() -> None:
 async def test_callee_transfers_an_anchored_trunk_call_and_the_held_caller_is_resumed_with_the_target(
     office: Office,
 ) -> None:
-    takes_refer(office)
     cdr = InMemoryCdrStore()
     office.b2bua.cdr = cdr
     facts = facts_of(office)
@@ -293,9 +336,7 @@ async def test_callee_transfers_an_anchored_trunk_call_and_the_held_caller_is_re
 
     call.bye()
     assert (await ended(at_carla)).reason is TerminationReason.REMOTE_BYE
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await settle(office, caller, transferor)
     (record,) = cdr.records
     assert record.answered_by == "103" and record.transferred_by == "102"
     assert (record.destination_kind, record.destination_id) == ("employee", "103")
@@ -312,13 +353,10 @@ async def test_caller_transfers_an_internal_call_and_the_target_offer_reaches_th
 ) -> None:
     """Not anchored (RFC 3725 flow I): the target gets an offerless INVITE, its offer goes to the transferee
     in a re-INVITE and the transferee's answer comes back to the target in the ACK."""
-    takes_refer(office)
     anna, _ = await phone(office, "101")
     bernd, _ = await phone(office, "102")
     carla, _ = await phone(office, "103")
-    call = anna.dial("102")
-    await answered(call)
-    at_bernd = await bernd.next_call()
+    call, at_bernd = await internal_call(anna, bernd)
     callee = Watch(at_bernd, lambda offer: bernd.sdp)
     await callee.wait_for(lambda e: isinstance(e, Confirmed))
 
@@ -344,24 +382,16 @@ async def test_caller_transfers_an_internal_call_and_the_target_offer_reaches_th
     await event_of(at_carla, ReinviteAnswered)
     at_bernd.bye()
     assert (await ended(at_carla)).reason is TerminationReason.REMOTE_BYE
-    await office.idle()
-    callee.close()
-    transferor.close()
+    await settle(office, callee, transferor)
 
 
 async def test_refer_sub_false_gets_no_notify_and_a_transferor_that_stays_gets_our_bye(
     office: Office, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Transfers, "bye_after", 0.3)
-    takes_refer(office)
     anna, _ = await phone(office, "101")
     carla, _ = await phone(office, "103")
-    call = office.provider.dial(DIRECT, sdp("provider", 42100))  # not anchored: rings 101
-    await answered(call)
-    leg = await anna.next_call()
-    caller = Watch(call, lambda offer: sdp("provider", 42100))
-    transferor = Watch(leg)
-    await transferor.wait_for(lambda e: isinstance(e, Confirmed))
+    call, leg, caller, transferor = await direct_call(office, anna, 42100)
 
     refer(leg, "<sip:103@office.example>", ("Refer-Sub", "false"))
     accepted = await transferor.wait_for(lambda e: isinstance(e, DialogResponseReceived))
@@ -372,24 +402,14 @@ async def test_refer_sub_false_gets_no_notify_and_a_transferor_that_stays_gets_o
     assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE  # after bye_after, from us
     assert transferor.notifies == []
     assert caller.reinvite_offers() == [carla.sdp]
-    call.bye()
-    await ended(at_carla)
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await hang_up(office, call, at_carla, caller, transferor)
 
 
 async def test_transfer_to_a_ring_group_rings_the_members_but_not_the_transferor(office: Office) -> None:
     """Group 200 rings 101, then 102 (in turn); 101 is the transferor, busy in this call: 102 rings first."""
-    takes_refer(office)
     anna, _ = await phone(office, "101")
     bernd, _ = await phone(office, "102")
-    call = office.provider.dial(DIRECT, sdp("provider", 42120))  # not anchored: rings 101
-    await answered(call)
-    leg = await anna.next_call()
-    caller = Watch(call, lambda offer: sdp("provider", 42120))
-    transferor = Watch(leg)
-    await transferor.wait_for(lambda e: isinstance(e, Confirmed))
+    call, leg, caller, transferor = await direct_call(office, anna, 42120)
     refer(leg, "<sip:200@office.example>")
     assert await transferor.response("REFER") == 202
     at_bernd = await bernd.next_call()
@@ -400,21 +420,15 @@ async def test_transfer_to_a_ring_group_rings_the_members_but_not_the_transferor
     assert office.b2bua.busy == {"102": 1}
     leg.bye()
     await ended(leg)
-    call.bye()
-    await ended(at_bernd)
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await hang_up(office, call, at_bernd, caller, transferor)
 
 
 async def test_transferor_hanging_up_right_after_the_202_leaves_the_transferee_for_the_target(
     office: Office,
 ) -> None:
-    takes_refer(office)
     call, rtp, where, leg, _, _ = await anchored(office)
     carla, carla_rtp = await phone(office, "103", Script("answer", delay=0.5))
-    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
-    transferor = Watch(leg)
+    caller, transferor = watched(call, rtp, leg)
     refer(leg, "<sip:103@office.example>")
     assert await transferor.response("REFER") == 202
     leg.bye()
@@ -425,17 +439,12 @@ async def test_transferor_hanging_up_right_after_the_202_leaves_the_transferee_f
     assert carla_to is not None and not call.terminated
     await exchange(rtp, where, carla_rtp, carla_to)
     assert audio_in(rtp) > 0 and audio_in(carla_rtp) > 0
-    call.bye()
-    await ended(at_carla)
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await hang_up(office, call, at_carla, caller, transferor)
 
 
 async def test_transfer_to_an_external_number_goes_out_through_the_trunk_with_its_post_dial_digits(
     office: Office,
 ) -> None:
-    takes_refer(office)
     cdr = InMemoryCdrStore()
     office.b2bua.cdr = cdr
     facts = facts_of(office)
@@ -443,8 +452,7 @@ async def test_transfer_to_an_external_number_goes_out_through_the_trunk_with_it
     try:
         point_trunk_at(office, client.port)
         call, rtp, where, leg, _, _ = await anchored(office)
-        caller = Watch(call, mirrored(sdp("provider", rtp.port)))
-        transferor = Watch(leg)
+        caller, transferor = watched(call, rtp, leg)
         refer(leg, "<sip:+49891234567;105@office.example>")
         assert await transferor.response("REFER") == 202
         await transferor.notify(b"SIP/2.0 200 OK\r\n")
@@ -460,11 +468,7 @@ async def test_transfer_to_an_external_number_goes_out_through_the_trunk_with_it
         assert client_to is not None and client_to != where
         await exchange(rtp, where, client.rtp, client_to)
         assert audio_in(rtp) > 0 and audio_in(client.rtp) > 0
-        call.bye()
-        await ended(out)
-        await office.idle()
-        caller.close()
-        transferor.close()
+        await hang_up(office, call, out, caller, transferor)
     finally:
         await client.close()
     (record,) = cdr.records
@@ -474,7 +478,6 @@ async def test_transfer_to_an_external_number_goes_out_through_the_trunk_with_it
 
 async def test_employee_transfers_the_client_of_a_click_to_call_to_a_colleague(office: Office) -> None:
     """The caller's side of an anchored call is replaced: the target takes the employee's RTP side."""
-    takes_refer(office)
     client = await DemoProvider().start()
     try:
         point_trunk_at(office, client.port)
@@ -518,13 +521,11 @@ async def test_employee_transfers_the_client_of_a_click_to_call_to_a_colleague(o
 async def test_transfer_to_a_busy_or_unregistered_target_fails_and_the_call_stays_up(
     office: Office, registered: bool, status: bytes
 ) -> None:
-    takes_refer(office)
     facts = facts_of(office)
     call, rtp, where, leg, bernd, bernd_rtp = await anchored(office)
     if registered:
         await phone(office, "103", Script("reject", status=486))
-    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
-    transferor = Watch(leg)
+    caller, transferor = watched(call, rtp, leg)
     refer(leg, "<sip:103@office.example>")
     assert await transferor.response("REFER") == 202
     failed = await transferor.notify(status)
@@ -553,9 +554,7 @@ async def test_transfer_to_a_busy_or_unregistered_target_fails_and_the_call_stay
     assert not call.terminated and not leg.terminated
     call.bye()
     assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await settle(office, caller, transferor)
     transferred = [f for f in facts if isinstance(f, CallTransferred)]
     assert [f.status for f in transferred] == [486 if registered else 480] * 2
     assert not transferred[0].answered
@@ -567,10 +566,8 @@ async def test_transfer_to_a_busy_or_unregistered_target_fails_and_the_call_stay
 async def test_refer_from_the_trunk_and_unusable_refers_are_refused_and_the_call_goes_on(
     office: Office,
 ) -> None:
-    takes_refer(office)
     call, rtp, _, leg, _, _ = await anchored(office)
-    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
-    transferor = Watch(leg)
+    caller, transferor = watched(call, rtp, leg)
 
     async def answered_with(leg: Call, watch: Watch, *headers: tuple[str, str]) -> int:
         watch.events.clear()
@@ -584,22 +581,16 @@ async def test_refer_from_the_trunk_and_unusable_refers_are_refused_and_the_call
     assert await answered_with(leg, transferor, ("Refer-To", "<sip:199@office.example>")) == 404
     assert transferor.notifies == [] and caller.notifies == []
     assert not call.terminated and not leg.terminated
-    call.bye()
-    await ended(leg)
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await hang_up(office, call, leg, caller, transferor)
 
 
 async def test_a_second_refer_while_one_rings_is_491_and_the_call_ending_stops_the_transfer(
     office: Office,
 ) -> None:
-    takes_refer(office)
     facts = facts_of(office)
     call, rtp, _, leg, _, _ = await anchored(office)
     carla, _ = await phone(office, "103", Script("ignore"))  # rings for ever
-    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
-    transferor = Watch(leg)
+    caller, transferor = watched(call, rtp, leg)
     refer(leg, "<sip:103@office.example>")
     at_carla = await carla.next_call()
     transferor.events.clear()
@@ -608,9 +599,7 @@ async def test_a_second_refer_while_one_rings_is_491_and_the_call_ending_stops_t
     call.bye()  # the transferee leaves while the target rings: everything ends
     assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
     assert (await ended(at_carla)).reason is TerminationReason.CANCELLED
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await settle(office, caller, transferor)
     (transferred,) = [f for f in facts if isinstance(f, CallTransferred)]
     assert transferred.status == 487
 
@@ -623,7 +612,6 @@ async def test_attended_transfer_connects_the_held_customer_with_the_consulted_c
 ) -> None:
     """Call 1 is anchored (a customer through the greeting to 102), call 2 is not (102 dialled 103): 103 is
     not rung again; a re-INVITE in its own dialog offers it a port of ours, and the customer hears 103."""
-    takes_refer(office)
     cdr = InMemoryCdrStore()
     office.b2bua.cdr = cdr
     facts = facts_of(office)
@@ -688,7 +676,6 @@ async def test_attended_transfer_between_two_anchored_calls_moves_the_media_with
     """Two customers through the greeting, both answered by 102: the second customer's RTP session joins
     the first one's relay, so no customer gets an INVITE; only a held one is resumed (the second with the
     origin its call gave it, the version counted up)."""
-    takes_refer(office)
     facts = facts_of(office)
     call, rtp, where, leg, bernd, _ = await anchored(office)
     caller = Watch(call, mirrored(sdp("provider", rtp.port)))
@@ -746,13 +733,10 @@ async def test_attended_transfer_of_internal_calls_hands_the_sdp_across(
     """Not anchored (RFC 3725 flow I): the replaced party gets an offerless re-INVITE, its offer goes to the
     transferee in a re-INVITE and the answer back in the ACK. Some phones send the REFER in the held call,
     others in the consultation: the call the REFER came in survives."""
-    takes_refer(office)
     anna, _ = await phone(office, "101")
     bernd, _ = await phone(office, "102")
     carla, _ = await phone(office, "103")
-    call = anna.dial("102")
-    await answered(call)
-    at_bernd = await bernd.next_call()
+    call, at_bernd = await internal_call(anna, bernd)
     consult = bernd.dial("103")
     await answered(consult)
     at_carla = await carla.next_call()
@@ -789,24 +773,19 @@ async def test_attended_transfer_of_internal_calls_hands_the_sdp_across(
     assert office.b2bua.busy == ({"103": 1} if refer_in == "held call" else {"101": 1, "103": 1})
     call.bye()  # 101 hangs up: 103's leg ends
     assert (await ended(at_carla)).reason is TerminationReason.REMOTE_BYE
-    await office.idle()
-    for watch in watches.values():
-        watch.close()
+    await settle(office, *watches.values())
 
 
 async def test_attended_transfer_to_an_anchored_call_out_releases_its_anchor(office: Office) -> None:
     """The held call is internal (not anchored), the consultation a call out (anchored): the client gets an
     offerless re-INVITE, its own offer goes to the transferee, and media flows between them directly."""
-    takes_refer(office)
     facts = facts_of(office)
     client = await DemoProvider().start()
     try:
         point_trunk_at(office, client.port)
         anna, _ = await phone(office, "101")
         bernd, _ = await phone(office, "102")
-        call = anna.dial("102")
-        await answered(call)
-        at_bernd = await bernd.next_call()
+        call, at_bernd = await internal_call(anna, bernd)
         consult = bernd.dial("+49891234567")
         await answered(consult)
         out = await asyncio.wait_for(client.calls.get(), 3)
@@ -827,9 +806,7 @@ async def test_attended_transfer_to_an_anchored_call_out_releases_its_anchor(off
         await ended(at_bernd)
         out.bye()  # the client hangs up: 101's leg ends
         assert (await ended(call)).reason is TerminationReason.REMOTE_BYE
-        await office.idle()
-        for watch in (transferee, party, consulting, transferor):
-            watch.close()
+        await settle(office, transferee, party, consulting, transferor)
     finally:
         await client.close()
     (transferred,) = [f for f in facts if isinstance(f, CallTransferred)]
@@ -843,7 +820,6 @@ async def test_attended_transfer_to_an_anchored_call_out_releases_its_anchor(off
 async def test_replaces_naming_no_call_of_ours_or_someone_elses_is_notified_and_the_calls_go_on(
     office: Office,
 ) -> None:
-    takes_refer(office)
     facts = facts_of(office)
     call, rtp, _, leg, _, _ = await anchored(office)
     anna, _ = await phone(office, "101")
@@ -851,8 +827,7 @@ async def test_replaces_naming_no_call_of_ours_or_someone_elses_is_notified_and_
     theirs = anna.dial("103")  # a call of 101 and 103, not 102's
     await answered(theirs)
     at_carla = await carla.next_call()
-    caller = Watch(call, mirrored(sdp("provider", rtp.port)))
-    transferor = Watch(leg)
+    caller, transferor = watched(call, rtp, leg)
 
     async def notified(target: str) -> bytes:
         transferor.events.clear()
@@ -878,9 +853,7 @@ async def test_replaces_naming_no_call_of_ours_or_someone_elses_is_notified_and_
         ended_call.bye()
     await ended(leg)
     await ended(at_carla)
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await settle(office, caller, transferor)
     transferred = [f for f in facts if isinstance(f, CallTransferred)]
     assert [(f.status, f.attended) for f in transferred] == [(481, True), (403, True), (403, True)]
     assert transferred[0].target == "103" and transferred[0].destination_kind is None
@@ -893,7 +866,6 @@ async def test_replaces_naming_no_call_of_ours_or_someone_elses_is_notified_and_
 async def test_the_transferee_hears_ringback_while_the_target_rings(office: Office, outcome: str) -> None:
     """Anchored: from the target's 180 on, the transferee gets our ringback (numbered on from the relay);
     the target's answer or refusal ends it."""
-    takes_refer(office)
     call, rtp, where, leg, _, bernd_rtp = await anchored(office)
     carla, carla_rtp = await phone(office, "103", Script(outcome, delay=0.8, status=486))
     caller = Watch(call, mirrored(sdp("provider", rtp.port)))
@@ -934,9 +906,7 @@ async def test_the_transferee_hears_ringback_while_the_target_rings(office: Offi
         await exchange(rtp, where, bernd_rtp, office_b)  # … and 102 is relayed again
         assert audio_in(rtp) > 0 and audio_in(bernd_rtp) > 0
     call.bye()
-    await office.idle()
-    caller.close()
-    transferor.close()
+    await settle(office, caller, transferor)
 
 
 # ------------------------------------------------------------------------------------ the server
