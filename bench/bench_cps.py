@@ -78,18 +78,21 @@ _steps = itertools.count(1)
 
 class GcWatch:
     """``BENCH_GC_LOG=1``: the server reports every cyclic-GC pass of 5 ms or more, or of an older
-    generation, on stderr, and at exit the passes per generation, their total time and what is tracked."""
+    generation, on stderr (wall and CPU time, the objects it walked), and at exit the passes per generation,
+    their total time and what is tracked."""
 
     def __init__(self) -> None:
         self.passes = [0, 0, 0]
         self.spent_ms = 0.0
         self.cpu_ms = 0.0
         self._started = self._cpu = 0.0
+        self._objects = 0
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         generation = info["generation"]
         if phase == "start":
+            self._objects = sum(len(gc.get_objects(g)) for g in range(generation + 1))
             self._started, self._cpu = time.perf_counter(), time.thread_time()
             self.passes[generation] += 1
             return
@@ -98,8 +101,10 @@ class GcWatch:
         self.spent_ms += took
         self.cpu_ms += cpu
         if generation >= 1 or took >= 5:
+            per_object = 1000 * cpu / max(self._objects, 1)
             print(
-                f"GC gen{generation} {took:.1f} ms ({cpu:.1f} ms CPU), collected {info['collected']}",
+                f"GC gen{generation} {took:.1f} ms ({cpu:.1f} ms CPU) over {self._objects} objects"
+                f" ({per_object:.2f} us each), collected {info['collected']}",
                 file=sys.stderr,
             )
 
@@ -188,7 +193,6 @@ async def serve(port: int, callee_port: int, anchor: bool) -> None:
         if gc_watch is not None:
             in_use = len(ports._used) if ports is not None else 0
             print(f"open fds {len(os.listdir('/proc/self/fd'))}, RTP ports in use {in_use}", file=sys.stderr)
-        if gc_watch is not None:
             gc_watch.summary()
 
     def profile_stop() -> None:
