@@ -238,9 +238,10 @@ class Endpoint:
         self._outgoing: dict[TransactionHandle, OutgoingRequest] = {}
         self._invites: dict[tuple[str, int], IncomingRequest] = {}
         self._pending_2xx: dict[tuple[str, int, str], _Pending2xx] = {}
-        #: ACKs we sent for 2xx, re-sent if the 2xx is retransmitted; every entry lives 64*T1, so insertion
-        #: order is expiry order and the oldest is always first (no scan per event: that was the CPS limit).
-        self._acks: OrderedDict[tuple[str, int], tuple[bytes, Flow, float]] = OrderedDict()
+        #: ACKs we sent for 2xx, by (Call-ID, CSeq, the 2xx's To tag), re-sent if that 2xx is retransmitted;
+        #: every entry lives 64*T1, so insertion order is expiry order and the oldest is always first (no scan
+        #: per event: that was the CPS limit).
+        self._acks: OrderedDict[tuple[str, int, str | None], tuple[bytes, Flow, float]] = OrderedDict()
         self._merged: dict[tuple[str, str, int], str] = {}
         self._cancel_headers: dict[TransactionHandle, tuple[tuple[str, str], ...]] = {}
         self._timer_users: list[TimerUser] = []
@@ -566,9 +567,10 @@ class Endpoint:
         incoming.cancelled.set()
 
     def _on_stray(self, response: Response) -> None:
-        # A 2xx retransmission for an INVITE whose transaction is gone: re-send our ACK (RFC 3261 §13.2.2.4).
+        # A 2xx retransmission for an INVITE whose transaction is gone: re-send our ACK (RFC 3261 §13.2.2.4),
+        # only to the dialog it was for (another fork's 2xx has another To tag).
         try:
-            key = (response.call_id, response.cseq.seq)
+            key = (response.call_id, response.cseq.seq, response.to.tag)
         except SipParseError:
             return
         if response.cseq.method == "INVITE" and 200 <= response.status < 300 and key in self._acks:
@@ -687,7 +689,7 @@ class Endpoint:
     def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send an ACK for a 2xx directly (no transaction); it is re-sent if the 2xx is retransmitted."""
         data = bytes(ack)
-        key = (ack.call_id, ack.cseq.seq)
+        key = (ack.call_id, ack.cseq.seq, ack.to.tag)
         self._acks[key] = (data, flow, self._now + 64 * self.timers.t1)
         self._acks.move_to_end(key)
         self._transmit(data, flow)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -167,6 +168,33 @@ async def test_an_ended_call_is_not_kept_by_its_invite_transaction(pair: Pair) -
         assert pair.alice.endpoint._layer.client_count == 1
     finally:
         gc.enable()
+
+
+async def test_a_2xx_repeated_after_the_call_gets_its_own_dialogs_ack_only(pair: Pair) -> None:
+    """After the call, the endpoint answers a retransmitted 2xx with the cached ACK (RFC 3261 §13.2.2.4); a
+    2xx of the same INVITE with another To tag (another fork's dialog) must not get that dialog's ACK."""
+    seen: list[tuple[str, bytes]] = []
+    pair.alice.endpoint.add_tracer(lambda way, data, flow: seen.append((way, data)))
+    caller, callee = await answered_call(pair)
+    ok = next(
+        data for way, data in seen if way == "in" and data.startswith(b"SIP/2.0 200") and b"INVITE" in data
+    )
+    tag = callee.session.dialog_id.local_tag if callee.session.dialog_id else None
+    assert tag and f";tag={tag}".encode() in ok
+    caller.bye()
+    async with asyncio.timeout(3):
+        await caller.wait_ended()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for data, acked in ((ok, True), (ok.replace(tag.encode(), b"another-fork"), False)):
+            seen.clear()
+            peer.sendto(data, ("127.0.0.1", pair.alice.port))
+            await asyncio.sleep(0.1)
+            acks = [d for way, d in seen if way == "out" and d.startswith(b"ACK ")]
+            assert bool(acks) is acked
+            assert all(f";tag={tag}".encode() in d for d in acks)
+    finally:
+        peer.close()
 
 
 async def test_bye_from_callee_ends_both(pair: Pair) -> None:
