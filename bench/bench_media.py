@@ -69,6 +69,7 @@ from media.dtmf_tones import dtmf_tone  # noqa: E402
 from media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
 from media.greeting import GreetingCache  # noqa: E402
 from media.session import MediaClock, PortAllocator, RtpSession  # noqa: E402
+from routing.server import event_loop_factory  # noqa: E402
 
 GREETING = ROOT / "examples" / "greeting.wav"
 HOST = "127.0.0.1"
@@ -289,13 +290,8 @@ def _server(
         await clock.close()
         conn.send(result)
 
-    if loop_kind == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-    else:
-        asyncio.run(main())
+    with asyncio.Runner(loop_factory=event_loop_factory(loop_kind)) as runner:
+        runner.run(main())
 
 
 def run_step(
@@ -576,13 +572,8 @@ def _relay_server(
         await clock.close()
         conn.send(result)
 
-    if loop_kind == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main())
-    else:
-        asyncio.run(main())
+    with asyncio.Runner(loop_factory=event_loop_factory(loop_kind)) as runner:
+        runner.run(main())
 
 
 def run_relay_step(
