@@ -81,7 +81,6 @@ from media.greeting import Greeting, GreetingCache, GreetingError
 from media.relay import MediaBridge, Side
 from media.sdp import parse_sdp
 from media.session import MediaClock, PortAllocator, PortsExhausted
-from sipcore.auth import Authenticated, Stale
 from sipcore.dialog import MAX_FORWARDS, DialogId
 from sipcore.endpoint import IncomingRequest
 from sipcore.headers import header_key
@@ -108,6 +107,7 @@ from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, Out
 from sipcore.uri import NameAddr, SipUri, TelUri, parse_uri
 
 from . import transfer  # imports this module back: by module, not by name
+from .authenticator import Unverified, Verified
 from .cdr import CallRecord, CdrStore, disposition_for
 from .collector import DigitCollector, ExtensionDialled
 from .dialstring import (
@@ -116,7 +116,6 @@ from .dialstring import (
     format_post_dial,
     from_request_uri,
     parse_dialstring,
-    to_e164,
 )
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number, Trunk
 from .events import CallAnswered, CallFact, CallRinging, CallStarted, DigitPressed, DigitSent
@@ -136,6 +135,7 @@ from .resolver import (
     ToGroup,
 )
 from .ringgroup import RingGroupState, plan_ring_group
+from .security import trunk_accepts
 
 __all__ = [
     "COMPLETED_ELSEWHERE",
@@ -538,6 +538,9 @@ class B2bua:
         caller = self._who_calls(incoming)
         if caller is None:
             return  # challenged with stale=true
+        if isinstance(caller, Anonymous):  # challenged (or refused) before anything about the call is said
+            self._refuse(incoming, self.resolver.refuse_anonymous(caller), caller)
+            return
         try:
             dialled = from_request_uri(request.uri)
         except DialStringError as exc:
@@ -676,55 +679,50 @@ class B2bua:
         )
 
     def _who_calls(self, incoming: IncomingRequest) -> Caller | None:
+        """An employee (by digest credentials), a trunk (by source address, for its own numbers) or an
+        anonymous source; None when the request was answered here (``stale=true``)."""
         request = incoming.request
-        now = self._clock()
-        result = self.registrar.digest.verify(request, self.directory.credentials, now)
-        if isinstance(result, Authenticated):
-            employee = self.directory.employee_by_sip_user(result.username)
+        authenticator = self.registrar.authenticator
+        verdict = authenticator.verify(request, incoming.flow)
+        if isinstance(verdict, Verified):
+            employee = self.directory.employee_by_sip_user(verdict.username)
             if employee is not None:
                 return FromEmployee(employee.extension)
-        if isinstance(result, Stale):
-            incoming.send(
-                self.registrar.digest.challenge_response(request, now, stale=True, to_tag=incoming.to_tag)
-            )
-            return None
         source = incoming.flow.remote[0]
         for trunk in self.directory.trunks:
-            try:
-                address = ipaddress.ip_address(source)
-            except ValueError:
-                break
             # A trunk's source address identifies the trunk only for calls to its numbers: anything else
             # from that address (a phone on the same host or network) must authenticate like any caller.
-            if any(address in network for network in trunk.inbound_from) and self._calls_trunk_number(
-                request, trunk.name
-            ):
+            if trunk_accepts(trunk, source) and self._calls_trunk_number(request, trunk.name):
                 calling = request.from_.uri.user if isinstance(request.from_.uri, SipUri) else None
                 if isinstance(request.from_.uri, TelUri):
                     calling = request.from_.uri.number
                 return FromTrunk(trunk.name, calling)
+        if isinstance(verdict, Unverified) and verdict.stale:
+            self._challenge(incoming, stale=True)
+            return None
         return Anonymous(str(incoming.flow), challenge=True)
 
+    def _challenge(self, incoming: IncomingRequest, *, stale: bool = False, proxy: bool = False) -> None:
+        """Challenge an INVITE statelessly: a stateful 401 would be retransmitted ten times towards a
+        source that may be spoofed (it need not know a nonce to send wrong credentials)."""
+        authenticator = self.registrar.authenticator
+        request = incoming.request
+        tag = authenticator.stateless_tag(request)
+        incoming.send_stateless(
+            authenticator.challenge(request, incoming.flow, to_tag=tag, stale=stale, proxy=proxy)
+        )
+
     def _calls_trunk_number(self, request: Request, trunk: str) -> bool:
-        config = self.resolver.config
+        """Whether the Request-URI names one of ``trunk``'s numbers, in any form the resolver accepts."""
         try:
-            dialled = to_e164(
-                from_request_uri(request.uri),
-                config.country_code,
-                config.trunk_prefix,
-                config.international_prefix,
-            )
+            number = self.resolver.inbound_number(from_request_uri(request.uri))
         except DialStringError:
             return False
-        wanted = {dialled, dialled.lstrip("+")}
-        return any(n.trunk == trunk and n.number in wanted for n in self.directory.numbers)
+        return number is not None and number.trunk == trunk
 
     def _refuse(self, incoming: IncomingRequest, route: Refused, caller: Caller) -> None:
         if route.status in (401, 407) and isinstance(caller, Anonymous):
-            response = self.registrar.digest.challenge_response(
-                incoming.request, self._clock(), proxy=route.status == 407, to_tag=incoming.to_tag
-            )
-            incoming.send(response)
+            self._challenge(incoming, proxy=route.status == 407)
         else:
             incoming.respond(route.status, route.reason)
 

@@ -13,17 +13,15 @@ What :meth:`RegistrarService.handle` does, in §10.3's order:
 1. The Request-URI must name this registrar's domain: the configured ``domain``, an alias, or any IP address
    literal (phones configured with the server's address instead of the domain), else 404.
 2. (Require is checked by the endpoint's UAS core.)
-3. Digest authentication against the directory's credentials: no or wrong credentials get a fresh 401
-   challenge (the configured algorithms in order, ``qop="auth"``); a correct answer to an expired nonce gets
-   401 with ``stale=true``. Unknown users and wrong passwords are answered identically (no enumeration:
-   same status, reason, headers and challenge; ``sipcore.auth`` hashes as much for either).
-   Brute force (``routing.security.FailureGuard``): every checked-and-wrong answer counts against its source
-   address, a success clears that user's failures; a throttled source has its credentials checked at most
-   once per interval, a blocked one not at all, and both get the ordinary fresh 401 otherwise (see
-   ``routing.security`` for why not 403 and not silence).
-   Nonces are bound to the address they were sent to (a MAC of the source IP in the nonce's unique part):
-   credentials answering a nonce sent elsewhere are not checked but challenged again, so a spoofed source
-   can neither guess passwords uncounted nor make failures count against somebody else's address.
+3. Digest authentication against the directory's credentials (``routing.authenticator``, shared with the
+   B2BUA): no or wrong credentials get a fresh 401 challenge (the configured algorithms in order,
+   ``qop="auth"``); a correct answer to an expired nonce gets 401 with ``stale=true``. Unknown users and
+   wrong passwords are answered identically (no enumeration: same status, reason, headers and challenge;
+   ``sipcore.auth`` hashes as much for either). Brute force (``routing.security.FailureGuard``): failures
+   are counted per source and user; a throttled pair has its credentials checked at most once per interval,
+   a blocked one not at all, and both get the ordinary fresh 401 otherwise. Nonces are bound to the address
+   they were sent to. A REGISTER without credentials is normally challenged before it reaches this service,
+   statelessly (``Authenticator.screen``).
 4. The authenticated user may only register its own AOR, ``sip:<sip_user>@<domain>``: anything else is 403.
 5-8. :func:`~sipcore.registrar.process_register` on the stored bindings, under a per-AOR lock so that two
    REGISTERs for one AOR never interleave their read and write; a failed store write answers 500.
@@ -41,20 +39,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
-import hmac
 import ipaddress
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
 
-from sipcore.auth import Authenticated, DigestServer, Failed, Missing, Stale
+from sipcore.auth import DigestServer
 from sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
-from sipcore.errors import SipParseError
-from sipcore.headers import parse_auth
 from sipcore.message import Request
 from sipcore.registrar import (
     Binding,
@@ -69,20 +62,16 @@ from sipcore.registrar import (
 from sipcore.transport import Flow, TransportError, TransportName
 from sipcore.uri import SipUri
 
+from .authenticator import Authenticator, Unverified
 from .directory import Directory
 from .location import LocationStore, LocationStoreError
-from .security import Admission, FailureGuard, source_key
+from .security import FailureGuard
 
 __all__ = ["RegistrarService"]
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_CONFIG = RegistrarConfig()
-#: sipcore.auth's nonce is hex(8-byte timestamp ‖ 8-byte unique part ‖ 16-byte MAC); the first
-#: _BINDING_BYTES of the unique part carry the source binding (see RegistrarService._nonce_unique).
-_UNIQUE_HEX = slice(16, 32)
-_BINDING_BYTES = 4
-_NONCE_HEX_LENGTH = 64
 
 
 @functools.lru_cache(maxsize=1024)
@@ -140,17 +129,20 @@ class RegistrarService:
         nonce_lifetime: float = 300.0,
         random_bytes: Callable[[int], bytes] | None = None,
         guard: FailureGuard | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.store = store
-        self.guard = guard or FailureGuard()
         self.config = config
         self._clock = clock
-        self._secret = secret
-        self._algorithms = tuple(algorithms) if algorithms is not None else None
-        self._nonce_lifetime = nonce_lifetime
-        self._random_bytes = random_bytes
-        self._nonce_counter = itertools.count(1)
-        self._nonce_binding = bytes(_BINDING_BYTES)
+        self.authenticator = authenticator or Authenticator(
+            directory,
+            secret=secret,
+            guard=guard,
+            clock=clock,
+            algorithms=algorithms,
+            nonce_lifetime=nonce_lifetime,
+            random_bytes=random_bytes,
+        )
         self._aliases = frozenset(a.lower() for a in aliases)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         #: (aor, contact) of bindings that did not answer the last OPTIONS ping; cleared by a REGISTER.
@@ -158,67 +150,24 @@ class RegistrarService:
         #: Called with every ``Registered`` / ``Unregistered`` (the server turns them into pyee events).
         self.on_event: Callable[[RegistrationEvent], None] | None = None
         self.directory = directory
-        self.digest = self._digest_server(directory)
 
-    def _digest_server(self, directory: Directory) -> DigestServer:
-        return DigestServer(
-            directory.server.realm,
-            secret=self._secret,
-            algorithms=self._algorithms or directory.server.auth_algorithms,
-            nonce_lifetime=self._nonce_lifetime,
-            random_bytes=self._nonce_unique,
-        )
+    @property
+    def guard(self) -> FailureGuard:
+        """The brute-force guard of the authenticator (shared with every other authenticated method)."""
+        return self.authenticator.guard
 
-    # --------------------------------------------------------------------------- nonces bound to sources
+    @guard.setter
+    def guard(self, guard: FailureGuard) -> None:
+        self.authenticator.guard = guard
 
-    def _binding(self, source: str) -> bytes:
-        key = source_key(source, self.guard.policy.ipv6_prefix).encode("utf-8", "surrogateescape")
-        return hmac.new(self._secret, b"nonce-source\x00" + key, hashlib.sha256).digest()[:_BINDING_BYTES]
-
-    def _nonce_unique(self, n: int) -> bytes:
-        """The unique part of the next nonce: the binding of the source being challenged, then randomness
-        (or a counter; under the nonce's MAC either is unpredictable enough)."""
-        rest = n - _BINDING_BYTES
-        if self._random_bytes is not None:
-            tail = self._random_bytes(rest)
-        else:
-            tail = (next(self._nonce_counter) % (1 << (8 * rest))).to_bytes(rest, "big")
-        return self._nonce_binding + tail
-
-    def _challenge(self, incoming: IncomingRequest, now: float, *, stale: bool = False) -> None:
-        self._nonce_binding = self._binding(incoming.flow.remote[0])  # read by _nonce_unique, right now
-        response = self.digest.challenge_response(incoming.request, now, stale=stale, to_tag=incoming.to_tag)
-        incoming.send(response)
-
-    def _answered_nonce(self, request: Request) -> str | None:
-        """The nonce of the Digest credentials for our realm (the ones ``verify`` checks), or None."""
-        realm = self.digest.realm
-        for value in request.get_all("authorization"):
-            try:
-                parsed = parse_auth(value)
-            except SipParseError:
-                continue
-            if parsed.scheme.lower() == "digest" and parsed.param("realm") == realm:
-                return parsed.param("nonce") or ""
-        return None
-
-    def _bound_here(self, nonce: str, source: str) -> bool:
-        if len(nonce) != _NONCE_HEX_LENGTH:
-            return False
-        try:
-            unique = bytes.fromhex(nonce[_UNIQUE_HEX])
-        except ValueError:
-            return False
-        return hmac.compare_digest(unique[:_BINDING_BYTES], self._binding(source))
+    @property
+    def digest(self) -> DigestServer:
+        return self.authenticator.digest
 
     def update_directory(self, directory: Directory) -> None:
-        """Use a reloaded directory; bindings stay. A new realm or algorithm list re-creates the digest
-        server (outstanding nonces of the old realm then fail, and phones are simply challenged again)."""
-        old = self.directory.server
+        """Use a reloaded directory; bindings stay (see ``Authenticator.update_directory``)."""
         self.directory = directory
-        new = directory.server
-        if (old.realm, old.auth_algorithms) != (new.realm, new.auth_algorithms):
-            self.digest = self._digest_server(directory)
+        self.authenticator.update_directory(directory)
 
     # ---------------------------------------------------------------------------------------- REGISTER
 
@@ -230,42 +179,20 @@ class RegistrarService:
             return
         now = self._clock()
         domain = self.directory.server.domain
-        if not isinstance(request.uri, SipUri) or not self._serves(request.uri.host):
+        if not self.serves(request):
             incoming.respond(404, f"Not Found (this registrar serves {domain})")
             return
 
-        # Every path below that does not end in a checked success answers with the same fresh challenge.
-        source = incoming.flow.remote[0]
-        nonce = self._answered_nonce(request)
-        if nonce is None:  # no credentials for our realm (none, malformed, another realm's): challenge
-            self._challenge(incoming, now)
+        verdict = self.authenticator.verify(request, incoming.flow)
+        if isinstance(verdict, Unverified):  # every such path answers with the same fresh challenge
+            log.debug("REGISTER from %s: challenged (%s)", incoming.flow, verdict.reason)
+            incoming.send(
+                self.authenticator.challenge(
+                    request, incoming.flow, to_tag=incoming.to_tag, stale=verdict.stale
+                )
+            )
             return
-        if not self._bound_here(nonce, source):
-            log.info("REGISTER from %s: answers a nonce not sent to this address; challenging", incoming.flow)
-            self._challenge(incoming, now)
-            return
-        admission = self.guard.admit(source, now)
-        if admission is not Admission.CHECK:
-            log.info("REGISTER from %s: credentials not checked (source %s)", incoming.flow, admission.value)
-            self._challenge(incoming, now)
-            return
-        result = self.digest.verify(request, self.directory.credentials, now)
-        if isinstance(result, Missing | Failed | Stale):
-            if isinstance(result, Failed):
-                log.info("REGISTER from %s: authentication failed (%s)", incoming.flow, result.reason)
-                username = next((c.param("username") or "" for c in request.authorization), "")
-                status = self.guard.failed(source, now, username)
-                if status.blocked_until is not None and status.failures >= self.guard.policy.block_after:
-                    log.warning(
-                        "blocking %s until %.0f after %d authentication failures",
-                        status.source,
-                        status.blocked_until,
-                        status.failures,
-                    )
-            self._challenge(incoming, now, stale=isinstance(result, Stale))
-            return
-        assert isinstance(result, Authenticated)
-        self.guard.succeeded(source, now, result.username)
+        username = verdict.username
 
         try:
             address_of_record(request)  # the To URI must be sip/sips (400 otherwise)
@@ -274,11 +201,11 @@ class RegistrarService:
             return
         to = request.to.uri
         assert isinstance(to, SipUri)
-        employee = self.directory.employee_by_sip_user(result.username)
-        aor = f"sip:{result.username}@{domain}"
+        employee = self.directory.employee_by_sip_user(username)
+        aor = f"sip:{username}@{domain}"
         if employee is None or to.user != employee.sip_user or not self._serves(to.host):
-            log.info("REGISTER from %s: %s may not register %s", incoming.flow, result.username, to)
-            incoming.respond(403, f"Forbidden ({result.username} may only register {aor})")
+            log.info("REGISTER from %s: %s may not register %s", incoming.flow, username, to)
+            incoming.respond(403, f"Forbidden ({username} may only register {aor})")
             return
 
         async with self._locked(aor):
@@ -335,6 +262,10 @@ class RegistrarService:
                 del self._locks[aor]
             else:
                 self._locks[aor] = (lock, users - 1)
+
+    def serves(self, request: Request) -> bool:
+        """Whether a REGISTER's Request-URI names this registrar's domain (else it is answered 404)."""
+        return isinstance(request.uri, SipUri) and self._serves(request.uri.host)
 
     def _serves(self, host: str) -> bool:
         host = host.lower()

@@ -239,7 +239,7 @@ class Resolver:
         """The hook's route if it gives one, else :meth:`resolve_builtin`'s; anonymous callers never reach
         the hook."""
         if isinstance(caller, Anonymous):
-            return self._refuse_anonymous(caller)
+            return self.refuse_anonymous(caller)
         if self.hook is not None:
             try:
                 route = await self.hook(dialled, caller)
@@ -257,7 +257,7 @@ class Resolver:
     def resolve_builtin(self, dialled: DialString, caller: Caller) -> Route:
         """The built-in policy (see the module docstring). Pure and synchronous."""
         if isinstance(caller, Anonymous):
-            return self._refuse_anonymous(caller)
+            return self.refuse_anonymous(caller)
         if isinstance(caller, FromTrunk):
             return self._from_trunk(dialled, caller)
         return self._from_employee(dialled, caller)
@@ -285,7 +285,8 @@ class Resolver:
 
     # -------------------------------------------------------------------------------------- policies
 
-    def _refuse_anonymous(self, caller: Anonymous) -> Refused:
+    def refuse_anonymous(self, caller: Anonymous) -> Refused:
+        """What an unauthenticated caller gets, whatever it dialled: a challenge, or 403."""
         if caller.challenge:
             status = self.config.challenge_status
             reason = "Unauthorized" if status == 401 else "Proxy Authentication Required"
@@ -329,14 +330,14 @@ class Resolver:
     def _from_trunk(self, dialled: DialString, caller: FromTrunk) -> Route:
         if dialled.kind is DialKind.EXTENSION:
             return Refused(403, f"Forbidden: trunk {caller.name} may only call the office's numbers")
-        number = self._inbound_number(dialled)
+        number = self.inbound_number(dialled)
         if number is None:
             return Refused(404, f"Not Found: {dialled} is not a number of this office")
         if number.trunk != caller.name:
             return Refused(403, f"Forbidden: {number.number} is not a number of trunk {caller.name}")
         return self.number_flow(number)
 
-    def _inbound_number(self, dialled: DialString) -> Number | None:
+    def inbound_number(self, dialled: DialString) -> Number | None:
         """The office number a trunk means: E.164, national, or E.164 without its "+" (many trunks send
         ``4930…``)."""
         candidates: list[str] = []

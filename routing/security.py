@@ -1,45 +1,50 @@
-"""Brute-force protection and trunk source checks, without I/O (issue 3, "Security").
+"""Brute-force protection and trunk source checks, without I/O.
 
-:class:`FailureGuard` counts authentication failures per source in a sliding window. It is a pure machine:
-every call takes ``now``; nothing here sleeps, reads a clock or touches a socket. The registrar service
-asks it before checking credentials (:meth:`FailureGuard.admit`) and tells it the outcome
-(:meth:`FailureGuard.failed`, :meth:`FailureGuard.succeeded`).
+:class:`FailureGuard` counts authentication failures in sliding windows. It is a pure machine: every call
+takes ``now``; nothing here sleeps, reads a clock or touches a socket. :class:`routing.authenticator.
+Authenticator` asks it before checking the credentials of any request — REGISTER, INVITE or another —
+(:meth:`FailureGuard.admit`) and tells it the outcome (:meth:`FailureGuard.failed`,
+:meth:`FailureGuard.succeeded`); so a password cannot be guessed through one method while another is
+guarded, and every method counts toward the same limits.
 
 Decisions, each with the reason:
 
-* **What counts.** Only credentials that were checked and found wrong (``sipcore.auth.Failed``). A REGISTER
+* **What counts.** Only credentials that were checked and found wrong (``sipcore.auth.Failed``). A request
   without credentials is the normal first step of every phone and is never counted; a correct answer to an
   expired nonce (``Stale``) is not a failure either. Unknown users and wrong passwords count the same, so the
   guard itself does not tell a scanner which extensions exist.
 * **Source.** An IPv4 address, or the IPv6 ``/64`` (``ipv6_prefix``) it lies in: one IPv6 subscriber owns a
   whole /64 and could otherwise rotate addresses forever. The port is ignored (it changes with every socket).
-* **Throttle** (``throttle_after`` failures within ``window``): from then on the source's credentials are
-  *checked* at most once per ``throttle_interval``; attempts in between are not checked at all and are
-  answered with a fresh challenge, exactly like a wrong password. We skip the check rather than delay the
-  answer: a delayed answer holds a task per request and does not slow an attacker who sends in parallel
-  (svcrack collects fresh nonces and fires answers as fast as challenges arrive), while skipping caps the
-  rate of guesses that are actually evaluated, whatever the attacker's sending rate.
-* **Block** (``block_after`` failures within ``window``): for ``block_for`` seconds no credentials from the
-  source are checked. The answer stays the ordinary 401 challenge — not 403 and not silence:
+* **Per (source, user), not per source.** An office sits behind one NAT address: one phone with an old
+  password must not lock out its colleagues. Failures are counted, throttled and blocked per pair of source
+  and the user name the credentials claim:
 
-  - 403 would tell scanners something changed, and svwar treats any answer that differs from the one for an
-    unknown user as "extension exists";
-  - silence needs the request to be dropped *before* the endpoint opens a server transaction (an unanswered
-    non-INVITE server transaction never ends, so dropping inside the handler would fill the transaction table
-    and lock *everybody* out with 503s). :meth:`FailureGuard.admits` is ready for such a pre-transaction hook
-    in the endpoint; until it exists, the block is invisible from outside and simply makes guessing useless.
+  - **throttle** (``throttle_after`` failures of the pair within ``window``): from then on the pair's
+    credentials are *checked* at most once per ``throttle_interval``; attempts in between are not checked at
+    all and get a fresh challenge, exactly like a wrong password. Skipping the check instead of delaying the
+    answer caps the rate of guesses actually evaluated, whatever the attacker's sending rate (svcrack fires
+    answers as fast as challenges arrive), and holds no task per request;
+  - **block** (``block_after`` failures of the pair within ``window``): for ``block_for`` seconds no
+    credentials of that user from that source are checked.
 
-* **No lock-out of others.** Only the source itself is throttled or blocked. Spoofed UDP sources are the
-  remaining way to lock out a victim (send wrong answers "from" its address): the registrar service binds
-  each nonce to the address it was sent to and only checks (and so only counts) answers that arrive from that
-  address, so a spoofer, who never receives the victim's challenges, cannot make a failure count against it.
-* **Success** clears the failures recorded *for that user* from that source only: an attacker who knows one
-  valid account cannot register it now and then to wipe the count of its guesses at another account.
-  A block is not lifted by success (nothing from a blocked source is checked).
-* **Bounded memory.** At most ``max_sources`` sources with recent failures (least recently failed evicted
-  first) and, separately, at most ``max_sources`` blocked sources (the block that ends first evicted first),
-  so a flood of new sources cannot evict existing blocks by crowding the failure table. Each source keeps at
-  most ``block_after`` failure timestamps.
+* **The whole source is blocked** only when it behaves like no phone does: failures for ``source_users``
+  different users within ``window`` (guessing across accounts, as svwar + svcrack do), or more than
+  ``source_attempts`` credentialed attempts refused unchecked within ``window`` (far beyond a phone's retry
+  rate: a phone retrying every 6 s makes 50 in five minutes).
+* **The answer stays the ordinary 401 challenge** for throttled and blocked requests — not 403 and not
+  silence: 403 would tell scanners something changed (svwar reads any different answer as "extension
+  exists"), and silence would leave the client's transaction to time out while ours lingers.
+* **Spoofed sources** cannot lock out a victim: the authenticator binds each nonce to the address it was sent
+  to and only checks (and so only counts) answers that arrive from that address.
+* **Success** clears that pair's failures only: an attacker who knows one valid account cannot register it
+  now and then to wipe the count of its guesses at another. A block is not lifted by success (nothing of a
+  blocked pair is checked); an administrator lifts it (:meth:`FailureGuard.unblock`).
+* **Unauthenticated requests** are limited per source (:meth:`FailureGuard.may_challenge`, a token bucket of
+  ``challenge_rate`` per second and ``challenge_burst``): each is answered with a stateless challenge, and one
+  source cannot make the server reflect an unbounded stream of them at a spoofed address.
+* **Bounded memory.** At most ``max_sources`` entries in each table (failure records, sources, blocks,
+  challenge buckets); the least recently used goes first, blocks in their own table so that a flood of new
+  sources cannot evict them by crowding the others.
 
 :func:`trunk_for_source` is the inbound check for trunks: a request claiming to come from a trunk is accepted
 only from an address in that trunk's ``inbound_from`` networks.
@@ -60,6 +65,7 @@ from .directory import Directory, Trunk
 
 __all__ = [
     "Admission",
+    "Block",
     "FailureGuard",
     "GuardPolicy",
     "SourceStatus",
@@ -83,6 +89,10 @@ class GuardPolicy:
     throttle_interval: float = attrs.field(default=5.0, validator=_positive)
     block_after: int = attrs.field(default=10, validator=_positive)
     block_for: float = attrs.field(default=900.0, validator=_positive)
+    source_users: int = attrs.field(default=5, validator=_positive)
+    source_attempts: int = attrs.field(default=300, validator=_positive)
+    challenge_rate: float = attrs.field(default=20.0, validator=_positive)
+    challenge_burst: int = attrs.field(default=100, validator=_positive)
     max_sources: int = attrs.field(default=10_000, validator=_positive)
     ipv6_prefix: int = attrs.field(default=64)
 
@@ -94,27 +104,50 @@ class GuardPolicy:
 
 
 class Admission(enum.Enum):
-    """What to do with the credentials of one request from a source."""
+    """What to do with the credentials of one request."""
 
     CHECK = "check"  #: verify them
-    SKIP = "skip"  #: throttled: answer with a fresh challenge without verifying
+    SKIP = "throttled"  #: throttled: answer with a fresh challenge without verifying
     BLOCKED = "blocked"  #: blocked: the same answer as SKIP
 
 
 @attrs.frozen
+class Block:
+    """One block in force: of a user from a source, or (``user`` None) of everything from the source."""
+
+    source: str
+    user: str | None
+    until: float
+    reason: str
+
+
+@attrs.frozen
 class SourceStatus:
-    """What the guard knows about one source (for logs and an admin view)."""
+    """What the guard knows about one source, or one (source, user) pair (for logs and an admin view).
+
+    ``failures`` counts the pair's failures (or, for a whole source, all of its failures) in the window;
+    ``blocked_until`` is set while the pair or the whole source is blocked; ``new_block`` is the block that
+    the failure just recorded started.
+    """
 
     source: str
     failures: int
     throttled: bool
     blocked_until: float | None
+    user: str | None = None
+    new_block: Block | None = None
 
 
 @attrs.define
-class _Record:
-    failures: deque[tuple[float, str]] = attrs.field(factory=deque)
+class _Pair:
+    failures: deque[float] = attrs.field(factory=deque)
     next_check_at: float = float("-inf")
+
+
+@attrs.define
+class _Source:
+    failures: deque[tuple[float, str]] = attrs.field(factory=deque)
+    unchecked: deque[float] = attrs.field(factory=deque)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -135,126 +168,210 @@ def source_key(address: str | IpAddress, ipv6_prefix: int = 64) -> str:
     return str(ip)
 
 
+def _trim(times: deque[Any], horizon: float, *, pairs: bool = False) -> None:
+    while times and (times[0][0] if pairs else times[0]) <= horizon:
+        times.popleft()
+
+
+def _bounded_put(table: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
 class FailureGuard:
-    """Per-source authentication failure counting, throttling and blocking (module docstring)."""
+    """Authentication failure counting, throttling and blocking per (source, user) (module docstring)."""
 
     def __init__(self, policy: GuardPolicy | None = None) -> None:
         self.policy = policy or GuardPolicy()
-        self._records: OrderedDict[str, _Record] = OrderedDict()
-        self._blocks: OrderedDict[str, float] = OrderedDict()
+        self._pairs: OrderedDict[tuple[str, str], _Pair] = OrderedDict()
+        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        #: (source, user or None for the whole source) -> (until, reason)
+        self._blocks: OrderedDict[tuple[str, str | None], tuple[float, str]] = OrderedDict()
+        #: source -> (tokens, when they were counted)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def _key(self, source: str | IpAddress) -> str:
         return source_key(source, self.policy.ipv6_prefix)
 
-    def _blocked_until(self, key: str, now: float) -> float | None:
-        until = self._blocks.get(key)
-        if until is None:
-            return None
-        if now >= until:
-            del self._blocks[key]
-            return None
-        return until
+    def _block_of(self, key: str, user: str | None, now: float) -> tuple[float, str] | None:
+        """The block in force for ``user`` from ``key`` (its own, or the whole source's); expired ones go."""
+        for entry in ((key, None), (key, user)) if user is not None else ((key, None),):
+            block = self._blocks.get(entry)
+            if block is None:
+                continue
+            if now >= block[0]:
+                del self._blocks[entry]
+                continue
+            return block
+        return None
 
-    def _live(self, key: str, now: float) -> _Record | None:
-        """The record with failures older than the window dropped (and removed when none are left)."""
-        record = self._records.get(key)
+    def _pair(self, key: str, user: str, now: float) -> _Pair | None:
+        """The pair's record with failures older than the window dropped (removed when none are left)."""
+        record = self._pairs.get((key, user))
         if record is None:
             return None
-        horizon = now - self.policy.window
-        failures = record.failures
-        while failures and failures[0][0] <= horizon:
-            failures.popleft()
-        if not failures:
-            del self._records[key]
+        _trim(record.failures, now - self.policy.window)
+        if not record.failures:
+            del self._pairs[(key, user)]
             return None
         return record
+
+    def _source(self, key: str, now: float, *, create: bool = False) -> _Source | None:
+        record = self._sources.get(key)
+        if record is None:
+            if not create:
+                return None
+            record = _Source()
+            _bounded_put(self._sources, key, record, self.policy.max_sources)
+            return record
+        horizon = now - self.policy.window
+        _trim(record.failures, horizon, pairs=True)
+        _trim(record.unchecked, horizon)
+        if not create and not record.failures and not record.unchecked:
+            del self._sources[key]
+            return None
+        self._sources.move_to_end(key)
+        return record
+
+    def _block(self, key: str, user: str | None, now: float, reason: str) -> Block:
+        until = now + self.policy.block_for
+        _bounded_put(self._blocks, (key, user), (until, reason), self.policy.max_sources)
+        if user is None:  # the whole source: its per-user state no longer matters
+            self._sources.pop(key, None)
+        else:
+            self._pairs.pop((key, user), None)
+        return Block(key, user, until, reason)
 
     # -------------------------------------------------------------------------------------- queries
 
     def admits(self, source: str | IpAddress, now: float) -> bool:
-        """False while ``source`` is blocked: for a hook that drops its packets before any transaction."""
-        return self._blocked_until(self._key(source), now) is None
+        """False while everything from ``source`` is blocked."""
+        return self._block_of(self._key(source), None, now) is None
 
-    def admit(self, source: str | IpAddress, now: float) -> Admission:
-        """Ask before verifying credentials from ``source``; a CHECK while throttled uses up the slot."""
+    def admit(self, source: str | IpAddress, now: float, user: str = "") -> Admission:
+        """Ask before verifying credentials for ``user`` from ``source``; a CHECK while throttled uses up
+        the slot. Every attempt refused unchecked counts toward the source's ``source_attempts``."""
         key = self._key(source)
-        if self._blocked_until(key, now) is not None:
-            return Admission.BLOCKED
-        record = self._live(key, now)
-        if record is None or len(record.failures) < self.policy.throttle_after:
-            return Admission.CHECK
-        if now < record.next_check_at:
-            return Admission.SKIP
-        record.next_check_at = now + self.policy.throttle_interval
-        return Admission.CHECK
+        if self._block_of(key, user, now) is not None:
+            admission = Admission.BLOCKED
+        else:
+            record = self._pair(key, user, now)
+            if record is None or len(record.failures) < self.policy.throttle_after:
+                return Admission.CHECK
+            if now >= record.next_check_at:
+                record.next_check_at = now + self.policy.throttle_interval
+                return Admission.CHECK
+            admission = Admission.SKIP
+        if self._block_of(key, None, now) is None:
+            counted = self._source(key, now, create=True)
+            assert counted is not None
+            counted.unchecked.append(now)
+            if len(counted.unchecked) > self.policy.source_attempts:
+                self._block(key, None, now, "too many attempts")
+        return admission
 
-    def status(self, source: str | IpAddress, now: float) -> SourceStatus:
+    def status(self, source: str | IpAddress, now: float, user: str | None = None) -> SourceStatus:
+        """The pair's state (``user`` given) or the whole source's (failures of every user summed)."""
         key = self._key(source)
-        until = self._blocked_until(key, now)
-        record = self._live(key, now)
-        failures = len(record.failures) if record is not None else 0
-        return SourceStatus(key, failures, failures >= self.policy.throttle_after, until)
+        block = self._block_of(key, user, now)
+        until = block[0] if block is not None else None
+        if user is not None:
+            pair = self._pair(key, user, now)
+            failures = len(pair.failures) if pair is not None else 0
+            throttled = failures >= self.policy.throttle_after
+        else:
+            record = self._source(key, now)
+            failures = len(record.failures) if record is not None else 0
+            throttled = any(
+                len(p.failures) >= self.policy.throttle_after for (k, _), p in self._pairs.items() if k == key
+            )
+        return SourceStatus(key, failures, throttled or until is not None, until, user)
 
-    def blocked(self, now: float) -> tuple[tuple[str, float], ...]:
-        """Every blocked source with the time its block ends."""
-        for key in [k for k, until in self._blocks.items() if now >= until]:
-            del self._blocks[key]
-        return tuple(self._blocks.items())
+    def blocks(self, now: float) -> tuple[Block, ...]:
+        """Every block in force, the one that ends first first."""
+        for entry in [e for e, (until, _) in self._blocks.items() if now >= until]:
+            del self._blocks[entry]
+        found = (Block(k, u, until, reason) for (k, u), (until, reason) in self._blocks.items())
+        return tuple(sorted(found, key=lambda b: b.until))
+
+    def may_challenge(self, source: str | IpAddress, now: float) -> bool:
+        """Whether an unauthenticated request from ``source`` may be answered with a challenge now (a token
+        bucket per source); false: drop it unanswered."""
+        key = self._key(source)
+        policy = self.policy
+        tokens, then = self._buckets.get(key, (float(policy.challenge_burst), now))
+        tokens = min(float(policy.challenge_burst), tokens + (now - then) * policy.challenge_rate)
+        allowed = tokens >= 1.0
+        _bounded_put(self._buckets, key, (tokens - 1.0 if allowed else tokens, now), policy.max_sources)
+        return allowed
 
     @property
     def tracked(self) -> int:
-        """How many sources the guard holds (failure records plus blocks): bounded by 2 × max_sources."""
-        return len(self._records) + len(self._blocks)
+        """How many entries the guard holds: bounded by 3 × max_sources (plus the challenge buckets)."""
+        return len(self._pairs) + len(self._sources) + len(self._blocks)
 
     # ------------------------------------------------------------------------------------- outcomes
 
-    def failed(self, source: str | IpAddress, now: float, username: str = "") -> SourceStatus:
-        """Credentials from ``source`` (for ``username``) were checked and are wrong."""
+    def failed(self, source: str | IpAddress, now: float, user: str = "") -> SourceStatus:
+        """Credentials for ``user`` from ``source`` were checked and are wrong."""
         policy = self.policy
         key = self._key(source)
-        until = self._blocked_until(key, now)
-        if until is not None:
-            return SourceStatus(key, policy.block_after, True, until)
-        record = self._live(key, now)
-        if record is None:
-            record = self._records[key] = _Record()
-            while len(self._records) > policy.max_sources:
-                self._records.popitem(last=False)
-        self._records.move_to_end(key)
-        record.failures.append((now, username))
-        count = len(record.failures)
-        if count >= policy.block_after:
-            del self._records[key]
-            until = now + policy.block_for
-            self._blocks[key] = until
-            self._blocks.move_to_end(key)
-            while len(self._blocks) > policy.max_sources:
-                self._blocks.popitem(last=False)
-            return SourceStatus(key, count, True, until)
-        if count >= policy.throttle_after:
-            record.next_check_at = now + policy.throttle_interval
-            return SourceStatus(key, count, True, None)
-        return SourceStatus(key, count, False, None)
-
-    def succeeded(self, source: str | IpAddress, now: float, username: str = "") -> None:
-        """Credentials from ``source`` for ``username`` were right: forget that user's failures from there."""
-        key = self._key(source)
-        record = self._live(key, now)
-        if record is None:
-            return
-        kept = deque(f for f in record.failures if f[1] != username)
-        if kept:
-            record.failures = kept
-            if len(kept) < self.policy.throttle_after:
-                record.next_check_at = float("-inf")
+        blocked = self._block_of(key, user, now)
+        if blocked is not None:
+            return SourceStatus(key, policy.block_after, True, blocked[0], user)
+        pair = self._pair(key, user, now)
+        if pair is None:
+            pair = _Pair()
+            _bounded_put(self._pairs, (key, user), pair, policy.max_sources)
         else:
-            del self._records[key]
+            self._pairs.move_to_end((key, user))
+        pair.failures.append(now)
+        count = len(pair.failures)
+        whole = self._source(key, now, create=True)
+        assert whole is not None
+        whole.failures.append((now, user))
+        if len(whole.failures) > policy.source_users * policy.block_after:
+            whole.failures.popleft()
+        if len({u for _, u in whole.failures}) >= policy.source_users:
+            block = self._block(key, None, now, f"failures for {policy.source_users} or more users")
+            return SourceStatus(key, count, True, block.until, user, block)
+        if count >= policy.block_after:
+            block = self._block(key, user, now, f"{count} failures")
+            return SourceStatus(key, count, True, block.until, user, block)
+        if count >= policy.throttle_after:
+            pair.next_check_at = now + policy.throttle_interval
+            return SourceStatus(key, count, True, None, user)
+        return SourceStatus(key, count, False, None, user)
 
-    def unblock(self, source: str | IpAddress) -> bool:
-        """Lift a block and forget the failures (an administrator's action); True if there was any."""
+    def succeeded(self, source: str | IpAddress, now: float, user: str = "") -> None:
+        """Credentials for ``user`` from ``source`` were right: forget that pair's failures."""
         key = self._key(source)
-        had = self._blocks.pop(key, None) is not None
-        return self._records.pop(key, None) is not None or had
+        self._pairs.pop((key, user), None)
+        record = self._source(key, now)
+        if record is not None and any(u == user for _, u in record.failures):
+            record.failures = deque(f for f in record.failures if f[1] != user)
+
+    def unblock(self, source: str | IpAddress, user: str | None = None) -> bool:
+        """Lift blocks and forget failures (an administrator's action): of ``user`` from ``source``, or
+        (``user`` None) everything of the source. True if there was anything to lift or forget."""
+        key = self._key(source)
+        if user is not None:
+            found = self._blocks.pop((key, user), None) is not None
+            found = self._pairs.pop((key, user), None) is not None or found
+            record = self._sources.get(key)
+            if record is not None:
+                record.failures = deque(f for f in record.failures if f[1] != user)
+            return found
+        doomed = [entry for entry in self._blocks if entry[0] == key]
+        doomed_pairs = [entry for entry in self._pairs if entry[0] == key]
+        for entry in doomed:
+            del self._blocks[entry]
+        for pair in doomed_pairs:
+            del self._pairs[pair]
+        had_source = self._sources.pop(key, None) is not None
+        return bool(doomed or doomed_pairs or had_source)
 
 
 # ---------------------------------------------------------------------------------------------- trunks

@@ -27,6 +27,8 @@ from pyee.asyncio import AsyncIOEventEmitter
 
 from sipcore import Endpoint, IncomingRequest
 from sipcore.core import CoreConfig
+from sipcore.message import Request, Response
+from sipcore.transport import Flow
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
@@ -162,6 +164,7 @@ class Server:
         self.b2bua.on_event = self._call_fact
         if self.calls is None:
             self.calls = self.b2bua.handle
+        self.endpoint.screen = self._screen
         #: The local control socket (``durchwahl status``/``originate``), in the state directory.
         self.control: ControlChannel | None = (
             ControlChannel(self, socket_path(state_dir)) if control else None
@@ -281,6 +284,16 @@ class Server:
         log.info("reloaded %s", source)
         self.events.emit("reloaded", directory)
         return True
+
+    def _screen(self, request: Request, flow: Flow) -> Response | bool:
+        """Before any transaction: REGISTERs for this registrar and INVITEs for the B2BUA that carry no
+        credentials are challenged statelessly (``Authenticator.screen``)."""
+        method = request.method
+        if method == "REGISTER" and not self.registrar.serves(request):
+            return True  # answered 404 by the registrar
+        if method == "INVITE" and self.calls != self.b2bua.handle:
+            return True  # an embedding application's own call handling decides
+        return self.registrar.authenticator.screen(request, flow)
 
     async def _handle(self, incoming: IncomingRequest) -> None:
         method = incoming.request.method

@@ -46,13 +46,24 @@ from .transaction import (
 from .transport import Flow, ListenSpec, TransportError, TransportName, TransportSet, parse_listen_spec
 from .uri import NameAddr, SipUri, parse_name_addr
 
-__all__ = ["Endpoint", "IncomingRequest", "OutgoingRequest", "RequestTimeout", "TimerUser", "Tracer"]
+__all__ = [
+    "Endpoint",
+    "IncomingRequest",
+    "OutgoingRequest",
+    "RequestTimeout",
+    "Screen",
+    "TimerUser",
+    "Tracer",
+]
 
 log = logging.getLogger(__name__)
 
 RequestHandler = Callable[["IncomingRequest"], Awaitable[None] | None]
 #: Told when a client transaction gives up: the transaction layer's ``TimedOut`` or ``TransportFailed``.
 FailureCallback = Callable[[TimedOut | TransportFailed], None]
+#: Decides about a new out-of-dialog request before any transaction exists for it (see ``Endpoint.screen``):
+#: ``True`` lets it through, a ``Response`` answers it statelessly, ``False`` drops it unanswered.
+Screen = Callable[[Request, Flow], Response | bool]
 #: Sees every SIP message the endpoint receives ("in") or sends ("out"): its raw bytes and its flow
 #: (see :meth:`Endpoint.add_tracer`).
 Tracer = Callable[[Literal["in", "out"], bytes, Flow], None]
@@ -143,6 +154,18 @@ class IncomingRequest:
             self.sent_tagged = True
         self.endpoint._send_response(self, response)
 
+    def send_stateless(self, response: Response) -> None:
+        """Send a final response once and forget the transaction (RFC 3261 §8.2.7): no retransmission, the
+        ACK for it is ignored, a retransmitted request is handled anew. For challenges and refusals that
+        must cost no state (give it a To tag derived from the request, so a retransmission gets the same)."""
+        if self.final is not None:
+            raise SipError(f"{self.request.method} already answered with {self.final.status}")
+        if response.status < 300:
+            raise SipError("only a failure response can be sent statelessly")
+        self.final = response
+        self.sent_tagged = True
+        self.endpoint._send_stateless(self, response)
+
     def retransmit(self, response: Response) -> None:
         """Send a 2xx again (RFC 3261 §13.3.1.4) — for an owner that took this INVITE over."""
         self.endpoint._retransmit(self, response)
@@ -231,6 +254,12 @@ class Endpoint:
         self._rng = rng or random.Random()
         #: Called with the flow of each TCP connection that closes (a registrar drops the bindings on it).
         self.on_connection_closed: Callable[[Flow], None] | None = None
+        #: Asked about every new out-of-dialog request (no To tag; not ACK, CANCEL or a retransmission of a
+        #: request whose transaction is open) before a transaction is made: the place for decisions that
+        #: must cost little and keep no state — a stateless challenge (RFC 3261 §8.2.7), shedding load.
+        #: A response it returns is sent as it is (no retransmission; the ACK a client sends for it matches
+        #: nothing and is ignored); ``False`` drops the request.
+        self.screen: Screen | None = None
         self._tracers: tuple[Tracer, ...] = ()
         self._transports = TransportSet(self._on_bytes, limits, self._connection_closed)
         self._layer = TransactionLayer(tag_factory=self.new_tag, timers=self.timers, limits=limits)
@@ -385,6 +414,17 @@ class Endpoint:
         if request.method == "ACK":
             self._layer.receive_request(request, self._now, reliable=reliable, context=flow)
             return
+        if (
+            self.screen is not None
+            and request.to.tag is None
+            and request.method != "CANCEL"
+            and not self._layer.is_retransmission(request)
+        ):
+            verdict = self.screen(request, flow)
+            if verdict is not True:
+                if isinstance(verdict, Response):
+                    self._transmit(bytes(verdict), flow)
+                return
         # Merged request (RFC 3261 §8.2.2.2): same From tag, Call-ID and CSeq as a request already being
         # handled, but another branch (it forked back to us) -> 482.
         if request.to.tag is None and request.method != "CANCEL":
@@ -621,6 +661,12 @@ class Endpoint:
                 self._spawn(self._ack_watchdog(incoming))
         else:
             self._layer.send_response(incoming._handle, response, self._now)
+        self._drain()
+
+    def _send_stateless(self, incoming: IncomingRequest, response: Response) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("send (stateless) to %s: %s", incoming.flow, _summary(response))
+        self._layer.send_stateless(incoming._handle, response)
         self._drain()
 
     def _retransmit(self, incoming: IncomingRequest, response: Response) -> None:

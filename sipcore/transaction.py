@@ -1174,6 +1174,10 @@ class TransactionLayer:
     def client_count(self) -> int:
         return len(self._client)
 
+    def is_retransmission(self, request: Request) -> bool:
+        """Whether ``request`` (not an ACK) belongs to a server transaction already open: a retransmission."""
+        return server_transaction_key(request) in self._server
+
     def transaction(self, handle: TransactionHandle) -> AnyTransaction | None:
         """The live transaction behind ``handle`` (read-only use: state, last response), or None."""
         entry = self._entries.get(handle.id)
@@ -1258,6 +1262,17 @@ class TransactionLayer:
             raise TransactionError(f"no live transaction {handle}")
         entry.server.send_response(response, now)
         self._drain(entry, now)
+
+    def send_stateless(self, handle: TransactionHandle, response: Response) -> None:
+        """Send ``response`` once and end server transaction ``handle`` at once, as a stateless UAS would
+        (RFC 3261 §8.2.7): nothing is retransmitted, a retransmitted request starts afresh. For challenges
+        decided after the request was read, so that a spoofed source draws one answer, not eleven."""
+        entry = self._entries.get(handle.id)
+        if entry is None or not handle.is_server:
+            raise TransactionError(f"no live server transaction {handle}")
+        self._remove(entry)
+        self._events.append(MessageToSend(response, handle=handle))
+        self._events.append(Terminated(handle=handle))
 
     def cancel(self, handle: TransactionHandle, now: float) -> TransactionHandle | None:
         """CANCEL the INVITE of client transaction ``handle`` (§9.1); returns the CANCEL's handle.

@@ -319,7 +319,8 @@ async def test_unknown_user_wrong_password_and_blocked_source_look_identical(rig
     plain = await send_register(rig, "101", call_id="plain")  # no credentials at all
     assert shape(unknown) == shape(wrong) == shape(plain)
     await attempt(rig, "101", "guess", 3)
-    assert rig.service.guard.admit("127.0.0.1", rig.clock.now) is Admission.BLOCKED
+    await attempt(rig, "101", "guess", 5)  # 101's third failure from here
+    assert rig.service.guard.admit("127.0.0.1", rig.clock.now, "101") is Admission.BLOCKED
     blocked = await attempt(rig, "101", USERS["101"], 4)  # even the right password: not checked now
     assert shape(blocked) == shape(wrong)
     assert await rig.service.contacts("101") == []
@@ -342,7 +343,7 @@ async def test_brute_force_blocks_the_source_and_others_keep_registering(rig: Ri
     for n in range(2):
         await attempt(rig, "101", f"late-{n}", 10 + n)
         rig.clock.now += 60
-    assert rig.service.guard.admit("127.0.0.1", rig.clock.now) is Admission.BLOCKED
+    assert rig.service.guard.admit("127.0.0.1", rig.clock.now, "101") is Admission.BLOCKED
     assert (await attempt(rig, "101", USERS["101"], 20)).status == 401  # blocked: never checked
 
     async with Endpoint() as other:  # another source on the loopback network

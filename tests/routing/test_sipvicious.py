@@ -209,8 +209,8 @@ async def test_svcrack_is_blocked_and_other_sources_keep_registering(server: Ser
         after = await register(phone, flow, "103", USERS["103"], n + 1)
 
     assert "Password" not in output and "The password for" not in output, output  # no result table
-    assert server.service.guard.admit(ATTACKER, server.service._clock()) is Admission.BLOCKED
-    assert server.service.guard.admit(PHONE, server.service._clock()) is Admission.CHECK
+    assert server.service.guard.admit(ATTACKER, server.service._clock(), "101") is Admission.BLOCKED
+    assert server.service.guard.admit(PHONE, server.service._clock(), "101") is Admission.CHECK
     assert len(answers) >= 5 and set(answers) == {200}, answers  # served throughout the attack
     assert after.status == 200
     assert await server.service.contacts("101") == []

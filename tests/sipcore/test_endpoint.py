@@ -300,3 +300,47 @@ async def test_tcp_flow_close_is_reported_and_never_redialled() -> None:
         # The phone's NAT mapping takes no incoming connection: a flow naming a gone connection fails fast.
         with pytest.raises(TransportError, match="gone"):
             await asyncio.wait_for(endpoint._transports.send(b"\r\n\r\n", flows[0]), 1.0)
+
+
+async def test_screen_answers_or_drops_new_requests_before_any_transaction() -> None:
+    """The screen sees a new out-of-dialog request first: its answer goes out once (no Timer G), a False
+    drops the request, and once a request got a transaction its retransmissions are not screened."""
+    seen: list[str] = []
+    handled: list[str] = []
+
+    def screen(request: Request, flow: object) -> Response | bool:
+        seen.append(request.branch or "")
+        if request.branch == "z9hG4bKanswer":
+            from sipcore.message import make_response
+
+            return make_response(request, 401, to_tag="stateless")
+        return request.branch != "z9hG4bKdrop"
+
+    async def handler(incoming: IncomingRequest) -> None:
+        handled.append(incoming.request.branch or "")
+        await asyncio.sleep(0.3)
+        incoming.respond(486)
+
+    async with running(handler) as (endpoint, port):
+        endpoint.screen = screen
+        peer = Peer()
+        try:
+            await peer.send(invite_bytes(port, branch="z9hG4bKanswer"), port)
+            answer = await peer.recv()
+            assert isinstance(answer, Response) and answer.status == 401 and answer.to.tag == "stateless"
+            assert await peer.silent(0.3)  # never retransmitted (Timer G would fire at T1 = 50 ms)
+            await peer.send(invite_bytes(port, branch="z9hG4bKdrop"), port)
+            assert await peer.silent(0.3)
+            await peer.send(invite_bytes(port, branch="z9hG4bKpass"), port)
+            await asyncio.sleep(0.05)
+            await peer.send(invite_bytes(port, branch="z9hG4bKpass"), port)  # retransmission: absorbed
+            statuses = []
+            while not statuses or statuses[-1] < 200:
+                response = await peer.recv()
+                assert isinstance(response, Response)
+                statuses.append(response.status)
+            assert statuses[-1] == 486 and set(statuses[:-1]) <= {100}
+        finally:
+            peer.close()
+    assert seen == ["z9hG4bKanswer", "z9hG4bKdrop", "z9hG4bKpass"]
+    assert handled == ["z9hG4bKpass"]

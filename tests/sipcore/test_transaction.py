@@ -635,6 +635,24 @@ def test_layer_server_invite_non_2xx_flow() -> None:
     assert len(tl) == 0 and tl.get_timer() is None
 
 
+def test_layer_stateless_answer_is_sent_once_and_ends_the_transaction() -> None:
+    tl = layer(trying_delay=None)
+    h = new_server(tl, INVITE)
+    assert tl.is_retransmission(req())
+    challenge = resp(INVITE, 401)
+    tl.send_stateless(h, challenge)
+    assert drain(tl) == [MessageToSend(challenge, handle=h), Terminated(handle=h)]
+    assert len(tl) == 0 and tl.get_timer() is None  # no Timer G, nothing retransmitted
+    assert not tl.is_retransmission(req())
+    tl.receive_request(build_ack(INVITE, challenge), 0.1, reliable=False)
+    assert [type(e) for e in drain(tl)] == [AckReceived]  # matches nothing: the TU ignores it
+    tl.receive_request(req(), 0.5, reliable=False)  # the INVITE again: a new transaction, asked anew
+    (again,) = drain(tl)
+    assert isinstance(again, RequestReceived) and again.handle != h
+    with pytest.raises(TransactionError):
+        tl.send_stateless(h, challenge)
+
+
 def test_layer_ack_for_2xx_reaches_the_tu() -> None:
     tl = layer(trying_delay=None)
     h = new_server(tl, INVITE)

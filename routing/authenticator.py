@@ -1,0 +1,254 @@
+"""Digest authentication of every request a phone sends (REGISTER, INVITE, …), behind one brute-force guard.
+
+The registrar and the B2BUA both ask :meth:`Authenticator.verify`; so the same nonces, the same
+:class:`~routing.security.FailureGuard` and the same security log serve every method, and a password guessed
+through INVITE is throttled and blocked exactly like one guessed through REGISTER.
+
+* **Nonces are bound to the address they were sent to** (a MAC of the source, :func:`~routing.security.
+  source_key`, in the nonce's unique part): credentials answering a nonce sent elsewhere are not checked but
+  challenged again, so a spoofed source can neither guess uncounted nor make failures count against
+  somebody else's address.
+* **Requests without credentials are challenged statelessly** (RFC 3261 §8.2.7) through :meth:`screen`, which
+  the endpoint calls before it makes a transaction: no transaction, no retransmitted 401s towards a possibly
+  spoofed source, a To tag derived from the request so a retransmission gets the same one, and at most
+  ``challenge_rate`` such answers per second per source (beyond it, silence).
+* **Failures are logged as failures** (logger ``routing.security``, one line each, ``key=value``), apart from
+  the challenge every call starts with, which is not logged at all above DEBUG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from sipcore.auth import Authenticated, DigestServer, Failed, Missing, Stale
+from sipcore.errors import SipParseError
+from sipcore.headers import parse_auth
+from sipcore.message import Request, Response
+from sipcore.transport import Flow
+
+from .directory import Directory
+from .security import Admission, FailureGuard, source_key, trunk_for_source
+
+__all__ = ["Authenticator", "Unverified", "Verified", "security_log"]
+
+log = logging.getLogger(__name__)
+#: The security log: one stable line per event (failed credentials, blocks), for an administrator or fail2ban.
+security_log = logging.getLogger("routing.security")
+
+#: sipcore.auth's nonce is hex(8-byte timestamp ‖ 8-byte unique part ‖ 16-byte MAC); the first
+#: _BINDING_BYTES of the unique part carry the source binding (see Authenticator._nonce_unique).
+_UNIQUE_HEX = slice(16, 32)
+_BINDING_BYTES = 4
+_NONCE_HEX_LENGTH = 64
+#: Methods whose requests must carry credentials (unless a trunk sends them).
+AUTHENTICATED_METHODS = frozenset({"REGISTER", "INVITE"})
+
+
+@attrs.frozen
+class Verified:
+    """The credentials are right: the request comes from ``username``'s device."""
+
+    username: str
+
+
+@attrs.frozen
+class Unverified:
+    """No usable credentials (``reason`` says why, for logs): answer with a fresh challenge, or with
+    ``stale=true`` when ``stale``."""
+
+    reason: str
+    stale: bool = False
+
+
+class Authenticator:
+    """Challenges and verifies digest credentials for the directory's employees (see the module docstring).
+
+    ``secret`` keys the nonces (32 random bytes; the same across restarts and nodes keeps issued nonces
+    valid). ``clock`` is wall-clock time (nonces outlive a restart). ``algorithms`` overrides the directory's
+    ``auth_algorithms`` (the order offered). ``random_bytes`` makes nonces unpredictable beyond their MAC.
+    """
+
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        secret: bytes,
+        guard: FailureGuard | None = None,
+        clock: Callable[[], float] = time.time,
+        algorithms: Sequence[str] | None = None,
+        nonce_lifetime: float = 300.0,
+        random_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.guard = guard or FailureGuard()
+        self._clock = clock
+        self._secret = secret
+        self._algorithms = tuple(algorithms) if algorithms is not None else None
+        self._nonce_lifetime = nonce_lifetime
+        self._random_bytes = random_bytes
+        self._nonce_counter = itertools.count(1)
+        self._nonce_binding = bytes(_BINDING_BYTES)
+        self.directory = directory
+        self.digest = self._digest_server(directory)
+
+    def _digest_server(self, directory: Directory) -> DigestServer:
+        return DigestServer(
+            directory.server.realm,
+            secret=self._secret,
+            algorithms=self._algorithms or directory.server.auth_algorithms,
+            nonce_lifetime=self._nonce_lifetime,
+            random_bytes=self._nonce_unique,
+        )
+
+    def update_directory(self, directory: Directory) -> None:
+        """Use a reloaded directory. A new realm or algorithm list re-creates the digest server (outstanding
+        nonces of the old realm then fail, and phones are simply challenged again)."""
+        old = self.directory.server
+        self.directory = directory
+        new = directory.server
+        if (old.realm, old.auth_algorithms) != (new.realm, new.auth_algorithms):
+            self.digest = self._digest_server(directory)
+
+    # --------------------------------------------------------------------------- nonces bound to sources
+
+    def _binding(self, source: str) -> bytes:
+        key = source_key(source, self.guard.policy.ipv6_prefix).encode("utf-8", "surrogateescape")
+        return hmac.new(self._secret, b"nonce-source\x00" + key, hashlib.sha256).digest()[:_BINDING_BYTES]
+
+    def _nonce_unique(self, n: int) -> bytes:
+        """The unique part of the next nonce: the binding of the source being challenged, then randomness
+        (or a counter; under the nonce's MAC either is unpredictable enough)."""
+        rest = n - _BINDING_BYTES
+        if self._random_bytes is not None:
+            tail = self._random_bytes(rest)
+        else:
+            tail = (next(self._nonce_counter) % (1 << (8 * rest))).to_bytes(rest, "big")
+        return self._nonce_binding + tail
+
+    def _bound_here(self, nonce: str, source: str) -> bool:
+        if len(nonce) != _NONCE_HEX_LENGTH:
+            return False
+        try:
+            unique = bytes.fromhex(nonce[_UNIQUE_HEX])
+        except ValueError:
+            return False
+        return hmac.compare_digest(unique[:_BINDING_BYTES], self._binding(source))
+
+    # --------------------------------------------------------------------------------------- challenges
+
+    def challenge(
+        self, request: Request, flow: Flow, *, to_tag: str | None, stale: bool = False, proxy: bool = False
+    ) -> Response:
+        """A 401 (407 with ``proxy``) with fresh challenges whose nonce is bound to ``flow``'s source."""
+        self._nonce_binding = self._binding(flow.remote[0])  # read by _nonce_unique, right now
+        return self.digest.challenge_response(request, self._clock(), stale=stale, proxy=proxy, to_tag=to_tag)
+
+    def stateless_tag(self, request: Request) -> str:
+        """A To tag derived from the request (Call-ID, From tag, branch), as §8.2.7 asks of a stateless UAS:
+        a retransmission gets the same tag."""
+        material = f"{request.call_id}\x00{request.from_.tag}\x00{request.branch}".encode(
+            "utf-8", "surrogateescape"
+        )
+        return hmac.new(self._secret, b"stateless-tag\x00" + material, hashlib.sha256).hexdigest()[:16]
+
+    def screen(self, request: Request, flow: Flow) -> Response | bool:
+        """For the endpoint, before any transaction: a request that must authenticate but carries no
+        credentials is answered here, statelessly (a :class:`Response` to send), or dropped when its source
+        is over its challenge rate (``False``); anything else goes on (``True``).
+
+        Requests from a trunk's networks go on: a trunk is identified by its address for its own numbers.
+        """
+        if request.method not in AUTHENTICATED_METHODS or request.to.tag is not None:
+            return True
+        if request.get("authorization") is not None or request.get("proxy-authorization") is not None:
+            return True
+        if request.method == "INVITE" and trunk_for_source(self.directory, flow.remote[0]) is not None:
+            return True
+        if not self.guard.may_challenge(flow.remote[0], self._clock()):
+            return False
+        return self.challenge(request, flow, to_tag=self.stateless_tag(request))
+
+    # ------------------------------------------------------------------------------------- verification
+
+    def _answered(self, request: Request) -> tuple[str, str] | None:
+        """(nonce, username) of the Digest credentials for our realm, or None."""
+        realm = self.digest.realm
+        for name in ("authorization", "proxy-authorization"):
+            for value in request.get_all(name):
+                try:
+                    parsed = parse_auth(value)
+                except SipParseError:
+                    continue
+                if parsed.scheme.lower() == "digest" and parsed.param("realm") == realm:
+                    return parsed.param("nonce") or "", parsed.param("username") or ""
+        return None
+
+    def verify(self, request: Request, flow: Flow) -> Verified | Unverified:
+        """Check ``request``'s credentials under the guard (see the module docstring); never raises for what
+        a peer sends. The caller answers an :class:`Unverified` with :meth:`challenge`."""
+        answered = self._answered(request)
+        if answered is None:
+            return Unverified("no credentials")
+        nonce, username = answered
+        source = flow.remote[0]
+        if not self._bound_here(nonce, source):
+            log.info("%s from %s: credentials answer a nonce not sent to this address", request.method, flow)
+            return Unverified("nonce sent elsewhere")
+        now = self._clock()
+        admission = self.guard.admit(source, now, username)
+        if admission is not Admission.CHECK:
+            security_log.info(
+                "credentials not checked: user=%s source=%s method=%s state=%s",
+                _quote(username),
+                _address(flow),
+                request.method,
+                admission.value,
+            )
+            return Unverified(f"credentials not checked ({admission.value})")
+        proxy = request.get("authorization") is None
+        result = self.digest.verify(request, self.directory.credentials, now, proxy=proxy)
+        if isinstance(result, Authenticated):
+            self.guard.succeeded(source, now, result.username)
+            return Verified(result.username)
+        if isinstance(result, Stale):
+            return Unverified("stale nonce", stale=True)
+        if isinstance(result, Missing):
+            return Unverified("no credentials")
+        assert isinstance(result, Failed)
+        status = self.guard.failed(source, now, username)
+        security_log.warning(
+            "authentication failed: user=%s source=%s method=%s reason=%s",
+            _quote(username),
+            _address(flow),
+            request.method,
+            _quote(result.reason),
+        )
+        block = status.new_block
+        if block is not None:
+            security_log.warning(
+                "blocked: source=%s user=%s seconds=%.0f reason=%s",
+                block.source,
+                "*" if block.user is None else _quote(block.user),
+                block.until - now,
+                _quote(block.reason),
+            )
+        return Unverified("wrong credentials")
+
+
+def _address(flow: Flow) -> str:
+    """``source=HOST port=PORT transport=T``: the host on its own, for fail2ban's ``<HOST>``."""
+    return f"{flow.remote[0]} port={flow.remote[1]} transport={flow.transport}"
+
+
+def _quote(text: str) -> str:
+    """A value for a ``key=value`` log line: as it is when plain, else JSON-quoted (escaped, one line)."""
+    if text and all(c.isalnum() or c in "._-+@:" for c in text):
+        return text
+    return json.dumps(text)
