@@ -102,6 +102,7 @@ from sipcore.session import (
     SessionEvent,
     SessionState,
     Terminated,
+    TerminationReason,
 )
 from sipcore.transport import Flow
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
@@ -109,7 +110,7 @@ from sipcore.uri import NameAddr, SipUri, TelUri, parse_uri
 
 from . import transfer  # imports this module back: by module, not by name
 from .cdr import CallRecord, CdrStore, disposition_for
-from .collector import DigitCollector, ExtensionDialled
+from .collector import DigitCollector, ExtensionDialled, NoExtension
 from .dialstring import (
     DialStringError,
     format_dialstring,
@@ -277,6 +278,37 @@ def external_failure(statuses: Iterable[int]) -> int:
     if status < 400:
         return 480
     return status
+
+
+def _describe_caller(caller: Caller) -> str:
+    """Who calls, for a log line: an extension, a trunk (and the number it gave), or the source address."""
+    if isinstance(caller, FromEmployee):
+        return caller.extension
+    if isinstance(caller, FromTrunk):
+        return f"{caller.calling or 'an unknown number'} via trunk {caller.name}"
+    return caller.source
+
+
+def _describe_route(route: Route) -> str:
+    """Where a call goes, for a log line (``ringing employee 101 (Anna Schmidt)`` …)."""
+    if isinstance(route, ToEmployee):
+        return f"ringing employee {route.employee.extension} ({route.employee.name})"
+    if isinstance(route, ToGroup):
+        return f"ringing group {route.group.extension} ({route.group.name}, {route.group.strategy.value})"
+    if isinstance(route, ToExternal):
+        post_dial = f", then digits {format_post_dial(route.post_dial)}" if route.post_dial else ""
+        return f"calling {route.e164} via trunk {route.trunk}{post_dial}"
+    if isinstance(route, ToExtensionProcessing):
+        return f"answering with the greeting of {route.number.number}"
+    return f"refused with {route.status} {route.reason}"
+
+
+def _describe_collected(result: ExtensionDialled | NoExtension) -> str:
+    """What a caller keyed in during the greeting, for a log line."""
+    if isinstance(result, ExtensionDialled):
+        return f"extension {result.extension} dialled"
+    digits = f" (digits {result.digits})" if result.digits else ""
+    return f"no extension dialled: {result.reason.value.replace('_', ' ')}{digits}"
 
 
 def _host(host: str) -> str:
@@ -551,7 +583,17 @@ class B2bua:
             return
         if incoming.final is not None:
             return  # cancelled while resolving: the endpoint answered 487
-        log.info("call %s from %s to %s: %s", request.call_id, caller, dialled, route)
+        challenge = (
+            isinstance(route, Refused) and route.status in (401, 407) and isinstance(caller, Anonymous)
+        )
+        log.log(
+            logging.DEBUG if challenge else logging.INFO,  # every phone's first INVITE is challenged
+            "call %s from %s to %s: %s",
+            request.call_id,
+            _describe_caller(caller),
+            dialled,
+            "challenged for credentials" if challenge else _describe_route(route),
+        )
         started_at = self._clock()
         if isinstance(route, Refused):
             self._refuse(incoming, route, caller)
@@ -754,7 +796,12 @@ class B2bua:
                     self._fail(call, status)  # busy (486) or declined (6xx) stays with the caller
                     return
                 route = self.resolver.resolve_destination(employee.fallback)
-                log.info("call %s: %s unanswered, fallback %s", call.a.call_id, employee.extension, route)
+                log.info(
+                    "call %s: %s did not answer, fallback: %s",
+                    call.a.call_id,
+                    employee.extension,
+                    _describe_route(route),
+                )
                 continue
             if isinstance(route, ToGroup):
                 group = route.group
@@ -766,7 +813,12 @@ class B2bua:
                 if ended:
                     return
                 route = self.resolver.resolve_destination(group.fallback)
-                log.info("call %s: group %s unanswered, fallback %s", call.a.call_id, group.extension, route)
+                log.info(
+                    "call %s: group %s did not answer, fallback: %s",
+                    call.a.call_id,
+                    group.extension,
+                    _describe_route(route),
+                )
                 continue
             if isinstance(route, ToExternal):
                 call.destination = ("external", route.e164)
@@ -882,6 +934,9 @@ class B2bua:
             return _ENDED
         employee, device = answerer[winner]
         call.answered_by, call.answered_contact = employee.sip_user, str(device)
+        log.info(
+            "call %s: answered by %s (%s) at %s", call.a.call_id, employee.extension, employee.name, device
+        )
         self._count_busy(call, employee.extension)
         try:
             await self._bridge(call, winner, answer_owed=answer.answer_owed)
@@ -1228,6 +1283,7 @@ class B2bua:
         if not await self._connect(call, winner, answer):
             return
         call.answered_by = route.e164
+        log.info("call %s: %s answered", call.a.call_id, route.e164)
         contact = answer.response.get("contact")
         call.answered_contact = contact
         if route.post_dial:
@@ -1323,7 +1379,13 @@ class B2bua:
         devices = await self._devices(employee)
         if not devices:
             return refused(480, f"no device of {extension} is registered")
-        log.info("click-to-call %s -> %s: %s", extension, dialled_text, route)
+        log.info(
+            "click-to-call %s -> %s: ringing %s first, then %s",
+            extension,
+            dialled_text,
+            extension,
+            _describe_route(route),
+        )
 
         ports, address = self._media_ports(devices[0][1])
         media = AnchoredMedia(ports, self.media_clock, address)
@@ -1484,7 +1546,7 @@ class B2bua:
             collection.close()
         media.stop_playing()
         result = collection.result.result()
-        log.info("call %s to %s: %s", a.call_id, number.number, result)
+        log.info("call %s to %s: %s", a.call_id, number.number, _describe_collected(result))
         call.digits = result.extension if isinstance(result, ExtensionDialled) else result.digits
         if number.music is not None:
             try:
@@ -1555,9 +1617,11 @@ class B2bua:
                 continue  # a losing leg's late events: its session ends it by itself
             if isinstance(event, Terminated):
                 other = b if leg is a else a
-                log.info(
-                    "call %s: %s ended (%s)", a.call_id, "caller" if leg is a else "callee", event.reason
-                )
+                who = "the caller" if leg is a else "the callee"
+                if event.reason is TerminationReason.REMOTE_BYE:
+                    log.info("call %s: %s hung up", a.call_id, who)
+                else:
+                    log.info("call %s: %s's leg ended (%s)", a.call_id, who, event.reason.value)
                 if not other.terminated:
                     # Pending requests of the other leg (a re-INVITE or INFO relayed to the leg that
                     # ended) are answered 487 by its session as it ends (RFC 3261 §15.1.2).

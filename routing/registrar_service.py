@@ -95,6 +95,14 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
+def _via(flow: BindingFlow | None) -> str:
+    """How a binding's phone is reached, for a log line: ``UDP 192.0.2.7:5062`` (or "an unknown flow")."""
+    if flow is None:
+        return "an unknown flow"
+    host, port = flow.remote
+    return f"{flow.transport} [{host}]:{port}" if ":" in host else f"{flow.transport} {host}:{port}"
+
+
 @attrs.frozen
 class Registered:
     """A device registered (a new binding): emitted as the server's ``registered`` event."""
@@ -246,7 +254,11 @@ class RegistrarService:
             return
         admission = self.guard.admit(source, now)
         if admission is not Admission.CHECK:
-            log.info("REGISTER from %s: credentials not checked (source %s)", incoming.flow, admission.value)
+            log.info(
+                "REGISTER from %s: credentials not checked (the source is %s after failures)",
+                incoming.flow,
+                "blocked" if admission is Admission.BLOCKED else "throttled",
+            )
             self._challenge(incoming, now)
             return
         result = self.digest.verify(request, self.directory.credentials, now)
@@ -257,9 +269,10 @@ class RegistrarService:
                 status = self.guard.failed(source, now, username)
                 if status.blocked_until is not None and status.failures >= self.guard.policy.block_after:
                     log.warning(
-                        "blocking %s until %.0f after %d authentication failures",
+                        "blocking %s for %.0f s (until %s) after %d authentication failures",
                         status.source,
-                        status.blocked_until,
+                        status.blocked_until - now,
+                        time.strftime("%H:%M:%S", time.localtime(status.blocked_until)),
                         status.failures,
                     )
             self._challenge(incoming, now, stale=isinstance(result, Stale))
@@ -307,12 +320,13 @@ class RegistrarService:
             incoming.respond(500, "Server Internal Error (location store failed)")
             return None
         for binding in outcome.added:
-            log.info("registered %s -> %s via %s", aor, binding.contact, binding.flow)
+            agent = f" ({binding.user_agent})" if binding.user_agent else ""
+            log.info("registered %s at %s via %s%s", aor, binding.contact, _via(binding.flow), agent)
             self._emit(Registered(aor, binding.contact, binding.flow, binding.user_agent))
         for binding in (*outcome.added, *outcome.refreshed, *outcome.removed):
             self.unreachable.discard((aor, binding.contact))
         for binding in outcome.removed:
-            log.info("unregistered %s -> %s", aor, binding.contact)
+            log.info("unregistered %s at %s", aor, binding.contact)
             self._emit(Unregistered(aor, binding.contact, "removed"))
         for binding in outcome.expired:
             self._emit(Unregistered(aor, binding.contact, "expired"))
@@ -397,7 +411,11 @@ class RegistrarService:
             if answered:
                 self.unreachable.discard(key)
             elif key not in self.unreachable:
-                log.info("registered contact unreachable: %s -> %s via %s", *key, binding.flow)
+                log.info(
+                    "registered contact unreachable (no answer to OPTIONS): %s at %s via %s",
+                    *key,
+                    _via(binding.flow),
+                )
                 self.unreachable.add(key)
         return len(self.unreachable)
 
@@ -414,7 +432,7 @@ class RegistrarService:
         """Purge expired bindings now; returns how many went."""
         gone = await self.store.expire(self._clock())
         for binding in gone:
-            log.info("registration expired: %s -> %s", binding.aor, binding.contact)
+            log.info("registration expired: %s at %s", binding.aor, binding.contact)
             self._emit(Unregistered(binding.aor, binding.contact, "expired"))
         return len(gone)
 
