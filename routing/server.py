@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import importlib
 import logging
@@ -21,7 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pyee.asyncio import AsyncIOEventEmitter
 
@@ -40,7 +41,7 @@ from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
 
-__all__ = ["EVENT_LOOPS", "Server", "event_loop_factory", "load_secret", "tune_gc"]
+__all__ = ["EVENT_LOOPS", "ListenError", "Server", "event_loop_factory", "load_secret", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,28 @@ def load_secret(state_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return data
+
+
+class ListenError(OSError):
+    """A listen address cannot be bound: the message names it, the reason and what to do (an ``OSError``
+    with the original ``errno``, so code catching ``OSError`` still does)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_LISTEN_HINTS: Final = {
+    errno.EADDRINUSE: "another durchwahl or SIP server listens there; stop it, or change [server] listen "
+    "(or durchwahl serve --listen)",
+    errno.EADDRNOTAVAIL: "not an address of this host; change [server] listen",
+    errno.EACCES: "ports below 1024 need privileges; use a higher port",
+}
+
+
+def _listen_error(spec: str, exc: OSError) -> ListenError:
+    reason = exc.strerror or str(exc)
+    hint = _LISTEN_HINTS.get(exc.errno or 0)
+    return ListenError(exc.errno, f"cannot listen on {spec}: {reason}" + (f" ({hint})" if hint else ""))
 
 
 class _Announcing:
@@ -190,13 +213,13 @@ class Server:
 
     async def start(self) -> None:
         specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
-        try:
-            for spec in specs:
+        for spec in specs:
+            try:
                 host, port = await self.endpoint.listen(spec)
-                self.addresses.append((spec.split(":", 1)[0].upper(), host, port))
-        except OSError:
-            await self.endpoint.close()
-            raise
+            except OSError as exc:
+                await self.endpoint.close()
+                raise _listen_error(spec, exc) from exc
+            self.addresses.append((spec.split(":", 1)[0].upper(), host, port))
         if self.control is not None:
             try:
                 await self.control.start()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_server import copy_office
 
 from routing.cli import main
 
@@ -115,3 +119,27 @@ def test_json_log_lines_are_json_objects() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "INFO" and entry["logger"] == "sipcore.endpoint"
     assert entry["message"] == "listening on UDP"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``durchwahl serve`` installs its own log handler on the root logger: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_names_the_address_already_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = copy_office(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        spec = f"udp:127.0.0.1:{taken.getsockname()[1]}"
+        assert main(["serve", "--config", str(config), "--listen", spec]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on {spec}: Address already in use" in err, err
+    assert "[server] listen" in err and "Errno" not in err, err
