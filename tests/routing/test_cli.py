@@ -143,3 +143,20 @@ def test_serve_names_the_address_already_in_use(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert f"cannot listen on {spec}: Address already in use" in err, err
     assert "[server] listen" in err and "Errno" not in err, err
+
+
+def test_dtmf_says_so_when_a_recording_has_no_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wave
+
+    path = tmp_path / "silence.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(bytes(2 * 8000))  # one second of silence
+    assert main(["dtmf", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no DTMF digits in {path} (1.0 s of audio)" in captured.err
