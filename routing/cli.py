@@ -9,6 +9,11 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 
+#: The directory file the commands read when no --config is given: the example office (``make run``).
+DEFAULT_CONFIG = "examples/office.toml"
+RUNNING_CONFIG_HELP = "the running server's directory file (default: %(default)s)"
+
+
 def _version() -> str:
     try:
         return version("durchwahl")
@@ -237,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parse = commands.add_parser("parse", help="parse SIP messages from files and report errors")
     parse.add_argument("files", nargs="+")
     serve = commands.add_parser("serve", help="run the server for an office directory file")
-    serve.add_argument("--config", default="examples/office.toml", help="the directory TOML file")
+    serve.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="the directory TOML file (default: %(default)s)"
+    )
     serve.add_argument("--listen", action="append", metavar="SPEC", help="override: udp:HOST:PORT, tcp:...")
     serve.add_argument("-v", "--verbose", action="store_true", help="log SIP messages (DEBUG)")
     serve.add_argument(
@@ -250,17 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         help="the event loop: uvloop (pip install 'durchwahl[speed]') costs less CPU per call",
     )
     status = commands.add_parser("status", help="registrations, active calls and trunks of a running server")
-    status.add_argument(
-        "--config", default="examples/office.toml", help="the running server's directory file"
-    )
+    status.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
     originate = commands.add_parser("originate", help="click-to-call: ring EXTENSION, then call NUMBER")
     originate.add_argument("extension")
     originate.add_argument("number")
-    originate.add_argument(
-        "--config", default="examples/office.toml", help="the running server's directory file"
-    )
+    originate.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
     cdr = commands.add_parser("cdr", help="the newest call records (CDRs) of the office, from state_dir")
-    cdr.add_argument("--config", default="examples/office.toml", help="the office's directory file")
+    cdr.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="the office's directory file (default: %(default)s)"
+    )
     cdr.add_argument("-n", "--limit", type=int, default=20, help="how many of the newest calls (default 20)")
     cdr.add_argument(
         "--since", metavar="DATE", help="only calls started at or after DATE (YYYY-MM-DD[THH:MM])"

@@ -160,3 +160,11 @@ def test_dtmf_says_so_when_a_recording_has_no_digits(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"no DTMF digits in {path} (1.0 s of audio)" in captured.err
+
+
+@pytest.mark.parametrize("command", ["serve", "status", "originate", "cdr"])
+def test_help_shows_the_default_config(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "(default: examples/office.toml)" in " ".join(capsys.readouterr().out.split())
