@@ -7,6 +7,11 @@ import json
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from routing.cdr import CallRecord
+    from routing.directory import Directory
 
 
 #: The directory file the commands read when no --config is given: the example office (``make run``).
@@ -179,6 +184,76 @@ def _originate(config: str, extension: str, number: str) -> int:
     return 0
 
 
+def _party(text: str) -> str:
+    """A caller's From URI as an admin reads it: the number when its user part is one, else the URI."""
+    from sipcore import SipParseError
+    from sipcore.uri import SipUri, TelUri, parse_uri
+
+    try:
+        uri = parse_uri(text)
+    except (SipParseError, ValueError):
+        return text
+    if isinstance(uri, TelUri):
+        return uri.number
+    if isinstance(uri, SipUri) and uri.user and uri.user.lstrip("+").isdigit():
+        return uri.user
+    return text
+
+
+def _table(rows: list[list[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows of cells as aligned text columns, each as wide as its widest cell (nothing is cut); the last
+    column is left ragged. ``right``: columns aligned right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return lines
+
+
+def _cdr_rows(records: list[CallRecord], directory: Directory) -> list[list[str]]:
+    """The ``durchwahl cdr`` table: employees by extension, outside parties by number (or URI)."""
+    import datetime
+
+    def answerer(record: CallRecord) -> str:
+        if record.answered_by is None:
+            return "-"
+        if record.destination_kind == "external" or record.answered_by.startswith("+"):
+            return record.answered_by
+        employee = directory.employee_by_sip_user(record.answered_by)
+        return employee.extension if employee is not None else record.answered_by
+
+    rows = [["started", "caller", "trunk", "dialled", "destination", "answered by", "talk", "result"]]
+    for r in records:
+        started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        caller = r.caller if directory.employee(r.caller) is not None else _party(r.caller)
+        where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
+        talk = _duration(r.ended_at - r.answered_at) if r.answered_at is not None else "-"
+        result = r.disposition.value
+        if r.status is not None and r.answered_at is None:
+            result += f" ({r.status})"
+        if r.digits:
+            result += f", digits {r.digits}"
+        if r.transferred_by:
+            result += f", transferred by {r.transferred_by}"
+        rows.append([started, caller, r.source_trunk or "-", r.dialled, where, answerer(r), talk, result])
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``2 min 3 s``, ``1 h 5 min``: a time span as people say it."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
+
+
 def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
     """Print the newest call records of the office's CDR file (read-only, beside a running server)."""
     import datetime
@@ -204,8 +279,20 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
                 file=sys.stderr,
             )
             return 2
+    state_dir = directory.server.state_dir
+    path = state_dir / "cdr.sqlite3"
+    if not path.is_file():
+        if (state_dir / "secret").is_file():  # written by every server start: the state_dir is in use
+            print(f"no calls recorded yet ({path} is written when the first call ends)")
+            return 0
+        print(
+            f"durchwahl: no CDR file at {path}: no server has run with state_dir {state_dir} "
+            f"(durchwahl serve --config {config})",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        records = read_records(directory.server.state_dir / "cdr.sqlite3", since=start, limit=limit)
+        records = read_records(path, since=start, limit=limit)
     except CdrStoreError as exc:
         print(f"durchwahl: {exc}", file=sys.stderr)
         return 1
@@ -215,21 +302,11 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
             row["disposition"] = r.disposition.value
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    print(
-        f"{'started':19}  {'caller':16}  {'dialled':16}  {'to':18}  {'answered by':14}  {'talk':>6}  result"
-    )
-    for r in records:
-        started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
-        where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
-        talk = f"{r.ended_at - r.answered_at:.0f}s" if r.answered_at is not None else "-"
-        result = r.disposition.value + (
-            f" ({r.status})" if r.status is not None and r.answered_at is None else ""
-        )
-        digits = f"  digits {r.digits}" if r.digits else ""
-        print(
-            f"{started:19}  {r.caller[:16]:16}  {r.dialled[:16]:16}  {where[:18]:18}  "
-            f"{(r.answered_by or '-')[:14]:14}  {talk:>6}  {result}{digits}"
-        )
+    if not records:
+        print("no calls recorded" + (f" since {since}" if since is not None else " yet"))
+        return 0
+    for line in _table(_cdr_rows(records, directory), right=frozenset({6})):
+        print(line)
     return 0
 
 

@@ -64,13 +64,93 @@ async def test_cdr_prints_the_newest_calls(tmp_path: Path, capsys: pytest.Captur
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].startswith("started")
     assert "busy (486)" in lines[1] and "employee 101" in lines[1]
-    assert "90s" in lines[2] and "answered" in lines[2] and "employee 102" in lines[2]
+    assert "1 min 30 s" in lines[2] and "answered" in lines[2] and "employee 102" in lines[2]
 
     assert main(["cdr", "--config", str(office), "--json", "-n", "1"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["call_id"] == "c2" and row["disposition"] == "answered" and row["ended_at"] == base + 7295
 
     assert main(["cdr", "--config", str(office), "--since", "tomorrow"]) == 2
+
+
+async def test_cdr_shows_whole_numbers_and_uris_in_their_own_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Numbers of 15 digits, SIP URIs and the trunk are shown whole; who answered is an extension (the
+    record keeps the SIP user), an outside caller is its number."""
+    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+
+    config = copy_office(tmp_path)
+    store = SqliteCdrStore(tmp_path / "var" / "cdr.sqlite3")
+    base = 1_780_000_000.0
+    rows = [
+        CallRecord(  # a provider's call to the office's number, the caller dialled 102 during the greeting
+            call_id="in",
+            caller="sip:+493012345678901@sip.provider.example",
+            source_trunk="provider",
+            dialled="+49301234567",
+            started_at=base,
+            answered_at=base + 9,
+            ended_at=base + 9 + 123,
+            disposition=Disposition.ANSWERED,
+            destination_kind="employee",
+            destination_id="102",
+            answered_by="bernd",
+            digits="102",
+        ),
+        CallRecord(  # Anna calls a long international number out
+            call_id="out",
+            caller="101",
+            dialled="+861012345678901;105",
+            started_at=base + 60,
+            ended_at=base + 90,
+            disposition=Disposition.NO_ANSWER,
+            destination_kind="external",
+            destination_id="+861012345678901",
+            status=480,
+        ),
+        CallRecord(  # a caller without a number
+            call_id="anon",
+            caller="sip:anonymous@anonymous.invalid",
+            source_trunk="provider",
+            dialled="+49301234567",
+            started_at=base + 120,
+            ended_at=base + 121,
+            disposition=Disposition.CANCELLED,
+            destination_kind="number",
+            destination_id="+49301234567",
+        ),
+    ]
+    for row in rows:
+        store.write(row)
+    await store.records()
+    await store.close()
+
+    assert main(["cdr", "--config", str(config)]) == 0
+    header, incoming, outgoing, anonymous = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        "started", "caller", "trunk", "dialled", "destination", "answered", "by", "talk", "result"
+    ]  # fmt: skip
+    assert incoming.split()[2:8] == ["+493012345678901", "provider", "+49301234567", "employee", "102", "102"]
+    assert incoming.endswith("2 min 3 s  answered, digits 102")
+    assert outgoing.split()[2:7] == ["101", "-", "+861012345678901;105", "external", "+861012345678901"]
+    assert outgoing.endswith("no-answer (480)")
+    assert "sip:anonymous@anonymous.invalid  provider" in anonymous
+    # Columns line up: each starts at the same offset in every row.
+    assert incoming.index("provider") == anonymous.index("provider") == header.index("trunk")
+    assert outgoing.index("+861012345678901;105") == header.index("dialled")
+    assert incoming.index("2 min 3 s") + len("2 min 3 s") == header.index("talk") + len("talk")
+
+
+def test_cdr_before_the_first_call_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server has started with the state_dir (its nonce secret is there) but no call has ended yet."""
+    from routing.server import load_secret
+
+    config = copy_office(tmp_path)
+    load_secret(tmp_path / "var")  # what every server start does
+    assert main(["cdr", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("no calls recorded yet") and captured.err == ""
 
 
 def test_parse_reports_valid_and_invalid_messages(capsys: pytest.CaptureFixture[str]) -> None:
