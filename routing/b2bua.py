@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import functools
 import ipaddress
 import json
@@ -142,7 +143,9 @@ __all__ = [
     "COMPLETED_ELSEWHERE",
     "OWNED_HEADERS",
     "RING_STATE_FILE",
+    "ActiveCall",
     "B2bua",
+    "CallPhase",
     "external_failure",
     "fork",
     "forwarded",
@@ -401,12 +404,77 @@ class _Call:
 @attrs.define(eq=False)
 class _Ringing:
     """A click-to-call while the employee's devices ring: there is no caller's leg yet (what
-    :meth:`B2bua._fork` needs of a :class:`_Call` otherwise)."""
+    :meth:`B2bua._fork` needs of a :class:`_Call` otherwise). ``caller``, ``dialled``, ``started_at``: as in
+    the CDR, for :meth:`B2bua.calls`."""
 
     queue: CallQueue
     media: AnchoredMedia
     held: list[CallEvent] = attrs.Factory(list)
     a: None = None
+    caller: str = ""
+    dialled: str = ""
+    started_at: float = 0.0
+
+
+class CallPhase(enum.Enum):
+    """Where a call in progress is (:class:`ActiveCall`)."""
+
+    SETTING_UP = "setting up"  #: routed, nothing rings yet (media being set up, a trunk's challenge …)
+    GREETING = "greeting"  #: answered by us: the number's greeting plays, digits are collected
+    RINGING = "ringing"  #: the destination's devices (or the called number) ring
+    CONNECTED = "connected"  #: answered: the parties talk
+
+
+@attrs.frozen
+class ActiveCall:
+    """A call in progress, as :meth:`B2bua.calls` reports it (``durchwahl status``). The fields mean what
+    they mean in a :class:`~routing.cdr.CallRecord`; times are wall-clock seconds."""
+
+    call_id: str
+    caller: str
+    dialled: str
+    phase: CallPhase
+    started_at: float
+    source_trunk: str | None = None
+    destination_kind: str | None = None
+    destination_id: str | None = None
+    answered_by: str | None = None
+    answered_at: float | None = None
+
+
+def _summary(first: Call, call: _Call | _Ringing) -> ActiveCall:
+    """``call`` (``first``: its caller's leg, or a click-to-call's first leg) as an :class:`ActiveCall`."""
+    if isinstance(call, _Ringing):  # a click-to-call: the employee's devices ring first
+        return ActiveCall(
+            call_id=first.call_id or "",
+            caller=call.caller,
+            dialled=call.dialled,
+            phase=CallPhase.RINGING,
+            started_at=call.started_at,
+            destination_kind="employee",
+            destination_id=call.caller,
+        )
+    kind, ident = call.destination if call.destination is not None else (None, None)
+    if call.answered_at is not None:
+        phase = CallPhase.CONNECTED
+    elif kind == "number":
+        phase = CallPhase.GREETING
+    elif call.legs:
+        phase = CallPhase.RINGING
+    else:
+        phase = CallPhase.SETTING_UP
+    return ActiveCall(
+        call_id=B2bua._call_id(call),
+        caller=call.caller,
+        dialled=call.dialled,
+        phase=phase,
+        started_at=call.started_at,
+        source_trunk=call.source_trunk,
+        destination_kind=kind,
+        destination_id=ident,
+        answered_by=call.answered_by,
+        answered_at=call.answered_at,
+    )
 
 
 @attrs.frozen
@@ -553,11 +621,17 @@ class B2bua:
         #: Called with every call event (routing.events); the server turns them into pyee events.
         self.on_event: Callable[[CallFact], None] | None = None
         self.active: dict[Call, list[OutgoingCall]] = {}
+        #: The same calls' state, for :meth:`calls`.
+        self._calls: dict[Call, _Call | _Ringing] = {}
         #: The legs of bridged calls by dialog (Call-ID, our tag, the peer's tag) -> their call's transfers:
         #: where an attended transfer's Replaces finds the call it names.
         self.bridged: dict[DialogId, transfer.Transfers] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
+
+    def calls(self) -> tuple[ActiveCall, ...]:
+        """The calls in progress, oldest first, as frozen summaries (``durchwahl status``)."""
+        return tuple(_summary(first, call) for first, call in self._calls.items())
 
     # ---------------------------------------------------------------------------------- entry point
 
@@ -612,6 +686,7 @@ class B2bua:
         call.dialled, call.started_at = format_dialstring(dialled), started_at
         self._emit(CallStarted(request.call_id, call.caller, call.dialled, call.source_trunk))
         self.active[a] = call.legs
+        self._calls[a] = call
         try:
             next_route: Route | None = route
             if isinstance(route, ToExtensionProcessing):
@@ -621,6 +696,7 @@ class B2bua:
                 await self._deliver(call, next_route)
         finally:
             del self.active[a]
+            del self._calls[a]
             self._tear_down(a, [*call.legs, *call.adopted], keep=call.given)
             _discard_events(call.queue, [a, *call.legs, *call.adopted], keep=call.given)
             if call.media is not None:
@@ -1389,7 +1465,9 @@ class B2bua:
 
         ports, address = self._media_ports(devices[0][1])
         media = AnchoredMedia(ports, self.media_clock, address)
-        ringing = _Ringing(asyncio.Queue(), media)
+        ringing = _Ringing(
+            asyncio.Queue(), media, caller=extension, dialled=dialled_text, started_at=started_at
+        )
         legs: list[OutgoingCall] = []
         call: _Call | None = None
         try:
@@ -1412,6 +1490,7 @@ class B2bua:
                 )
                 legs.append(leg)
             self.active[legs[0]] = legs
+            self._calls[legs[0]] = ringing
             won = await self._fork(ringing, legs, self.ring_seconds)
             if not isinstance(won, tuple):
                 statuses = won.statuses if isinstance(won, _Failed) else ()
@@ -1430,6 +1509,7 @@ class B2bua:
             call.caller, call.dialled, call.started_at = extension, dialled_text, started_at
             call.destination = ("external", route.e164)
             self.active[legs[0]] = call.legs
+            self._calls[legs[0]] = call
             self._emit(CallStarted(self._call_id(call), extension, dialled_text))  # ringing, answered follow
             self._count_busy(call, extension)
             try:
@@ -1442,6 +1522,7 @@ class B2bua:
         finally:
             if legs:
                 self.active.pop(legs[0], None)
+                self._calls.pop(legs[0], None)
             if call is None:
                 self._tear_down(None, legs)
                 _discard_events(ringing.queue, legs)

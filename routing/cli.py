@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from routing.cdr import CallRecord
@@ -160,14 +160,31 @@ def _status(config: str) -> int:
     if not answer.get("ok"):
         print(f"durchwahl: {answer.get('error')}", file=sys.stderr)
         return 1
-    print("listening:", ", ".join(str(a) for a in answer.get("listening", [])))  # type: ignore[attr-defined]
-    registrations = answer.get("registrations", [])
-    print(f"registrations: {len(registrations)}")  # type: ignore[arg-type]
-    for r in registrations:  # type: ignore[attr-defined]
+    reply: dict[str, Any] = answer
+    print("listening:", ", ".join(str(a) for a in reply.get("listening", [])))
+    registrations = reply.get("registrations", [])
+    print(f"registrations: {len(registrations)}")
+    for r in registrations:
         state = "" if r["reachable"] else "  (not answering pings)"
         print(f"  {r['aor']}  {r['contact']}  via {r['via']}  expires in {r['expires_in']} s{state}")
-    print(f"active calls: {answer.get('active_calls')}")
-    for t in answer.get("trunks", []):  # type: ignore[attr-defined]
+    calls = reply.get("calls", [])
+    print(f"active calls: {len(calls)}")
+    if calls:
+        rows = [["caller", "dialled", "destination", "state", "for", "answered by", "call-id"]]
+        for c in calls:
+            caller = _party(c["caller"])
+            if c.get("source_trunk"):
+                caller += f" via {c['source_trunk']}"
+            state, seconds = c["state"], _duration(c["seconds"])
+            answered_by, where = c["answered_by"] or "-", c["destination"] or "-"
+            rows.append([caller, c["dialled"], where, state, seconds, answered_by, c["call_id"]])
+        for line in _table(rows):
+            print(f"  {line}")
+    blocked = reply.get("blocked", [])
+    print(f"blocked sources: {len(blocked) or 'none'}")
+    for b in blocked:
+        print(f"  {b['source']}  for {_duration(b['seconds_left'])} more")
+    for t in reply.get("trunks", []):
         error = f"  ({t['last_error']})" if t.get("last_error") else ""
         print(f"trunk {t['name']}: {t['state']}{error}")
     return 0

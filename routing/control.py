@@ -58,12 +58,42 @@ async def _status(server: Server, _: dict[str, Any]) -> dict[str, Any]:
                 "expires_in": None if status.expires_at is None else round(status.expires_at - now),
             }
         )
+    calls = [
+        {
+            "call_id": c.call_id,
+            "caller": c.caller,
+            "source_trunk": c.source_trunk,
+            "dialled": c.dialled,
+            "destination": None if c.destination_kind is None else f"{c.destination_kind} {c.destination_id}",
+            "state": c.phase.value,
+            "started_at": c.started_at,
+            "answered_at": c.answered_at,
+            "answered_by": _extension_of(server, c.answered_by),
+            "seconds": round(now - (c.started_at if c.answered_at is None else c.answered_at)),
+        }
+        for c in server.b2bua.calls()
+    ]
+    blocked = [
+        {"source": source, "seconds_left": round(until - now)}
+        for source, until in server.registrar.guard.blocked(now)
+    ]
     return {
         "listening": [f"{t.lower()}:{h}:{p}" for t, h, p in server.addresses],
         "registrations": registrations,
-        "active_calls": len(server.b2bua.active),
+        "active_calls": len(calls),
+        "calls": calls,
+        "blocked": blocked,
         "trunks": trunks,
     }
+
+
+def _extension_of(server: Server, answered_by: str | None) -> str | None:
+    """Who answered as the admin knows them: an employee's extension (records keep the SIP user), else as
+    recorded (the number called out)."""
+    if answered_by is None:
+        return None
+    employee = server.directory.employee_by_sip_user(answered_by)
+    return employee.extension if employee is not None else answered_by
 
 
 async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:

@@ -248,3 +248,89 @@ def test_help_shows_the_default_config(command: str, capsys: pytest.CaptureFixtu
         main([command, "--help"])
     assert exit_.value.code == 0
     assert "(default: examples/office.toml)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder near the root of /tmp: a Unix socket path (the control socket) must stay under ~107 bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dw-") as folder:
+        yield Path(folder)
+
+
+async def test_status_lists_active_calls_and_blocked_sources(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One call connected (bernd -> 101, answered), one ringing (bernd -> 103, never answered), one source
+    blocked after failed logins: ``durchwahl status`` shows each with its parties, state and age."""
+    import asyncio
+    import re
+    import time
+
+    from phones import Phone, Script
+    from test_flows import answered
+
+    from routing.server import Server
+
+    config = copy_office(short_dir)
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        port = server.addresses[0][2]
+        anna = await Phone("101", "anna-101-secret", port, script=Script("answer")).start()
+        carla = await Phone("103", "carla-103-secret", port, script=Script("ignore")).start()
+        bernd = await Phone("bernd", "bernd-102-secret", port).start()
+        try:
+            talking = bernd.dial("101")
+            await answered(talking)
+            ringing = bernd.dial("103")
+            await carla.next_call()
+            guard = server.registrar.guard
+            while guard.status("203.0.113.5", time.time()).blocked_until is None:
+                guard.failed("203.0.113.5", time.time(), "101")
+            calls = {c.call_id: c for c in server.b2bua.calls()}
+            assert [c.phase.value for c in calls.values()] == ["connected", "ringing"]
+            assert calls[talking.call_id].answered_by == "101"
+            assert (calls[ringing.call_id].destination_kind, calls[ringing.call_id].destination_id) == (
+                "employee",
+                "103",
+            )
+            assert await asyncio.to_thread(main, ["status", "--config", str(config)]) == 0
+            talking.bye()
+            ringing.cancel()
+        finally:
+            for phone in (anna, bernd, carla):
+                await phone.close()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "active calls: 2" in lines, out
+    header = lines.index("active calls: 2") + 1
+    assert lines[header].split() == [
+        "caller",
+        "dialled",
+        "destination",
+        "state",
+        "for",
+        "answered",
+        "by",
+        "call-id",
+    ]
+    assert re.fullmatch(
+        rf"  102 +101 +employee 101 +connected +\d+ s +101 +{re.escape(talking.call_id)}", lines[header + 1]
+    ), out
+    assert re.fullmatch(
+        rf"  102 +103 +employee 103 +ringing +\d+ s +- +{re.escape(ringing.call_id)}", lines[header + 2]
+    ), out
+    assert "blocked sources: 1" in lines, out
+    assert re.search(r"^  203\.0\.113\.5  for \d+ min \d+ s more$", out, re.MULTILINE), out
+
+
+def test_durations_read_as_people_say_them() -> None:
+    from routing.cli import _duration
+
+    assert [_duration(s) for s in (0, 42.4, 123, 3600, 3725)] == [
+        "0 s",
+        "42 s",
+        "2 min 3 s",
+        "1 h 0 min",
+        "1 h 2 min",
+    ]
