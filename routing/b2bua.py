@@ -1402,7 +1402,9 @@ class B2bua:
 
     # ------------------------------------------------------------------------ flow 5: click-to-call
 
-    async def originate(self, extension: str, number: str) -> CallRecord:
+    async def originate(
+        self, extension: str, number: str, *, on_status: Callable[[int, str], None] | None = None
+    ) -> CallRecord:
         """Click-to-call (flow 5): ring the employee ``extension``, then call ``number`` for them.
 
         Every registered device of the employee gets an INVITE of ours (From: the number called, media
@@ -1417,12 +1419,17 @@ class B2bua:
         that cannot start gives a record with ``status``: no such employee 404, an unparsable number 484,
         the resolver's refusal (a number outside the employee's scope: 403), a route other than a number
         out 403, nobody registered 480, no RTP port 503. Cancelling the coroutine ends every leg.
+
+        ``on_status`` hears how the start went, once: ``(180, ...)`` when the employee's devices ring, or the
+        refusal's status and reason (``durchwahl originate`` reports it before the call goes on).
         """
         started_at = self._clock()
         dialled_text = number
 
         def refused(status: int, reason: str) -> CallRecord:
             log.info("click-to-call %s -> %s refused: %s %s", extension, number, status, reason)
+            if on_status is not None:
+                on_status(status, reason)
             record = CallRecord(
                 call_id=self.ua.endpoint.new_call_id(),
                 caller=extension,
@@ -1437,7 +1444,7 @@ class B2bua:
 
         employee = self._employee(extension)
         if employee is None:
-            return refused(404, f"no employee {extension}")
+            return refused(404, f"no employee has extension {extension}")
         try:
             dialled = parse_dialstring(number)
         except DialStringError as exc:
@@ -1451,10 +1458,12 @@ class B2bua:
         if isinstance(route, Refused):
             return refused(route.status, route.reason)
         if not isinstance(route, ToExternal):
-            return refused(403, f"click-to-call calls external numbers, not {type(route).__name__}")
+            return refused(
+                403, f"click-to-call calls numbers outside the office, and {dialled_text} is not one"
+            )
         devices = await self._devices(employee)
         if not devices:
-            return refused(480, f"no device of {extension} is registered")
+            return refused(480, f"no phone of {extension} is registered")
         log.info(
             "click-to-call %s -> %s: ringing %s first, then %s",
             extension,
@@ -1491,6 +1500,8 @@ class B2bua:
                 legs.append(leg)
             self.active[legs[0]] = legs
             self._calls[legs[0]] = ringing
+            if on_status is not None:
+                on_status(180, f"the phones of {extension} ring")
             won = await self._fork(ringing, legs, self.ring_seconds)
             if not isinstance(won, tuple):
                 statuses = won.statuses if isinstance(won, _Failed) else ()

@@ -129,7 +129,7 @@ def _serve(
     return 0
 
 
-def _control(config: str, message: dict[str, object]) -> dict[str, object] | None:
+def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> dict[str, object] | None:
     """Send one request to the server running for ``config``; None (and a message) when none runs."""
     import asyncio
     from pathlib import Path
@@ -145,7 +145,7 @@ def _control(config: str, message: dict[str, object]) -> dict[str, object] | Non
         return None
     path = socket_path(Path(directory.server.state_dir))
     try:
-        return asyncio.run(request(path, message))
+        return asyncio.run(request(path, message, timeout))
     except (OSError, TimeoutError) as exc:
         print(
             f"durchwahl: no server answers on {path} ({exc}); is `durchwahl serve` running?", file=sys.stderr
@@ -191,13 +191,17 @@ def _status(config: str) -> int:
 
 
 def _originate(config: str, extension: str, number: str) -> int:
-    answer = _control(config, {"cmd": "originate", "extension": extension, "number": number})
+    message: dict[str, object] = {"cmd": "originate", "extension": extension, "number": number}
+    answer = _control(config, message, timeout=30.0)  # the server answers once the phones ring
     if answer is None:
         return 1
     if not answer.get("ok"):
-        print(f"durchwahl: {answer.get('error')}", file=sys.stderr)
+        status = f" ({answer['status']})" if "status" in answer else ""
+        print(
+            f"durchwahl: cannot call {number} for {extension}: {answer.get('error')}{status}", file=sys.stderr
+        )
         return 1
-    print(f"calling: {extension}'s phones ring first, then {number}")
+    print(f"calling: the phones of {extension} ring; once one answers, {number} is called")
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["ControlChannel", "request", "socket_path"]
+__all__ = ["ControlChannel", "Refused", "request", "socket_path"]
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,50 @@ def _extension_of(server: Server, answered_by: str | None) -> str | None:
     return employee.extension if employee is not None else answered_by
 
 
+class Refused(Exception):
+    """A command that cannot be done as asked: answered ``{"ok": false, "error": ..., "status": ...}``."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+
+
+#: How long ``originate`` waits, beyond the B2BUA's routing timeout, for the employee's phones to ring.
+ORIGINATE_START_SECONDS = 5.0
+
+
 async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
-    """Click-to-call: ring the employee's phones, then call the number; answers once it is under way."""
+    """Click-to-call: ring the employee's phones, then call the number. Answers once the phones ring, or
+    with the reason the call cannot start (no such employee, not a number, nobody registered …)."""
     extension, number = message.get("extension"), message.get("number")
     if not isinstance(extension, str) or not isinstance(number, str):
-        raise ValueError('originate needs "extension" and "number" (strings)')
-    if server.directory.employee(extension) is None:
-        raise ValueError(f"no employee with extension {extension}")
-    server.spawn_call(server.b2bua.originate(extension, number), f"originate {extension} -> {number}")
+        raise Refused(400, 'originate needs "extension" and "number" (strings)')
+    start: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+
+    def report(status: int, reason: str) -> None:
+        if not start.done():
+            start.set_result((status, reason))
+
+    def ended(task: asyncio.Task[Any]) -> None:  # before anything rang: the server is stopping, or a bug
+        if task.cancelled():
+            report(503, "the server is stopping")
+        elif task.exception() is not None:
+            report(500, f"the click-to-call failed: {task.exception()}")
+        else:
+            report(500, "the click-to-call ended before anything rang")
+
+    b2bua = server.b2bua
+    task = server.spawn_call(
+        b2bua.originate(extension, number, on_status=report), f"originate {extension} -> {number}"
+    )
+    task.add_done_callback(ended)
+    try:
+        async with asyncio.timeout(b2bua.resolve_timeout + ORIGINATE_START_SECONDS):
+            status, reason = await start
+    except TimeoutError:
+        raise Refused(504, f"the phones of {extension} did not start ringing in time") from None
+    if status >= 300:
+        raise Refused(status, reason)
     return {"started": True, "extension": extension, "number": number}
 
 
@@ -156,9 +192,11 @@ class ControlChannel:
             return {"ok": False, "error": f"unknown command {message.get('cmd')!r}; known: {known}"}
         try:
             return {"ok": True, **await command(self._server, message)}
+        except Refused as exc:
+            return {"ok": False, "error": str(exc), "status": exc.status}
         except Exception as exc:  # a failing command must not take the channel down
             log.exception("control command %s failed", message.get("cmd"))
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 async def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:

@@ -251,15 +251,16 @@ class Server:
                 log.error("CDR retention: %s", exc)
             await asyncio.sleep(every)
 
-    def spawn_call(self, coro: Awaitable[Any], name: str) -> None:
+    def spawn_call(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run a call the server places itself (click-to-call) as one of its supervised tasks."""
-        self._spawn(coro, name)
+        return self._spawn(coro, name)
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -334,3 +334,49 @@ def test_durations_read_as_people_say_them() -> None:
         "1 h 0 min",
         "1 h 2 min",
     ]
+
+
+async def test_originate_says_why_a_call_cannot_start_and_exits_non_zero(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid number, an unknown extension and an extension without a registered phone are errors
+    (exit 1, the reason on standard error); a good click-to-call answers once the employee's phone rings."""
+    import asyncio
+
+    from phones import Phone, Script
+
+    from routing.server import Server
+
+    config = copy_office(short_dir)
+
+    async def originate(extension: str, number: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, ["originate", extension, number, "--config", str(config)])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        anna = await Phone("101", "anna-101-secret", server.addresses[0][2], script=Script("ignore")).start()
+        try:
+            code, out, err = await originate("101", "+49 89 abc")
+            assert (code, out) == (1, "")
+            assert err.startswith(
+                "durchwahl: cannot call +49 89 abc for 101: '+49 89 abc' is not a phone number"
+            )
+            assert err.rstrip().endswith("(484)"), err
+            assert await originate("999", "+49891234567") == (
+                1,
+                "",
+                "durchwahl: cannot call +49891234567 for 999: no employee has extension 999 (404)\n",
+            )
+            assert await originate("102", "+49891234567") == (
+                1,
+                "",
+                "durchwahl: cannot call +49891234567 for 102: no phone of 102 is registered (480)\n",
+            )
+            assert anna.calls.empty()
+            code, out, err = await originate("101", "+49891234567")
+            assert (code, err) == (0, "")
+            assert out == "calling: the phones of 101 ring; once one answers, +49891234567 is called\n"
+            await anna.next_call()  # the employee's phone rings
+        finally:
+            await anna.close()
