@@ -69,6 +69,7 @@ from sipcore.registrar import (
 from sipcore.transport import Flow, TransportError, TransportName
 from sipcore.uri import SipUri
 
+from .challenge_watch import ChallengeWatch, Unanswered
 from .directory import Directory
 from .location import LocationStore, LocationStoreError
 from .security import Admission, FailureGuard, source_key
@@ -93,6 +94,27 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _to_user(request: Request) -> str:
+    """The user a REGISTER is for (its To URI's user part), as the watch of challenges keys it."""
+    uri = request.to.uri
+    return uri.user or "" if isinstance(uri, SipUri) else ""
+
+
+def _removes_only(request: Request) -> bool:
+    """A REGISTER that only removes bindings (``Contact: *``, or every contact expiring at 0): a phone
+    shutting down may not wait for a challenge to it, and that is no failure to report."""
+    try:
+        if request.contact_is_wildcard:
+            return True
+        contacts = request.contact
+        default = request.expires
+    except SipParseError:
+        return False
+    return bool(contacts) and all(
+        (c.param("expires") or (str(default) if default is not None else "")).strip() == "0" for c in contacts
+    )
 
 
 def _via(flow: BindingFlow | None) -> str:
@@ -148,9 +170,13 @@ class RegistrarService:
         nonce_lifetime: float = 300.0,
         random_bytes: Callable[[int], bytes] | None = None,
         guard: FailureGuard | None = None,
+        watch: ChallengeWatch | None = None,
     ) -> None:
         self.store = store
         self.guard = guard or FailureGuard()
+        #: Challenges not answered yet: a phone that gives up after one is logged (:meth:`run_watch`).
+        self.watch = watch or ChallengeWatch()
+        self._watch_wake = asyncio.Event()
         self.config = config
         self._clock = clock
         self._secret = secret
@@ -194,9 +220,22 @@ class RegistrarService:
         return self._nonce_binding + tail
 
     def _challenge(self, incoming: IncomingRequest, now: float, *, stale: bool = False) -> None:
+        request = incoming.request
         self._nonce_binding = self._binding(incoming.flow.remote[0])  # read by _nonce_unique, right now
-        response = self.digest.challenge_response(incoming.request, now, stale=stale, to_tag=incoming.to_tag)
+        response = self.digest.challenge_response(request, now, stale=stale, to_tag=incoming.to_tag)
         incoming.send(response)
+        if not _removes_only(request):
+            agent = request.get("user-agent")
+            challenge = Unanswered(
+                incoming.flow.remote[0],
+                _to_user(request),
+                str(incoming.flow),
+                agent,
+                self.digest.algorithms,
+                now,
+            )
+            self.watch.challenged(challenge)
+            self._watch_wake.set()
 
     def _answered_nonce(self, request: Request) -> str | None:
         """The nonce of the Digest credentials for our realm (the ones ``verify`` checks), or None."""
@@ -248,6 +287,7 @@ class RegistrarService:
         if nonce is None:  # no credentials for our realm (none, malformed, another realm's): challenge
             self._challenge(incoming, now)
             return
+        self.watch.answered(source, _to_user(request))
         if not self._bound_here(nonce, source):
             log.info("REGISTER from %s: answers a nonce not sent to this address; challenging", incoming.flow)
             self._challenge(incoming, now)
@@ -355,6 +395,54 @@ class RegistrarService:
         if host == self.directory.server.domain.lower() or host in self._aliases:
             return True
         return _is_ip_literal(host)
+
+    # ------------------------------------------------------------------------------ given-up challenges
+
+    def report_unanswered(self, now: float | None = None) -> list[Unanswered]:
+        """Log the challenges nobody answered in time (one INFO line per source and client) and return
+        them: the phone gave up, and says only "registration failed" on its own screen."""
+        found = self.watch.due(self._clock() if now is None else now)
+        groups: dict[tuple[str, str | None, tuple[str, ...]], list[Unanswered]] = {}
+        for challenge in found:
+            groups.setdefault((challenge.source, challenge.user_agent, challenge.algorithms), []).append(
+                challenge
+            )
+        realm = self.digest.realm
+        for (_, agent, algorithms), challenges in groups.items():
+            users = ", ".join(c.user or "(no user)" for c in challenges[:5])
+            if len(challenges) > 5:
+                users += f" and {len(challenges) - 5} more"
+            if any(a.startswith("SHA-256") for a in algorithms):
+                hint = (
+                    "A phone that cannot answer SHA-256 (baresip 1.0) needs "
+                    '[server] auth_algorithms = ["MD5"]; otherwise check its'
+                )
+            else:
+                hint = "Check the phone's"
+            log.info(
+                "REGISTER for %s from %s (%s): challenged with %s, no answer within %.0f s: "
+                "the phone gave up. %s user name and password for realm %s",
+                users,
+                challenges[0].flow,
+                agent or "no User-Agent",
+                ", ".join(algorithms),
+                self.watch.answer_within,
+                hint,
+                realm,
+            )
+        return found
+
+    async def run_watch(self) -> None:
+        """Report given-up challenges as they fall due, until cancelled (a task of the server's)."""
+        while True:
+            due = self.watch.next_due()
+            if due is None:
+                self._watch_wake.clear()
+                await self._watch_wake.wait()
+                continue
+            # A second past the first due: the ones falling due meanwhile (a scanner's burst) share a line.
+            await asyncio.sleep(max(0.0, due - self._clock()) + 1.0)
+            self.report_unanswered()
 
     # ------------------------------------------------------------------------------------------ lookup
 

@@ -231,6 +231,7 @@ class Server:
                 )
                 self.control = None
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
+        self._spawn(self.registrar.run_watch(), "unanswered challenges")
         self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
         self._spawn(self._prune_cdrs(CDR_PRUNE_SECONDS), "CDR retention")
         for trunk in self.directory.trunks:
