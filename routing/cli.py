@@ -93,27 +93,26 @@ def _serve(
     async def run() -> None:
         async with Server(config, listen=tuple(listen) if listen else None) as server:
             tune_gc()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is printed: Ctrl-C stops cleanly
+                loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, server.reload)
             directory = server.directory
             for transport, host, port in server.addresses:
                 shown = f"[{host}]" if ":" in host else host
-                print(f"durchwahl: listening on {transport} {shown}:{port}", flush=True)
+                print(f"durchwahl: listening on {transport} {shown}:{port}")
             example = Path(config).resolve() == (
                 Path(__file__).resolve().parent.parent / "examples/office.toml"
             )
             print(
-                f"durchwahl: register a phone with domain/realm {directory.server.domain!r}, server as above:"
+                f"durchwahl: register a phone with domain/realm {directory.server.domain}, server as above:"
             )
             for employee in directory.employees:
                 secret = employee.password if example and employee.password else "(see the config)"
-                print(
-                    f"  extension {employee.extension} {employee.name}: user {employee.sip_user!r}, "
-                    f"password {secret}"
-                )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, server.reload)
+                who = f"extension {employee.extension} {employee.name}"
+                print(f"  {who}: user {employee.sip_user}, password {secret}")
+            sys.stdout.flush()
             await stop.wait()
             print("durchwahl: stopping", flush=True)
 

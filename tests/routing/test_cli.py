@@ -380,3 +380,32 @@ async def test_originate_says_why_a_call_cannot_start_and_exits_non_zero(
             await anna.next_call()  # the employee's phone rings
         finally:
             await anna.close()
+
+
+def test_serve_prints_addresses_and_phone_settings_as_plain_text(tmp_path: Path) -> None:
+    """``durchwahl serve`` as a process: what it prints on start, its log lines, a clean stop on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    config = copy_office(tmp_path)
+    command = [sys.executable, "-m", "routing.cli", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--listen", "udp:127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()  # flushed as soon as the server listens
+        assert first.startswith("durchwahl: listening on UDP 127.0.0.1:"), first
+        process.send_signal(signal.SIGINT)
+        out, err = first + process.stdout.read(), process.stderr.read()
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "durchwahl: register a phone with domain/realm office.example, server as above:" in out, out
+    assert "  extension 102 Bernd Meier: user bernd, password (see the config)" in out, out
+    assert "'" not in out, out
+    assert "INFO sipcore.endpoint: listening on UDP 127.0.0.1:" in err, err
