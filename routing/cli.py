@@ -248,7 +248,7 @@ def _cdr_rows(records: list[CallRecord], directory: Directory) -> list[list[str]
     rows = [["started", "caller", "trunk", "dialled", "destination", "answered by", "talk", "result"]]
     for r in records:
         started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
-        caller = r.caller if directory.employee(r.caller) is not None else _party(r.caller)
+        caller = _party(r.caller)  # an extension stays as it is
         where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
         talk = _duration(r.ended_at - r.answered_at) if r.answered_at is not None else "-"
         result = r.disposition.value
