@@ -123,7 +123,13 @@ def _serve(
         print(exc, file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"durchwahl: {exc}", file=sys.stderr)
+        if exc.filename is not None and exc.strerror:  # the state directory, most likely
+            print(
+                f"durchwahl: cannot use {exc.filename}: {exc.strerror} (see [server] state_dir)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"durchwahl: {exc}", file=sys.stderr)
         return 1
     return 0
 

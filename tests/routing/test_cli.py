@@ -409,3 +409,13 @@ def test_serve_prints_addresses_and_phone_settings_as_plain_text(tmp_path: Path)
     assert "  extension 102 Bernd Meier: user bernd, password (see the config)" in out, out
     assert "'" not in out, out
     assert "INFO sipcore.endpoint: listening on UDP 127.0.0.1:" in err, err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = copy_office(tmp_path)
+    (tmp_path / "var").write_text("a file where the state directory should be")
+    assert main(["serve", "--config", str(config), "--listen", "udp:127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"durchwahl: cannot use {tmp_path / 'var'}"), err
+    assert "(see [server] state_dir)" in err and "Errno" not in err, err
