@@ -4,8 +4,8 @@ A WAV file is read with the standard library's :mod:`wave` (PCM, 8/16/24/32-bit,
 count; channels are averaged), brought to 8 kHz (:func:`media.resample.resample`), optionally passed through
 a G.711 round trip (``--g711 ulaw|alaw``, what a call's audio goes through), and fed to
 :class:`media.dtmf_inband.InbandDetector` in 20 ms frames of 160 samples. One line per digit: the digit, a
-space, and the sample offset (8 kHz) at which its tone began. Exit status 0, or 2 with a message on
-standard error when the file cannot be read.
+space, and the sample offset (8 kHz) at which its tone began. Exit status 0; 1 with a message on standard
+error when the file holds no digits (as ``grep`` does when nothing matches); 2 when it cannot be read.
 
 Any other format is decoded through ``av`` by :func:`media.greeting.decode_audio` (imported only then; it
 yields 8 kHz mono directly).
@@ -122,8 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AudioFileError as exc:
         print(f"durchwahl dtmf: {exc}", file=sys.stderr)
         return 2
-    for digit in detect_digits(samples, rate, g711=args.g711):
+    digits = detect_digits(samples, rate, g711=args.g711)
+    for digit in digits:
         print(f"{digit.digit} {digit.start}")
+    if not digits:
+        seconds = len(samples) / rate if rate else 0.0
+        print(f"durchwahl dtmf: no DTMF digits in {args.file} ({seconds:.1f} s of audio)", file=sys.stderr)
+        return 1
     return 0
 
 

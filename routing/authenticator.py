@@ -33,7 +33,9 @@ from sipcore.errors import SipParseError
 from sipcore.headers import parse_auth
 from sipcore.message import Request, Response
 from sipcore.transport import Flow
+from sipcore.uri import SipUri
 
+from .challenge_watch import ChallengeWatch, Unanswered
 from .directory import Directory
 from .security import Admission, FailureGuard, source_key, trunk_for_source
 
@@ -95,6 +97,10 @@ class Authenticator:
         self._random_bytes = random_bytes
         self._nonce_counter = itertools.count(1)
         self._nonce_binding = bytes(_BINDING_BYTES)
+        #: REGISTER challenges not answered yet: a phone that gives up after one is logged by the registrar.
+        self.watch = ChallengeWatch()
+        #: Called after each REGISTER challenge (the registrar's watch wakes up).
+        self.on_challenge: Callable[[], None] | None = None
         self.directory = directory
         self.digest = self._digest_server(directory)
 
@@ -146,9 +152,19 @@ class Authenticator:
     def challenge(
         self, request: Request, flow: Flow, *, to_tag: str | None, stale: bool = False, proxy: bool = False
     ) -> Response:
-        """A 401 (407 with ``proxy``) with fresh challenges whose nonce is bound to ``flow``'s source."""
+        """A 401 (407 with ``proxy``) with fresh challenges whose nonce is bound to ``flow``'s source. A
+        REGISTER's challenge is watched: a phone that never answers it is logged as having given up."""
+        now = self._clock()
         self._nonce_binding = self._binding(flow.remote[0])  # read by _nonce_unique, right now
-        return self.digest.challenge_response(request, self._clock(), stale=stale, proxy=proxy, to_tag=to_tag)
+        response = self.digest.challenge_response(request, now, stale=stale, proxy=proxy, to_tag=to_tag)
+        if request.method == "REGISTER" and not _removes_only(request):
+            agent = request.get("user-agent")
+            self.watch.challenged(
+                Unanswered(flow.remote[0], _to_user(request), str(flow), agent, self.digest.algorithms, now)
+            )
+            if self.on_challenge is not None:
+                self.on_challenge()
+        return response
 
     def stateless_tag(self, request: Request) -> str:
         """A To tag derived from the request (Call-ID, From tag, branch), as §8.2.7 asks of a stateless UAS:
@@ -198,6 +214,8 @@ class Authenticator:
             return Unverified("no credentials")
         nonce, username = answered
         source = flow.remote[0]
+        if request.method == "REGISTER":
+            self.watch.answered(source, _to_user(request))
         if not self._bound_here(nonce, source):
             log.info("%s from %s: credentials answer a nonce not sent to this address", request.method, flow)
             return Unverified("nonce sent elsewhere")
@@ -240,6 +258,27 @@ class Authenticator:
                 _quote(block.reason),
             )
         return Unverified("wrong credentials")
+
+
+def _to_user(request: Request) -> str:
+    """The user a REGISTER is for (its To URI's user part), as the watch of challenges keys it."""
+    uri = request.to.uri
+    return uri.user or "" if isinstance(uri, SipUri) else ""
+
+
+def _removes_only(request: Request) -> bool:
+    """A REGISTER that only removes bindings (``Contact: *``, or every contact expiring at 0): a phone
+    shutting down may not wait for a challenge to it, and that is no failure to report."""
+    try:
+        if request.contact_is_wildcard:
+            return True
+        contacts = request.contact
+        default = request.expires
+    except SipParseError:
+        return False
+    return bool(contacts) and all(
+        (c.param("expires") or (str(default) if default is not None else "")).strip() == "0" for c in contacts
+    )
 
 
 def _address(flow: Flow) -> str:

@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import enum
 import functools
 import ipaddress
 import json
@@ -101,6 +102,7 @@ from sipcore.session import (
     SessionEvent,
     SessionState,
     Terminated,
+    TerminationReason,
 )
 from sipcore.transport import Flow
 from sipcore.ua import Call, CallEvent, CallFailed, CallQueue, IncomingCall, OutgoingCall, UserAgent
@@ -109,7 +111,7 @@ from sipcore.uri import NameAddr, SipUri, TelUri, parse_uri
 from . import transfer  # imports this module back: by module, not by name
 from .authenticator import Unverified, Verified
 from .cdr import CallRecord, CdrStore, disposition_for
-from .collector import DigitCollector, ExtensionDialled
+from .collector import DigitCollector, ExtensionDialled, NoExtension
 from .dialstring import (
     DialStringError,
     format_dialstring,
@@ -141,7 +143,9 @@ __all__ = [
     "COMPLETED_ELSEWHERE",
     "OWNED_HEADERS",
     "RING_STATE_FILE",
+    "ActiveCall",
     "B2bua",
+    "CallPhase",
     "external_failure",
     "fork",
     "forwarded",
@@ -279,6 +283,37 @@ def external_failure(statuses: Iterable[int]) -> int:
     return status
 
 
+def _describe_caller(caller: Caller) -> str:
+    """Who calls, for a log line: an extension, a trunk (and the number it gave), or the source address."""
+    if isinstance(caller, FromEmployee):
+        return caller.extension
+    if isinstance(caller, FromTrunk):
+        return f"{caller.calling or 'an unknown number'} via trunk {caller.name}"
+    return caller.source
+
+
+def _describe_route(route: Route) -> str:
+    """Where a call goes, for a log line (``ringing employee 101 (Anna Schmidt)`` …)."""
+    if isinstance(route, ToEmployee):
+        return f"ringing employee {route.employee.extension} ({route.employee.name})"
+    if isinstance(route, ToGroup):
+        return f"ringing group {route.group.extension} ({route.group.name}, {route.group.strategy.value})"
+    if isinstance(route, ToExternal):
+        post_dial = f", then digits {format_post_dial(route.post_dial)}" if route.post_dial else ""
+        return f"calling {route.e164} via trunk {route.trunk}{post_dial}"
+    if isinstance(route, ToExtensionProcessing):
+        return f"answering with the greeting of {route.number.number}"
+    return f"refused with {route.status} {route.reason}"
+
+
+def _describe_collected(result: ExtensionDialled | NoExtension) -> str:
+    """What a caller keyed in during the greeting, for a log line."""
+    if isinstance(result, ExtensionDialled):
+        return f"extension {result.extension} dialled"
+    digits = f" (digits {result.digits})" if result.digits else ""
+    return f"no extension dialled: {result.reason.value.replace('_', ' ')}{digits}"
+
+
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -369,12 +404,77 @@ class _Call:
 @attrs.define(eq=False)
 class _Ringing:
     """A click-to-call while the employee's devices ring: there is no caller's leg yet (what
-    :meth:`B2bua._fork` needs of a :class:`_Call` otherwise)."""
+    :meth:`B2bua._fork` needs of a :class:`_Call` otherwise). ``caller``, ``dialled``, ``started_at``: as in
+    the CDR, for :meth:`B2bua.calls`."""
 
     queue: CallQueue
     media: AnchoredMedia
     held: list[CallEvent] = attrs.Factory(list)
     a: None = None
+    caller: str = ""
+    dialled: str = ""
+    started_at: float = 0.0
+
+
+class CallPhase(enum.Enum):
+    """Where a call in progress is (:class:`ActiveCall`)."""
+
+    SETTING_UP = "setting up"  #: routed, nothing rings yet (media being set up, a trunk's challenge …)
+    GREETING = "greeting"  #: answered by us: the number's greeting plays, digits are collected
+    RINGING = "ringing"  #: the destination's devices (or the called number) ring
+    CONNECTED = "connected"  #: answered: the parties talk
+
+
+@attrs.frozen
+class ActiveCall:
+    """A call in progress, as :meth:`B2bua.calls` reports it (``durchwahl status``). The fields mean what
+    they mean in a :class:`~routing.cdr.CallRecord`; times are wall-clock seconds."""
+
+    call_id: str
+    caller: str
+    dialled: str
+    phase: CallPhase
+    started_at: float
+    source_trunk: str | None = None
+    destination_kind: str | None = None
+    destination_id: str | None = None
+    answered_by: str | None = None
+    answered_at: float | None = None
+
+
+def _summary(first: Call, call: _Call | _Ringing) -> ActiveCall:
+    """``call`` (``first``: its caller's leg, or a click-to-call's first leg) as an :class:`ActiveCall`."""
+    if isinstance(call, _Ringing):  # a click-to-call: the employee's devices ring first
+        return ActiveCall(
+            call_id=first.call_id or "",
+            caller=call.caller,
+            dialled=call.dialled,
+            phase=CallPhase.RINGING,
+            started_at=call.started_at,
+            destination_kind="employee",
+            destination_id=call.caller,
+        )
+    kind, ident = call.destination if call.destination is not None else (None, None)
+    if call.answered_at is not None:
+        phase = CallPhase.CONNECTED
+    elif kind == "number":
+        phase = CallPhase.GREETING
+    elif call.legs:
+        phase = CallPhase.RINGING
+    else:
+        phase = CallPhase.SETTING_UP
+    return ActiveCall(
+        call_id=B2bua._call_id(call),
+        caller=call.caller,
+        dialled=call.dialled,
+        phase=phase,
+        started_at=call.started_at,
+        source_trunk=call.source_trunk,
+        destination_kind=kind,
+        destination_id=ident,
+        answered_by=call.answered_by,
+        answered_at=call.answered_at,
+    )
 
 
 @attrs.frozen
@@ -521,11 +621,17 @@ class B2bua:
         #: Called with every call event (routing.events); the server turns them into pyee events.
         self.on_event: Callable[[CallFact], None] | None = None
         self.active: dict[Call, list[OutgoingCall]] = {}
+        #: The same calls' state, for :meth:`calls`.
+        self._calls: dict[Call, _Call | _Ringing] = {}
         #: The legs of bridged calls by dialog (Call-ID, our tag, the peer's tag) -> their call's transfers:
         #: where an attended transfer's Replaces finds the call it names.
         self.bridged: dict[DialogId, transfer.Transfers] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
+
+    def calls(self) -> tuple[ActiveCall, ...]:
+        """The calls in progress, oldest first, as frozen summaries (``durchwahl status``)."""
+        return tuple(_summary(first, call) for first, call in self._calls.items())
 
     # ---------------------------------------------------------------------------------- entry point
 
@@ -554,7 +660,17 @@ class B2bua:
             return
         if incoming.final is not None:
             return  # cancelled while resolving: the endpoint answered 487
-        log.info("call %s from %s to %s: %s", request.call_id, caller, dialled, route)
+        challenge = (
+            isinstance(route, Refused) and route.status in (401, 407) and isinstance(caller, Anonymous)
+        )
+        log.log(
+            logging.DEBUG if challenge else logging.INFO,  # every phone's first INVITE is challenged
+            "call %s from %s to %s: %s",
+            request.call_id,
+            _describe_caller(caller),
+            dialled,
+            "challenged for credentials" if challenge else _describe_route(route),
+        )
         started_at = self._clock()
         if isinstance(route, Refused):
             self._refuse(incoming, route, caller)
@@ -573,6 +689,7 @@ class B2bua:
         call.dialled, call.started_at = format_dialstring(dialled), started_at
         self._emit(CallStarted(request.call_id, call.caller, call.dialled, call.source_trunk))
         self.active[a] = call.legs
+        self._calls[a] = call
         try:
             next_route: Route | None = route
             if isinstance(route, ToExtensionProcessing):
@@ -582,6 +699,7 @@ class B2bua:
                 await self._deliver(call, next_route)
         finally:
             del self.active[a]
+            del self._calls[a]
             self._tear_down(a, [*call.legs, *call.adopted], keep=call.given)
             _discard_events(call.queue, [a, *call.legs, *call.adopted], keep=call.given)
             if call.media is not None:
@@ -752,7 +870,12 @@ class B2bua:
                     self._fail(call, status)  # busy (486) or declined (6xx) stays with the caller
                     return
                 route = self.resolver.resolve_destination(employee.fallback)
-                log.info("call %s: %s unanswered, fallback %s", call.a.call_id, employee.extension, route)
+                log.info(
+                    "call %s: %s did not answer, fallback: %s",
+                    call.a.call_id,
+                    employee.extension,
+                    _describe_route(route),
+                )
                 continue
             if isinstance(route, ToGroup):
                 group = route.group
@@ -764,7 +887,12 @@ class B2bua:
                 if ended:
                     return
                 route = self.resolver.resolve_destination(group.fallback)
-                log.info("call %s: group %s unanswered, fallback %s", call.a.call_id, group.extension, route)
+                log.info(
+                    "call %s: group %s did not answer, fallback: %s",
+                    call.a.call_id,
+                    group.extension,
+                    _describe_route(route),
+                )
                 continue
             if isinstance(route, ToExternal):
                 call.destination = ("external", route.e164)
@@ -880,6 +1008,9 @@ class B2bua:
             return _ENDED
         employee, device = answerer[winner]
         call.answered_by, call.answered_contact = employee.sip_user, str(device)
+        log.info(
+            "call %s: answered by %s (%s) at %s", call.a.call_id, employee.extension, employee.name, device
+        )
         self._count_busy(call, employee.extension)
         try:
             await self._bridge(call, winner, answer_owed=answer.answer_owed)
@@ -1226,6 +1357,7 @@ class B2bua:
         if not await self._connect(call, winner, answer):
             return
         call.answered_by = route.e164
+        log.info("call %s: %s answered", call.a.call_id, route.e164)
         contact = answer.response.get("contact")
         call.answered_contact = contact
         if route.post_dial:
@@ -1268,7 +1400,9 @@ class B2bua:
 
     # ------------------------------------------------------------------------ flow 5: click-to-call
 
-    async def originate(self, extension: str, number: str) -> CallRecord:
+    async def originate(
+        self, extension: str, number: str, *, on_status: Callable[[int, str], None] | None = None
+    ) -> CallRecord:
         """Click-to-call (flow 5): ring the employee ``extension``, then call ``number`` for them.
 
         Every registered device of the employee gets an INVITE of ours (From: the number called, media
@@ -1283,12 +1417,17 @@ class B2bua:
         that cannot start gives a record with ``status``: no such employee 404, an unparsable number 484,
         the resolver's refusal (a number outside the employee's scope: 403), a route other than a number
         out 403, nobody registered 480, no RTP port 503. Cancelling the coroutine ends every leg.
+
+        ``on_status`` hears how the start went, once: ``(180, ...)`` when the employee's devices ring, or the
+        refusal's status and reason (``durchwahl originate`` reports it before the call goes on).
         """
         started_at = self._clock()
         dialled_text = number
 
         def refused(status: int, reason: str) -> CallRecord:
             log.info("click-to-call %s -> %s refused: %s %s", extension, number, status, reason)
+            if on_status is not None:
+                on_status(status, reason)
             record = CallRecord(
                 call_id=self.ua.endpoint.new_call_id(),
                 caller=extension,
@@ -1303,7 +1442,7 @@ class B2bua:
 
         employee = self._employee(extension)
         if employee is None:
-            return refused(404, f"no employee {extension}")
+            return refused(404, f"no employee has extension {extension}")
         try:
             dialled = parse_dialstring(number)
         except DialStringError as exc:
@@ -1317,15 +1456,25 @@ class B2bua:
         if isinstance(route, Refused):
             return refused(route.status, route.reason)
         if not isinstance(route, ToExternal):
-            return refused(403, f"click-to-call calls external numbers, not {type(route).__name__}")
+            return refused(
+                403, f"click-to-call calls numbers outside the office, and {dialled_text} is not one"
+            )
         devices = await self._devices(employee)
         if not devices:
-            return refused(480, f"no device of {extension} is registered")
-        log.info("click-to-call %s -> %s: %s", extension, dialled_text, route)
+            return refused(480, f"no phone of {extension} is registered")
+        log.info(
+            "click-to-call %s -> %s: ringing %s first, then %s",
+            extension,
+            dialled_text,
+            extension,
+            _describe_route(route),
+        )
 
         ports, address = self._media_ports(devices[0][1])
         media = AnchoredMedia(ports, self.media_clock, address)
-        ringing = _Ringing(asyncio.Queue(), media)
+        ringing = _Ringing(
+            asyncio.Queue(), media, caller=extension, dialled=dialled_text, started_at=started_at
+        )
         legs: list[OutgoingCall] = []
         call: _Call | None = None
         try:
@@ -1348,6 +1497,9 @@ class B2bua:
                 )
                 legs.append(leg)
             self.active[legs[0]] = legs
+            self._calls[legs[0]] = ringing
+            if on_status is not None:
+                on_status(180, f"the phones of {extension} ring")
             won = await self._fork(ringing, legs, self.ring_seconds)
             if not isinstance(won, tuple):
                 statuses = won.statuses if isinstance(won, _Failed) else ()
@@ -1366,6 +1518,7 @@ class B2bua:
             call.caller, call.dialled, call.started_at = extension, dialled_text, started_at
             call.destination = ("external", route.e164)
             self.active[legs[0]] = call.legs
+            self._calls[legs[0]] = call
             self._emit(CallStarted(self._call_id(call), extension, dialled_text))  # ringing, answered follow
             self._count_busy(call, extension)
             try:
@@ -1378,6 +1531,7 @@ class B2bua:
         finally:
             if legs:
                 self.active.pop(legs[0], None)
+                self._calls.pop(legs[0], None)
             if call is None:
                 self._tear_down(None, legs)
                 _discard_events(ringing.queue, legs)
@@ -1482,7 +1636,7 @@ class B2bua:
             collection.close()
         media.stop_playing()
         result = collection.result.result()
-        log.info("call %s to %s: %s", a.call_id, number.number, result)
+        log.info("call %s to %s: %s", a.call_id, number.number, _describe_collected(result))
         call.digits = result.extension if isinstance(result, ExtensionDialled) else result.digits
         if number.music is not None:
             try:
@@ -1553,9 +1707,11 @@ class B2bua:
                 continue  # a losing leg's late events: its session ends it by itself
             if isinstance(event, Terminated):
                 other = b if leg is a else a
-                log.info(
-                    "call %s: %s ended (%s)", a.call_id, "caller" if leg is a else "callee", event.reason
-                )
+                who = "the caller" if leg is a else "the callee"
+                if event.reason is TerminationReason.REMOTE_BYE:
+                    log.info("call %s: %s hung up", a.call_id, who)
+                else:
+                    log.info("call %s: %s's leg ended (%s)", a.call_id, who, event.reason.value)
                 if not other.terminated:
                     # Pending requests of the other leg (a re-INVITE or INFO relayed to the leg that
                     # ended) are answered 487 by its session as it ends (RFC 3261 §15.1.2).

@@ -326,7 +326,7 @@ def read_records(
     """
     path = Path(path)
     if not path.is_file():
-        raise CdrStoreError(f"no CDR file at {path} (has the server run with this state_dir?)")
+        raise CdrStoreError(f"no CDR file at {path} (the server writes it when the first call ends)")
     query = f"SELECT {_COLUMNS} FROM cdr"
     params: list[Any] = []
     if since is not None:

@@ -7,6 +7,16 @@ import json
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from routing.cdr import CallRecord
+    from routing.directory import Directory
+
+
+#: The directory file the commands read when no --config is given: the example office (``make run``).
+DEFAULT_CONFIG = "examples/office.toml"
+RUNNING_CONFIG_HELP = "the running server's directory file (default: %(default)s)"
 
 
 def _version() -> str:
@@ -83,27 +93,26 @@ def _serve(
     async def run() -> None:
         async with Server(config, listen=tuple(listen) if listen else None) as server:
             tune_gc()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is printed: Ctrl-C stops cleanly
+                loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, server.reload)
             directory = server.directory
             for transport, host, port in server.addresses:
                 shown = f"[{host}]" if ":" in host else host
-                print(f"durchwahl: listening on {transport} {shown}:{port}", flush=True)
+                print(f"durchwahl: listening on {transport} {shown}:{port}")
             example = Path(config).resolve() == (
                 Path(__file__).resolve().parent.parent / "examples/office.toml"
             )
             print(
-                f"durchwahl: register a phone with domain/realm {directory.server.domain!r}, server as above:"
+                f"durchwahl: register a phone with domain/realm {directory.server.domain}, server as above:"
             )
             for employee in directory.employees:
                 secret = employee.password if example and employee.password else "(see the config)"
-                print(
-                    f"  extension {employee.extension} {employee.name}: user {employee.sip_user!r}, "
-                    f"password {secret}"
-                )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            loop.add_signal_handler(signal.SIGHUP, server.reload)
+                who = f"extension {employee.extension} {employee.name}"
+                print(f"  {who}: user {employee.sip_user}, password {secret}")
+            sys.stdout.flush()
             await stop.wait()
             print("durchwahl: stopping", flush=True)
 
@@ -114,12 +123,18 @@ def _serve(
         print(exc, file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"durchwahl: {exc}", file=sys.stderr)
+        if exc.filename is not None and exc.strerror:  # the state directory, most likely
+            print(
+                f"durchwahl: cannot use {exc.filename}: {exc.strerror} (see [server] state_dir)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"durchwahl: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _control(config: str, message: dict[str, object]) -> dict[str, object] | None:
+def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> dict[str, object] | None:
     """Send one request to the server running for ``config``; None (and a message) when none runs."""
     import asyncio
     from pathlib import Path
@@ -135,7 +150,7 @@ def _control(config: str, message: dict[str, object]) -> dict[str, object] | Non
         return None
     path = socket_path(Path(directory.server.state_dir))
     try:
-        return asyncio.run(request(path, message))
+        return asyncio.run(request(path, message, timeout))
     except (OSError, TimeoutError) as exc:
         print(
             f"durchwahl: no server answers on {path} ({exc}); is `durchwahl serve` running?", file=sys.stderr
@@ -150,28 +165,132 @@ def _status(config: str) -> int:
     if not answer.get("ok"):
         print(f"durchwahl: {answer.get('error')}", file=sys.stderr)
         return 1
-    print("listening:", ", ".join(str(a) for a in answer.get("listening", [])))  # type: ignore[attr-defined]
-    registrations = answer.get("registrations", [])
-    print(f"registrations: {len(registrations)}")  # type: ignore[arg-type]
-    for r in registrations:  # type: ignore[attr-defined]
+    reply: dict[str, Any] = answer
+    print("listening:", ", ".join(str(a) for a in reply.get("listening", [])))
+    registrations = reply.get("registrations", [])
+    print(f"registrations: {len(registrations)}")
+    for r in registrations:
         state = "" if r["reachable"] else "  (not answering pings)"
         print(f"  {r['aor']}  {r['contact']}  via {r['via']}  expires in {r['expires_in']} s{state}")
-    print(f"active calls: {answer.get('active_calls')}")
-    for t in answer.get("trunks", []):  # type: ignore[attr-defined]
+    calls = reply.get("calls", [])
+    print(f"active calls: {len(calls)}")
+    if calls:
+        rows = [["caller", "dialled", "destination", "state", "for", "answered by", "call-id"]]
+        for c in calls:
+            caller = _party(c["caller"])
+            if c.get("source_trunk"):
+                caller += f" via {c['source_trunk']}"
+            state, seconds = c["state"], _duration(c["seconds"])
+            answered_by, where = c["answered_by"] or "-", c["destination"] or "-"
+            rows.append([caller, c["dialled"], where, state, seconds, answered_by, c["call_id"]])
+        for line in _table(rows):
+            print(f"  {line}")
+    blocked = reply.get("blocked", [])
+    print(f"blocked sources: {len(blocked) or 'none'}")
+    for b in blocked:
+        who = "every user" if b.get("user") is None else f"user {b['user']}"
+        print(f"  {b['source']}  {who}  for {_duration(b['seconds_left'])} more  ({b.get('reason', '')})")
+    for t in reply.get("trunks", []):
         error = f"  ({t['last_error']})" if t.get("last_error") else ""
         print(f"trunk {t['name']}: {t['state']}{error}")
     return 0
 
 
 def _originate(config: str, extension: str, number: str) -> int:
-    answer = _control(config, {"cmd": "originate", "extension": extension, "number": number})
+    message: dict[str, object] = {"cmd": "originate", "extension": extension, "number": number}
+    answer = _control(config, message, timeout=30.0)  # the server answers once the phones ring
     if answer is None:
         return 1
     if not answer.get("ok"):
-        print(f"durchwahl: {answer.get('error')}", file=sys.stderr)
+        status = f" ({answer['status']})" if "status" in answer else ""
+        print(
+            f"durchwahl: cannot call {number} for {extension}: {answer.get('error')}{status}", file=sys.stderr
+        )
         return 1
-    print(f"calling: {extension}'s phones ring first, then {number}")
+    print(f"calling: the phones of {extension} ring; once one answers, {number} is called")
     return 0
+
+
+def _unblock(config: str, source: str, user: str | None) -> int:
+    answer = _control(config, {"cmd": "unblock", "source": source, "user": user})
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"durchwahl: cannot unblock {source}: {answer.get('error')}", file=sys.stderr)
+        return 1
+    who = source if user is None else f"user {user} from {source}"
+    print(f"unblocked {who}" if answer.get("lifted") else f"nothing was blocked or counted for {who}")
+    return 0
+
+
+def _party(text: str) -> str:
+    """A caller's From URI as an admin reads it: the number when its user part is one, else the URI."""
+    from sipcore import SipParseError
+    from sipcore.uri import SipUri, TelUri, parse_uri
+
+    try:
+        uri = parse_uri(text)
+    except (SipParseError, ValueError):
+        return text
+    if isinstance(uri, TelUri):
+        return uri.number
+    if isinstance(uri, SipUri) and uri.user and uri.user.lstrip("+").isdigit():
+        return uri.user
+    return text
+
+
+def _table(rows: list[list[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows of cells as aligned text columns, each as wide as its widest cell (nothing is cut); the last
+    column is left ragged. ``right``: columns aligned right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return lines
+
+
+def _cdr_rows(records: list[CallRecord], directory: Directory) -> list[list[str]]:
+    """The ``durchwahl cdr`` table: employees by extension, outside parties by number (or URI)."""
+    import datetime
+
+    def answerer(record: CallRecord) -> str:
+        if record.answered_by is None:
+            return "-"
+        if record.destination_kind == "external" or record.answered_by.startswith("+"):
+            return record.answered_by
+        employee = directory.employee_by_sip_user(record.answered_by)
+        return employee.extension if employee is not None else record.answered_by
+
+    rows = [["started", "caller", "trunk", "dialled", "destination", "answered by", "talk", "result"]]
+    for r in records:
+        started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
+        caller = _party(r.caller)  # an extension stays as it is
+        where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
+        talk = _duration(r.ended_at - r.answered_at) if r.answered_at is not None else "-"
+        result = r.disposition.value
+        if r.status is not None and r.answered_at is None:
+            result += f" ({r.status})"
+        if r.digits:
+            result += f", digits {r.digits}"
+        if r.transferred_by:
+            result += f", transferred by {r.transferred_by}"
+        rows.append([started, caller, r.source_trunk or "-", r.dialled, where, answerer(r), talk, result])
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``2 min 3 s``, ``1 h 5 min``: a time span as people say it."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"
 
 
 def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
@@ -199,8 +318,20 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
                 file=sys.stderr,
             )
             return 2
+    state_dir = directory.server.state_dir
+    path = state_dir / "cdr.sqlite3"
+    if not path.is_file():
+        if (state_dir / "secret").is_file():  # written by every server start: the state_dir is in use
+            print(f"no calls recorded yet ({path} is written when the first call ends)")
+            return 0
+        print(
+            f"durchwahl: no CDR file at {path}: no server has run with state_dir {state_dir} "
+            f"(durchwahl serve --config {config})",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        records = read_records(directory.server.state_dir / "cdr.sqlite3", since=start, limit=limit)
+        records = read_records(path, since=start, limit=limit)
     except CdrStoreError as exc:
         print(f"durchwahl: {exc}", file=sys.stderr)
         return 1
@@ -210,21 +341,11 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
             row["disposition"] = r.disposition.value
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    print(
-        f"{'started':19}  {'caller':16}  {'dialled':16}  {'to':18}  {'answered by':14}  {'talk':>6}  result"
-    )
-    for r in records:
-        started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
-        where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
-        talk = f"{r.ended_at - r.answered_at:.0f}s" if r.answered_at is not None else "-"
-        result = r.disposition.value + (
-            f" ({r.status})" if r.status is not None and r.answered_at is None else ""
-        )
-        digits = f"  digits {r.digits}" if r.digits else ""
-        print(
-            f"{started:19}  {r.caller[:16]:16}  {r.dialled[:16]:16}  {where[:18]:18}  "
-            f"{(r.answered_by or '-')[:14]:14}  {talk:>6}  {result}{digits}"
-        )
+    if not records:
+        print("no calls recorded" + (f" since {since}" if since is not None else " yet"))
+        return 0
+    for line in _table(_cdr_rows(records, directory), right=frozenset({6})):
+        print(line)
     return 0
 
 
@@ -237,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parse = commands.add_parser("parse", help="parse SIP messages from files and report errors")
     parse.add_argument("files", nargs="+")
     serve = commands.add_parser("serve", help="run the server for an office directory file")
-    serve.add_argument("--config", default="examples/office.toml", help="the directory TOML file")
+    serve.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="the directory TOML file (default: %(default)s)"
+    )
     serve.add_argument("--listen", action="append", metavar="SPEC", help="override: udp:HOST:PORT, tcp:...")
     serve.add_argument("-v", "--verbose", action="store_true", help="log SIP messages (DEBUG)")
     serve.add_argument(
@@ -250,17 +373,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the event loop: uvloop (pip install 'durchwahl[speed]') costs less CPU per call",
     )
     status = commands.add_parser("status", help="registrations, active calls and trunks of a running server")
-    status.add_argument(
-        "--config", default="examples/office.toml", help="the running server's directory file"
-    )
+    status.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
     originate = commands.add_parser("originate", help="click-to-call: ring EXTENSION, then call NUMBER")
     originate.add_argument("extension")
     originate.add_argument("number")
-    originate.add_argument(
-        "--config", default="examples/office.toml", help="the running server's directory file"
+    originate.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    unblock = commands.add_parser(
+        "unblock", help="lift the block of a source after failed logins (status lists the blocks)"
     )
+    unblock.add_argument("source", help="the blocked address (an IPv6 source: any address of its /64)")
+    unblock.add_argument("--user", help="lift only this user's block from that source")
+    unblock.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
     cdr = commands.add_parser("cdr", help="the newest call records (CDRs) of the office, from state_dir")
-    cdr.add_argument("--config", default="examples/office.toml", help="the office's directory file")
+    cdr.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="the office's directory file (default: %(default)s)"
+    )
     cdr.add_argument("-n", "--limit", type=int, default=20, help="how many of the newest calls (default 20)")
     cdr.add_argument(
         "--since", metavar="DATE", help="only calls started at or after DATE (YYYY-MM-DD[THH:MM])"
@@ -295,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args.config)
     if args.command == "originate":
         return _originate(args.config, args.extension, args.number)
+    if args.command == "unblock":
+        return _unblock(args.config, args.source, args.user)
     if args.command == "cdr":
         return _cdr(args.config, args.limit, args.since, args.json)
     if args.command == "check-config":

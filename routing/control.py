@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["ControlChannel", "request", "socket_path"]
+__all__ = ["ControlChannel", "Refused", "request", "socket_path"]
 
 log = logging.getLogger(__name__)
 
@@ -58,26 +58,103 @@ async def _status(server: Server, _: dict[str, Any]) -> dict[str, Any]:
                 "expires_in": None if status.expires_at is None else round(status.expires_at - now),
             }
         )
+    calls = [
+        {
+            "call_id": c.call_id,
+            "caller": c.caller,
+            "source_trunk": c.source_trunk,
+            "dialled": c.dialled,
+            "destination": None if c.destination_kind is None else f"{c.destination_kind} {c.destination_id}",
+            "state": c.phase.value,
+            "started_at": c.started_at,
+            "answered_at": c.answered_at,
+            "answered_by": _extension_of(server, c.answered_by),
+            "seconds": round(now - (c.started_at if c.answered_at is None else c.answered_at)),
+        }
+        for c in server.b2bua.calls()
+    ]
+    blocked = [
+        {"source": b.source, "user": b.user, "reason": b.reason, "seconds_left": round(b.until - now)}
+        for b in server.registrar.guard.blocks(now)
+    ]
     return {
         "listening": [f"{t.lower()}:{h}:{p}" for t, h, p in server.addresses],
         "registrations": registrations,
-        "active_calls": len(server.b2bua.active),
+        "active_calls": len(calls),
+        "calls": calls,
+        "blocked": blocked,
         "trunks": trunks,
     }
 
 
+def _extension_of(server: Server, answered_by: str | None) -> str | None:
+    """Who answered as the admin knows them: an employee's extension (records keep the SIP user), else as
+    recorded (the number called out)."""
+    if answered_by is None:
+        return None
+    employee = server.directory.employee_by_sip_user(answered_by)
+    return employee.extension if employee is not None else answered_by
+
+
+async def _unblock(server: Server, message: dict[str, Any]) -> dict[str, Any]:
+    """Lift the brute-force guard's blocks of a source (all, or one user's) and forget its failures."""
+    source, user = message.get("source"), message.get("user")
+    if not isinstance(source, str) or not (user is None or isinstance(user, str)):
+        raise Refused(400, 'unblock needs "source" (an address) and optionally "user" (strings)')
+    lifted = server.registrar.guard.unblock(source, user)
+    if lifted:
+        log.warning("unblocked by an administrator: source=%s user=%s", source, user or "*")
+    return {"lifted": lifted, "source": source, "user": user}
+
+
+class Refused(Exception):
+    """A command that cannot be done as asked: answered ``{"ok": false, "error": ..., "status": ...}``."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+
+
+#: How long ``originate`` waits, beyond the B2BUA's routing timeout, for the employee's phones to ring.
+ORIGINATE_START_SECONDS = 5.0
+
+
 async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
-    """Click-to-call: ring the employee's phones, then call the number; answers once it is under way."""
+    """Click-to-call: ring the employee's phones, then call the number. Answers once the phones ring, or
+    with the reason the call cannot start (no such employee, not a number, nobody registered …)."""
     extension, number = message.get("extension"), message.get("number")
     if not isinstance(extension, str) or not isinstance(number, str):
-        raise ValueError('originate needs "extension" and "number" (strings)')
-    if server.directory.employee(extension) is None:
-        raise ValueError(f"no employee with extension {extension}")
-    server.spawn_call(server.b2bua.originate(extension, number), f"originate {extension} -> {number}")
+        raise Refused(400, 'originate needs "extension" and "number" (strings)')
+    start: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
+
+    def report(status: int, reason: str) -> None:
+        if not start.done():
+            start.set_result((status, reason))
+
+    def ended(task: asyncio.Task[Any]) -> None:  # before anything rang: the server is stopping, or a bug
+        if task.cancelled():
+            report(503, "the server is stopping")
+        elif task.exception() is not None:
+            report(500, f"the click-to-call failed: {task.exception()}")
+        else:
+            report(500, "the click-to-call ended before anything rang")
+
+    b2bua = server.b2bua
+    task = server.spawn_call(
+        b2bua.originate(extension, number, on_status=report), f"originate {extension} -> {number}"
+    )
+    task.add_done_callback(ended)
+    try:
+        async with asyncio.timeout(b2bua.resolve_timeout + ORIGINATE_START_SECONDS):
+            status, reason = await start
+    except TimeoutError:
+        raise Refused(504, f"the phones of {extension} did not start ringing in time") from None
+    if status >= 300:
+        raise Refused(status, reason)
     return {"started": True, "extension": extension, "number": number}
 
 
-COMMANDS: dict[str, Command] = {"status": _status, "originate": _originate}
+COMMANDS: dict[str, Command] = {"status": _status, "originate": _originate, "unblock": _unblock}
 
 
 class ControlChannel:
@@ -126,9 +203,11 @@ class ControlChannel:
             return {"ok": False, "error": f"unknown command {message.get('cmd')!r}; known: {known}"}
         try:
             return {"ok": True, **await command(self._server, message)}
+        except Refused as exc:
+            return {"ok": False, "error": str(exc), "status": exc.status}
         except Exception as exc:  # a failing command must not take the channel down
             log.exception("control command %s failed", message.get("cmd"))
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
 
 
 async def request(path: Path, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:

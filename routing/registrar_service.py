@@ -63,6 +63,7 @@ from sipcore.transport import Flow, TransportError, TransportName
 from sipcore.uri import SipUri
 
 from .authenticator import Authenticator, Unverified
+from .challenge_watch import ChallengeWatch, Unanswered
 from .directory import Directory
 from .location import LocationStore, LocationStoreError
 from .security import FailureGuard
@@ -82,6 +83,14 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _via(flow: BindingFlow | None) -> str:
+    """How a binding's phone is reached, for a log line: ``UDP 192.0.2.7:5062`` (or "an unknown flow")."""
+    if flow is None:
+        return "an unknown flow"
+    host, port = flow.remote
+    return f"{flow.transport} [{host}]:{port}" if ":" in host else f"{flow.transport} {host}:{port}"
 
 
 @attrs.frozen
@@ -130,6 +139,7 @@ class RegistrarService:
         random_bytes: Callable[[int], bytes] | None = None,
         guard: FailureGuard | None = None,
         authenticator: Authenticator | None = None,
+        watch: ChallengeWatch | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -143,6 +153,10 @@ class RegistrarService:
             nonce_lifetime=nonce_lifetime,
             random_bytes=random_bytes,
         )
+        if watch is not None:
+            self.authenticator.watch = watch
+        self._watch_wake = asyncio.Event()
+        self.authenticator.on_challenge = self._watch_wake.set
         self._aliases = frozenset(a.lower() for a in aliases)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         #: (aor, contact) of bindings that did not answer the last OPTIONS ping; cleared by a REGISTER.
@@ -163,6 +177,11 @@ class RegistrarService:
     @property
     def digest(self) -> DigestServer:
         return self.authenticator.digest
+
+    @property
+    def watch(self) -> ChallengeWatch:
+        """Challenges not answered yet: a phone that gives up after one is logged (:meth:`run_watch`)."""
+        return self.authenticator.watch
 
     def update_directory(self, directory: Directory) -> None:
         """Use a reloaded directory; bindings stay (see ``Authenticator.update_directory``)."""
@@ -234,12 +253,13 @@ class RegistrarService:
             incoming.respond(500, "Server Internal Error (location store failed)")
             return None
         for binding in outcome.added:
-            log.info("registered %s -> %s via %s", aor, binding.contact, binding.flow)
+            agent = f" ({binding.user_agent})" if binding.user_agent else ""
+            log.info("registered %s at %s via %s%s", aor, binding.contact, _via(binding.flow), agent)
             self._emit(Registered(aor, binding.contact, binding.flow, binding.user_agent))
         for binding in (*outcome.added, *outcome.refreshed, *outcome.removed):
             self.unreachable.discard((aor, binding.contact))
         for binding in outcome.removed:
-            log.info("unregistered %s -> %s", aor, binding.contact)
+            log.info("unregistered %s at %s", aor, binding.contact)
             self._emit(Unregistered(aor, binding.contact, "removed"))
         for binding in outcome.expired:
             self._emit(Unregistered(aor, binding.contact, "expired"))
@@ -272,6 +292,54 @@ class RegistrarService:
         if host == self.directory.server.domain.lower() or host in self._aliases:
             return True
         return _is_ip_literal(host)
+
+    # ------------------------------------------------------------------------------ given-up challenges
+
+    def report_unanswered(self, now: float | None = None) -> list[Unanswered]:
+        """Log the challenges nobody answered in time (one INFO line per source and client) and return
+        them: the phone gave up, and says only "registration failed" on its own screen."""
+        found = self.watch.due(self._clock() if now is None else now)
+        groups: dict[tuple[str, str | None, tuple[str, ...]], list[Unanswered]] = {}
+        for challenge in found:
+            groups.setdefault((challenge.source, challenge.user_agent, challenge.algorithms), []).append(
+                challenge
+            )
+        realm = self.digest.realm
+        for (_, agent, algorithms), challenges in groups.items():
+            users = ", ".join(c.user or "(no user)" for c in challenges[:5])
+            if len(challenges) > 5:
+                users += f" and {len(challenges) - 5} more"
+            if any(a.startswith("SHA-256") for a in algorithms):
+                hint = (
+                    "A phone that cannot answer SHA-256 (baresip 1.0) needs "
+                    '[server] auth_algorithms = ["MD5"]; otherwise check its'
+                )
+            else:
+                hint = "Check the phone's"
+            log.info(
+                "REGISTER for %s from %s (%s): challenged with %s, no answer within %.0f s: "
+                "the phone gave up. %s user name and password for realm %s",
+                users,
+                challenges[0].flow,
+                agent or "no User-Agent",
+                ", ".join(algorithms),
+                self.watch.answer_within,
+                hint,
+                realm,
+            )
+        return found
+
+    async def run_watch(self) -> None:
+        """Report given-up challenges as they fall due, until cancelled (a task of the server's)."""
+        while True:
+            due = self.watch.next_due()
+            if due is None:
+                self._watch_wake.clear()
+                await self._watch_wake.wait()
+                continue
+            # A second past the first due: the ones falling due meanwhile (a scanner's burst) share a line.
+            await asyncio.sleep(max(0.0, due - self._clock()) + 1.0)
+            self.report_unanswered()
 
     # ------------------------------------------------------------------------------------------ lookup
 
@@ -328,7 +396,11 @@ class RegistrarService:
             if answered:
                 self.unreachable.discard(key)
             elif key not in self.unreachable:
-                log.info("registered contact unreachable: %s -> %s via %s", *key, binding.flow)
+                log.info(
+                    "registered contact unreachable (no answer to OPTIONS): %s at %s via %s",
+                    *key,
+                    _via(binding.flow),
+                )
                 self.unreachable.add(key)
         return len(self.unreachable)
 
@@ -345,7 +417,7 @@ class RegistrarService:
         """Purge expired bindings now; returns how many went."""
         gone = await self.store.expire(self._clock())
         for binding in gone:
-            log.info("registration expired: %s -> %s", binding.aor, binding.contact)
+            log.info("registration expired: %s at %s", binding.aor, binding.contact)
             self._emit(Unregistered(binding.aor, binding.contact, "expired"))
         return len(gone)
 

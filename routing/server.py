@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import importlib
 import logging
@@ -21,7 +22,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from pyee.asyncio import AsyncIOEventEmitter
 
@@ -42,7 +43,7 @@ from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
 
-__all__ = ["EVENT_LOOPS", "Server", "event_loop_factory", "load_secret", "tune_gc"]
+__all__ = ["EVENT_LOOPS", "ListenError", "Server", "event_loop_factory", "load_secret", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,28 @@ def load_secret(state_dir: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return data
+
+
+class ListenError(OSError):
+    """A listen address cannot be bound: the message names it, the reason and what to do (an ``OSError``
+    with the original ``errno``, so code catching ``OSError`` still does)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_LISTEN_HINTS: Final = {
+    errno.EADDRINUSE: "another durchwahl or SIP server listens there; stop it, or change [server] listen "
+    "(or durchwahl serve --listen)",
+    errno.EADDRNOTAVAIL: "not an address of this host; change [server] listen",
+    errno.EACCES: "ports below 1024 need privileges; use a higher port",
+}
+
+
+def _listen_error(spec: str, exc: OSError) -> ListenError:
+    reason = exc.strerror or str(exc)
+    hint = _LISTEN_HINTS.get(exc.errno or 0)
+    return ListenError(exc.errno, f"cannot listen on {spec}: {reason}" + (f" ({hint})" if hint else ""))
 
 
 class _Announcing:
@@ -193,13 +216,13 @@ class Server:
 
     async def start(self) -> None:
         specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
-        try:
-            for spec in specs:
+        for spec in specs:
+            try:
                 host, port = await self.endpoint.listen(spec)
-                self.addresses.append((spec.split(":", 1)[0].upper(), host, port))
-        except OSError:
-            await self.endpoint.close()
-            raise
+            except OSError as exc:
+                await self.endpoint.close()
+                raise _listen_error(spec, exc) from exc
+            self.addresses.append((spec.split(":", 1)[0].upper(), host, port))
         if self.control is not None:
             try:
                 await self.control.start()
@@ -211,6 +234,7 @@ class Server:
                 )
                 self.control = None
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
+        self._spawn(self.registrar.run_watch(), "unanswered challenges")
         self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
         self._spawn(self._prune_cdrs(CDR_PRUNE_SECONDS), "CDR retention")
         for trunk in self.directory.trunks:
@@ -231,15 +255,16 @@ class Server:
                 log.error("CDR retention: %s", exc)
             await asyncio.sleep(every)
 
-    def spawn_call(self, coro: Awaitable[Any], name: str) -> None:
+    def spawn_call(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         """Run a call the server places itself (click-to-call) as one of its supervised tasks."""
-        self._spawn(coro, name)
+        return self._spawn(coro, name)
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -292,7 +292,11 @@ class Endpoint:
         if isinstance(spec, str):
             spec = parse_listen_spec(spec)
         local = await self._transports.listen(spec)
-        log.info("listening on %s %s", spec.transport, local)
+        log.info(
+            "listening on %s %s",
+            spec.transport,
+            f"[{local[0]}]:{local[1]}" if ":" in local[0] else f"{local[0]}:{local[1]}",
+        )
         return local
 
     async def close(self) -> None:

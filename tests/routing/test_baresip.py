@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from sipp import free_port
-from test_server import copy_office
+from test_server import EXAMPLES, copy_office
 
 from routing.server import Server
 
@@ -77,14 +78,14 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
 
 
 def office_for_baresip(tmp_path: Path, *, anchored: bool = True) -> Path:
-    """The test office, its digest challenges MD5 only: baresip 1.0 (libre) gives up with ENOSYS when any
-    challenge in the 401 is SHA-256. Skips (or fails in CI) first when baresip is missing."""
+    """The example office as shipped (it offers MD5 alone: baresip 1.0, libre, gives up with ENOSYS when
+    any challenge in a 401 is SHA-256), media not anchored if asked. Skips (or fails in CI) first when
+    baresip is missing."""
     require_baresip()
     config = copy_office(tmp_path)
-    text = config.read_text(encoding="utf-8")
     if not anchored:
-        text = text.replace("anchor_media = true", "anchor_media = false")
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+        text = config.read_text(encoding="utf-8")
+        config.write_text(text.replace("anchor_media = true", "anchor_media = false"))
     return config
 
 
@@ -158,6 +159,59 @@ async def _wait_for(predicate: object, seconds: float) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+@pytest.mark.interop
+async def test_baresip_registers_with_the_example_office_as_shipped(tmp_path: Path) -> None:
+    """``make run`` and baresip, as the README's tour sets it up: examples/office.toml unedited (only copied,
+    so its state stays out of the checkout, and listening on a free port instead of 5060), the account
+    lines from the README (outbound proxy included)."""
+    require_baresip()
+    config = copy_office(tmp_path)
+    assert config.read_bytes() == (EXAMPLES / "office.toml").read_bytes()
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    lines = re.findall(
+        r"^#   (<sip:\S+@office\.example>;auth_pass=\S+;outbound=\"sip:127\.0\.0\.1:5060\")$", readme, re.M
+    )
+    assert len(lines) == 2, "the README's tour shows no baresip account lines"
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        port = server.addresses[0][2]
+        accounts = {f"phone{n}": line.replace(":5060", f":{port}") for n, line in enumerate(lines)}
+        async with baresips(tmp_path, accounts, seconds=20) as phones:
+            await phones.registered(server, "101", "bernd")
+            outputs = await phones.stop()
+    for out in outputs:
+        assert "Function not implemented" not in out, out[-2000:]
+
+
+@pytest.mark.interop
+async def test_a_baresip_giving_up_on_a_sha256_challenge_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Offered SHA-256 (and MD5), baresip 1.0 says "Function not implemented" and sends nothing more: the
+    server says so in its log, naming the phone, and what to change."""
+    import logging
+
+    require_baresip()
+    caplog.set_level(logging.INFO, logger="routing.registrar_service")
+    config = copy_office(tmp_path, ("SHA-256", "MD5"))
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        server.registrar.watch.answer_within = 1.0
+        outbound = f'outbound="sip:127.0.0.1:{server.addresses[0][2]}"'
+        account = f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound}"
+
+        def gave_up() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "the phone gave up" in r.getMessage()]
+
+        async with baresips(tmp_path, {"anna": account}, seconds=20) as phones:
+            assert await _wait_for(gave_up, 8.0), caplog.text
+            assert await server.registrar.contacts("101") == []
+            (out,) = await phones.stop()
+    assert "Register: Function not implemented" in out, out[-2000:]  # what the phone shows (INTEROP.md)
+    (line,) = gave_up()
+    assert line.startswith("REGISTER for 101 from UDP 127.0.0.1:"), line
+    assert "(baresip v1.0.0" in line and "challenged with SHA-256, MD5" in line, line
+    assert '[server] auth_algorithms = ["MD5"]' in line, line
 
 
 @pytest.mark.interop

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_server import copy_office
 
 from routing.cli import main
 
@@ -60,13 +64,93 @@ async def test_cdr_prints_the_newest_calls(tmp_path: Path, capsys: pytest.Captur
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].startswith("started")
     assert "busy (486)" in lines[1] and "employee 101" in lines[1]
-    assert "90s" in lines[2] and "answered" in lines[2] and "employee 102" in lines[2]
+    assert "1 min 30 s" in lines[2] and "answered" in lines[2] and "employee 102" in lines[2]
 
     assert main(["cdr", "--config", str(office), "--json", "-n", "1"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["call_id"] == "c2" and row["disposition"] == "answered" and row["ended_at"] == base + 7295
 
     assert main(["cdr", "--config", str(office), "--since", "tomorrow"]) == 2
+
+
+async def test_cdr_shows_whole_numbers_and_uris_in_their_own_columns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Numbers of 15 digits, SIP URIs and the trunk are shown whole; who answered is an extension (the
+    record keeps the SIP user), an outside caller is its number."""
+    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+
+    config = copy_office(tmp_path)
+    store = SqliteCdrStore(tmp_path / "var" / "cdr.sqlite3")
+    base = 1_780_000_000.0
+    rows = [
+        CallRecord(  # a provider's call to the office's number, the caller dialled 102 during the greeting
+            call_id="in",
+            caller="sip:+493012345678901@sip.provider.example",
+            source_trunk="provider",
+            dialled="+49301234567",
+            started_at=base,
+            answered_at=base + 9,
+            ended_at=base + 9 + 123,
+            disposition=Disposition.ANSWERED,
+            destination_kind="employee",
+            destination_id="102",
+            answered_by="bernd",
+            digits="102",
+        ),
+        CallRecord(  # Anna calls a long international number out
+            call_id="out",
+            caller="101",
+            dialled="+861012345678901;105",
+            started_at=base + 60,
+            ended_at=base + 90,
+            disposition=Disposition.NO_ANSWER,
+            destination_kind="external",
+            destination_id="+861012345678901",
+            status=480,
+        ),
+        CallRecord(  # a caller without a number
+            call_id="anon",
+            caller="sip:anonymous@anonymous.invalid",
+            source_trunk="provider",
+            dialled="+49301234567",
+            started_at=base + 120,
+            ended_at=base + 121,
+            disposition=Disposition.CANCELLED,
+            destination_kind="number",
+            destination_id="+49301234567",
+        ),
+    ]
+    for row in rows:
+        store.write(row)
+    await store.records()
+    await store.close()
+
+    assert main(["cdr", "--config", str(config)]) == 0
+    header, incoming, outgoing, anonymous = capsys.readouterr().out.splitlines()
+    assert header.split() == [
+        "started", "caller", "trunk", "dialled", "destination", "answered", "by", "talk", "result"
+    ]  # fmt: skip
+    assert incoming.split()[2:8] == ["+493012345678901", "provider", "+49301234567", "employee", "102", "102"]
+    assert incoming.endswith("2 min 3 s  answered, digits 102")
+    assert outgoing.split()[2:7] == ["101", "-", "+861012345678901;105", "external", "+861012345678901"]
+    assert outgoing.endswith("no-answer (480)")
+    assert "sip:anonymous@anonymous.invalid  provider" in anonymous
+    # Columns line up: each starts at the same offset in every row.
+    assert incoming.index("provider") == anonymous.index("provider") == header.index("trunk")
+    assert outgoing.index("+861012345678901;105") == header.index("dialled")
+    assert incoming.index("2 min 3 s") + len("2 min 3 s") == header.index("talk") + len("talk")
+
+
+def test_cdr_before_the_first_call_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server has started with the state_dir (its nonce secret is there) but no call has ended yet."""
+    from routing.server import load_secret
+
+    config = copy_office(tmp_path)
+    load_secret(tmp_path / "var")  # what every server start does
+    assert main(["cdr", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("no calls recorded yet") and captured.err == ""
 
 
 def test_parse_reports_valid_and_invalid_messages(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,3 +199,229 @@ def test_json_log_lines_are_json_objects() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "INFO" and entry["logger"] == "sipcore.endpoint"
     assert entry["message"] == "listening on UDP"
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``durchwahl serve`` installs its own log handler on the root logger: put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_names_the_address_already_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = copy_office(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        spec = f"udp:127.0.0.1:{taken.getsockname()[1]}"
+        assert main(["serve", "--config", str(config), "--listen", spec]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on {spec}: Address already in use" in err, err
+    assert "[server] listen" in err and "Errno" not in err, err
+
+
+def test_dtmf_says_so_when_a_recording_has_no_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import wave
+
+    path = tmp_path / "silence.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(bytes(2 * 8000))  # one second of silence
+    assert main(["dtmf", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no DTMF digits in {path} (1.0 s of audio)" in captured.err
+
+
+@pytest.mark.parametrize("command", ["serve", "status", "originate", "cdr"])
+def test_help_shows_the_default_config(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "(default: examples/office.toml)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder near the root of /tmp: a Unix socket path (the control socket) must stay under ~107 bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dw-") as folder:
+        yield Path(folder)
+
+
+async def test_status_lists_active_calls_and_blocked_sources(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One call connected (bernd -> 101, answered), one ringing (bernd -> 103, never answered), one source
+    blocked after failed logins: ``durchwahl status`` shows each with its parties, state and age."""
+    import asyncio
+    import re
+    import time
+
+    from phones import Phone, Script
+    from test_flows import answered
+
+    from routing.server import Server
+
+    config = copy_office(short_dir)
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        port = server.addresses[0][2]
+        anna = await Phone("101", "anna-101-secret", port, script=Script("answer")).start()
+        carla = await Phone("103", "carla-103-secret", port, script=Script("ignore")).start()
+        bernd = await Phone("bernd", "bernd-102-secret", port).start()
+        try:
+            talking = bernd.dial("101")
+            await answered(talking)
+            ringing = bernd.dial("103")
+            await carla.next_call()
+            guard = server.registrar.guard
+            while guard.status("203.0.113.5", time.time(), "101").blocked_until is None:
+                guard.failed("203.0.113.5", time.time(), "101")
+            calls = {c.call_id: c for c in server.b2bua.calls()}
+            assert [c.phase.value for c in calls.values()] == ["connected", "ringing"]
+            assert calls[talking.call_id].answered_by == "101"
+            assert (calls[ringing.call_id].destination_kind, calls[ringing.call_id].destination_id) == (
+                "employee",
+                "103",
+            )
+            assert await asyncio.to_thread(main, ["status", "--config", str(config)]) == 0
+            assert await asyncio.to_thread(main, ["unblock", "203.0.113.5", "--config", str(config)]) == 0
+            assert guard.admits("203.0.113.5", time.time())
+            assert guard.blocks(time.time()) == ()
+            talking.bye()
+            ringing.cancel()
+        finally:
+            for phone in (anna, bernd, carla):
+                await phone.close()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "active calls: 2" in lines, out
+    header = lines.index("active calls: 2") + 1
+    assert lines[header].split() == [
+        "caller",
+        "dialled",
+        "destination",
+        "state",
+        "for",
+        "answered",
+        "by",
+        "call-id",
+    ]
+    assert re.fullmatch(
+        rf"  102 +101 +employee 101 +connected +\d+ s +101 +{re.escape(talking.call_id)}", lines[header + 1]
+    ), out
+    assert re.fullmatch(
+        rf"  102 +103 +employee 103 +ringing +\d+ s +- +{re.escape(ringing.call_id)}", lines[header + 2]
+    ), out
+    assert "blocked sources: 1" in lines, out
+    assert re.search(
+        r"^  203\.0\.113\.5  user 101  for \d+ min \d+ s more  \(\d+ failures\)$", out, re.MULTILINE
+    ), out
+    assert "unblocked 203.0.113.5" in lines, out
+
+
+def test_durations_read_as_people_say_them() -> None:
+    from routing.cli import _duration
+
+    assert [_duration(s) for s in (0, 42.4, 123, 3600, 3725)] == [
+        "0 s",
+        "42 s",
+        "2 min 3 s",
+        "1 h 0 min",
+        "1 h 2 min",
+    ]
+
+
+async def test_originate_says_why_a_call_cannot_start_and_exits_non_zero(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid number, an unknown extension and an extension without a registered phone are errors
+    (exit 1, the reason on standard error); a good click-to-call answers once the employee's phone rings."""
+    import asyncio
+
+    from phones import Phone, Script
+
+    from routing.server import Server
+
+    config = copy_office(short_dir)
+
+    async def originate(extension: str, number: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, ["originate", extension, number, "--config", str(config)])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
+        anna = await Phone("101", "anna-101-secret", server.addresses[0][2], script=Script("ignore")).start()
+        try:
+            code, out, err = await originate("101", "+49 89 abc")
+            assert (code, out) == (1, "")
+            assert err.startswith(
+                "durchwahl: cannot call +49 89 abc for 101: '+49 89 abc' is not a phone number"
+            )
+            assert err.rstrip().endswith("(484)"), err
+            assert await originate("999", "+49891234567") == (
+                1,
+                "",
+                "durchwahl: cannot call +49891234567 for 999: no employee has extension 999 (404)\n",
+            )
+            assert await originate("102", "+49891234567") == (
+                1,
+                "",
+                "durchwahl: cannot call +49891234567 for 102: no phone of 102 is registered (480)\n",
+            )
+            assert anna.calls.empty()
+            code, out, err = await originate("101", "+49891234567")
+            assert (code, err) == (0, "")
+            assert out == "calling: the phones of 101 ring; once one answers, +49891234567 is called\n"
+            await anna.next_call()  # the employee's phone rings
+        finally:
+            await anna.close()
+
+
+def test_serve_prints_addresses_and_phone_settings_as_plain_text(tmp_path: Path) -> None:
+    """``durchwahl serve`` as a process: what it prints on start, its log lines, a clean stop on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    config = copy_office(tmp_path)
+    command = [sys.executable, "-m", "routing.cli", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--listen", "udp:127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()  # flushed as soon as the server listens
+        assert first.startswith("durchwahl: listening on UDP 127.0.0.1:"), first
+        process.send_signal(signal.SIGINT)
+        out, err = first + process.stdout.read(), process.stderr.read()
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert "durchwahl: register a phone with domain/realm office.example, server as above:" in out, out
+    assert "  extension 102 Bernd Meier: user bernd, password (see the config)" in out, out
+    assert "'" not in out, out
+    assert "INFO sipcore.endpoint: listening on UDP 127.0.0.1:" in err, err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_serve_names_a_state_dir_it_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = copy_office(tmp_path)
+    (tmp_path / "var").write_text("a file where the state directory should be")
+    assert main(["serve", "--config", str(config), "--listen", "udp:127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"durchwahl: cannot use {tmp_path / 'var'}"), err
+    assert "(see [server] state_dir)" in err and "Errno" not in err, err

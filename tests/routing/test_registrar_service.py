@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,3 +432,27 @@ async def test_sipp_authenticated_register(tmp_path: Path) -> None:
         (binding,) = await service.contacts(user)
         assert binding.uri.host == "192.168.77.10"  # what the Contact claimed …
         assert binding.flow is not None and binding.flow.remote[0] == "127.0.0.1"  # … and how to reach it
+
+
+async def test_the_registrar_logs_a_phone_that_gave_up(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """101 is challenged and never answers; 102 answers: only 101 is logged, with its source, client and
+    the algorithms it was offered."""
+    caplog.set_level(logging.INFO, logger="routing.registrar_service")
+    first = await send_register(rig, "101")
+    assert first.status == 401
+    assert (await register(rig, "102", "secret-02")).status == 200
+    assert rig.service.report_unanswered(T0 + 5) == []
+    (gave_up,) = rig.service.report_unanswered(T0 + 10)
+    assert gave_up.user == "101"
+    (line,) = [r.getMessage() for r in caplog.records if "gave up" in r.getMessage()]
+    assert line.startswith("REGISTER for 101 from UDP 127.0.0.1:"), line
+    assert "(durchwahl/0.1): challenged with SHA-256, MD5, no answer within 10 s: the phone gave up" in line
+    assert '[server] auth_algorithms = ["MD5"]' in line and "realm office.example" in line
+    assert rig.service.report_unanswered(T0 + 20) == []  # once
+
+
+async def test_a_phone_removing_its_binding_is_not_watched(rig: Rig) -> None:
+    """A phone shutting down (Expires: 0) may quit without answering the challenge: nothing to report."""
+    response = await send_register(rig, "101", contact="<sip:101@127.0.0.1:5062>;expires=0")
+    assert response.status == 401
+    assert rig.service.watch.waiting == 0

@@ -301,7 +301,7 @@ async def test_resolve_without_hook_is_the_builtin() -> None:
 
 # ------------------------------------------------------------------------------------------------ purity
 
-PURE = ("dialstring", "resolver", "ringgroup", "collector")
+PURE = ("dialstring", "resolver", "ringgroup", "collector", "challenge_watch")
 FORBIDDEN = {"asyncio", "socket", "time", "random", "pyee", "selectors", "threading", "aiortc", "av", "numpy"}
 
 

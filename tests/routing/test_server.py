@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,10 +14,15 @@ from sipcore.auth import answer_challenge
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def copy_office(tmp_path: Path) -> Path:
-    """The example office in a temporary folder (its state_dir "var" lands there too)."""
+def copy_office(tmp_path: Path, auth_algorithms: tuple[str, ...] | None = None) -> Path:
+    """The example office in a temporary folder (its state_dir "var" lands there too), unchanged unless
+    ``auth_algorithms`` replaces the digest algorithms it offers."""
     shutil.copy(EXAMPLES / "greeting.wav", tmp_path / "greeting.wav")
     text = (EXAMPLES / "office.toml").read_text(encoding="utf-8")
+    if auth_algorithms is not None:
+        line = f"auth_algorithms = {json.dumps(list(auth_algorithms))}"
+        text, count = re.subn(r"(?m)^auth_algorithms\s*=.*$", line, text)
+        assert count == 1, "examples/office.toml has no auth_algorithms line to replace"
     path = tmp_path / "office.toml"
     path.write_text(text, encoding="utf-8")
     return path

@@ -21,10 +21,8 @@ CAPTURES = Path("/usr/share/sip-tester")
 async def test_sipp_trunk_dials_an_extension_during_the_greeting(tmp_path: Path, run: int) -> None:
     require_sipp()
     assert (CAPTURES / "dtmf_2833_1.pcap").exists(), "sip-tester's DTMF captures are missing"
-    config = copy_office(tmp_path)
+    config = copy_office(tmp_path, ("MD5",))  # SIPp answers MD5 only, and only the first challenge
     text = config.read_text(encoding="utf-8")
-    # SIPp answers only MD5 and only the first challenge (INTEROP.md).
-    text = text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]')
     # Without (valid) digits the call would go to 103, who is not registered: only the digits reach 102.
     assert 'default = "200"' in text
     config.write_text(text.replace('default = "200"', 'default = "103"', 1))

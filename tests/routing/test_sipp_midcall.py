@@ -26,11 +26,9 @@ CALLS = 20
 @pytest.mark.interop
 async def test_sipp_hold_and_resume_are_relayed_through_the_b2bua(tmp_path: Path) -> None:
     require_sipp()
-    config = copy_office(tmp_path)
+    config = copy_office(tmp_path, ("MD5",))  # SIPp answers MD5 only, and only the first challenge
     text = config.read_text(encoding="utf-8")
-    # SIPp answers only MD5 and only the first challenge (INTEROP.md).
-    text = text.replace("anchor_media = true", "anchor_media = false")  # re-INVITEs relayed as they came
-    config.write_text(text.replace('auth_algorithms = ["SHA-256", "MD5"]', 'auth_algorithms = ["MD5"]'))
+    config.write_text(text.replace("anchor_media = true", "anchor_media = false"))  # re-INVITEs relayed as is
     server = Server(config, listen=("udp:127.0.0.1:0",))
     trace = SipTrace(server.endpoint)
     async with server:
