@@ -86,8 +86,9 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 
 
 def load_secret(state_dir: Path) -> bytes:
-    """The nonce key, kept in ``state_dir/secret`` (made 0600 on first start) so nonces survive restarts."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """The nonce key, kept in ``state_dir/secret`` (made 0600 on first start) so nonces survive restarts; a
+    ``state_dir`` made here is the server user's alone (0700)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / "secret"
     try:
         data = path.read_bytes()

@@ -256,3 +256,31 @@ async def test_old_call_records_are_pruned_at_start(tmp_path: Path) -> None:
         async with asyncio.timeout(3):
             while [r.call_id for r in await server.cdr.records()] != ["recent"]:
                 await asyncio.sleep(0.02)
+
+
+async def test_the_state_directory_is_the_server_users_alone(tmp_path: Path) -> None:
+    """A state_dir the server creates is 0700 and every file in it is owner-only (registrations, call
+    records, the nonce key), with the usual umask of 022."""
+    import asyncio
+    import os
+    import stat
+
+    from routing.cdr import CallRecord, Disposition
+
+    config = copy_office(tmp_path)
+    old = os.umask(0o022)
+    try:
+        async with Server(config, listen=("udp:127.0.0.1:0",)) as server, Endpoint() as phone:
+            await phone.listen("udp:127.0.0.1:0")
+            assert (await register(phone, server.addresses[0][2], "101", "anna-101-secret")).status == 200
+            server.cdr.write(CallRecord("c", "101", "102", 1.0, 2.0, Disposition.ANSWERED))
+            async with asyncio.timeout(3):
+                while not await server.cdr.records():
+                    await asyncio.sleep(0.02)
+    finally:
+        os.umask(old)
+    state = tmp_path / "var"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir() if p.is_file()}
+    assert {"secret", "location.sqlite3", "cdr.sqlite3"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o600)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
