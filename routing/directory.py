@@ -206,6 +206,9 @@ class Directory:
     numbers: tuple[Number, ...] = ()
     crm: tuple[CrmContact, ...] = ()
     source: Path | None = None
+    #: What :func:`load_directory` found legal but probably not meant (a trunk network that takes in the
+    #: whole Internet …); the server logs them at start and on reload, ``check-config`` prints them.
+    warnings: tuple[ConfigProblem, ...] = ()
 
     @functools.cached_property
     def _by_extension(self) -> dict[str, Employee]:
@@ -389,6 +392,8 @@ class _Checker:
         self.file = file
         self.locator = locator
         self.problems: list[ConfigProblem] = []
+        #: Things that work but are probably not meant (``check-config`` prints them, the server logs them).
+        self.warnings: list[ConfigProblem] = []
 
     @staticmethod
     def field_name(table: str, index: int | None, key: str | None) -> str:
@@ -400,10 +405,14 @@ class _Checker:
         return self.locator.table(table, i) if key is None else self.locator.key(table, i, key)
 
     def report(self, table: str, index: int | None, key: str | None, message: str) -> None:
-        self.problems.append(
-            ConfigProblem(
-                self.file, self.line(table, index, key), self.field_name(table, index, key), message
-            )
+        self.problems.append(self._problem(table, index, key, message))
+
+    def warn(self, table: str, index: int | None, key: str | None, message: str) -> None:
+        self.warnings.append(self._problem(table, index, key, message))
+
+    def _problem(self, table: str, index: int | None, key: str | None, message: str) -> ConfigProblem:
+        return ConfigProblem(
+            self.file, self.line(table, index, key), self.field_name(table, index, key), message
         )
 
     def unknown_keys(self, table: str, index: int | None, data: Mapping[str, Any]) -> None:
@@ -502,6 +511,7 @@ class _Loader:
             numbers=tuple(n for _, n in numbers),
             crm=tuple(x for _, x in crm),
             source=self.path,
+            warnings=tuple(sorted(self.c.warnings, key=lambda p: p.line)),
         )
 
     # ------------------------------------------------------------------------------------- server
@@ -527,6 +537,8 @@ class _Loader:
                 c.report("server", None, "listen", str(exc))
         if "listen" in data and not listen and isinstance(data["listen"], list) and not data["listen"]:
             c.report("server", None, "listen", "must name at least one address")
+        for problem in _listen_clashes(listen):
+            c.report("server", None, "listen", problem)
         if "listen" not in data:
             listen = [ListenSpec("udp", "0.0.0.0", 5060)]
         state_dir = c.get("server", None, data, "state_dir", str, "var")
@@ -695,10 +707,12 @@ class _Loader:
             return ExtensionRef(text)
         if text.startswith("+"):
             try:
-                return parse_external_number(text)
+                external = parse_external_number(text)
             except ValueError as exc:
                 self.c.report(table, i, key, str(exc))
                 return None
+            self.destinations.append((table, i, key, external))
+            return external
         self.c.report(
             table, i, key, f"{text!r} is not an extension (1–4 digits), an E.164 number or 'hangup'"
         )
@@ -737,6 +751,10 @@ class _Loader:
                 with contextlib.suppress(ValueError):
                     hint = f"; did you mean {ipaddress.ip_network(text.strip(), strict=False)}?"
                 c.report(t, i, "inbound_from", f"{text!r} is not an address or network ({exc}){hint}")
+        for network in networks:
+            warning = _broad_network(network, name)
+            if warning is not None:
+                c.warn(t, i, "inbound_from", warning)
         if None in (name, host, port, transport, register):
             return None
         assert name is not None and host is not None and port is not None and transport is not None
@@ -859,6 +877,15 @@ class _Loader:
             if isinstance(dest, ExtensionRef) and dest.extension not in self.extensions:
                 c.report(table, i, key, f"extension {dest.extension} is neither an employee nor a group")
         trunk_names = self.unique(raw["trunk"], "trunk", "name", lambda v: v if isinstance(v, str) else None)
+        if not raw["trunk"]:
+            for table, i, key, dest in self.destinations:
+                if isinstance(dest, ExternalNumber) and table != "number":
+                    c.report(
+                        table,
+                        i,
+                        key,
+                        f"{dest.e164} is an external number, but there is no [[trunk]] to call it",
+                    )
         self.unique(raw["number"], "number", "number", _e164_or_none)
         self.unique(raw["crm"], "crm", "number", _crm_key)
         for i, data in raw["number"]:
@@ -970,6 +997,56 @@ def _parse_listen(text: str) -> ListenSpec:
     return ListenSpec(transport, host, port)
 
 
+def _listen_clashes(listen: Iterable[ListenSpec]) -> list[str]:
+    """Listen addresses that cannot all be bound: one given twice, or an address whose port the unspecified
+    address of its family (``0.0.0.0``, ``::``) already takes for the same transport. Port 0 picks a free
+    port each time and never clashes."""
+    problems: list[str] = []
+    seen: list[tuple[ListenSpec, ipaddress.IPv4Address | ipaddress.IPv6Address]] = []
+    for spec in listen:
+        address = ipaddress.ip_address(spec.host)
+        for other, other_address in seen:
+            if spec.port == 0 or (spec.transport, spec.port) != (other.transport, other.port):
+                continue
+            if address == other_address:
+                problems.append(f"{spec} is given twice" if spec == other else f"{spec} is {other} again")
+            elif address.version == other_address.version and (
+                address.is_unspecified or other_address.is_unspecified
+            ):
+                problems.append(
+                    f"{spec} and {other} clash: {_host_of(spec, other)} already takes that port on every "
+                    f"IPv{address.version} address"
+                )
+        seen.append((spec, address))
+    return problems
+
+
+def _host_of(*specs: ListenSpec) -> str:
+    """The spec among ``specs`` that listens on the unspecified address."""
+    return next(str(s) for s in specs if ipaddress.ip_address(s.host).is_unspecified)
+
+
+#: An ``inbound_from`` network larger than this (IPv4 /16, IPv6 /32) is warned about.
+_BROAD_PREFIX: Final = {4: 16, 6: 32}
+
+
+def _broad_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network, trunk: str | None) -> str | None:
+    """Why an ``inbound_from`` network is probably a mistake (None: it is not): every source in it calls the
+    trunk's numbers as the trunk, without authentication."""
+    who = f"trunk {trunk!r}" if trunk else "the trunk"
+    if network.prefixlen == 0:
+        return (
+            f"{network} is every address: ANYONE on the network becomes {who} and calls its numbers "
+            "without authentication; give the provider's addresses"
+        )
+    if network.prefixlen < _BROAD_PREFIX[network.version]:
+        return (
+            f"{network} holds {network.num_addresses:,} addresses, each taken as {who} without "
+            "authentication; a provider's SIP servers fit in a far smaller network"
+        )
+    return None
+
+
 def _parse_port_range(text: str) -> tuple[int, int]:
     match = _RTP_RE.fullmatch(text)
     if match is None:
@@ -984,35 +1061,51 @@ def _parse_port_range(text: str) -> tuple[int, int]:
 
 
 def load_directory(path: str | Path) -> Directory:
-    """Read and validate a directory file; raises ConfigError listing every problem found."""
+    """Read and validate a directory file; raises ConfigError listing every problem found. What is legal but
+    probably not meant is in the result's ``warnings``."""
+    directory, problems, _ = _read(path)
+    if problems or directory is None:
+        raise ConfigError(problems or [ConfigProblem(str(path), 1, "file", "incomplete configuration")])
+    return directory
+
+
+def _read(path: str | Path) -> tuple[Directory | None, list[ConfigProblem], list[ConfigProblem]]:
+    """The directory (None when there are problems), the problems and the warnings."""
     file = Path(path)
     name = str(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte order mark is not a TOML statement.
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigProblem(name, 1, "file", f"cannot read: {exc}")]) from None
+        return None, [ConfigProblem(name, 1, "file", f"cannot read: {exc}")], []
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         line = int(match.group(1)) if match else 1
-        raise ConfigError([ConfigProblem(name, line, "toml", f"not valid TOML: {exc}")]) from None
+        return None, [ConfigProblem(name, line, "toml", f"not valid TOML: {exc}")], []
     checker = _Checker(name, _Locator(text))
     directory = _Loader(file, doc, checker).load()
-    if checker.problems or directory is None:
-        raise ConfigError(checker.problems or [ConfigProblem(name, 1, "file", "incomplete configuration")])
-    return directory
+    return directory, checker.problems, checker.warnings
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def check_config_main(path: str, *, out: Callable[[str], None] | None = None) -> int:
-    """``durchwahl check-config FILE``: print every problem (exit status 1) or a one-line summary (0)."""
+    """``durchwahl check-config FILE``: print every problem and warning in file order, then a summary; exit
+    status 1 when there are problems, else 0 (warnings alone do not fail)."""
     write = out if out is not None else (lambda line: print(line, file=sys.stdout))
-    try:
-        directory = load_directory(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            write(str(problem))
-        write(f"{len(exc.problems)} problem{'' if len(exc.problems) == 1 else 's'} in {path}")
+    directory, problems, warnings = _read(path)
+    if not problems and directory is None:
+        problems = [ConfigProblem(path, 1, "file", "incomplete configuration")]
+    found = [(p, "") for p in problems] + [(w, "warning: ") for w in warnings]
+    for problem, label in sorted(found, key=lambda item: item[0].line):
+        write(f"{problem.file}:{problem.line}: {problem.field}: {label}{problem.message}")
+    noted = f" and {_plural(len(warnings), 'warning')}" if warnings else ""
+    if problems or directory is None:
+        write(f"{_plural(len(problems), 'problem')}{noted} in {path}")
         return 1
-    write(f"OK: {directory.summary()}")
+    write(f"OK: {directory.summary()}" + (f" ({_plural(len(warnings), 'warning')})" if warnings else ""))
     return 0

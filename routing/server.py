@@ -103,6 +103,12 @@ def load_secret(state_dir: Path) -> bytes:
     return data
 
 
+def _log_warnings(directory: Directory) -> None:
+    """What the directory file allows but probably does not mean (see ``durchwahl check-config``)."""
+    for warning in directory.warnings:
+        log.warning("%s", warning)
+
+
 class _Announcing:
     """The B2BUA's CDR sink: writes the row, then announces the call as the server's ``call_ended`` event."""
 
@@ -134,6 +140,7 @@ class Server:
         control: bool = True,
     ) -> None:
         self.directory = config if isinstance(config, Directory) else load_directory(config)
+        _log_warnings(self.directory)
         self.events = AsyncIOEventEmitter()
         self.events.on("error", self._log_error)
         self.calls = calls
@@ -274,6 +281,7 @@ class Server:
             self.events.emit("reload_failed", exc)
             return False
         self.directory = directory
+        _log_warnings(directory)
         self.registrar.update_directory(directory)
         self.resolver = Resolver(directory, self._resolver_config, self._resolver_hook)
         self.b2bua.directory = directory

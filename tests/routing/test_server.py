@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
+
+import pytest
 
 from routing.server import Server
 from sipcore import Endpoint, Response
@@ -284,3 +287,19 @@ async def test_the_state_directory_is_the_server_users_alone(tmp_path: Path) -> 
     assert {"secret", "location.sqlite3", "cdr.sqlite3"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o600)
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+async def test_the_server_logs_what_check_config_warns_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('["127.0.0.1/32"]', '["0.0.0.0/0"]'), encoding="utf-8")
+    caplog.set_level(logging.WARNING, logger="routing.server")
+    server = Server(config, listen=("udp:127.0.0.1:0",), control=False)
+    assert "trunk[1].inbound_from: 0.0.0.0/0 is every address: ANYONE" in caplog.text
+    caplog.clear()
+    config.write_text(text.replace('["127.0.0.1/32"]', '["::/0"]'), encoding="utf-8")
+    assert server.reload()
+    assert "trunk[1].inbound_from: ::/0 is every address" in caplog.text
+    await server.stop()
