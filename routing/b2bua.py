@@ -116,7 +116,6 @@ from .dialstring import (
     format_post_dial,
     from_request_uri,
     parse_dialstring,
-    to_e164,
 )
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee, ExtensionRef, Group, Number, Trunk
 from .events import CallAnswered, CallFact, CallRinging, CallStarted, DigitPressed, DigitSent
@@ -706,14 +705,8 @@ class B2bua:
         return Anonymous(str(incoming.flow), challenge=True)
 
     def _calls_trunk_number(self, request: Request, trunk: str) -> bool:
-        config = self.resolver.config
         try:
-            dialled = to_e164(
-                from_request_uri(request.uri),
-                config.country_code,
-                config.trunk_prefix,
-                config.international_prefix,
-            )
+            dialled = self.resolver.e164(from_request_uri(request.uri), trunk)
         except DialStringError:
             return False
         wanted = {dialled, dialled.lstrip("+")}

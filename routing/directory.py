@@ -31,9 +31,17 @@ import attrs
 
 from sipcore.auth import ALGORITHMS, DigestSecret
 
+from .dialstring import (
+    DialStringError,
+    NumberingPlan,
+    check_country_code,
+    check_international_prefix,
+    check_trunk_prefix,
+)
 from .errors import ConfigError, ConfigProblem
 
 __all__ = [
+    "DEFAULT_NUMBERING",
     "HANGUP",
     "CrmContact",
     "Destination",
@@ -56,6 +64,9 @@ __all__ = [
 EXTENSION_RE: Final = re.compile(r"[0-9]{1,4}")
 RING_SECONDS_RANGE: Final = (5, 300)
 DEFAULT_RING_SECONDS: Final = 20
+#: What a directory file without ``country_code``, ``trunk_prefix`` and ``international_prefix`` means:
+#: Germany.
+DEFAULT_NUMBERING: Final = NumberingPlan("49", "0", "00")
 
 # ------------------------------------------------------------------------------------------- values
 
@@ -130,6 +141,8 @@ class ServerConfig:
     #: Relay the media of every call through our RTP ports (NAT-safe); off, calls between phones pass
     #: their SDP through and media flows phone to phone (greeting calls and calls out are always anchored).
     anchor_media: bool = True
+    #: How dialled national numbers become E.164 (a trunk may have its own).
+    numbering: NumberingPlan = DEFAULT_NUMBERING
 
     @property
     def realm(self) -> str:
@@ -176,6 +189,8 @@ class Trunk:
     password: str | None = attrs.field(default=None, repr=False)
     register: bool = False
     inbound_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: The numbering plan of calls through this trunk, when it differs from the server's (None: the same).
+    numbering: NumberingPlan | None = None
 
 
 @attrs.frozen
@@ -230,6 +245,13 @@ class Directory:
 
     def trunk(self, name: str) -> Trunk | None:
         return next((t for t in self.trunks if t.name == name), None)
+
+    def numbering(self, trunk: str | None = None) -> NumberingPlan:
+        """The numbering plan of calls through ``trunk``: its own, else the server's."""
+        found = self.trunk(trunk) if trunk is not None else None
+        if found is not None and found.numbering is not None:
+            return found.numbering
+        return self.server.numbering
 
     def number(self, e164: str) -> Number | None:
         return next((n for n in self.numbers if n.number == e164), None)
@@ -350,6 +372,9 @@ _TABLES: Final = {
         "auth_algorithms",
         "cdr_retention_days",
         "anchor_media",
+        "country_code",
+        "trunk_prefix",
+        "international_prefix",
     },
     "employee": {
         "extension",
@@ -362,7 +387,19 @@ _TABLES: Final = {
         "fallback",
     },
     "group": {"extension", "name", "strategy", "members", "ring_seconds", "fallback"},
-    "trunk": {"name", "host", "port", "transport", "username", "password", "register", "inbound_from"},
+    "trunk": {
+        "name",
+        "host",
+        "port",
+        "transport",
+        "username",
+        "password",
+        "register",
+        "inbound_from",
+        "country_code",
+        "trunk_prefix",
+        "international_prefix",
+    },
     "number": {"number", "trunk", "extension_processing", "greeting", "music", "default"},
     "crm": {"name", "number"},
 }
@@ -375,6 +412,7 @@ _HEX64_RE: Final = re.compile(r"[0-9a-fA-F]{64}")
 _LISTEN_RE: Final = re.compile(r"(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):([0-9]{1,5})")
 _RTP_RE: Final = re.compile(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*")
 
+_NUMBERING_KEYS: Final = frozenset({"country_code", "trunk_prefix", "international_prefix"})
 _TYPE_NAMES: Final = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 
 
@@ -483,6 +521,8 @@ class _Loader:
         self.destinations: list[tuple[str, int, str, Destination]] = []
         #: The digest algorithms the server offers (empty when [server] is unusable).
         self.algorithms: tuple[str, ...] = ()
+        #: The server's numbering plan (the default when [server] is unusable), which trunks may amend.
+        self.numbering = DEFAULT_NUMBERING
 
     # ---------------------------------------------------------------------------------- top level
 
@@ -495,6 +535,7 @@ class _Loader:
         raw = {name: _tables(self.doc, name, self.c) for name in _TABLES if name != "server"}
         server = self.server()
         self.algorithms = server.auth_algorithms if server is not None else ()
+        self.numbering = server.numbering if server is not None else DEFAULT_NUMBERING
         employees = _built(raw["employee"], self.employee)
         groups = _built(raw["group"], self.group)
         trunks = _built(raw["trunk"], self.trunk)
@@ -573,6 +614,7 @@ class _Loader:
                 f"must be 0 (keep for ever) or more days, not {retention}",
             )
             retention = None
+        numbering = self.numbering_plan("server", None, data, DEFAULT_NUMBERING)
         if (
             domain is None
             or state_dir is None
@@ -580,6 +622,7 @@ class _Loader:
             or not listen
             or not algorithms
             or retention is None
+            or numbering is None
         ):
             return None
         return ServerConfig(
@@ -590,7 +633,48 @@ class _Loader:
             auth_algorithms=tuple(algorithms),
             cdr_retention_days=retention,
             anchor_media=anchor is not False,
+            numbering=numbering,
         )
+
+    def numbering_plan(
+        self, table: str, index: int | None, data: Mapping[str, Any], base: NumberingPlan
+    ) -> NumberingPlan | None:
+        """``base`` with the ``country_code``, ``trunk_prefix`` and ``international_prefix`` that ``data``
+        gives (None, and problems, when one is wrong)."""
+        c = self.c
+        values: dict[str, str] = {}
+        ok = True
+        for key, check in (
+            ("country_code", check_country_code),
+            ("trunk_prefix", check_trunk_prefix),
+            ("international_prefix", check_international_prefix),
+        ):
+            if key not in data:
+                continue
+            value = data[key]
+            if not isinstance(value, str):
+                c.report(table, index, key, f'must be a string of digits (quoted: "{value}"), not {value!r}')
+                ok = False
+                continue
+            try:
+                check(value.strip())
+            except DialStringError as exc:
+                c.report(table, index, key, str(exc))
+                ok = False
+                continue
+            values[key] = value.strip()
+        if not ok:
+            return None
+        try:
+            return attrs.evolve(base, **values)
+        except DialStringError as exc:
+            c.report(
+                table,
+                index,
+                "international_prefix" if "international_prefix" in data else "trunk_prefix",
+                str(exc),
+            )
+            return None
 
     # ---------------------------------------------------------------------------------- employees
 
@@ -755,10 +839,17 @@ class _Loader:
             warning = _broad_network(network, name)
             if warning is not None:
                 c.warn(t, i, "inbound_from", warning)
+        numbering: NumberingPlan | None = None
+        if _NUMBERING_KEYS & data.keys():
+            numbering = self.numbering_plan(t, i, data, self.numbering)
+            if numbering is None:
+                return None
         if None in (name, host, port, transport, register):
             return None
         assert name is not None and host is not None and port is not None and transport is not None
-        return Trunk(name, host, port, transport, username, password, bool(register), tuple(networks))
+        return Trunk(
+            name, host, port, transport, username, password, bool(register), tuple(networks), numbering
+        )
 
     # ------------------------------------------------------------------------------------ numbers
 

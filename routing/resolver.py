@@ -8,11 +8,13 @@ Policy lives here, in one pure function (:meth:`Resolver.resolve_builtin`):
 * An **employee** may call every extension (employee or ring group; unknown → 404) and external numbers as
   far as its outbound scope allows: ``none``, ``crm`` (numbers stored in the CRM) or ``any``. Dialling one of
   the office's own numbers reaches that number's flow directly, whatever the scope. External numbers are
-  turned into E.164 (national numbers get the configured country code) and leave through the outbound trunk
-  with the dialled post-dial digits.
+  turned into E.164 by the numbering plan of the outbound trunk (the directory's ``country_code``,
+  ``trunk_prefix``, ``international_prefix``: the trunk's own, else the server's) and leave through that
+  trunk with the dialled post-dial digits.
 * A **trunk** reaches only its own numbers' flows: extension processing (greeting and digit collection) or
   the number's default destination. Anything else is refused (404 for numbers the office does not have, 403
-  for extensions and for numbers of another trunk).
+  for extensions and for numbers of another trunk). National forms of them are read by that trunk's
+  numbering plan.
 
 An embedding application may supply its own resolver, an async callable ``(dialled, caller) → Route | None``
 consulted first (after the anonymous check); ``None`` falls through to the built-in policy. Routes it returns
@@ -175,18 +177,15 @@ class ResolverConfig:
 
     ``scopes`` maps an employee's extension to its :class:`OutboundScope` (a mapping or pairs; values may
     be the names ``"none"``, ``"crm"``, ``"any"``); employees not listed get ``default_scope``.
-    ``outbound_trunk`` names the trunk for calls out (default: the directory's first trunk). ``country_code``,
-    ``trunk_prefix`` and ``international_prefix`` turn national numbers into E.164 (see
-    :func:`routing.dialstring.to_e164`). ``challenge_status`` is what an unauthenticated caller is answered
-    (401 as a UAS; 407 for deployments whose phones expect a proxy challenge).
+    ``outbound_trunk`` names the trunk for calls out (default: the directory's first trunk). How national
+    numbers become E.164 is the directory's (:meth:`routing.directory.Directory.numbering`).
+    ``challenge_status`` is what an unauthenticated caller is answered (401 as a UAS; 407 for deployments
+    whose phones expect a proxy challenge).
     """
 
     default_scope: OutboundScope = attrs.field(default=OutboundScope.ANY, converter=OutboundScope)
     scopes: tuple[tuple[str, OutboundScope], ...] = attrs.field(default=(), converter=_freeze_scopes)
     outbound_trunk: str | None = None
-    country_code: str = "49"
-    trunk_prefix: str = "0"
-    international_prefix: str = "00"
     challenge_status: int = attrs.field(default=401, validator=_check_challenge)
 
     def scope_of(self, extension: str) -> OutboundScope:
@@ -301,9 +300,10 @@ class Resolver:
             return ToGroup(group)
         return Refused(404, f"Not Found: no extension {extension}")
 
-    def _e164(self, dialled: DialString) -> str:
-        c = self.config
-        return to_e164(dialled, c.country_code, c.trunk_prefix, c.international_prefix)
+    def e164(self, dialled: DialString, trunk: str | None = None) -> str:
+        """The E.164 form of an external number by the numbering plan of ``trunk`` (None: the outbound
+        trunk's); raises :class:`~routing.dialstring.DialStringError` when it has none."""
+        return to_e164(dialled, self.directory.numbering(trunk or self.outbound_trunk))
 
     def _from_employee(self, dialled: DialString, caller: FromEmployee) -> Route:
         if caller.extension not in self._employees:
@@ -311,7 +311,7 @@ class Resolver:
         if dialled.kind is DialKind.EXTENSION:
             return self._extension(dialled.digits)
         try:
-            e164 = self._e164(dialled)
+            e164 = self.e164(dialled)
         except DialStringError as exc:
             return Refused(484, f"Address Incomplete: {exc}")
         own = self._numbers.get(e164)
@@ -329,19 +329,19 @@ class Resolver:
     def _from_trunk(self, dialled: DialString, caller: FromTrunk) -> Route:
         if dialled.kind is DialKind.EXTENSION:
             return Refused(403, f"Forbidden: trunk {caller.name} may only call the office's numbers")
-        number = self._inbound_number(dialled)
+        number = self._inbound_number(dialled, caller.name)
         if number is None:
             return Refused(404, f"Not Found: {dialled} is not a number of this office")
         if number.trunk != caller.name:
             return Refused(403, f"Forbidden: {number.number} is not a number of trunk {caller.name}")
         return self.number_flow(number)
 
-    def _inbound_number(self, dialled: DialString) -> Number | None:
-        """The office number a trunk means: E.164, national, or E.164 without its "+" (many trunks send
-        ``4930…``)."""
+    def _inbound_number(self, dialled: DialString, trunk: str) -> Number | None:
+        """The office number ``trunk`` means: E.164, national (by the trunk's numbering plan), or E.164
+        without its "+" (many trunks send ``4930…``)."""
         candidates: list[str] = []
         with contextlib.suppress(DialStringError):
-            candidates.append(self._e164(dialled))
+            candidates.append(self.e164(dialled, trunk))
         if dialled.kind is DialKind.NATIONAL:
             candidates.append("+" + dialled.digits)
         return next((self._numbers[c] for c in candidates if c in self._numbers), None)

@@ -30,7 +30,7 @@ def test_check_config_reports_file_line_and_field(tmp_path: Path, capsys: pytest
 def check(
     tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str], *, bom: bool = False
 ) -> tuple[int, str]:
-    """``durchwahl check-config`` on ``text`` (beside a copy of the example greeting): exit status and output."""
+    """``durchwahl check-config`` on ``text`` (beside the example greeting): exit status and output."""
     (tmp_path / "greeting.wav").write_bytes((ROOT / "examples" / "greeting.wav").read_bytes())
     path = tmp_path / "office.toml"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
@@ -59,7 +59,8 @@ def test_check_config_reads_a_file_with_a_byte_order_mark(
         ('["tcp:[::1]:5060", "tcp:[0:0::1]:5060"]', "tcp:[0:0::1]:5060 is tcp:[::1]:5060 again"),
         (
             '["udp:0.0.0.0:5060", "udp:127.0.0.1:5060"]',
-            "udp:127.0.0.1:5060 and udp:0.0.0.0:5060 clash: udp:0.0.0.0:5060 already takes that port on every IPv4",
+            "udp:127.0.0.1:5060 and udp:0.0.0.0:5060 clash: udp:0.0.0.0:5060 already takes that port on "
+            "every IPv4 address",
         ),
     ],
 )

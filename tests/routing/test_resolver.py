@@ -6,11 +6,12 @@ import ast
 import logging
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.dialstring import PAUSE, DialString, parse_dialstring
+from routing.dialstring import PAUSE, DialString, NumberingPlan, parse_dialstring
 from routing.directory import (
     HANGUP,
     CrmContact,
@@ -197,6 +198,55 @@ def test_scope_none_never_calls_out_except_office_numbers(dialled: DialString) -
     route = Resolver(DIRECTORY, CONFIG).resolve_builtin(dialled, FromEmployee("103"))
     if isinstance(route, ToExternal):
         assert route.e164 == "+491701234567"  # FAX's configured default, reached through an own number
+
+
+# ----------------------------------------------------------------------------------- numbering plans
+
+UK = NumberingPlan("44", "0", "00")
+
+
+def test_national_numbers_follow_the_directorys_numbering_plan() -> None:
+    """A British office: 020 … is London, not +4920… (the country code is the directory's, not fixed)."""
+    london = Number("+442079461111", "provider", ExtensionRef("101"))
+    directory = Directory(
+        server=attrs.evolve(SERVER, numbering=UK),
+        employees=(ANNA,),
+        trunks=(Trunk("provider", "192.0.2.1"),),
+        numbers=(london,),
+    )
+    resolver = Resolver(directory)
+    assert resolver.resolve_builtin(parse_dialstring("020 7946 0000"), FromEmployee("101")) == ToExternal(
+        "+442079460000", (), "provider"
+    )
+    assert resolver.resolve_builtin(parse_dialstring("020 7946 1111"), FromTrunk("provider")) == ToEmployee(
+        ANNA
+    )
+
+
+def test_a_trunk_with_its_own_numbering_plan() -> None:
+    """A German office with a London trunk: national numbers through that trunk are British, the rest
+    German; each trunk's national forms of its own numbers are read by its plan."""
+    directory = Directory(
+        server=SERVER,
+        employees=(ANNA,),
+        trunks=(Trunk("berlin", "192.0.2.1"), Trunk("london", "192.0.2.2", numbering=UK)),
+        numbers=(
+            Number("+49301234567", "berlin", ExtensionRef("101")),
+            Number("+442079461111", "london", ExtensionRef("101")),
+        ),
+    )
+    national = parse_dialstring("020 7946 0000")
+    assert Resolver(directory).resolve_builtin(national, FromEmployee("101")) == ToExternal(
+        "+492079460000", (), "berlin"
+    )
+    assert Resolver(directory, ResolverConfig(outbound_trunk="london")).resolve_builtin(
+        national, FromEmployee("101")
+    ) == ToExternal("+442079460000", (), "london")
+    resolver = Resolver(directory)
+    assert resolver.resolve_builtin(parse_dialstring("020 7946 1111"), FromTrunk("london")) == ToEmployee(
+        ANNA
+    )
+    assert resolver.resolve_builtin(parse_dialstring("030 1234567"), FromTrunk("berlin")) == ToEmployee(ANNA)
 
 
 # -------------------------------------------------------------------------------------- configuration
