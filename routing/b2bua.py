@@ -762,7 +762,7 @@ class B2bua:
                 log.info("call %s: group %s unanswered, fallback %s", call.a.call_id, group.extension, route)
                 continue
             if isinstance(route, ToExternal):
-                call.destination = ("external", route.e164)
+                call.destination = (route.kind, route.e164)
                 await self._call_out(call, route)
                 return
             if isinstance(route, Refused):
@@ -1359,7 +1359,7 @@ class B2bua:
             call = _Call(winner, ringing.queue, None, legs=[leg for leg in legs if leg is not winner])
             call.held, call.media = ringing.held, media
             call.caller, call.dialled, call.started_at = extension, dialled_text, started_at
-            call.destination = ("external", route.e164)
+            call.destination = (route.kind, route.e164)
             self.active[legs[0]] = call.legs
             self._emit(CallStarted(self._call_id(call), extension, dialled_text))  # ringing, answered follow
             self._count_busy(call, extension)

@@ -4,7 +4,8 @@ A dial string is a number and, optionally, post-dial digits::
 
     105                         an extension (1–4 digits)
     030 1234-567                a national number (5 or more digits, visual separators allowed)
-    +49 (30) 123-45 67          an international number ("+", 6–15 digits; "+49 (0)30 …" drops the "(0)")
+    +49 (30) 123-45 67          an international number ("+", 6–15 digits; "+49 (0)30 …" drops the "(0)";
+                                3–5 digits are read too, for "+49 112", but have no E.164 form)
     +49891234567;105            post-dial digits after the first ";" …
     +49891234567#105#           … or the first "#" (after it, "#" is a digit like any other)
     +49891234567;,,105          "," is a one-second pause
@@ -62,6 +63,8 @@ DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 EXTENSION_DIGITS: Final = (1, 4)
 NATIONAL_DIGITS: Final = (5, 17)  # an international prefix ("00") and 15 digits fit
 INTERNATIONAL_DIGITS: Final = (6, 15)  # E.164 allows 15 digits; the directory asks for at least 6
+#: After a dialled "+": a country code and a short number ("+49 112", an emergency number) up to E.164's 15.
+DIALLED_INTERNATIONAL_DIGITS: Final = (3, 15)
 MAX_POST_DIAL: Final = 64
 MAX_TEXT: Final = 256
 
@@ -83,7 +86,7 @@ class DialKind(enum.Enum):
 
     EXTENSION = "extension"  #: 1–4 digits, inside the office
     NATIONAL = "national"  #: 5 or more digits without "+": needs a country code (see :func:`to_e164`)
-    INTERNATIONAL = "international"  #: "+" and an E.164 number
+    INTERNATIONAL = "international"  #: "+" and an E.164 number (or a country code and a short number)
 
 
 @attrs.frozen
@@ -132,7 +135,7 @@ class DialString:
         low, high = {
             DialKind.EXTENSION: EXTENSION_DIGITS,
             DialKind.NATIONAL: NATIONAL_DIGITS,
-            DialKind.INTERNATIONAL: INTERNATIONAL_DIGITS,
+            DialKind.INTERNATIONAL: DIALLED_INTERNATIONAL_DIGITS,
         }[self.kind]
         if not (self.digits and set(self.digits) <= _DECIMAL):
             raise DialStringError(f"{self.kind.value} number {_show(self.digits)} must be decimal digits")
@@ -219,10 +222,11 @@ def _parse_number(text: str, whole: str) -> tuple[DialKind, str]:
     if not digits:
         raise DialStringError(f"{_show(whole)} has no digits")
     if international:
-        low, high = INTERNATIONAL_DIGITS
+        low, high = DIALLED_INTERNATIONAL_DIGITS
         if not low <= len(digits) <= high:
             raise DialStringError(
-                f"{_show(whole)} has {len(digits)} digits after '+'; an E.164 number has {low}–{high}"
+                f"{_show(whole)} has {len(digits)} digits after '+'; a country code and a number have "
+                f"{low}–{high}"
             )
         if digits[0] == "0":
             raise DialStringError(f"{_show(whole)}: a country code cannot start with 0")
@@ -397,12 +401,12 @@ def to_e164(d: DialString, plan: NumberingPlan) -> str:
     prefix every other national number gets the country code in front. A number with neither prefix (a
     local number without its area code) has no E.164 form. Raises :class:`DialStringError`.
     """
-    if d.kind is DialKind.INTERNATIONAL:
-        return "+" + d.digits
     if d.kind is DialKind.EXTENSION:
         raise DialStringError(f"extension {d.digits} has no E.164 form")
     international, trunk = plan.international_prefix, plan.trunk_prefix
-    if d.digits.startswith(international):
+    if d.kind is DialKind.INTERNATIONAL:
+        e164 = d.digits
+    elif d.digits.startswith(international):
         e164 = d.digits[len(international) :]
     elif d.digits.startswith(trunk):  # always true for an empty trunk prefix
         e164 = plan.country_code + d.digits[len(trunk) :]
@@ -413,5 +417,6 @@ def to_e164(d: DialString, plan: NumberingPlan) -> str:
         )
     low, high = INTERNATIONAL_DIGITS
     if not low <= len(e164) <= high or e164[0] == "0":
-        raise DialStringError(f"{d.digits} is not a valid number (+{e164} is not E.164)")
+        shown = "+" + d.digits if d.kind is DialKind.INTERNATIONAL else d.digits
+        raise DialStringError(f"{shown} is not a valid number (+{e164} is not E.164: {low}–{high} digits)")
     return "+" + e164

@@ -38,6 +38,7 @@ from .dialstring import (
     check_international_prefix,
     check_trunk_prefix,
 )
+from .emergency import EMERGENCY_NUMBER_RE, EMERGENCY_NUMBERS, default_emergency_numbers
 from .errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -143,11 +144,23 @@ class ServerConfig:
     anchor_media: bool = True
     #: How dialled national numbers become E.164 (a trunk may have its own).
     numbering: NumberingPlan = DEFAULT_NUMBERING
+    #: Numbers that always reach the emergency services through a trunk, whoever of the employees dials
+    #: them; None: those of the country of ``numbering`` (see :attr:`emergency` and :mod:`routing.emergency`).
+    emergency_numbers: tuple[str, ...] | None = None
+    #: The trunk emergency calls leave through (None: the outbound trunk).
+    emergency_trunk: str | None = None
 
     @property
     def realm(self) -> str:
         """The digest realm: the SIP domain."""
         return self.domain
+
+    @property
+    def emergency(self) -> tuple[str, ...]:
+        """The emergency numbers in force: ``emergency_numbers``, else the country's."""
+        if self.emergency_numbers is not None:
+            return self.emergency_numbers
+        return default_emergency_numbers(self.numbering.country_code)
 
 
 @attrs.frozen
@@ -375,6 +388,8 @@ _TABLES: Final = {
         "country_code",
         "trunk_prefix",
         "international_prefix",
+        "emergency_numbers",
+        "emergency_trunk",
     },
     "employee": {
         "extension",
@@ -523,6 +538,8 @@ class _Loader:
         self.algorithms: tuple[str, ...] = ()
         #: The server's numbering plan (the default when [server] is unusable), which trunks may amend.
         self.numbering = DEFAULT_NUMBERING
+        #: The emergency numbers no extension may take.
+        self.emergency: tuple[str, ...] = ()
 
     # ---------------------------------------------------------------------------------- top level
 
@@ -536,6 +553,7 @@ class _Loader:
         server = self.server()
         self.algorithms = server.auth_algorithms if server is not None else ()
         self.numbering = server.numbering if server is not None else DEFAULT_NUMBERING
+        self.emergency = server.emergency if server is not None else ()
         employees = _built(raw["employee"], self.employee)
         groups = _built(raw["group"], self.group)
         trunks = _built(raw["trunk"], self.trunk)
@@ -615,6 +633,9 @@ class _Loader:
             )
             retention = None
         numbering = self.numbering_plan("server", None, data, DEFAULT_NUMBERING)
+        emergency = self.emergency_numbers(data, numbering or DEFAULT_NUMBERING)
+        emergency_ok = "emergency_numbers" not in data or emergency is not None
+        emergency_trunk = c.get("server", None, data, "emergency_trunk", str, None)
         if (
             domain is None
             or state_dir is None
@@ -623,6 +644,7 @@ class _Loader:
             or not algorithms
             or retention is None
             or numbering is None
+            or not emergency_ok
         ):
             return None
         return ServerConfig(
@@ -634,7 +656,46 @@ class _Loader:
             cdr_retention_days=retention,
             anchor_media=anchor is not False,
             numbering=numbering,
+            emergency_numbers=emergency,
+            emergency_trunk=emergency_trunk.strip() if emergency_trunk else None,
         )
+
+    def emergency_numbers(self, data: Mapping[str, Any], numbering: NumberingPlan) -> tuple[str, ...] | None:
+        """``emergency_numbers`` as given; None when not given (the country's, warned about when the country
+        is not known) or wrong (a problem reported)."""
+        c = self.c
+        if "emergency_numbers" not in data:
+            country = numbering.country_code
+            if country not in EMERGENCY_NUMBERS:
+                c.warn(
+                    "server",
+                    None,
+                    "country_code" if "country_code" in data else None,
+                    f"no emergency numbers are known for country code {country}: only 112 is routed as one; "
+                    "list your country's in emergency_numbers",
+                )
+            return None
+        given = c.get_str_list("server", None, data, "emergency_numbers")
+        if given is None:
+            return None
+        numbers: list[str] = []
+        for text in given:
+            number = text.strip()
+            if EMERGENCY_NUMBER_RE.fullmatch(number) is None:
+                c.report(
+                    "server", None, "emergency_numbers", f"{text!r} is not an emergency number (2–6 digits)"
+                )
+                return None
+            if number not in numbers:
+                numbers.append(number)
+        if not numbers:
+            c.warn(
+                "server",
+                None,
+                "emergency_numbers",
+                "is empty: NO number reaches the emergency services from this office's phones",
+            )
+        return tuple(numbers)
 
     def numbering_plan(
         self, table: str, index: int | None, data: Mapping[str, Any], base: NumberingPlan
@@ -694,8 +755,26 @@ class _Loader:
                 f"{extension} is already used by {self.c.field_name(*first, None)} (line {where})",
             )
             return None
+        clash = self.emergency_clash(extension)
+        if clash is not None:
+            self.c.report(table, index, "extension", clash)
+            return None
         self.extensions[extension] = (table, index)
         return extension
+
+    def emergency_clash(self, extension: str) -> str | None:
+        """Why ``extension`` may not be an extension: it is an emergency number, or the start of one (a
+        phone or the greeting's digit collection that routes as soon as an extension matches would never
+        let the emergency number be dialled)."""
+        for number in self.emergency:
+            if extension == number:
+                return f"{extension} is an emergency number: dialling it must reach the emergency services"
+            if number.startswith(extension):
+                return (
+                    f"{extension} is the start of emergency number {number}: whoever dials {number} could "
+                    f"reach extension {extension} instead"
+                )
+        return None
 
     def employee(self, i: int, data: Mapping[str, Any]) -> Employee | None:
         c, t = self.c, "employee"
@@ -983,6 +1062,22 @@ class _Loader:
             trunk = data.get("trunk")
             if isinstance(trunk, str) and trunk not in trunk_names:
                 c.report("number", i, "trunk", f"unknown trunk {trunk!r}" + _hint(trunk, trunk_names))
+        server = self.doc.get("server")
+        emergency_trunk = server.get("emergency_trunk") if isinstance(server, dict) else None
+        if isinstance(emergency_trunk, str) and emergency_trunk.strip() not in trunk_names:
+            c.report(
+                "server",
+                None,
+                "emergency_trunk",
+                f"unknown trunk {emergency_trunk!r}" + _hint(emergency_trunk.strip(), trunk_names),
+            )
+        if self.emergency and not raw["trunk"]:
+            c.warn(
+                "server",
+                None,
+                None,
+                f"there is no [[trunk]]: emergency calls ({', '.join(self.emergency)}) CANNOT be connected",
+            )
 
     def unique(
         self,

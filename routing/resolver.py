@@ -2,6 +2,11 @@
 
 Policy lives here, in one pure function (:meth:`Resolver.resolve_builtin`):
 
+* An **emergency number** (``[server] emergency_numbers``, see :mod:`routing.emergency`) dialled by an
+  employee always goes to the emergency trunk (``[server] emergency_trunk``, else the outbound trunk),
+  whatever the employee's outbound scope, before any extension and before the embedding application's hook:
+  nothing can shadow it. The trunk gets the number itself (``sip:112@…``); the route is marked
+  ``emergency`` (and so is the call's CDR row).
 * An **unauthenticated** source (:class:`Anonymous`) reaches nothing: it is challenged (401, or 407 if so
   configured) or, when a challenge cannot help, refused with 403 — never a free outbound call. The
   embedding application's hook is not consulted for it either.
@@ -43,6 +48,7 @@ from .directory import (
     Hangup,
     Number,
 )
+from .emergency import emergency_number
 from .errors import RoutingError
 
 __all__ = [
@@ -116,11 +122,20 @@ class ToGroup:
 
 @attrs.frozen
 class ToExternal:
-    """Call an external number through a trunk; send ``post_dial`` after the callee answers."""
+    """Call an external number through a trunk; send ``post_dial`` after the callee answers.
+
+    ``emergency``: a call to the emergency services; ``e164`` then holds the emergency number as the trunk
+    gets it (``112``: a national short code, not E.164)."""
 
     e164: str
     post_dial: tuple[PostDialStep, ...]
     trunk: str
+    emergency: bool = False
+
+    @property
+    def kind(self) -> str:
+        """What the call's CDR row names its destination: ``emergency`` or ``external``."""
+        return "emergency" if self.emergency else "external"
 
 
 @attrs.frozen
@@ -199,7 +214,7 @@ class Resolver:
     """Routes calls for one directory; build a new one when the directory is reloaded.
 
     Raises :class:`RoutingError` when the directory and configuration do not fit together: an extension used
-    by an employee and a group, or an ``outbound_trunk`` the directory does not have.
+    by an employee and a group, or an ``outbound_trunk`` or ``emergency_trunk`` the directory does not have.
     """
 
     def __init__(
@@ -231,6 +246,11 @@ class Resolver:
         if trunk is None and directory.trunks:
             trunk = directory.trunks[0].name
         self.outbound_trunk: str | None = trunk
+        emergency = directory.server.emergency_trunk
+        if emergency is not None and directory.trunk(emergency) is None:
+            raise RoutingError(f"emergency trunk {emergency!r} is not in the directory")
+        #: Where emergency calls leave (None: nowhere; they are refused with 503 and an error is logged).
+        self.emergency_trunk: str | None = emergency if emergency is not None else trunk
 
     # ------------------------------------------------------------------------------------ entry points
 
@@ -239,6 +259,9 @@ class Resolver:
         the hook."""
         if isinstance(caller, Anonymous):
             return self._refuse_anonymous(caller)
+        emergency = self._emergency(dialled, caller)
+        if emergency is not None:
+            return emergency  # not the hook's to decide
         if self.hook is not None:
             try:
                 route = await self.hook(dialled, caller)
@@ -305,9 +328,32 @@ class Resolver:
         trunk's); raises :class:`~routing.dialstring.DialStringError` when it has none."""
         return to_e164(dialled, self.directory.numbering(trunk or self.outbound_trunk))
 
+    def _emergency(self, dialled: DialString, caller: Caller) -> Route | None:
+        """The route of an emergency call (an employee dialled an emergency number), else None."""
+        if not isinstance(caller, FromEmployee) or caller.extension not in self._employees:
+            return None
+        server = self.directory.server
+        number = emergency_number(dialled, server.emergency, server.numbering)
+        if number is None:
+            return None
+        if self.emergency_trunk is None:
+            logger.error(
+                "emergency call to %s from %s CANNOT be connected: there is no trunk",
+                number,
+                caller.extension,
+            )
+            return Refused(503, f"Service Unavailable: no trunk for the emergency call to {number}")
+        logger.warning(
+            "emergency call to %s from %s through trunk %s", number, caller.extension, self.emergency_trunk
+        )
+        return ToExternal(number, (), self.emergency_trunk, emergency=True)
+
     def _from_employee(self, dialled: DialString, caller: FromEmployee) -> Route:
         if caller.extension not in self._employees:
             return Refused(403, f"Forbidden: {caller.extension} is not an employee")
+        emergency = self._emergency(dialled, caller)
+        if emergency is not None:
+            return emergency
         if dialled.kind is DialKind.EXTENSION:
             return self._extension(dialled.digits)
         try:

@@ -200,3 +200,110 @@ def test_json_log_lines_are_json_objects() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["level"] == "INFO" and entry["logger"] == "sipcore.endpoint"
     assert entry["message"] == "listening on UDP"
+
+
+# --------------------------------------------------------------------------------- emergency numbers
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "field", "message"),
+    [
+        (
+            'extension = "103"',
+            'extension = "112"',
+            'extension = "112"',
+            "employee[3].extension",
+            "112 is an emergency number",
+        ),
+        (
+            'extension = "200"',
+            'extension = "110"',
+            'extension = "110"',
+            "group[1].extension",
+            "110 is an emergency number",
+        ),
+        (
+            'extension = "103"',
+            'extension = "11"',
+            'extension = "11"',
+            "employee[3].extension",
+            "11 is the start of emergency number 112: whoever dials 112 could reach extension 11 instead",
+        ),
+        (
+            'domain = "office.example"',
+            'domain = "office.example"\nemergency_numbers = ["112", "1x0"]',
+            "emergency_numbers",
+            "server.emergency_numbers",
+            "'1x0' is not an emergency number (2–6 digits)",
+        ),
+        (
+            'domain = "office.example"',
+            'domain = "office.example"\nemergency_trunk = "provder"',
+            "emergency_trunk",
+            "server.emergency_trunk",
+            "unknown trunk 'provder' (did you mean 'provider'?)",
+        ),
+        # Another country's numbers: 999 is an emergency number in Britain (and 110 is not).
+        (
+            'name = "Carla Weber"',
+            'name = "Carla Weber"\n\n[[employee]]\nextension = "999"\nname = "X"\npassword = "x"',
+            'extension = "999"',
+            "employee[4].extension",
+            "999 is an emergency number",
+        ),
+    ],
+)
+def test_check_config_refuses_extensions_that_would_take_an_emergency_number(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    old: str,
+    new: str,
+    needle: str,
+    field: str,
+    message: str,
+) -> None:
+    assert old in EXAMPLE
+    text = EXAMPLE.replace(old, new, 1)
+    if "999" in new:
+        assert 'country_code = "49"' in text
+        text = text.replace('country_code = "49"', 'country_code = "44"')
+    status, out = check(tmp_path, text, capsys)
+    assert status == 1, out
+    line = next(n for n, t in enumerate(text.splitlines(), 1) if t.startswith(needle))
+    expected = f"{tmp_path / 'office.toml'}:{line}: {field}: {message}"
+    assert any(printed.startswith(expected) for printed in out.splitlines()), out
+
+
+def test_check_config_accepts_the_emergency_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = 'emergency_numbers = ["112", "110", "116117"]\nemergency_trunk = "provider"'
+    text = EXAMPLE.replace('domain = "office.example"', f'domain = "office.example"\n{settings}')
+    text = text.replace('"103"', '"1100"')  # starts with 110 but takes nothing from it
+    status, out = check(tmp_path, text, capsys)
+    assert (status, out) == (0, "OK: 3 employees, 1 group, 1 trunk, 1 number, 2 CRM contacts\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[server]\ndomain = "office.example"\n',
+            "server: warning: there is no [[trunk]]: emergency calls (112, 110) CANNOT be connected",
+        ),
+        (
+            '[server]\ndomain = "office.example"\nemergency_numbers = []\n',
+            "server.emergency_numbers: warning: is empty: NO number reaches the emergency services",
+        ),
+        (
+            '[server]\ndomain = "office.example"\ncountry_code = "998"\n\n'
+            '[[trunk]]\nname = "p"\nhost = "192.0.2.1"\n',
+            "server.country_code: warning: no emergency numbers are known for country code 998: only 112",
+        ),
+    ],
+)
+def test_check_config_warns_when_emergency_calls_cannot_be_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    status, out = check(tmp_path, text, capsys)
+    assert status == 0 and message in out and out.endswith("(1 warning)\n"), out

@@ -52,6 +52,7 @@ def steps(text: str) -> tuple[str | object, ...]:
         ("+49 (0)30 1234567", INT, "49301234567", ""),
         ("+49.30.1234567", INT, "49301234567", ""),
         ("+49891234567;105", INT, "49891234567", "105"),
+        ("+49 112", INT, "49112", ""),  # a country code and a short number: read, but not E.164
         ("+49891234567#105#", INT, "49891234567", "105#"),
         ("+49891234567;,,105", INT, "49891234567", ",,105"),
         ("+49891234567;pp105", INT, "49891234567", ",,105"),
@@ -83,9 +84,9 @@ def test_parse(text: str, kind: DialKind, digits: str, post: str) -> None:
         ("alice", "not an extension or a phone number"),
         ("10a", "unexpected 'a'"),
         ("+", "no digits"),
-        ("+49 12", "an E.164 number has 6–15"),
+        ("+12", "a country code and a number have 3–15"),
         ("+0049301234567", "cannot start with 0"),
-        ("+4930123456789012", "an E.164 number has 6–15"),
+        ("+4930123456789012", "a country code and a number have 3–15"),
         ("012345678901234567", "at most 17"),
         ("+49891234567;1x", "'x' in the post-dial part"),
         ("+49891234567;1w2", "wait for dial tone"),
@@ -232,6 +233,8 @@ def test_to_e164_other_countries(plan: NumberingPlan, text: str, e164: str) -> N
         ("00049301234", "not E.164"),
         ("0012", "no E.164 form"),  # four digits: an extension
         ("00123", "not E.164"),
+        ("+49 12", "4912 is not a valid number"),
+        ("+49 112", "not E.164: 6–15 digits"),
     ],
 )
 def test_to_e164_errors(text: str, message: str) -> None:
@@ -266,7 +269,7 @@ def dial_strings(draw: st.DrawFn) -> DialString:
     kind = draw(st.sampled_from(DialKind))
     if kind is EXT:
         return DialString(kind, draw(st.from_regex(r"[0-9]{1,4}", fullmatch=True)))
-    pattern = r"[0-9]{5,17}" if kind is NAT else r"[1-9][0-9]{5,14}"
+    pattern = r"[0-9]{5,17}" if kind is NAT else r"[1-9][0-9]{2,14}"
     digits = draw(st.from_regex(pattern, fullmatch=True))
     return DialString(kind, digits, tuple(draw(st.lists(_post_step, max_size=12))))
 

@@ -689,6 +689,23 @@ def test_numbering_plan_of_the_server_and_of_each_trunk(tmp_path: Path) -> None:
     assert d.numbering("nowhere") == d.server.numbering
 
 
+def test_emergency_numbers_and_trunk(tmp_path: Path) -> None:
+    d = load_directory(write(tmp_path, BASE))
+    assert (d.server.emergency_numbers, d.server.emergency, d.server.emergency_trunk) == (
+        None,
+        ("112", "110"),
+        None,
+    )
+    assert d.warnings == ()
+    uk = load_directory(write(tmp_path, BASE.replace("[server]", '[server]\ncountry_code = "44"')))
+    assert uk.server.emergency == ("999", "112")
+    own = BASE.replace(
+        "[server]", '[server]\nemergency_numbers = [" 112 ", "112", "19222"]\nemergency_trunk = "provider"'
+    )
+    d = load_directory(write(tmp_path, own))
+    assert (d.server.emergency, d.server.emergency_trunk) == (("112", "19222"), "provider")
+
+
 def test_media_is_anchored_unless_turned_off(tmp_path: Path) -> None:
     assert load_directory(write(tmp_path, BASE)).server.anchor_media is True
     off = BASE.replace('domain = "office.example"', 'domain = "office.example"\nanchor_media = false')
