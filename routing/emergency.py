@@ -6,10 +6,15 @@ outbound scope), so an employee restricted to internal calls still reaches 112. 
 directory (``[server] emergency_numbers``); without that key, :func:`default_emergency_numbers` gives the
 ones of the office's country (``country_code``), and 112 for a country this table does not know.
 
-Dialled forms: the number itself (``112``), and the number in international form with the office's own
-country code (``+49 112``, ``0049 112``), which some people and some phones dial. The call goes to the trunk
-with the number itself in the Request-URI (``sip:112@trunk``): an emergency number is a national short code,
-not an E.164 number, and providers route it to the emergency service responsible for the caller's location.
+Dialled forms: the number itself (``112``), the number in international form with the office's own
+country code (``+49 112``, ``0049 112``), which some people and some phones dial, and the number after a bare
+``+`` or international prefix (``+112``, ``00112``), which people try too. None of these is an extension
+(1–4 digits without prefix), and a country code with a short number after it is no real E.164 number, so
+reading them as the emergency number takes nothing away.
+
+The call goes to the trunk with the number itself in the Request-URI (``sip:112@trunk``): an emergency number
+is a national short code, not an E.164 number, and providers route it to the emergency service responsible
+for the caller's location.
 
 Pure: no I/O.
 """
@@ -93,15 +98,15 @@ def default_emergency_numbers(country_code: str) -> tuple[str, ...]:
 
 def emergency_number(dialled: DialString, numbers: Collection[str], plan: NumberingPlan) -> str | None:
     """The emergency number among ``numbers`` that ``dialled`` means, else None: the number itself
-    (``112``), or in international form with ``plan``'s country code (``+49 112``, ``0049 112``).
-    Post-dial digits are not looked at: a call for help is never refused over them."""
+    (``112``), in international form with ``plan``'s country code (``+49 112``, ``0049 112``), or after a
+    bare ``+`` or international prefix (``+112``, ``00112``). Post-dial digits are not looked at: a call for
+    help is never refused over them."""
     digits = dialled.digits
     if dialled.kind is DialKind.INTERNATIONAL:
-        own = plan.country_code
+        prefixes: tuple[str, ...] = ("", plan.country_code)
     else:
-        if digits in numbers:
-            return digits
-        own = plan.international_prefix + plan.country_code
-    if digits.startswith(own) and digits[len(own) :] in numbers:
-        return digits[len(own) :]
+        prefixes = ("", plan.international_prefix + plan.country_code, plan.international_prefix)
+    for prefix in prefixes:
+        if digits.startswith(prefix) and digits[len(prefix) :] in numbers:
+            return digits[len(prefix) :]
     return None

@@ -138,7 +138,10 @@ async def bridged(phone_sink: RtpSink, provider: TrunkProvider, answer: bytes, o
     await provider.rtp.wait_for(lambda p: p.payload == b"\x55" * 160)
 
 
-@pytest.mark.parametrize(("dialled", "number"), [("112", "112"), ("+49 112", "112"), ("0049110", "110")])
+@pytest.mark.parametrize(
+    ("dialled", "number"),
+    [("112", "112"), ("110", "110"), ("+49 112", "112"), ("0049110", "110"), ("00112", "112")],
+)
 async def test_an_employee_without_outbound_calls_reaches_the_emergency_services(
     start_office: StartOffice, dialled: str, number: str
 ) -> None:
@@ -247,6 +250,8 @@ def test_the_default_table() -> None:
         ("+49 112", "112"),
         ("0049112", "112"),
         ("00 49 110;1", "110"),
+        ("00112", "112"),  # an international prefix before the bare number: people try it
+        ("+112", "112"),
         ("+44 112", None),
         ("0044112", None),
         ("0112", None),

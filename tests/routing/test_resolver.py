@@ -222,6 +222,8 @@ def emergency(number: str, trunk: str = "provider") -> ToExternal:
         ("00 49 110", "110"),
         ("tel:112", "112"),
         ("+49112;5", "112"),  # post-dial digits never stop a call for help (and are not sent)
+        ("00112", "112"),
+        ("+110", "110"),
     ],
 )
 def test_every_employee_reaches_the_emergency_services(text: str, number: str, extension: str) -> None:
