@@ -833,7 +833,7 @@ class B2bua:
     def _calls_trunk_number(self, request: Request, trunk: str) -> bool:
         """Whether the Request-URI names one of ``trunk``'s numbers, in any form the resolver accepts."""
         try:
-            number = self.resolver.inbound_number(from_request_uri(request.uri))
+            number = self.resolver.inbound_number(from_request_uri(request.uri), trunk)
         except DialStringError:
             return False
         return number is not None and number.trunk == trunk
@@ -895,7 +895,7 @@ class B2bua:
                 )
                 continue
             if isinstance(route, ToExternal):
-                call.destination = ("external", route.e164)
+                call.destination = (route.kind, route.e164)
                 await self._call_out(call, route)
                 return
             if isinstance(route, Refused):
@@ -1516,7 +1516,7 @@ class B2bua:
             call = _Call(winner, ringing.queue, None, legs=[leg for leg in legs if leg is not winner])
             call.held, call.media = ringing.held, media
             call.caller, call.dialled, call.started_at = extension, dialled_text, started_at
-            call.destination = ("external", route.e164)
+            call.destination = (route.kind, route.e164)
             self.active[legs[0]] = call.legs
             self._calls[legs[0]] = call
             self._emit(CallStarted(self._call_id(call), extension, dialled_text))  # ringing, answered follow

@@ -87,8 +87,9 @@ class CallRecord:
 
     ``caller``: the employee's extension, else the caller's From URI (``source_trunk``: the trunk it came
     through). ``dialled``: the dialled string in canonical form. ``destination_kind`` / ``destination_id``:
-    where the call was last routed — ``employee``/extension, ``group``/extension, ``external``/E.164, or
-    ``number``/E.164 when a greeting's caller never reached a destination. ``answered_by``: the SIP user of
+    where the call was last routed — ``employee``/extension, ``group``/extension, ``external``/E.164,
+    ``emergency``/the emergency number (``112``), or ``number``/E.164 when a greeting's caller never reached
+    a destination. ``answered_by``: the SIP user of
     the employee who answered (or the E.164 number called out), ``answered_contact``: the device's contact.
     ``digits``: what the caller keyed in during the greeting (flow 3). ``status``: the final status when the
     call was not answered. ``transferred_by``: the employee whose transfer (REFER) brought the call to

@@ -4,7 +4,8 @@ A dial string is a number and, optionally, post-dial digits::
 
     105                         an extension (1–4 digits)
     030 1234-567                a national number (5 or more digits, visual separators allowed)
-    +49 (30) 123-45 67          an international number ("+", 6–15 digits; "+49 (0)30 …" drops the "(0)")
+    +49 (30) 123-45 67          an international number ("+", 6–15 digits; "+49 (0)30 …" drops the "(0)";
+                                3–5 digits are read too, for "+49 112", but have no E.164 form)
     +49891234567;105            post-dial digits after the first ";" …
     +49891234567#105#           … or the first "#" (after it, "#" is a digit like any other)
     +49891234567;,,105          "," is a one-second pause
@@ -28,7 +29,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -44,8 +45,12 @@ __all__ = [
     "DialKind",
     "DialString",
     "DialStringError",
+    "NumberingPlan",
     "Pause",
     "PostDialStep",
+    "check_country_code",
+    "check_international_prefix",
+    "check_trunk_prefix",
     "format_dialstring",
     "format_post_dial",
     "from_request_uri",
@@ -58,6 +63,8 @@ DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 EXTENSION_DIGITS: Final = (1, 4)
 NATIONAL_DIGITS: Final = (5, 17)  # an international prefix ("00") and 15 digits fit
 INTERNATIONAL_DIGITS: Final = (6, 15)  # E.164 allows 15 digits; the directory asks for at least 6
+#: After a dialled "+": a country code and a short number ("+49 112", an emergency number) up to E.164's 15.
+DIALLED_INTERNATIONAL_DIGITS: Final = (3, 15)
 MAX_POST_DIAL: Final = 64
 MAX_TEXT: Final = 256
 
@@ -79,7 +86,7 @@ class DialKind(enum.Enum):
 
     EXTENSION = "extension"  #: 1–4 digits, inside the office
     NATIONAL = "national"  #: 5 or more digits without "+": needs a country code (see :func:`to_e164`)
-    INTERNATIONAL = "international"  #: "+" and an E.164 number
+    INTERNATIONAL = "international"  #: "+" and an E.164 number (or a country code and a short number)
 
 
 @attrs.frozen
@@ -128,7 +135,7 @@ class DialString:
         low, high = {
             DialKind.EXTENSION: EXTENSION_DIGITS,
             DialKind.NATIONAL: NATIONAL_DIGITS,
-            DialKind.INTERNATIONAL: INTERNATIONAL_DIGITS,
+            DialKind.INTERNATIONAL: DIALLED_INTERNATIONAL_DIGITS,
         }[self.kind]
         if not (self.digits and set(self.digits) <= _DECIMAL):
             raise DialStringError(f"{self.kind.value} number {_show(self.digits)} must be decimal digits")
@@ -215,10 +222,11 @@ def _parse_number(text: str, whole: str) -> tuple[DialKind, str]:
     if not digits:
         raise DialStringError(f"{_show(whole)} has no digits")
     if international:
-        low, high = INTERNATIONAL_DIGITS
+        low, high = DIALLED_INTERNATIONAL_DIGITS
         if not low <= len(digits) <= high:
             raise DialStringError(
-                f"{_show(whole)} has {len(digits)} digits after '+'; an E.164 number has {low}–{high}"
+                f"{_show(whole)} has {len(digits)} digits after '+'; a country code and a number have "
+                f"{low}–{high}"
             )
         if digits[0] == "0":
             raise DialStringError(f"{_show(whole)}: a country code cannot start with 0")
@@ -338,31 +346,77 @@ def from_request_uri(uri: Uri) -> DialString:
 # ----------------------------------------------------------------------------------------------- E.164
 
 
-def to_e164(
-    d: DialString, country_code: str = "49", trunk_prefix: str = "0", international_prefix: str = "00"
-) -> str:
-    """The E.164 form (``+4930123456``) of an external number.
+def check_country_code(value: str) -> None:
+    """Raise :class:`DialStringError` unless ``value`` is a country calling code: 1–3 digits, not 0…."""
+    if not (isinstance(value, str) and 0 < len(value) <= 3 and set(value) <= _DECIMAL) or value[0] == "0":
+        raise DialStringError(f"country code {value!r} must be 1–3 digits, not starting with 0")
 
-    A national number that starts with ``international_prefix`` (``0049 …``) is international; one that
-    starts with ``trunk_prefix`` (``030 …``) gets ``country_code`` in its place. A number with neither (a
+
+def check_trunk_prefix(value: str) -> None:
+    """Raise :class:`DialStringError` unless ``value`` is a trunk (national) prefix: 0–3 digits (empty where
+    national numbers are dialled without one, as in Italy or Denmark)."""
+    if not (isinstance(value, str) and len(value) <= 3 and set(value) <= _DECIMAL):
+        raise DialStringError(f"trunk prefix {value!r} must be up to 3 digits (empty: none)")
+
+
+def check_international_prefix(value: str) -> None:
+    """Raise :class:`DialStringError` unless ``value`` is an international prefix: 2–5 digits."""
+    if not (isinstance(value, str) and 2 <= len(value) <= 5 and set(value) <= _DECIMAL):
+        raise DialStringError(f"international prefix {value!r} must be 2–5 digits")
+
+
+def _checked(check: Callable[[str], None]) -> Callable[[object, object, str], None]:
+    """An attrs validator that runs ``check`` on the value."""
+
+    def validator(instance: object, attribute: object, value: str) -> None:
+        check(value)
+
+    return validator
+
+
+@attrs.frozen
+class NumberingPlan:
+    """How a country's dialled numbers become E.164 (:func:`to_e164`): its ``country_code`` (``"49"``),
+    ``trunk_prefix`` (``"0"``: dialled before a national number, dropped for E.164) and
+    ``international_prefix`` (``"00"``: dialled before a country code). The directory file sets them
+    (``[server]``, per ``[[trunk]]``)."""
+
+    country_code: str = attrs.field(validator=_checked(check_country_code))
+    trunk_prefix: str = attrs.field(validator=_checked(check_trunk_prefix))
+    international_prefix: str = attrs.field(validator=_checked(check_international_prefix))
+
+    def __attrs_post_init__(self) -> None:
+        if self.trunk_prefix == self.international_prefix:
+            raise DialStringError(
+                f"trunk prefix and international prefix are both {self.trunk_prefix!r}: a number could be "
+                "either"
+            )
+
+
+def to_e164(d: DialString, plan: NumberingPlan) -> str:
+    """The E.164 form (``+4930123456``) of an external number under ``plan``.
+
+    A national number that starts with the international prefix (``0049 …``) is international; one that
+    starts with the trunk prefix (``030 …``) gets the country code in its place; where the plan has no trunk
+    prefix every other national number gets the country code in front. A number with neither prefix (a
     local number without its area code) has no E.164 form. Raises :class:`DialStringError`.
     """
-    if not (0 < len(country_code) <= 3 and set(country_code) <= _DECIMAL) or country_code[0] == "0":
-        raise DialStringError(f"country code {country_code!r} must be 1–3 digits, not starting with 0")
-    if d.kind is DialKind.INTERNATIONAL:
-        return "+" + d.digits
     if d.kind is DialKind.EXTENSION:
         raise DialStringError(f"extension {d.digits} has no E.164 form")
-    if international_prefix and d.digits.startswith(international_prefix):
-        e164 = d.digits[len(international_prefix) :]
-    elif trunk_prefix and d.digits.startswith(trunk_prefix):
-        e164 = country_code + d.digits[len(trunk_prefix) :]
+    international, trunk = plan.international_prefix, plan.trunk_prefix
+    if d.kind is DialKind.INTERNATIONAL:
+        e164 = d.digits
+    elif d.digits.startswith(international):
+        e164 = d.digits[len(international) :]
+    elif d.digits.startswith(trunk):  # always true for an empty trunk prefix
+        e164 = plan.country_code + d.digits[len(trunk) :]
     else:
         raise DialStringError(
-            f"{d.digits} starts with neither the trunk prefix {trunk_prefix!r} nor the international prefix "
-            f"{international_prefix!r}: dial the area code"
+            f"{d.digits} starts with neither the trunk prefix {trunk!r} nor the international prefix "
+            f"{international!r}: dial the area code"
         )
     low, high = INTERNATIONAL_DIGITS
     if not low <= len(e164) <= high or e164[0] == "0":
-        raise DialStringError(f"{d.digits} is not a valid number (+{e164} is not E.164)")
+        shown = "+" + d.digits if d.kind is DialKind.INTERNATIONAL else d.digits
+        raise DialStringError(f"{shown} is not a valid number (+{e164} is not E.164: {low}–{high} digits)")
     return "+" + e164

@@ -31,9 +31,18 @@ import attrs
 
 from sipcore.auth import ALGORITHMS, DigestSecret
 
+from .dialstring import (
+    DialStringError,
+    NumberingPlan,
+    check_country_code,
+    check_international_prefix,
+    check_trunk_prefix,
+)
+from .emergency import EMERGENCY_NUMBER_RE, EMERGENCY_NUMBERS, default_emergency_numbers
 from .errors import ConfigError, ConfigProblem
 
 __all__ = [
+    "DEFAULT_NUMBERING",
     "HANGUP",
     "CrmContact",
     "Destination",
@@ -56,6 +65,9 @@ __all__ = [
 EXTENSION_RE: Final = re.compile(r"[0-9]{1,4}")
 RING_SECONDS_RANGE: Final = (5, 300)
 DEFAULT_RING_SECONDS: Final = 20
+#: What a directory file without ``country_code``, ``trunk_prefix`` and ``international_prefix`` means:
+#: Germany.
+DEFAULT_NUMBERING: Final = NumberingPlan("49", "0", "00")
 
 # ------------------------------------------------------------------------------------------- values
 
@@ -130,11 +142,25 @@ class ServerConfig:
     #: Relay the media of every call through our RTP ports (NAT-safe); off, calls between phones pass
     #: their SDP through and media flows phone to phone (greeting calls and calls out are always anchored).
     anchor_media: bool = True
+    #: How dialled national numbers become E.164 (a trunk may have its own).
+    numbering: NumberingPlan = DEFAULT_NUMBERING
+    #: Numbers that always reach the emergency services through a trunk, whoever of the employees dials
+    #: them; None: those of the country of ``numbering`` (see :attr:`emergency` and :mod:`routing.emergency`).
+    emergency_numbers: tuple[str, ...] | None = None
+    #: The trunk emergency calls leave through (None: the outbound trunk).
+    emergency_trunk: str | None = None
 
     @property
     def realm(self) -> str:
         """The digest realm: the SIP domain."""
         return self.domain
+
+    @property
+    def emergency(self) -> tuple[str, ...]:
+        """The emergency numbers in force: ``emergency_numbers``, else the country's."""
+        if self.emergency_numbers is not None:
+            return self.emergency_numbers
+        return default_emergency_numbers(self.numbering.country_code)
 
 
 @attrs.frozen
@@ -176,6 +202,8 @@ class Trunk:
     password: str | None = attrs.field(default=None, repr=False)
     register: bool = False
     inbound_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: The numbering plan of calls through this trunk, when it differs from the server's (None: the same).
+    numbering: NumberingPlan | None = None
 
 
 @attrs.frozen
@@ -206,6 +234,9 @@ class Directory:
     numbers: tuple[Number, ...] = ()
     crm: tuple[CrmContact, ...] = ()
     source: Path | None = None
+    #: What :func:`load_directory` found legal but probably not meant (a trunk network that takes in the
+    #: whole Internet …); the server logs them at start and on reload, ``check-config`` prints them.
+    warnings: tuple[ConfigProblem, ...] = ()
 
     @functools.cached_property
     def _by_extension(self) -> dict[str, Employee]:
@@ -227,6 +258,13 @@ class Directory:
 
     def trunk(self, name: str) -> Trunk | None:
         return next((t for t in self.trunks if t.name == name), None)
+
+    def numbering(self, trunk: str | None = None) -> NumberingPlan:
+        """The numbering plan of calls through ``trunk``: its own, else the server's."""
+        found = self.trunk(trunk) if trunk is not None else None
+        if found is not None and found.numbering is not None:
+            return found.numbering
+        return self.server.numbering
 
     def number(self, e164: str) -> Number | None:
         return next((n for n in self.numbers if n.number == e164), None)
@@ -347,6 +385,11 @@ _TABLES: Final = {
         "auth_algorithms",
         "cdr_retention_days",
         "anchor_media",
+        "country_code",
+        "trunk_prefix",
+        "international_prefix",
+        "emergency_numbers",
+        "emergency_trunk",
     },
     "employee": {
         "extension",
@@ -359,7 +402,19 @@ _TABLES: Final = {
         "fallback",
     },
     "group": {"extension", "name", "strategy", "members", "ring_seconds", "fallback"},
-    "trunk": {"name", "host", "port", "transport", "username", "password", "register", "inbound_from"},
+    "trunk": {
+        "name",
+        "host",
+        "port",
+        "transport",
+        "username",
+        "password",
+        "register",
+        "inbound_from",
+        "country_code",
+        "trunk_prefix",
+        "international_prefix",
+    },
     "number": {"number", "trunk", "extension_processing", "greeting", "music", "default"},
     "crm": {"name", "number"},
 }
@@ -372,6 +427,7 @@ _HEX64_RE: Final = re.compile(r"[0-9a-fA-F]{64}")
 _LISTEN_RE: Final = re.compile(r"(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):([0-9]{1,5})")
 _RTP_RE: Final = re.compile(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*")
 
+_NUMBERING_KEYS: Final = frozenset({"country_code", "trunk_prefix", "international_prefix"})
 _TYPE_NAMES: Final = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 
 
@@ -389,6 +445,8 @@ class _Checker:
         self.file = file
         self.locator = locator
         self.problems: list[ConfigProblem] = []
+        #: Things that work but are probably not meant (``check-config`` prints them, the server logs them).
+        self.warnings: list[ConfigProblem] = []
 
     @staticmethod
     def field_name(table: str, index: int | None, key: str | None) -> str:
@@ -400,10 +458,14 @@ class _Checker:
         return self.locator.table(table, i) if key is None else self.locator.key(table, i, key)
 
     def report(self, table: str, index: int | None, key: str | None, message: str) -> None:
-        self.problems.append(
-            ConfigProblem(
-                self.file, self.line(table, index, key), self.field_name(table, index, key), message
-            )
+        self.problems.append(self._problem(table, index, key, message))
+
+    def warn(self, table: str, index: int | None, key: str | None, message: str) -> None:
+        self.warnings.append(self._problem(table, index, key, message))
+
+    def _problem(self, table: str, index: int | None, key: str | None, message: str) -> ConfigProblem:
+        return ConfigProblem(
+            self.file, self.line(table, index, key), self.field_name(table, index, key), message
         )
 
     def unknown_keys(self, table: str, index: int | None, data: Mapping[str, Any]) -> None:
@@ -474,6 +536,10 @@ class _Loader:
         self.destinations: list[tuple[str, int, str, Destination]] = []
         #: The digest algorithms the server offers (empty when [server] is unusable).
         self.algorithms: tuple[str, ...] = ()
+        #: The server's numbering plan (the default when [server] is unusable), which trunks may amend.
+        self.numbering = DEFAULT_NUMBERING
+        #: The emergency numbers no extension may take.
+        self.emergency: tuple[str, ...] = ()
 
     # ---------------------------------------------------------------------------------- top level
 
@@ -486,6 +552,8 @@ class _Loader:
         raw = {name: _tables(self.doc, name, self.c) for name in _TABLES if name != "server"}
         server = self.server()
         self.algorithms = server.auth_algorithms if server is not None else ()
+        self.numbering = server.numbering if server is not None else DEFAULT_NUMBERING
+        self.emergency = server.emergency if server is not None else ()
         employees = _built(raw["employee"], self.employee)
         groups = _built(raw["group"], self.group)
         trunks = _built(raw["trunk"], self.trunk)
@@ -502,6 +570,7 @@ class _Loader:
             numbers=tuple(n for _, n in numbers),
             crm=tuple(x for _, x in crm),
             source=self.path,
+            warnings=tuple(sorted(self.c.warnings, key=lambda p: p.line)),
         )
 
     # ------------------------------------------------------------------------------------- server
@@ -527,6 +596,8 @@ class _Loader:
                 c.report("server", None, "listen", str(exc))
         if "listen" in data and not listen and isinstance(data["listen"], list) and not data["listen"]:
             c.report("server", None, "listen", "must name at least one address")
+        for problem in _listen_clashes(listen):
+            c.report("server", None, "listen", problem)
         if "listen" not in data:
             listen = [ListenSpec("udp", "0.0.0.0", 5060)]
         state_dir = c.get("server", None, data, "state_dir", str, "var")
@@ -561,6 +632,10 @@ class _Loader:
                 f"must be 0 (keep for ever) or more days, not {retention}",
             )
             retention = None
+        numbering = self.numbering_plan("server", None, data, DEFAULT_NUMBERING)
+        emergency = self.emergency_numbers(data, numbering or DEFAULT_NUMBERING)
+        emergency_ok = "emergency_numbers" not in data or emergency is not None
+        emergency_trunk = c.get("server", None, data, "emergency_trunk", str, None)
         if (
             domain is None
             or state_dir is None
@@ -568,6 +643,8 @@ class _Loader:
             or not listen
             or not algorithms
             or retention is None
+            or numbering is None
+            or not emergency_ok
         ):
             return None
         return ServerConfig(
@@ -578,7 +655,87 @@ class _Loader:
             auth_algorithms=tuple(algorithms),
             cdr_retention_days=retention,
             anchor_media=anchor is not False,
+            numbering=numbering,
+            emergency_numbers=emergency,
+            emergency_trunk=emergency_trunk.strip() if emergency_trunk else None,
         )
+
+    def emergency_numbers(self, data: Mapping[str, Any], numbering: NumberingPlan) -> tuple[str, ...] | None:
+        """``emergency_numbers`` as given; None when not given (the country's, warned about when the country
+        is not known) or wrong (a problem reported)."""
+        c = self.c
+        if "emergency_numbers" not in data:
+            country = numbering.country_code
+            if country not in EMERGENCY_NUMBERS:
+                c.warn(
+                    "server",
+                    None,
+                    "country_code" if "country_code" in data else None,
+                    f"no emergency numbers are known for country code {country}: only 112 is routed as one; "
+                    "list your country's in emergency_numbers",
+                )
+            return None
+        given = c.get_str_list("server", None, data, "emergency_numbers")
+        if given is None:
+            return None
+        numbers: list[str] = []
+        for text in given:
+            number = text.strip()
+            if EMERGENCY_NUMBER_RE.fullmatch(number) is None:
+                c.report(
+                    "server", None, "emergency_numbers", f"{text!r} is not an emergency number (2–6 digits)"
+                )
+                return None
+            if number not in numbers:
+                numbers.append(number)
+        if not numbers:
+            c.warn(
+                "server",
+                None,
+                "emergency_numbers",
+                "is empty: NO number reaches the emergency services from this office's phones",
+            )
+        return tuple(numbers)
+
+    def numbering_plan(
+        self, table: str, index: int | None, data: Mapping[str, Any], base: NumberingPlan
+    ) -> NumberingPlan | None:
+        """``base`` with the ``country_code``, ``trunk_prefix`` and ``international_prefix`` that ``data``
+        gives (None, and problems, when one is wrong)."""
+        c = self.c
+        values: dict[str, str] = {}
+        ok = True
+        for key, check in (
+            ("country_code", check_country_code),
+            ("trunk_prefix", check_trunk_prefix),
+            ("international_prefix", check_international_prefix),
+        ):
+            if key not in data:
+                continue
+            value = data[key]
+            if not isinstance(value, str):
+                c.report(table, index, key, f'must be a string of digits (quoted: "{value}"), not {value!r}')
+                ok = False
+                continue
+            try:
+                check(value.strip())
+            except DialStringError as exc:
+                c.report(table, index, key, str(exc))
+                ok = False
+                continue
+            values[key] = value.strip()
+        if not ok:
+            return None
+        try:
+            return attrs.evolve(base, **values)
+        except DialStringError as exc:
+            c.report(
+                table,
+                index,
+                "international_prefix" if "international_prefix" in data else "trunk_prefix",
+                str(exc),
+            )
+            return None
 
     # ---------------------------------------------------------------------------------- employees
 
@@ -598,8 +755,26 @@ class _Loader:
                 f"{extension} is already used by {self.c.field_name(*first, None)} (line {where})",
             )
             return None
+        clash = self.emergency_clash(extension)
+        if clash is not None:
+            self.c.report(table, index, "extension", clash)
+            return None
         self.extensions[extension] = (table, index)
         return extension
+
+    def emergency_clash(self, extension: str) -> str | None:
+        """Why ``extension`` may not be an extension: it is an emergency number, or the start of one (a
+        phone or the greeting's digit collection that routes as soon as an extension matches would never
+        let the emergency number be dialled)."""
+        for number in self.emergency:
+            if extension == number:
+                return f"{extension} is an emergency number: dialling it must reach the emergency services"
+            if number.startswith(extension):
+                return (
+                    f"{extension} is the start of emergency number {number}: whoever dials {number} could "
+                    f"reach extension {extension} instead"
+                )
+        return None
 
     def employee(self, i: int, data: Mapping[str, Any]) -> Employee | None:
         c, t = self.c, "employee"
@@ -695,10 +870,12 @@ class _Loader:
             return ExtensionRef(text)
         if text.startswith("+"):
             try:
-                return parse_external_number(text)
+                external = parse_external_number(text)
             except ValueError as exc:
                 self.c.report(table, i, key, str(exc))
                 return None
+            self.destinations.append((table, i, key, external))
+            return external
         self.c.report(
             table, i, key, f"{text!r} is not an extension (1–4 digits), an E.164 number or 'hangup'"
         )
@@ -737,10 +914,21 @@ class _Loader:
                 with contextlib.suppress(ValueError):
                     hint = f"; did you mean {ipaddress.ip_network(text.strip(), strict=False)}?"
                 c.report(t, i, "inbound_from", f"{text!r} is not an address or network ({exc}){hint}")
+        for network in networks:
+            warning = _broad_network(network, name)
+            if warning is not None:
+                c.warn(t, i, "inbound_from", warning)
+        numbering: NumberingPlan | None = None
+        if _NUMBERING_KEYS & data.keys():
+            numbering = self.numbering_plan(t, i, data, self.numbering)
+            if numbering is None:
+                return None
         if None in (name, host, port, transport, register):
             return None
         assert name is not None and host is not None and port is not None and transport is not None
-        return Trunk(name, host, port, transport, username, password, bool(register), tuple(networks))
+        return Trunk(
+            name, host, port, transport, username, password, bool(register), tuple(networks), numbering
+        )
 
     # ------------------------------------------------------------------------------------ numbers
 
@@ -859,12 +1047,37 @@ class _Loader:
             if isinstance(dest, ExtensionRef) and dest.extension not in self.extensions:
                 c.report(table, i, key, f"extension {dest.extension} is neither an employee nor a group")
         trunk_names = self.unique(raw["trunk"], "trunk", "name", lambda v: v if isinstance(v, str) else None)
+        if not raw["trunk"]:
+            for table, i, key, dest in self.destinations:
+                if isinstance(dest, ExternalNumber) and table != "number":
+                    c.report(
+                        table,
+                        i,
+                        key,
+                        f"{dest.e164} is an external number, but there is no [[trunk]] to call it",
+                    )
         self.unique(raw["number"], "number", "number", _e164_or_none)
         self.unique(raw["crm"], "crm", "number", _crm_key)
         for i, data in raw["number"]:
             trunk = data.get("trunk")
             if isinstance(trunk, str) and trunk not in trunk_names:
                 c.report("number", i, "trunk", f"unknown trunk {trunk!r}" + _hint(trunk, trunk_names))
+        server = self.doc.get("server")
+        emergency_trunk = server.get("emergency_trunk") if isinstance(server, dict) else None
+        if isinstance(emergency_trunk, str) and emergency_trunk.strip() not in trunk_names:
+            c.report(
+                "server",
+                None,
+                "emergency_trunk",
+                f"unknown trunk {emergency_trunk!r}" + _hint(emergency_trunk.strip(), trunk_names),
+            )
+        if self.emergency and not raw["trunk"]:
+            c.warn(
+                "server",
+                None,
+                None,
+                f"there is no [[trunk]]: emergency calls ({', '.join(self.emergency)}) CANNOT be connected",
+            )
 
     def unique(
         self,
@@ -970,6 +1183,56 @@ def _parse_listen(text: str) -> ListenSpec:
     return ListenSpec(transport, host, port)
 
 
+def _listen_clashes(listen: Iterable[ListenSpec]) -> list[str]:
+    """Listen addresses that cannot all be bound: one given twice, or an address whose port the unspecified
+    address of its family (``0.0.0.0``, ``::``) already takes for the same transport. Port 0 picks a free
+    port each time and never clashes."""
+    problems: list[str] = []
+    seen: list[tuple[ListenSpec, ipaddress.IPv4Address | ipaddress.IPv6Address]] = []
+    for spec in listen:
+        address = ipaddress.ip_address(spec.host)
+        for other, other_address in seen:
+            if spec.port == 0 or (spec.transport, spec.port) != (other.transport, other.port):
+                continue
+            if address == other_address:
+                problems.append(f"{spec} is given twice" if spec == other else f"{spec} is {other} again")
+            elif address.version == other_address.version and (
+                address.is_unspecified or other_address.is_unspecified
+            ):
+                problems.append(
+                    f"{spec} and {other} clash: {_host_of(spec, other)} already takes that port on every "
+                    f"IPv{address.version} address"
+                )
+        seen.append((spec, address))
+    return problems
+
+
+def _host_of(*specs: ListenSpec) -> str:
+    """The spec among ``specs`` that listens on the unspecified address."""
+    return next(str(s) for s in specs if ipaddress.ip_address(s.host).is_unspecified)
+
+
+#: An ``inbound_from`` network larger than this (IPv4 /16, IPv6 /32) is warned about.
+_BROAD_PREFIX: Final = {4: 16, 6: 32}
+
+
+def _broad_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network, trunk: str | None) -> str | None:
+    """Why an ``inbound_from`` network is probably a mistake (None: it is not): every source in it calls the
+    trunk's numbers as the trunk, without authentication."""
+    who = f"trunk {trunk!r}" if trunk else "the trunk"
+    if network.prefixlen == 0:
+        return (
+            f"{network} is every address: ANYONE on the network becomes {who} and calls its numbers "
+            "without authentication; give the provider's addresses"
+        )
+    if network.prefixlen < _BROAD_PREFIX[network.version]:
+        return (
+            f"{network} holds {network.num_addresses:,} addresses, each taken as {who} without "
+            "authentication; a provider's SIP servers fit in a far smaller network"
+        )
+    return None
+
+
 def _parse_port_range(text: str) -> tuple[int, int]:
     match = _RTP_RE.fullmatch(text)
     if match is None:
@@ -984,35 +1247,51 @@ def _parse_port_range(text: str) -> tuple[int, int]:
 
 
 def load_directory(path: str | Path) -> Directory:
-    """Read and validate a directory file; raises ConfigError listing every problem found."""
+    """Read and validate a directory file; raises ConfigError listing every problem found. What is legal but
+    probably not meant is in the result's ``warnings``."""
+    directory, problems, _ = _read(path)
+    if problems or directory is None:
+        raise ConfigError(problems or [ConfigProblem(str(path), 1, "file", "incomplete configuration")])
+    return directory
+
+
+def _read(path: str | Path) -> tuple[Directory | None, list[ConfigProblem], list[ConfigProblem]]:
+    """The directory (None when there are problems), the problems and the warnings."""
     file = Path(path)
     name = str(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte order mark is not a TOML statement.
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigProblem(name, 1, "file", f"cannot read: {exc}")]) from None
+        return None, [ConfigProblem(name, 1, "file", f"cannot read: {exc}")], []
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         line = int(match.group(1)) if match else 1
-        raise ConfigError([ConfigProblem(name, line, "toml", f"not valid TOML: {exc}")]) from None
+        return None, [ConfigProblem(name, line, "toml", f"not valid TOML: {exc}")], []
     checker = _Checker(name, _Locator(text))
     directory = _Loader(file, doc, checker).load()
-    if checker.problems or directory is None:
-        raise ConfigError(checker.problems or [ConfigProblem(name, 1, "file", "incomplete configuration")])
-    return directory
+    return directory, checker.problems, checker.warnings
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def check_config_main(path: str, *, out: Callable[[str], None] | None = None) -> int:
-    """``durchwahl check-config FILE``: print every problem (exit status 1) or a one-line summary (0)."""
+    """``durchwahl check-config FILE``: print every problem and warning in file order, then a summary; exit
+    status 1 when there are problems, else 0 (warnings alone do not fail)."""
     write = out if out is not None else (lambda line: print(line, file=sys.stdout))
-    try:
-        directory = load_directory(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            write(str(problem))
-        write(f"{len(exc.problems)} problem{'' if len(exc.problems) == 1 else 's'} in {path}")
+    directory, problems, warnings = _read(path)
+    if not problems and directory is None:
+        problems = [ConfigProblem(path, 1, "file", "incomplete configuration")]
+    found = [(p, "") for p in problems] + [(w, "warning: ") for w in warnings]
+    for problem, label in sorted(found, key=lambda item: item[0].line):
+        write(f"{problem.file}:{problem.line}: {problem.field}: {label}{problem.message}")
+    noted = f" and {_plural(len(warnings), 'warning')}" if warnings else ""
+    if problems or directory is None:
+        write(f"{_plural(len(problems), 'problem')}{noted} in {path}")
         return 1
-    write(f"OK: {directory.summary()}")
+    write(f"OK: {directory.summary()}" + (f" ({_plural(len(warnings), 'warning')})" if warnings else ""))
     return 0

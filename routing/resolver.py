@@ -2,17 +2,24 @@
 
 Policy lives here, in one pure function (:meth:`Resolver.resolve_builtin`):
 
+* An **emergency number** (``[server] emergency_numbers``, see :mod:`routing.emergency`) dialled by an
+  employee always goes to the emergency trunk (``[server] emergency_trunk``, else the outbound trunk),
+  whatever the employee's outbound scope, before any extension and before the embedding application's hook:
+  nothing can shadow it. The trunk gets the number itself (``sip:112@…``); the route is marked
+  ``emergency`` (and so is the call's CDR row).
 * An **unauthenticated** source (:class:`Anonymous`) reaches nothing: it is challenged (401, or 407 if so
   configured) or, when a challenge cannot help, refused with 403 — never a free outbound call. The
   embedding application's hook is not consulted for it either.
 * An **employee** may call every extension (employee or ring group; unknown → 404) and external numbers as
   far as its outbound scope allows: ``none``, ``crm`` (numbers stored in the CRM) or ``any``. Dialling one of
   the office's own numbers reaches that number's flow directly, whatever the scope. External numbers are
-  turned into E.164 (national numbers get the configured country code) and leave through the outbound trunk
-  with the dialled post-dial digits.
+  turned into E.164 by the numbering plan of the outbound trunk (the directory's ``country_code``,
+  ``trunk_prefix``, ``international_prefix``: the trunk's own, else the server's) and leave through that
+  trunk with the dialled post-dial digits.
 * A **trunk** reaches only its own numbers' flows: extension processing (greeting and digit collection) or
   the number's default destination. Anything else is refused (404 for numbers the office does not have, 403
-  for extensions and for numbers of another trunk).
+  for extensions and for numbers of another trunk). National forms of them are read by that trunk's
+  numbering plan.
 
 An embedding application may supply its own resolver, an async callable ``(dialled, caller) → Route | None``
 consulted first (after the anonymous check); ``None`` falls through to the built-in policy. Routes it returns
@@ -41,6 +48,7 @@ from .directory import (
     Hangup,
     Number,
 )
+from .emergency import emergency_number
 from .errors import RoutingError
 
 __all__ = [
@@ -114,11 +122,20 @@ class ToGroup:
 
 @attrs.frozen
 class ToExternal:
-    """Call an external number through a trunk; send ``post_dial`` after the callee answers."""
+    """Call an external number through a trunk; send ``post_dial`` after the callee answers.
+
+    ``emergency``: a call to the emergency services; ``e164`` then holds the emergency number as the trunk
+    gets it (``112``: a national short code, not E.164)."""
 
     e164: str
     post_dial: tuple[PostDialStep, ...]
     trunk: str
+    emergency: bool = False
+
+    @property
+    def kind(self) -> str:
+        """What the call's CDR row names its destination: ``emergency`` or ``external``."""
+        return "emergency" if self.emergency else "external"
 
 
 @attrs.frozen
@@ -175,18 +192,15 @@ class ResolverConfig:
 
     ``scopes`` maps an employee's extension to its :class:`OutboundScope` (a mapping or pairs; values may
     be the names ``"none"``, ``"crm"``, ``"any"``); employees not listed get ``default_scope``.
-    ``outbound_trunk`` names the trunk for calls out (default: the directory's first trunk). ``country_code``,
-    ``trunk_prefix`` and ``international_prefix`` turn national numbers into E.164 (see
-    :func:`routing.dialstring.to_e164`). ``challenge_status`` is what an unauthenticated caller is answered
-    (401 as a UAS; 407 for deployments whose phones expect a proxy challenge).
+    ``outbound_trunk`` names the trunk for calls out (default: the directory's first trunk). How national
+    numbers become E.164 is the directory's (:meth:`routing.directory.Directory.numbering`).
+    ``challenge_status`` is what an unauthenticated caller is answered (401 as a UAS; 407 for deployments
+    whose phones expect a proxy challenge).
     """
 
     default_scope: OutboundScope = attrs.field(default=OutboundScope.ANY, converter=OutboundScope)
     scopes: tuple[tuple[str, OutboundScope], ...] = attrs.field(default=(), converter=_freeze_scopes)
     outbound_trunk: str | None = None
-    country_code: str = "49"
-    trunk_prefix: str = "0"
-    international_prefix: str = "00"
     challenge_status: int = attrs.field(default=401, validator=_check_challenge)
 
     def scope_of(self, extension: str) -> OutboundScope:
@@ -200,7 +214,7 @@ class Resolver:
     """Routes calls for one directory; build a new one when the directory is reloaded.
 
     Raises :class:`RoutingError` when the directory and configuration do not fit together: an extension used
-    by an employee and a group, or an ``outbound_trunk`` the directory does not have.
+    by an employee and a group, or an ``outbound_trunk`` or ``emergency_trunk`` the directory does not have.
     """
 
     def __init__(
@@ -232,6 +246,11 @@ class Resolver:
         if trunk is None and directory.trunks:
             trunk = directory.trunks[0].name
         self.outbound_trunk: str | None = trunk
+        emergency = directory.server.emergency_trunk
+        if emergency is not None and directory.trunk(emergency) is None:
+            raise RoutingError(f"emergency trunk {emergency!r} is not in the directory")
+        #: Where emergency calls leave (None: nowhere; they are refused with 503 and an error is logged).
+        self.emergency_trunk: str | None = emergency if emergency is not None else trunk
 
     # ------------------------------------------------------------------------------------ entry points
 
@@ -240,6 +259,9 @@ class Resolver:
         the hook."""
         if isinstance(caller, Anonymous):
             return self.refuse_anonymous(caller)
+        emergency = self._emergency(dialled, caller)
+        if emergency is not None:
+            return emergency  # not the hook's to decide
         if self.hook is not None:
             try:
                 route = await self.hook(dialled, caller)
@@ -302,17 +324,41 @@ class Resolver:
             return ToGroup(group)
         return Refused(404, f"Not Found: no extension {extension}")
 
-    def _e164(self, dialled: DialString) -> str:
-        c = self.config
-        return to_e164(dialled, c.country_code, c.trunk_prefix, c.international_prefix)
+    def e164(self, dialled: DialString, trunk: str | None = None) -> str:
+        """The E.164 form of an external number by the numbering plan of ``trunk`` (None: the outbound
+        trunk's); raises :class:`~routing.dialstring.DialStringError` when it has none."""
+        return to_e164(dialled, self.directory.numbering(trunk or self.outbound_trunk))
+
+    def _emergency(self, dialled: DialString, caller: Caller) -> Route | None:
+        """The route of an emergency call (an employee dialled an emergency number), else None."""
+        if not isinstance(caller, FromEmployee) or caller.extension not in self._employees:
+            return None
+        server = self.directory.server
+        number = emergency_number(dialled, server.emergency, server.numbering)
+        if number is None:
+            return None
+        if self.emergency_trunk is None:
+            logger.error(
+                "emergency call to %s from %s CANNOT be connected: there is no trunk",
+                number,
+                caller.extension,
+            )
+            return Refused(503, f"Service Unavailable: no trunk for the emergency call to {number}")
+        logger.warning(
+            "emergency call to %s from %s through trunk %s", number, caller.extension, self.emergency_trunk
+        )
+        return ToExternal(number, (), self.emergency_trunk, emergency=True)
 
     def _from_employee(self, dialled: DialString, caller: FromEmployee) -> Route:
         if caller.extension not in self._employees:
             return Refused(403, f"Forbidden: {caller.extension} is not an employee")
+        emergency = self._emergency(dialled, caller)
+        if emergency is not None:
+            return emergency
         if dialled.kind is DialKind.EXTENSION:
             return self._extension(dialled.digits)
         try:
-            e164 = self._e164(dialled)
+            e164 = self.e164(dialled)
         except DialStringError as exc:
             return Refused(484, f"Address Incomplete: {exc}")
         own = self._numbers.get(e164)
@@ -330,19 +376,19 @@ class Resolver:
     def _from_trunk(self, dialled: DialString, caller: FromTrunk) -> Route:
         if dialled.kind is DialKind.EXTENSION:
             return Refused(403, f"Forbidden: trunk {caller.name} may only call the office's numbers")
-        number = self.inbound_number(dialled)
+        number = self.inbound_number(dialled, caller.name)
         if number is None:
             return Refused(404, f"Not Found: {dialled} is not a number of this office")
         if number.trunk != caller.name:
             return Refused(403, f"Forbidden: {number.number} is not a number of trunk {caller.name}")
         return self.number_flow(number)
 
-    def inbound_number(self, dialled: DialString) -> Number | None:
-        """The office number a trunk means: E.164, national, or E.164 without its "+" (many trunks send
-        ``4930…``)."""
+    def inbound_number(self, dialled: DialString, trunk: str) -> Number | None:
+        """The office number ``trunk`` means: E.164, national (by the trunk's numbering plan), or E.164
+        without its "+" (many trunks send ``4930…``)."""
         candidates: list[str] = []
         with contextlib.suppress(DialStringError):
-            candidates.append(self._e164(dialled))
+            candidates.append(self.e164(dialled, trunk))
         if dialled.kind is DialKind.NATIONAL:
             candidates.append("+" + dialled.digits)
         return next((self._numbers[c] for c in candidates if c in self._numbers), None)

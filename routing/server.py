@@ -89,8 +89,9 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 
 
 def load_secret(state_dir: Path) -> bytes:
-    """The nonce key, kept in ``state_dir/secret`` (made 0600 on first start) so nonces survive restarts."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    """The nonce key, kept in ``state_dir/secret`` (made 0600 on first start) so nonces survive restarts; a
+    ``state_dir`` made here is the server user's alone (0700)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / "secret"
     try:
         data = path.read_bytes()
@@ -127,6 +128,12 @@ def _listen_error(spec: str, exc: OSError) -> ListenError:
     return ListenError(exc.errno, f"cannot listen on {spec}: {reason}" + (f" ({hint})" if hint else ""))
 
 
+def _log_warnings(directory: Directory) -> None:
+    """What the directory file allows but probably does not mean (see ``durchwahl check-config``)."""
+    for warning in directory.warnings:
+        log.warning("%s", warning)
+
+
 class _Announcing:
     """The B2BUA's CDR sink: writes the row, then announces the call as the server's ``call_ended`` event."""
 
@@ -158,6 +165,7 @@ class Server:
         control: bool = True,
     ) -> None:
         self.directory = config if isinstance(config, Directory) else load_directory(config)
+        _log_warnings(self.directory)
         self.events = AsyncIOEventEmitter()
         self.events.on("error", self._log_error)
         self.calls = calls
@@ -301,6 +309,7 @@ class Server:
             self.events.emit("reload_failed", exc)
             return False
         self.directory = directory
+        _log_warnings(directory)
         self.registrar.update_directory(directory)
         self.resolver = Resolver(directory, self._resolver_config, self._resolver_hook)
         self.b2bua.directory = directory

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -239,3 +241,20 @@ async def test_trunk_call_to_a_direct_number_and_a_group_call_rows(
     assert (group.dialled, group.destination_kind, group.destination_id) == (GROUP, "group", "200")
     assert group.answered_by == "102" and group.disposition is Disposition.ANSWERED
     assert group.answered_at is not None and group.started_at < group.answered_at <= group.ended_at
+
+
+async def test_call_records_are_the_owners_alone(tmp_path: Path) -> None:
+    """Who called whom is nobody else's business: the CDR file (and its WAL companions) is created 0600 and
+    a folder made for it 0700, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "state" / "cdr.sqlite3"
+        store = SqliteCdrStore(path)
+        store.write(record("a"))
+        assert len(await store.records()) == 1
+        for name in ("cdr.sqlite3", "cdr.sqlite3-wal", "cdr.sqlite3-shm"):
+            assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        await store.close()
+    finally:
+        os.umask(old)

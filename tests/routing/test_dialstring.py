@@ -13,6 +13,7 @@ from routing.dialstring import (
     DialKind,
     DialString,
     DialStringError,
+    NumberingPlan,
     format_dialstring,
     format_post_dial,
     from_request_uri,
@@ -23,6 +24,7 @@ from routing.dialstring import (
 from routing.directory import parse_external_number
 from sipcore.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 
+GERMANY = NumberingPlan("49", "0", "00")
 EXT = DialKind.EXTENSION
 NAT = DialKind.NATIONAL
 INT = DialKind.INTERNATIONAL
@@ -50,6 +52,7 @@ def steps(text: str) -> tuple[str | object, ...]:
         ("+49 (0)30 1234567", INT, "49301234567", ""),
         ("+49.30.1234567", INT, "49301234567", ""),
         ("+49891234567;105", INT, "49891234567", "105"),
+        ("+49 112", INT, "49112", ""),  # a country code and a short number: read, but not E.164
         ("+49891234567#105#", INT, "49891234567", "105#"),
         ("+49891234567;,,105", INT, "49891234567", ",,105"),
         ("+49891234567;pp105", INT, "49891234567", ",,105"),
@@ -81,9 +84,9 @@ def test_parse(text: str, kind: DialKind, digits: str, post: str) -> None:
         ("alice", "not an extension or a phone number"),
         ("10a", "unexpected 'a'"),
         ("+", "no digits"),
-        ("+49 12", "an E.164 number has 6–15"),
+        ("+12", "a country code and a number have 3–15"),
         ("+0049301234567", "cannot start with 0"),
-        ("+4930123456789012", "an E.164 number has 6–15"),
+        ("+4930123456789012", "a country code and a number have 3–15"),
         ("012345678901234567", "at most 17"),
         ("+49891234567;1x", "'x' in the post-dial part"),
         ("+49891234567;1w2", "wait for dial tone"),
@@ -204,14 +207,22 @@ def test_from_request_uri_errors(uri: SipUri | TelUri | AbsoluteUri, message: st
     ],
 )
 def test_to_e164(text: str, e164: str) -> None:
-    assert to_e164(parse_dialstring(text)) == e164
+    assert to_e164(parse_dialstring(text), GERMANY) == e164
 
 
-def test_to_e164_other_country() -> None:
-    assert to_e164(parse_dialstring("020 7946 0000"), country_code="44") == "+442079460000"
-    assert to_e164(parse_dialstring("011 49 30 1234567"), trunk_prefix="1", international_prefix="011") == (
-        "+49301234567"
-    )
+@pytest.mark.parametrize(
+    ("plan", "text", "e164"),
+    [
+        (NumberingPlan("44", "0", "00"), "020 7946 0000", "+442079460000"),
+        (NumberingPlan("1", "1", "011"), "011 49 30 1234567", "+49301234567"),
+        (NumberingPlan("1", "1", "011"), "1 212 555 0100", "+12125550100"),
+        (NumberingPlan("39", "", "00"), "06 1234 5678", "+390612345678"),  # no trunk prefix: the 0 stays
+        (NumberingPlan("39", "", "00"), "0049 30 1234567", "+49301234567"),
+        (NumberingPlan("61", "0", "0011"), "0011 49 30 1234567", "+49301234567"),
+    ],
+)
+def test_to_e164_other_countries(plan: NumberingPlan, text: str, e164: str) -> None:
+    assert to_e164(parse_dialstring(text), plan) == e164
 
 
 @pytest.mark.parametrize(
@@ -222,16 +233,30 @@ def test_to_e164_other_country() -> None:
         ("00049301234", "not E.164"),
         ("0012", "no E.164 form"),  # four digits: an extension
         ("00123", "not E.164"),
+        ("+49 12", "4912 is not a valid number"),
+        ("+49 112", "not E.164: 6–15 digits"),
     ],
 )
 def test_to_e164_errors(text: str, message: str) -> None:
     with pytest.raises(DialStringError, match=message):
-        to_e164(parse_dialstring(text))
+        to_e164(parse_dialstring(text), GERMANY)
 
 
-def test_to_e164_rejects_a_bad_country_code() -> None:
-    with pytest.raises(DialStringError, match="country code"):
-        to_e164(parse_dialstring("030 1234567"), country_code="049")
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (("049", "0", "00"), "country code '049'"),
+        (("4949", "0", "00"), "country code"),
+        (("", "0", "00"), "country code"),
+        (("49", "0000", "00"), "trunk prefix"),
+        (("49", "O", "00"), "trunk prefix"),
+        (("49", "0", "0"), "international prefix '0'"),
+        (("49", "00", "00"), "both '00'"),
+    ],
+)
+def test_a_numbering_plan_is_checked_when_built(values: tuple[str, str, str], message: str) -> None:
+    with pytest.raises(DialStringError, match=message):
+        NumberingPlan(*values)
 
 
 # ------------------------------------------------------------------------------------------ properties
@@ -244,7 +269,7 @@ def dial_strings(draw: st.DrawFn) -> DialString:
     kind = draw(st.sampled_from(DialKind))
     if kind is EXT:
         return DialString(kind, draw(st.from_regex(r"[0-9]{1,4}", fullmatch=True)))
-    pattern = r"[0-9]{5,17}" if kind is NAT else r"[1-9][0-9]{5,14}"
+    pattern = r"[0-9]{5,17}" if kind is NAT else r"[1-9][0-9]{2,14}"
     digits = draw(st.from_regex(pattern, fullmatch=True))
     return DialString(kind, digits, tuple(draw(st.lists(_post_step, max_size=12))))
 
@@ -311,4 +336,4 @@ def test_accepts_what_the_directory_accepts(text: str) -> None:
     except ValueError:
         return
     d = parse_dialstring(text)
-    assert (to_e164(d), format_post_dial(d.post_dial)) == (stored.e164, stored.post_dial)
+    assert (to_e164(d, GERMANY), format_post_dial(d.post_dial)) == (stored.e164, stored.post_dial)

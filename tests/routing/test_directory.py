@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from routing.dialstring import NumberingPlan
 from routing.directory import (
     HANGUP,
     ExtensionRef,
@@ -471,6 +472,48 @@ CASES = [
     ),
     ('password = "a"', 'pasword = "a"', "pasword", "employee[1].pasword", "did you mean 'password'"),
     ("[[trunk]]", "[[trunks]]", "[[trunks]]", "trunks", "did you mean [trunk]"),
+    (
+        'domain = "office.example"',
+        'domain = "office.example"\ncountry_code = "049"',
+        "country_code",
+        "server.country_code",
+        "1–3 digits, not starting with 0",
+    ),
+    (
+        'domain = "office.example"',
+        'domain = "office.example"\ncountry_code = 44',
+        "country_code",
+        "server.country_code",
+        '(quoted: "44")',
+    ),
+    (
+        'domain = "office.example"',
+        'domain = "office.example"\ntrunk_prefix = "0x"',
+        "trunk_prefix",
+        "server.trunk_prefix",
+        "up to 3 digits",
+    ),
+    (
+        'domain = "office.example"',
+        'domain = "office.example"\ninternational_prefix = "0"',
+        "international_prefix",
+        "server.international_prefix",
+        "2–5 digits",
+    ),
+    (
+        'host = "127.0.0.1"',
+        'host = "127.0.0.1"\ninternational_prefix = "0"\ntrunk_prefix = "0"',
+        "international_prefix",
+        "trunk[1].international_prefix",
+        "2–5 digits",
+    ),
+    (
+        'host = "127.0.0.1"',
+        'host = "127.0.0.1"\ntrunk_prefix = "00"',
+        "trunk_prefix",
+        "trunk[1].trunk_prefix",
+        "both '00'",
+    ),
     ("[[group]]", "[group]", "[group]", "group", "array of tables"),
 ]
 
@@ -626,6 +669,41 @@ def test_check_config_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{path}:3: server.listen: ")
     assert out[-1].endswith(f"problems in {path}")
+
+
+def test_numbering_plan_of_the_server_and_of_each_trunk(tmp_path: Path) -> None:
+    """Germany unless the file says otherwise; a trunk's own keys amend the server's plan for that trunk."""
+    d = load_directory(write(tmp_path, BASE))
+    assert d.server.numbering == NumberingPlan("49", "0", "00") == d.numbering("provider") == d.numbering()
+    assert d.trunks[0].numbering is None
+    text = (
+        BASE.replace(
+            'domain = "office.example"',
+            'domain = "office.example"\ncountry_code = "1"\ntrunk_prefix = "1"\ninternational_prefix = "011"',
+        )
+        + '\n[[trunk]]\nname = "london"\nhost = "192.0.2.44"\ncountry_code = "44"\ntrunk_prefix = "0"\n'
+    )
+    d = load_directory(write(tmp_path, text))
+    assert d.server.numbering == NumberingPlan("1", "1", "011") == d.numbering("provider")
+    assert d.numbering("london") == NumberingPlan("44", "0", "011")  # the server's international prefix
+    assert d.numbering("nowhere") == d.server.numbering
+
+
+def test_emergency_numbers_and_trunk(tmp_path: Path) -> None:
+    d = load_directory(write(tmp_path, BASE))
+    assert (d.server.emergency_numbers, d.server.emergency, d.server.emergency_trunk) == (
+        None,
+        ("112", "110"),
+        None,
+    )
+    assert d.warnings == ()
+    uk = load_directory(write(tmp_path, BASE.replace("[server]", '[server]\ncountry_code = "44"')))
+    assert uk.server.emergency == ("999", "112")
+    own = BASE.replace(
+        "[server]", '[server]\nemergency_numbers = [" 112 ", "112", "19222"]\nemergency_trunk = "provider"'
+    )
+    d = load_directory(write(tmp_path, own))
+    assert (d.server.emergency, d.server.emergency_trunk) == (("112", "19222"), "provider")
 
 
 def test_media_is_anchored_unless_turned_off(tmp_path: Path) -> None:

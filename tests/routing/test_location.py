@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
-from collections.abc import AsyncIterator
+import stat
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
@@ -119,3 +121,39 @@ async def test_sqlite_names_the_file_when_it_is_not_a_database(tmp_path: Path) -
     with pytest.raises(LocationStoreError, match=str(path)):
         await store.open()
     await store.close()
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The umask most systems start services with (022): without care, new files are world-readable."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("usual_umask")
+async def test_sqlite_files_are_the_owners_alone(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Who registered from where is nobody else's business: the file, its WAL companions and a folder made
+    for them are owner-only; a file left world-readable by an older release is made owner-only."""
+    path = tmp_path / "state" / "location.sqlite3"
+    store = SqliteLocationStore(path, clock=lambda: T0)
+    await store.replace(AOR, [binding("10.0.0.1")])
+    written = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    assert {p.name: mode(p) for p in written} == {p.name: 0o600 for p in written}
+    assert mode(path.parent) == 0o700
+    await store.close()
+
+    for p in written:
+        if p.exists():
+            p.chmod(0o644)
+    reopened = SqliteLocationStore(path, clock=lambda: T0)
+    assert len(await reopened.get(AOR)) == 1
+    assert mode(path) == 0o600
+    assert "location.sqlite3 was open to other users (mode 0644): made owner-only" in caplog.text
+    await reopened.close()

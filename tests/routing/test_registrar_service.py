@@ -24,7 +24,8 @@ from sipcore.transport import Flow
 
 T0 = 1_700_000_000.0
 SECRET = b"0123456789abcdef0123456789abcdef"
-USERS = {f"1{i:02d}": f"secret-{i:02d}" for i in range(20)}
+#: Twenty employees, 100–121 without 110 and 112 (emergency numbers in Germany, which no extension may take).
+USERS = {f"1{i:02d}": f"secret-{i:02d}" for i in range(22) if i not in (10, 12)}
 SCENARIO = Path(__file__).with_name("sipp_register.xml")
 CORE = CoreConfig(allowed_methods=("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL"))
 

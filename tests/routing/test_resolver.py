@@ -6,11 +6,12 @@ import ast
 import logging
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.dialstring import PAUSE, DialString, parse_dialstring
+from routing.dialstring import PAUSE, DialString, NumberingPlan, parse_dialstring
 from routing.directory import (
     HANGUP,
     CrmContact,
@@ -195,8 +196,162 @@ def test_trunks_reach_only_their_numbers(dialled: DialString, trunk: str) -> Non
 @given(_dialled)
 def test_scope_none_never_calls_out_except_office_numbers(dialled: DialString) -> None:
     route = Resolver(DIRECTORY, CONFIG).resolve_builtin(dialled, FromEmployee("103"))
-    if isinstance(route, ToExternal):
+    if isinstance(route, ToExternal) and route.emergency:
+        assert route.e164 in ("112", "110")  # the emergency services, whatever the scope
+    elif isinstance(route, ToExternal):
         assert route.e164 == "+491701234567"  # FAX's configured default, reached through an own number
+
+
+# ------------------------------------------------------------------------------------ emergency calls
+
+
+def emergency(number: str, trunk: str = "provider") -> ToExternal:
+    return ToExternal(number, (), trunk, emergency=True)
+
+
+@pytest.mark.parametrize("extension", ["101", "102", "103"])  # scope any, crm, none
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("112", "112"),
+        ("110", "110"),
+        ("112#", "112"),
+        ("+49 112", "112"),
+        ("+49110", "110"),
+        ("0049 112", "112"),
+        ("00 49 110", "110"),
+        ("tel:112", "112"),
+        ("+49112;5", "112"),  # post-dial digits never stop a call for help (and are not sent)
+        ("00112", "112"),
+        ("+110", "110"),
+    ],
+)
+def test_every_employee_reaches_the_emergency_services(text: str, number: str, extension: str) -> None:
+    assert resolve(text, FromEmployee(extension)) == emergency(number)
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("0112", 404),  # an extension, not an emergency number
+        ("1120", 404),
+        ("+44 112", 484),  # another country's 112 is no number that can be called from here
+        ("0044 999", 484),
+    ],
+)
+def test_only_the_office_countrys_emergency_numbers(text: str, status: int) -> None:
+    route = resolve(text, FromEmployee("101"))
+    assert isinstance(route, Refused) and route.status == status
+
+
+def test_nothing_shadows_an_emergency_number() -> None:
+    """Not an extension that a directory built in code (no check-config) gives the number, not a CRM entry
+    or the caller's scope: the employee reaches the emergency services."""
+    shadow = Employee("112", "Shadow", "shadow", password="s")
+    directory = attrs.evolve(DIRECTORY, employees=(*DIRECTORY.employees, shadow))
+    route = Resolver(directory, CONFIG).resolve_builtin(parse_dialstring("112"), FromEmployee("103"))
+    assert route == emergency("112")
+
+
+async def test_the_hook_cannot_shadow_an_emergency_number() -> None:
+    async def hook(dialled: DialString, caller: Caller) -> Route | None:
+        return ToEmployee(CARLA)
+
+    resolver = Resolver(DIRECTORY, CONFIG, hook)
+    assert await resolver.resolve(parse_dialstring("110"), FromEmployee("103")) == emergency("110")
+    assert await resolver.resolve(parse_dialstring("101"), FromEmployee("103")) == ToEmployee(CARLA)
+
+
+@pytest.mark.parametrize("text", ["112", "+49112", "0049110"])
+async def test_emergency_numbers_are_for_employees_only(text: str) -> None:
+    """A trunk's caller or an unauthenticated source gets no call out of the office, emergency or not."""
+    resolver = Resolver(DIRECTORY, CONFIG)
+    trunk = await resolver.resolve(parse_dialstring(text), FromTrunk("provider"))
+    assert isinstance(trunk, Refused) and trunk.status in (403, 404)
+    assert await resolver.resolve(parse_dialstring(text), Anonymous("x")) == Refused(401, "Unauthorized")
+
+
+def test_the_emergency_trunk(caplog: pytest.LogCaptureFixture) -> None:
+    to_other = attrs.evolve(DIRECTORY, server=attrs.evolve(SERVER, emergency_trunk="other"))
+    assert Resolver(to_other, CONFIG).resolve_builtin(parse_dialstring("112"), FromEmployee("101")) == (
+        emergency("112", "other")
+    )
+    assert Resolver(DIRECTORY, ResolverConfig(outbound_trunk="other")).emergency_trunk == "other"
+    with pytest.raises(RoutingError, match="emergency trunk 'nowhere'"):
+        Resolver(attrs.evolve(DIRECTORY, server=attrs.evolve(SERVER, emergency_trunk="nowhere")))
+    no_trunk = Resolver(Directory(server=SERVER, employees=(ANNA,)))
+    with caplog.at_level(logging.ERROR, logger="routing.resolver"):
+        route = no_trunk.resolve_builtin(parse_dialstring("112"), FromEmployee("101"))
+    assert isinstance(route, Refused) and route.status == 503
+    assert "emergency call to 112 from 101 CANNOT be connected: there is no trunk" in caplog.text
+
+
+def test_emergency_numbers_follow_the_country() -> None:
+    uk = Directory(
+        server=attrs.evolve(SERVER, numbering=NumberingPlan("44", "0", "00")),
+        employees=(ANNA,),
+        trunks=(Trunk("provider", "192.0.2.1"),),
+    )
+    assert uk.server.emergency == ("999", "112")
+    resolver = Resolver(uk)
+    for text, number in (("999", "999"), ("112", "112"), ("+44 999", "999"), ("0044 112", "112")):
+        assert resolver.resolve_builtin(parse_dialstring(text), FromEmployee("101")) == emergency(number)
+    assert resolver.resolve_builtin(parse_dialstring("110"), FromEmployee("101")) == Refused(
+        404, "Not Found: no extension 110"
+    )
+    own = attrs.evolve(uk, server=attrs.evolve(uk.server, emergency_numbers=("999",)))
+    assert Resolver(own).resolve_builtin(parse_dialstring("112"), FromEmployee("101")) == Refused(
+        404, "Not Found: no extension 112"
+    )
+
+
+# ----------------------------------------------------------------------------------- numbering plans
+
+UK = NumberingPlan("44", "0", "00")
+
+
+def test_national_numbers_follow_the_directorys_numbering_plan() -> None:
+    """A British office: 020 … is London, not +4920… (the country code is the directory's, not fixed)."""
+    london = Number("+442079461111", "provider", ExtensionRef("101"))
+    directory = Directory(
+        server=attrs.evolve(SERVER, numbering=UK),
+        employees=(ANNA,),
+        trunks=(Trunk("provider", "192.0.2.1"),),
+        numbers=(london,),
+    )
+    resolver = Resolver(directory)
+    assert resolver.resolve_builtin(parse_dialstring("020 7946 0000"), FromEmployee("101")) == ToExternal(
+        "+442079460000", (), "provider"
+    )
+    assert resolver.resolve_builtin(parse_dialstring("020 7946 1111"), FromTrunk("provider")) == ToEmployee(
+        ANNA
+    )
+
+
+def test_a_trunk_with_its_own_numbering_plan() -> None:
+    """A German office with a London trunk: national numbers through that trunk are British, the rest
+    German; each trunk's national forms of its own numbers are read by its plan."""
+    directory = Directory(
+        server=SERVER,
+        employees=(ANNA,),
+        trunks=(Trunk("berlin", "192.0.2.1"), Trunk("london", "192.0.2.2", numbering=UK)),
+        numbers=(
+            Number("+49301234567", "berlin", ExtensionRef("101")),
+            Number("+442079461111", "london", ExtensionRef("101")),
+        ),
+    )
+    national = parse_dialstring("020 7946 0000")
+    assert Resolver(directory).resolve_builtin(national, FromEmployee("101")) == ToExternal(
+        "+492079460000", (), "berlin"
+    )
+    assert Resolver(directory, ResolverConfig(outbound_trunk="london")).resolve_builtin(
+        national, FromEmployee("101")
+    ) == ToExternal("+442079460000", (), "london")
+    resolver = Resolver(directory)
+    assert resolver.resolve_builtin(parse_dialstring("020 7946 1111"), FromTrunk("london")) == ToEmployee(
+        ANNA
+    )
+    assert resolver.resolve_builtin(parse_dialstring("030 1234567"), FromTrunk("berlin")) == ToEmployee(ANNA)
 
 
 # -------------------------------------------------------------------------------------- configuration
@@ -301,7 +456,7 @@ async def test_resolve_without_hook_is_the_builtin() -> None:
 
 # ------------------------------------------------------------------------------------------------ purity
 
-PURE = ("dialstring", "resolver", "ringgroup", "collector", "challenge_watch")
+PURE = ("dialstring", "emergency", "resolver", "ringgroup", "collector", "challenge_watch")
 FORBIDDEN = {"asyncio", "socket", "time", "random", "pyee", "selectors", "threading", "aiortc", "av", "numpy"}
 
 

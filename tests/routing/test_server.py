@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
+
+import pytest
 
 from routing.server import Server
 from sipcore import Endpoint, Response
@@ -263,3 +266,47 @@ async def test_old_call_records_are_pruned_at_start(tmp_path: Path) -> None:
         async with asyncio.timeout(3):
             while [r.call_id for r in await server.cdr.records()] != ["recent"]:
                 await asyncio.sleep(0.02)
+
+
+async def test_the_state_directory_is_the_server_users_alone(tmp_path: Path) -> None:
+    """A state_dir the server creates is 0700 and every file in it is owner-only (registrations, call
+    records, the nonce key), with the usual umask of 022."""
+    import asyncio
+    import os
+    import stat
+
+    from routing.cdr import CallRecord, Disposition
+
+    config = copy_office(tmp_path)
+    old = os.umask(0o022)
+    try:
+        async with Server(config, listen=("udp:127.0.0.1:0",)) as server, Endpoint() as phone:
+            await phone.listen("udp:127.0.0.1:0")
+            assert (await register(phone, server.addresses[0][2], "101", "anna-101-secret")).status == 200
+            server.cdr.write(CallRecord("c", "101", "102", 1.0, 2.0, Disposition.ANSWERED))
+            async with asyncio.timeout(3):
+                while not await server.cdr.records():
+                    await asyncio.sleep(0.02)
+    finally:
+        os.umask(old)
+    state = tmp_path / "var"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir() if p.is_file()}
+    assert {"secret", "location.sqlite3", "cdr.sqlite3"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o600)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+
+
+async def test_the_server_logs_what_check_config_warns_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('["127.0.0.1/32"]', '["0.0.0.0/0"]'), encoding="utf-8")
+    caplog.set_level(logging.WARNING, logger="routing.server")
+    server = Server(config, listen=("udp:127.0.0.1:0",), control=False)
+    assert "trunk[1].inbound_from: 0.0.0.0/0 is every address: ANYONE" in caplog.text
+    caplog.clear()
+    config.write_text(text.replace('["127.0.0.1/32"]', '["::/0"]'), encoding="utf-8")
+    assert server.reload()
+    assert "trunk[1].inbound_from: ::/0 is every address" in caplog.text
+    await server.stop()

@@ -139,7 +139,7 @@ async def test_svwar_finds_no_extensions(server: Server, tmp_path: Path) -> None
         "--maximumtime",
         "3",
         "-e",
-        "95-125",  # includes the real extensions 100–119
+        "95-125",  # includes the real extensions 100–121
     ]
     # --force: scan even though an unknown extension already got a 401 (the sanity check svwar does first).
     forced = await run_tool([*common, "--force", "127.0.0.1"], tmp_path, timeout=60)
