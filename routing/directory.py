@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from sipcore.auth import ALGORITHMS, DigestSecret
+from sipcore.limits import DEFAULT_LIMITS, Limits
 
 from .errors import ConfigError, ConfigProblem
 
@@ -130,6 +131,8 @@ class ServerConfig:
     #: Relay the media of every call through our RTP ports (NAT-safe); off, calls between phones pass
     #: their SDP through and media flows phone to phone (greeting calls and calls out are always anchored).
     anchor_media: bool = True
+    #: The SIP stack's limits; the ``tcp_*`` keys set its TCP connection caps and timeouts (read at start).
+    limits: Limits = DEFAULT_LIMITS
 
     @property
     def realm(self) -> str:
@@ -338,6 +341,14 @@ class _Locator:
 
 T = TypeVar("T")
 
+#: The [server] keys that set ``sipcore.limits.Limits`` fields of the same name, with their least value.
+_TCP_KEYS: Final = (
+    ("tcp_max_connections", 1),
+    ("tcp_max_connections_per_source", 1),
+    ("tcp_message_seconds", 1),
+    ("tcp_idle_seconds", 0),
+)
+
 _TABLES: Final = {
     "server": {
         "domain",
@@ -347,6 +358,7 @@ _TABLES: Final = {
         "auth_algorithms",
         "cdr_retention_days",
         "anchor_media",
+        *(key for key, _ in _TCP_KEYS),
     },
     "employee": {
         "extension",
@@ -561,6 +573,13 @@ class _Loader:
                 f"must be 0 (keep for ever) or more days, not {retention}",
             )
             retention = None
+        tcp: dict[str, int] = {}
+        for key, least in _TCP_KEYS:
+            value = c.get("server", None, data, key, int) if key in data else None
+            if value is not None and value < least:
+                c.report("server", None, key, f"must be at least {least}, not {value}")
+            elif value is not None:
+                tcp[key] = value
         if (
             domain is None
             or state_dir is None
@@ -568,6 +587,7 @@ class _Loader:
             or not listen
             or not algorithms
             or retention is None
+            or any(key in data and key not in tcp for key, _ in _TCP_KEYS)
         ):
             return None
         return ServerConfig(
@@ -578,6 +598,7 @@ class _Loader:
             auth_algorithms=tuple(algorithms),
             cdr_retention_days=retention,
             anchor_media=anchor is not False,
+            limits=attrs.evolve(DEFAULT_LIMITS, **tcp),
         )
 
     # ---------------------------------------------------------------------------------- employees
