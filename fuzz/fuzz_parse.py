@@ -15,6 +15,8 @@ Targets
 ``parse``: any bytes → ``parse_message`` returns a message or raises ``SipParseError``, nothing else. On
 success every typed accessor is touched (each may raise only ``SipParseError``), what the accessors return can
 be printed and the printed form parsed again, and ``parse_message(bytes(msg))`` must give an equal message.
+The same bytes taken as too large (``salvage_request_headers``) give no headers or the five a 513 copies, and
+that 513 frames as one stream message.
 
 ``frame``: the input, twice and with a keep-alive between, is fed to a ``StreamFramer`` in one chunk and again
 cut at fuzzer-chosen points; both must yield the same events and fail (or not) alike (when framing fails, a
@@ -51,7 +53,9 @@ with atheris.instrument_imports(include=["sipcore"]):
         parse_uri,
     )
     from sipcore.headers import parse_via
+    from sipcore.limits import Limits
     from sipcore.message import TYPED_ACCESSORS as ACCESSORS
+    from sipcore.message import error_response, salvage_request_headers
 
 HERE = Path(__file__).resolve().parent
 
@@ -145,7 +149,27 @@ def check_round_trip(msg: Request | Response) -> None:
         raise Mismatch("serialising is not idempotent")
 
 
+_ANSWER_HEADERS = {"Via", "From", "To", "Call-ID", "CSeq"}
+
+
+def check_salvage(data: bytes) -> None:
+    """What a 513 is built from when the input is taken as too large (a header limit of half its length):
+    None or exactly the five headers an answer copies, and the 513 made of them is one framed message."""
+    headers = salvage_request_headers(data, Limits(max_header_bytes=max(1, len(data) // 2)))
+    if headers is None:
+        return
+    if {h.name for h in headers} != _ANSWER_HEADERS:
+        raise Mismatch(f"salvaged headers {headers!r}")
+    response = error_response(SipParseError("too large", status=513, request_headers=headers))
+    if response is None:
+        raise Mismatch("salvaged headers give no 513")
+    wire = bytes(response)
+    if StreamFramer().feed(wire) != [FramedMessage(wire)]:
+        raise Mismatch(f"a 513 is not one stream message: {wire!r}")
+
+
 def target_parse(data: bytes) -> None:
+    check_salvage(data)
     try:
         msg = parse_message(data)
     except SipParseError as exc:

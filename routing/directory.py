@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from sipcore.auth import ALGORITHMS, DigestSecret
+from sipcore.limits import DEFAULT_LIMITS, Limits
 
 from .dialstring import (
     DialStringError,
@@ -149,6 +150,8 @@ class ServerConfig:
     emergency_numbers: tuple[str, ...] | None = None
     #: The trunk emergency calls leave through (None: the outbound trunk).
     emergency_trunk: str | None = None
+    #: The SIP stack's limits; the ``tcp_*`` keys set its TCP connection caps and timeouts (read at start).
+    limits: Limits = DEFAULT_LIMITS
 
     @property
     def realm(self) -> str:
@@ -376,6 +379,14 @@ class _Locator:
 
 T = TypeVar("T")
 
+#: The [server] keys that set ``sipcore.limits.Limits`` fields of the same name, with their least value.
+_TCP_KEYS: Final = (
+    ("tcp_max_connections", 1),
+    ("tcp_max_connections_per_source", 1),
+    ("tcp_message_seconds", 1),
+    ("tcp_idle_seconds", 0),
+)
+
 _TABLES: Final = {
     "server": {
         "domain",
@@ -390,6 +401,7 @@ _TABLES: Final = {
         "international_prefix",
         "emergency_numbers",
         "emergency_trunk",
+        *(key for key, _ in _TCP_KEYS),
     },
     "employee": {
         "extension",
@@ -636,6 +648,13 @@ class _Loader:
         emergency = self.emergency_numbers(data, numbering or DEFAULT_NUMBERING)
         emergency_ok = "emergency_numbers" not in data or emergency is not None
         emergency_trunk = c.get("server", None, data, "emergency_trunk", str, None)
+        tcp: dict[str, int] = {}
+        for key, least in _TCP_KEYS:
+            value = c.get("server", None, data, key, int) if key in data else None
+            if value is not None and value < least:
+                c.report("server", None, key, f"must be at least {least}, not {value}")
+            elif value is not None:
+                tcp[key] = value
         if (
             domain is None
             or state_dir is None
@@ -645,6 +664,7 @@ class _Loader:
             or retention is None
             or numbering is None
             or not emergency_ok
+            or any(key in data and key not in tcp for key, _ in _TCP_KEYS)
         ):
             return None
         return ServerConfig(
@@ -658,6 +678,7 @@ class _Loader:
             numbering=numbering,
             emergency_numbers=emergency,
             emergency_trunk=emergency_trunk.strip() if emergency_trunk else None,
+            limits=attrs.evolve(DEFAULT_LIMITS, **tcp),
         )
 
     def emergency_numbers(self, data: Mapping[str, Any], numbering: NumberingPlan) -> tuple[str, ...] | None:

@@ -26,10 +26,9 @@ from typing import Any, Final
 
 from pyee.asyncio import AsyncIOEventEmitter
 
-from sipcore import Endpoint, IncomingRequest
+from sipcore import Endpoint, Flow, IncomingRequest
 from sipcore.core import CoreConfig
 from sipcore.message import Request, Response
-from sipcore.transport import Flow
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
@@ -173,6 +172,7 @@ class Server:
         self.endpoint = Endpoint(
             self._handle,
             core=CoreConfig(allowed_methods=SERVER_METHODS, supported=("norefersub",)),
+            limits=self.directory.server.limits,
             user_agent="durchwahl",
         )
         state_dir = self.directory.server.state_dir
@@ -180,6 +180,7 @@ class Server:
         self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
         self.registrar.on_event = self._registration_event
         self.ua = UserAgent(self.endpoint, self._handle)
+        self.endpoint.connection_in_use = self._call_uses
         self._resolver_config = resolver_config
         self._resolver_hook = resolver_hook
         self.resolver = Resolver(self.directory, resolver_config, resolver_hook)
@@ -204,6 +205,10 @@ class Server:
         self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _call_uses(self, flow: Flow) -> bool:
+        """Whether a live call runs over ``flow``'s TCP connection (it is then not closed for idleness)."""
+        return any(call.flow.connection_id == flow.connection_id for call in self.ua.calls)
 
     def _call_fact(self, fact: CallFact) -> None:
         self.events.emit(EVENT_NAMES[type(fact)], fact)

@@ -26,7 +26,7 @@ import attrs
 
 from .core import CoreConfig, check_request
 from .errors import SipError, SipParseError
-from .headers import Header, Via
+from .headers import Header, Via, is_digits
 from .limits import DEFAULT_LIMITS, Limits
 from .message import Request, Response, error_response, make_response, parse_message
 from .transaction import (
@@ -80,6 +80,24 @@ class TimerUser(Protocol):
 
 class RequestTimeout(SipError):
     """An outgoing request got no final response (Timer B or F fired, or the transport failed)."""
+
+
+def _registered_seconds(request: Request, response: Response) -> int:
+    """How long a 2xx to the REGISTER ``request`` binds one of its contacts: the largest ``expires`` among the
+    response's Contacts that the request named (RFC 3261 §10.3 step 8 lists each binding with it); 0 when
+    none is listed (every contact removed)."""
+    try:
+        if request.contact_is_wildcard:
+            return 0
+        asked = request.contact
+        seconds = 0
+        for listed in response.contact:
+            value = listed.param("expires")
+            if value is not None and is_digits(value) and any(listed.uri.equivalent(c.uri) for c in asked):
+                seconds = max(seconds, int(value))
+        return seconds
+    except SipParseError:
+        return 0
 
 
 def _summary(message: Request | Response) -> str:
@@ -230,10 +248,11 @@ class Endpoint:
     is ``"in"`` for a message received, called before it is parsed (so malformed input is traced too), and
     ``"out"`` for one sent, called with exactly the bytes handed to the socket once the transport took them
     (every retransmission included; for TCP with the flow of the connection used). UDP and TCP alike;
-    CRLF keep-alives, oversized datagrams the transport drops and messages that could not be sent are not
-    traced, and nothing is traced once the endpoint is closed. Tracers run synchronously on the event loop,
-    in the order added: keep them quick (queue the bytes if writing them may block). One that raises is
-    logged and the endpoint carries on. With no tracer the receive and send paths pay one truth test.
+    CRLF keep-alives, the bytes of a TCP stream that cannot be framed (the 513 answering one is traced) and
+    messages that could not be sent are not traced, and nothing is traced once the endpoint is closed.
+    Tracers run synchronously on the event loop, in the order added: keep them quick (queue the bytes if
+    writing them may block). One that raises is logged and the endpoint carries on. With no tracer the
+    receive and send paths pay one truth test.
     """
 
     def __init__(
@@ -260,8 +279,13 @@ class Endpoint:
         #: A response it returns is sent as it is (no retransmission; the ACK a client sends for it matches
         #: nothing and is ignored); ``False`` drops the request.
         self.screen: Screen | None = None
+        #: Asked before a TCP connection is closed for idleness (``Limits.tcp_idle_seconds``): True keeps it
+        #: open for another idle period — set it to say whether a call runs over the flow. Connections that
+        #: carry a registration are kept until it expires without asking (see ``_hold_registration``).
+        self.connection_in_use: Callable[[Flow], bool] | None = None
         self._tracers: tuple[Tracer, ...] = ()
-        self._transports = TransportSet(self._on_bytes, limits, self._connection_closed)
+        self._transports = TransportSet(self._on_bytes, limits, self._connection_closed, self._in_use)
+        self._transports.on_unframable = self._answer_unframable
         self._layer = TransactionLayer(tag_factory=self.new_tag, timers=self.timers, limits=limits)
         self._incoming: dict[TransactionHandle, IncomingRequest] = {}
         self._outgoing: dict[TransactionHandle, OutgoingRequest] = {}
@@ -361,6 +385,27 @@ class Endpoint:
         if self.on_connection_closed is not None and not self._closed:
             self.on_connection_closed(flow)
 
+    def _in_use(self, flow: Flow) -> bool:
+        return self.connection_in_use is not None and self.connection_in_use(flow)
+
+    def _hold_registration(self, request: Request, response: Response, flow: Flow) -> None:
+        """A 2xx to a REGISTER over TCP, sent or received: the connection carries the registration (RFC 5626
+        flows), so it is not closed for idleness while the binding lasts; a removal ends the hold."""
+        seconds = _registered_seconds(request, response)
+        self._transports.hold(flow, self._now + seconds)
+
+    def _answer_unframable(self, error: SipParseError, flow: Flow) -> bytes | None:
+        """The answer to a TCP stream that cannot be framed (a request too large: 513), if it can be given."""
+        if self._closed:
+            return None
+        response = error_response(error, to_tag=self.new_tag())
+        if response is None:
+            return None
+        data = bytes(response)
+        if self._tracers:
+            self._trace("out", data, flow)
+        return data
+
     # --------------------------------------------------------------------------------------- receive
 
     @property
@@ -396,9 +441,17 @@ class Endpoint:
             message = parse_message(data, self.limits, stream=flow.transport != "UDP")
         except SipParseError as exc:
             response = error_response(exc, to_tag=self.new_tag())
-            log.info("malformed message from %s: %s%s", flow, exc, "" if response else " (dropped)")
-            if response is not None:
-                self._transmit(bytes(response), flow)
+            reply = bytes(response) if response is not None else None
+            if (
+                reply is not None
+                and exc.status == 513
+                and flow.transport == "UDP"
+                and len(reply) >= len(data)
+            ):
+                reply = None  # an answer to a datagram is never bigger than the datagram (no amplification)
+            log.info("malformed message from %s: %s%s", flow, exc, "" if reply else " (dropped)")
+            if reply is not None:
+                self._transmit(reply, flow)
             return
         if log.isEnabledFor(logging.DEBUG):  # the summary formats the URI: not for nothing, per message
             log.debug("recv from %s: %s", flow, _summary(message))
@@ -631,6 +684,8 @@ class Endpoint:
             else:
                 self._on_stray(response)
             return
+        if outgoing.flow.transport == "TCP" and handle.method == "REGISTER" and 200 <= response.status < 300:
+            self._hold_registration(outgoing.request, response, outgoing.flow)
         if outgoing.on_response is not None:
             if response.status < 200:
                 outgoing.provisional.append(response)
@@ -654,6 +709,8 @@ class Endpoint:
         request = incoming.request
         if log.isEnabledFor(logging.DEBUG):
             log.debug("send to %s: %s", incoming.flow, _summary(response))
+        if incoming.flow.transport == "TCP" and request.method == "REGISTER" and 200 <= response.status < 300:
+            self._hold_registration(request, response, incoming.flow)
         if request.method == "INVITE" and 200 <= response.status < 300 and not incoming.taken_over:
             self._layer.send_response(incoming._handle, response, self._now)
             data = bytes(response)
@@ -813,7 +870,17 @@ class Endpoint:
             if self._tracers:
                 self._trace("out", data, flow)
             return
-        self._spawn(self._transmit_stream(data, flow))
+        # TCP: written at once on an open connection (in order with everything else on it, and before the
+        # connection may close); a connection to be made first is a task.
+        try:
+            sent = self._transports.send_now(data, flow)
+        except TransportError as exc:
+            log.info("cannot send to %s: %s", flow, exc)
+            return
+        if sent is None:
+            self._spawn(self._transmit_stream(data, flow))
+        elif self._tracers:
+            self._trace("out", data, sent)
 
     async def _transmit_stream(self, data: bytes, flow: Flow) -> None:
         try:

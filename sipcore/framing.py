@@ -2,6 +2,9 @@
 
 Pure: ``feed`` takes bytes and returns what became complete. RFC 5626 §4.4.1 keep-alives are reported as
 ``KeepAlivePing`` (a double CRLF, to be answered with a single CRLF) and ``KeepAlivePong`` (a single CRLF).
+A request too large to take (its header section or its Content-Length over the limits) fails with status
+513 and, when its start line and Via, From, To, Call-ID and CSeq could be read, those headers, so the
+connection can answer it before closing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import attrs
 
 from .errors import SipParseError
 from .limits import DEFAULT_LIMITS, Limits
+from .message import salvage_request_headers
 
 __all__ = ["FramedMessage", "KeepAlivePing", "KeepAlivePong", "StreamEvent", "StreamFramer"]
 
@@ -52,6 +56,12 @@ class StreamFramer:
         """Octets held waiting for the rest of a message."""
         return len(self._buffer)
 
+    @property
+    def in_message(self) -> bool:
+        """True while part of a message is buffered (not merely CR/LF that may yet become a keep-alive)."""
+        buf = self._buffer
+        return bool(buf) and buf[0] not in b"\r\n"
+
     def feed(self, data: bytes) -> list[StreamEvent]:
         """Add ``data``; return every message and keep-alive that is now complete.
 
@@ -81,6 +91,11 @@ class StreamFramer:
         """True once the stream could not be framed; the connection should be closed."""
         return self._error is not None
 
+    @property
+    def error(self) -> SipParseError | None:
+        """Why the stream could not be framed (None while it can)."""
+        return self._error
+
     def _next(self) -> StreamEvent | None:
         buf = self._buffer
         while buf and buf[0] in b"\r\n":
@@ -99,7 +114,11 @@ class StreamFramer:
         limits = self._limits
         if end < 0:
             if len(buf) > limits.max_header_bytes:
-                raise SipParseError(f"no end of headers within {limits.max_header_bytes} bytes")
+                raise SipParseError(
+                    f"no end of headers within {limits.max_header_bytes} bytes",
+                    status=513,
+                    request_headers=salvage_request_headers(bytes(buf[: limits.max_header_bytes]), limits),
+                )
             return None
         lengths = {m.group(1).strip() for m in _CONTENT_LENGTH_RE.finditer(buf, 0, end + 2)}
         if not lengths:
@@ -112,7 +131,11 @@ class StreamFramer:
         length = int(text)
         total = end + 4 + length
         if total > limits.max_message_bytes:
-            raise SipParseError(f"message of {total} bytes exceeds {limits.max_message_bytes}", status=513)
+            raise SipParseError(
+                f"message of {total} bytes exceeds {limits.max_message_bytes}",
+                status=513,
+                request_headers=salvage_request_headers(bytes(buf[: end + 4]), limits),
+            )
         if len(buf) < total:
             if len(buf) > limits.max_stream_buffer:
                 raise SipParseError("stream buffer limit exceeded")

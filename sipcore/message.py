@@ -42,6 +42,7 @@ __all__ = [
     "error_response",
     "make_response",
     "parse_message",
+    "salvage_request_headers",
     "seed_parsed",
 ]
 
@@ -516,8 +517,49 @@ def _split_head(data: bytes, limits: Limits) -> tuple[str, bytes]:
         else:
             raise SipParseError("message has no empty line ending the header section")
     if len(head) > limits.max_header_bytes:
-        raise SipParseError(f"header section of {len(head)} bytes exceeds {limits.max_header_bytes}")
+        raise SipParseError(
+            f"header section of {len(head)} bytes exceeds {limits.max_header_bytes}",
+            status=513,
+            request_headers=salvage_request_headers(data, limits),
+        )
     return head.decode("utf-8", "surrogateescape"), rest
+
+
+#: What a response to a request must copy (RFC 3261 §8.2.6.2): with these, a 513 can still be answered.
+_ANSWER_KEYS: Final = frozenset({"via", "from", "to", "call-id", "cseq"})
+
+
+def salvage_request_headers(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[Header, ...] | None:
+    """Via, From, To, Call-ID and CSeq of a request too large to parse, read from the complete lines of its
+    first ``max_header_bytes`` octets, so it can be answered 513 (RFC 3261 §21.5.11). None unless the bytes
+    start with a request line and every one of those headers is among the lines read."""
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    window = data[start : start + limits.max_header_bytes]
+    end = window.find(b"\r\n\r\n")
+    window = window[:end] if end >= 0 else window[: max(0, window.rfind(b"\r\n"))]
+    lines = window.decode("utf-8", "surrogateescape").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not is_token(parts[0]) or not parts[2].upper().startswith("SIP/"):
+        return None
+    found: list[Header] = []
+    ours = False  # whether the line before was one of ours (a folded continuation belongs to it)
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if ours:
+                name, value = found[-1]
+                found[-1] = Header(name, value + " " + line.strip(" \t"))
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        key = header_key(name) if colon and is_token(name) else ""
+        ours = key in _ANSWER_KEYS
+        if ours:
+            found.append(Header(canonical_name(key), value.strip(" \t")))
+    if {header_key(h.name) for h in found} != _ANSWER_KEYS:
+        return None
+    return tuple(found)
 
 
 _new_tuple: Final = tuple.__new__  # builds a Header without the Python-level NamedTuple.__new__ frame
@@ -599,7 +641,11 @@ def parse_message(
     read, the error carries them so the request can still be answered.
     """
     if len(data) > limits.max_message_bytes:
-        raise SipParseError(f"message of {len(data)} bytes exceeds {limits.max_message_bytes}", status=513)
+        raise SipParseError(
+            f"message of {len(data)} bytes exceeds {limits.max_message_bytes}",
+            status=513,
+            request_headers=salvage_request_headers(data, limits),
+        )
     head, rest = _split_head(data, limits)
     lines = head.split("\r\n")
     start_line = lines[0]

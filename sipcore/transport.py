@@ -1,22 +1,28 @@
 """asyncio transports: UDP and TCP listeners (IPv4 and IPv6) that move framed SIP message bytes.
 
 The transports know nothing of SIP semantics: they frame (TCP), answer RFC 5626 CRLF keep-alives, enforce the
-size limits, and hand ``(data, flow)`` to one callback. Parsing and every protocol decision live above.
+stream size limits, and hand ``(data, flow)`` to one callback. Parsing and every protocol decision live above.
+TCP connections are admitted, timed out and logged by a ``TcpGuard`` (the shell of the pure
+``sipcore.connections.ConnectionTable``), so descriptors stay free for RTP and the stores under any load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import ipaddress
 import itertools
 import logging
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Literal, cast
 
 import attrs
 
+from .connections import CloseReason, ConnectionTable, LogThrottle, Refusal, connection_caps
 from .errors import SipError, SipParseError
 from .framing import FramedMessage, KeepAlivePing, StreamFramer
 from .headers import is_digits
@@ -25,6 +31,7 @@ from .limits import DEFAULT_LIMITS, Limits
 __all__ = [
     "Flow",
     "ListenSpec",
+    "TcpGuard",
     "TcpTransport",
     "TransportError",
     "TransportName",
@@ -192,9 +199,7 @@ class UdpTransport(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if not data.strip(b"\r\n"):
             return  # NAT keep-alive (CRLF) over UDP: nothing to answer
-        if len(data) > self._limits.max_message_bytes:
-            log.debug("dropped %d-byte datagram from %s: over the size limit", len(data), addr)
-            return
+        # A datagram over the size limit goes up too: the parser reads what it needs to answer 513.
         remote = (str(addr[0]), int(addr[1]))
         try:
             self._on_message(data, Flow("UDP", self.local, remote))
@@ -252,14 +257,208 @@ class UdpTransport(asyncio.DatagramProtocol):
             sock.close()
 
 
+#: errno values of ``accept`` meaning "out of descriptors or memory": accepting pauses for a moment.
+_ACCEPT_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long accepting pauses when the process is out of descriptors (the pending connections wait in the
+#: listen backlog meanwhile).
+ACCEPT_PAUSE: Final = 0.5
+#: Connections accepted per wake-up of a listening socket at most.
+ACCEPT_BATCH: Final = 64
+#: The listen backlog of TCP listeners.
+TCP_BACKLOG: Final = 512
+
+UnframableCallback = Callable[[SipParseError, Flow], bytes | None]
+
+
+def _descriptor_limit() -> int | None:
+    """The soft RLIMIT_NOFILE of this process (None where unknown or unlimited)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+class TcpGuard:
+    """The asyncio shell around :class:`~sipcore.connections.ConnectionTable` for the TCP listeners of one
+    endpoint: admits connections, arms one timer for the table's deadlines, closes what is due, and logs each
+    condition (refusals, evictions, timeouts, accept failures) at most once per 10 s with a count."""
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        total, per_source = connection_caps(
+            _descriptor_limit(), limits.tcp_max_connections, limits.tcp_max_connections_per_source
+        )
+        self.table = ConnectionTable(
+            max_total=total,
+            max_per_source=per_source,
+            message_seconds=limits.tcp_message_seconds,
+            idle_seconds=limits.tcp_idle_seconds,
+        )
+        #: Asked before a connection is closed for idleness alone: True keeps it (a call uses it).
+        self.in_use: Callable[[Flow], bool] | None = None
+        self._connections: dict[int, _TcpConnection] = {}
+        self._throttle = LogThrottle(10.0)
+        self._latest: dict[str, tuple[int, str, tuple[object, ...]]] = {}
+        self._flush: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def now(self) -> float:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    def note(self, level: int, condition: str, message: str, *args: object) -> None:
+        """Log ``message`` unless this condition was logged in the last 10 s; then it is counted, and the
+        latest such message is logged with the count once the 10 s are over."""
+        quiet = self._throttle.allow(condition, self.now)
+        if quiet is None:
+            self._latest[condition] = (level, message, args)
+            if self._flush is None:
+                self._schedule_flush()
+            return
+        self._latest.pop(condition, None)
+        self._emit(level, message, args, quiet)
+
+    def _emit(self, level: int, message: str, args: tuple[object, ...], quiet: int) -> None:
+        if quiet:
+            message += " (and %d more like it in the last %g s)"
+            args = (*args, quiet, self._throttle.interval)
+        log.log(level, message, *args)
+
+    def _schedule_flush(self) -> None:
+        at = self._throttle.next_due()
+        if at is not None:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._flush = self._loop.call_at(at, self._flush_quiet)
+
+    def _flush_quiet(self) -> None:
+        self._flush = None
+        for condition, quiet in self._throttle.due(self.now):
+            latest = self._latest.pop(condition, None)
+            if latest is not None:
+                level, message, args = latest
+                self._emit(level, message, args, quiet - 1)
+        self._schedule_flush()
+
+    def admit(self, conn: _TcpConnection) -> bool:
+        """Admit a connection that just opened, closing one to make room if need be; False: refused."""
+        table = self.table
+        admission = table.admit(conn.id, conn.remote[0], self.now, inbound=conn.inbound)
+        if admission.refused is Refusal.SOURCE:
+            self.note(
+                logging.WARNING,
+                "refused-source",
+                "refusing TCP connection from %s: %d open from its source (tcp_max_connections_per_source)",
+                _fmt(conn.remote),
+                table.max_per_source,
+            )
+            return False
+        if admission.refused is Refusal.TOTAL:
+            self.note(
+                logging.WARNING,
+                "refused-total",
+                "refusing TCP connection from %s: %d open in all (tcp_max_connections)",
+                _fmt(conn.remote),
+                table.max_total,
+            )
+            return False
+        self._connections[conn.id] = conn
+        if admission.evict is not None:
+            evicted = self._connections.pop(admission.evict, None)
+            if evicted is not None:
+                self.note(
+                    logging.WARNING,
+                    "evicted",
+                    "closing TCP connection from %s: %s; %d open in all (tcp_max_connections)",
+                    _fmt(evicted.remote),
+                    CloseReason.EVICTED.value,
+                    table.max_total,
+                )
+                evicted.close()
+        self.arm()
+        return True
+
+    def received(self, conn: _TcpConnection, *, completed: bool, in_message: bool) -> None:
+        self.table.received(conn.id, self.now, completed=completed, in_message=in_message)
+        self.arm()
+
+    def hold(self, conn: _TcpConnection, until: float) -> None:
+        self.table.hold(conn.id, until)
+        self.arm()
+
+    def forget(self, conn: _TcpConnection) -> None:
+        if self._connections.get(conn.id) is conn:
+            del self._connections[conn.id]
+        self.table.remove(conn.id)
+
+    def arm(self) -> None:
+        """Make sure the timer fires by the table's earliest deadline (a timer armed earlier stays)."""
+        at = self.table.get_timer()
+        if at is None or (self._timer_at is not None and self._timer_at <= at):
+            return
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _keep(self, connection_id: int) -> bool:
+        conn = self._connections.get(connection_id)
+        in_use = self.in_use
+        if conn is None or in_use is None:
+            return False
+        try:
+            return in_use(conn.flow)
+        except Exception:
+            log.exception("connection-in-use callback failed for %s", conn.flow)
+            return False
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        table = self.table
+        for connection_id, reason in table.handle_timer(self.now, self._keep):
+            conn = self._connections.pop(connection_id, None)
+            if conn is None:
+                continue
+            if reason is CloseReason.IDLE:
+                log.debug("closing TCP connection from %s: %s", _fmt(conn.remote), reason.value)
+            else:
+                self.note(
+                    logging.INFO,
+                    reason.name,
+                    "closing TCP connection from %s: %s (%g s, tcp_message_seconds)",
+                    _fmt(conn.remote),
+                    reason.value,
+                    table.message_seconds,
+                )
+            conn.close()
+        self.arm()
+
+    def close(self) -> None:
+        for handle in (self._timer, self._flush):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._timer_at = self._flush = None
+
+
 class _TcpConnection(asyncio.Protocol):
     """One TCP connection, framed with ``StreamFramer``; answers CRLF pings with CRLF."""
 
-    def __init__(self, owner: TcpTransport) -> None:
+    def __init__(self, owner: TcpTransport, *, inbound: bool) -> None:
         self._owner = owner
+        self._guard = owner.guard
         self._framer = StreamFramer(owner.limits)
         self._transport: asyncio.Transport | None = None
         self.id = next(_connection_ids)
+        self.inbound = inbound
+        self.admitted = False
         self.remote: tuple[str, int] = ("", 0)
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -267,26 +466,53 @@ class _TcpConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
+        if not self._guard.admit(self):
+            self._transport.abort()
+            return
+        self.admitted = True
         self._owner._register(self)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            events = self._framer.feed(data)
-        except SipParseError as exc:
-            log.info("closing TCP connection from %s: %s", _fmt(self.remote), exc)
-            self.close()
+        if not self.admitted:
             return
-        if self._framer.failed:
-            self.close()  # after delivering what was complete before the framing error
+        framer = self._framer
+        try:
+            events = framer.feed(data)
+        except SipParseError as exc:
+            self._unframable(exc)
+            return
+        completed = False
         flow = self.flow
         for event in events:
             if isinstance(event, FramedMessage):
+                completed = True
                 try:
                     self._owner.on_message(event.data, flow)
                 except Exception:
                     log.exception("error handling message from %s", flow)
             elif isinstance(event, KeepAlivePing):
-                self.write(b"\r\n")
+                with contextlib.suppress(TransportError):  # closed by a message handled just before
+                    self.write(b"\r\n")
+        if framer.error is not None:  # after delivering what was complete before the framing error
+            self._unframable(framer.error)
+            return
+        self._guard.received(self, completed=completed, in_message=framer.in_message)
+
+    def _unframable(self, exc: SipParseError) -> None:
+        """The stream cannot be framed: answer what can be answered (513 for a request too large), close."""
+        self._guard.note(
+            logging.INFO, "unframable", "closing TCP connection from %s: %s", _fmt(self.remote), exc
+        )
+        reply: bytes | None = None
+        answer = self._owner.on_unframable
+        if answer is not None:
+            try:
+                reply = answer(exc, self.flow)
+            except Exception:
+                log.exception("error answering an unframable message from %s", _fmt(self.remote))
+        if reply and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(reply)
+        self.close()  # after the reply is written out
 
     @property
     def flow(self) -> Flow:
@@ -298,7 +524,9 @@ class _TcpConnection(asyncio.Protocol):
         self._transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._owner._unregister(self)
+        if self.admitted:
+            self._guard.forget(self)
+            self._owner._unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -308,31 +536,133 @@ class _TcpConnection(asyncio.Protocol):
 
 
 class TcpTransport:
-    """A TCP listener plus the outgoing connections it made; connections are reused per remote address."""
+    """A TCP listener plus the outgoing connections it made; connections are reused per remote address.
+
+    Incoming connections are accepted by the listener's own reader callback (asyncio's accept loop writes
+    a traceback for every failed ``accept``: a storm when descriptors run out); when the process is out of
+    descriptors, accepting pauses for ``ACCEPT_PAUSE`` with one log line. Admission and closing deadlines
+    are the shared ``TcpGuard``'s.
+    """
 
     name: TransportName = "TCP"
 
-    def __init__(self, on_message: MessageCallback, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, on_message: MessageCallback, limits: Limits = DEFAULT_LIMITS, guard: TcpGuard | None = None
+    ) -> None:
         self.on_message = on_message
         self.limits = limits
+        self._owns_guard = guard is None
+        self.guard = guard if guard is not None else TcpGuard(limits)
         #: Called with the flow of every connection that closes (the registrar drops its bindings).
         self.on_closed: Callable[[Flow], None] | None = None
+        #: Asked for the bytes to answer a stream that cannot be framed with (None: close without answer).
+        self.on_unframable: UnframableCallback | None = None
         self.local: tuple[str, int] = ("", 0)
         self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepting = False
+        self._resume: asyncio.TimerHandle | None = None
+        self._handshakes: set[asyncio.Task[Any]] = set()
         self._by_id: dict[int, _TcpConnection] = {}
         self._by_remote: dict[tuple[str, int], _TcpConnection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Future[_TcpConnection]] = {}
+        #: Messages to a remote whose connection is being made, in the order sent (its maker writes them).
+        self._queued: dict[tuple[str, int], list[bytes]] = {}
 
     @classmethod
     async def listen(
-        cls, host: str, port: int, on_message: MessageCallback, limits: Limits = DEFAULT_LIMITS
+        cls,
+        host: str,
+        port: int,
+        on_message: MessageCallback,
+        limits: Limits = DEFAULT_LIMITS,
+        guard: TcpGuard | None = None,
     ) -> TcpTransport:
-        self = cls(on_message, limits)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _TcpConnection(self), host, port)
-        sockname = self._server.sockets[0].getsockname()
+        self = cls(on_message, limits, guard)
+        loop = self._loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if sys.platform != "win32":  # as asyncio does: rebind while old connections linger in TIME_WAIT
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(TCP_BACKLOG)
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._accept_ready)
+        except NotImplementedError:  # a loop without add_reader (Windows' proactor): asyncio's accept loop
+            sock.close()
+            self._server = await loop.create_server(lambda: _TcpConnection(self, inbound=True), host, port)
+            sockname = self._server.sockets[0].getsockname()
+            self.local = (sockname[0], sockname[1])
+            return self
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._accepting = sock, True
+        sockname = sock.getsockname()
         self.local = (sockname[0], sockname[1])
         return self
+
+    def _accept_ready(self) -> None:
+        sock, loop = self._sock, self._loop
+        assert sock is not None and loop is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _ACCEPT_EXHAUSTED:
+                    self.guard.note(
+                        logging.ERROR,
+                        "accept-exhausted",
+                        "cannot accept TCP connections on %s: %s; pausing accepts for %g s "
+                        "(lower tcp_max_connections or raise the descriptor limit)",
+                        _fmt(self.local),
+                        exc.strerror or exc,
+                        ACCEPT_PAUSE,
+                    )
+                    self._pause_accepting()
+                else:
+                    self.guard.note(
+                        logging.ERROR, "accept-failed", "accept on %s failed: %s", _fmt(self.local), exc
+                    )
+                return
+            conn.setblocking(False)
+            task = loop.create_task(
+                loop.connect_accepted_socket(lambda: _TcpConnection(self, inbound=True), conn)
+            )
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, task: asyncio.Task[Any]) -> None:
+        self._handshakes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.guard.note(
+                logging.WARNING,
+                "accept-setup",
+                "setting up an accepted TCP connection failed: %s",
+                task.exception(),
+            )
+
+    def _pause_accepting(self) -> None:
+        if not self._accepting or self._sock is None or self._loop is None:
+            return
+        self._accepting = False
+        self._loop.remove_reader(self._sock.fileno())
+        self._resume = self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if self._accepting or self._sock is None or self._loop is None:
+            return
+        self._accepting = True
+        self._loop.add_reader(self._sock.fileno(), self._accept_ready)
 
     def _register(self, conn: _TcpConnection) -> None:
         self._by_id[conn.id] = conn
@@ -351,32 +681,69 @@ class TcpTransport:
     def has_connection(self, connection_id: int) -> bool:
         return connection_id in self._by_id
 
+    def hold(self, remote: tuple[str, int], connection_id: int | None, until: float) -> bool:
+        """Keep the connection (named, else any open one to ``remote``) from closing for idleness before
+        ``until`` (loop time); False when there is no such connection."""
+        conn = self._by_id.get(connection_id) if connection_id is not None else self._by_remote.get(remote)
+        if conn is None:
+            return False
+        self.guard.hold(conn, until)
+        return True
+
+    def send_now(self, data: bytes, remote: tuple[str, int], connection_id: int | None = None) -> Flow | None:
+        """Write on an open connection (the named one, else any to ``remote``), or queue behind the messages
+        waiting for a connection to ``remote`` being made; None when a new connection would have to be made
+        (use :meth:`send`). Raises ``TransportError`` when the named connection is gone."""
+        conn = self._by_id.get(connection_id) if connection_id is not None else None
+        if conn is None:
+            queue = self._queued.get(remote)
+            if queue is not None and connection_id is None:
+                queue.append(data)  # written in order once the connection is made
+                return Flow("TCP", self.local, remote)
+            conn = self._by_remote.get(remote)
+        if conn is None:
+            if connection_id is not None:
+                raise TransportError(f"TCP connection {connection_id} to {_fmt(remote)} is gone")
+            return None
+        conn.write(data)
+        return conn.flow
+
     async def send(self, data: bytes, remote: tuple[str, int], connection_id: int | None = None) -> Flow:
         """Send on the named connection, else on any open one to ``remote``, else on a new one.
 
         A flow that names a connection the peer opened (a phone behind NAT, RFC 5626) is never dialled
         anew: its address is a NAT mapping that accepts no incoming connection, and trying would hang.
+        Messages sent while a connection is being made are written in the order sent, once it is made.
         """
+        if connection_id is None and remote in self._queued:
+            self._queued[remote].append(data)
+            made = await asyncio.shield(self._connecting[remote])
+            return made.flow
         conn = self._by_id.get(connection_id) if connection_id is not None else None
         if conn is None:
             conn = self._by_remote.get(remote)
         if conn is None and connection_id is not None:
             raise TransportError(f"TCP connection {connection_id} to {_fmt(remote)} is gone")
         if conn is None:
-            conn = await self._connect(remote)
+            queue = self._queued[remote] = [data]
+            try:
+                conn = await self._connect(remote)
+            finally:
+                del self._queued[remote]
+            for item in queue:
+                conn.write(item)
+            return conn.flow
         conn.write(data)
         return conn.flow
 
     async def _connect(self, remote: tuple[str, int]) -> _TcpConnection:
-        pending = self._connecting.get(remote)
-        if pending is not None:
-            return await asyncio.shield(pending)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_TcpConnection] = loop.create_future()
         self._connecting[remote] = future
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self), remote[0], remote[1]), timeout=5.0
+                loop.create_connection(lambda: _TcpConnection(self, inbound=False), remote[0], remote[1]),
+                timeout=5.0,
             )
         except (OSError, TimeoutError) as exc:
             future.set_exception(TransportError(f"cannot connect to {_fmt(remote)}: {exc}"))
@@ -388,6 +755,19 @@ class TcpTransport:
         return conn
 
     async def close(self) -> None:
+        if self._resume is not None:
+            self._resume.cancel()
+        sock, loop = self._sock, self._loop
+        if sock is not None:
+            if self._accepting and loop is not None and not loop.is_closed():
+                loop.remove_reader(sock.fileno())
+            self._accepting = False
+            sock.close()
+            self._sock = None
+        for task in list(self._handshakes):
+            task.cancel()
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         conns = list(self._by_id.values())
@@ -397,6 +777,8 @@ class TcpTransport:
             await asyncio.wait([conn.closed for conn in conns], timeout=2.0)
         if self._server is not None:
             await self._server.wait_closed()
+        if self._owns_guard:
+            self.guard.close()
 
 
 class TransportSet:
@@ -407,20 +789,34 @@ class TransportSet:
         on_message: MessageCallback,
         limits: Limits = DEFAULT_LIMITS,
         on_closed: Callable[[Flow], None] | None = None,
+        in_use: Callable[[Flow], bool] | None = None,
     ) -> None:
         self._on_message = on_message
         self._limits = limits
         self._on_closed = on_closed
+        self._in_use = in_use
+        #: Answers a TCP stream that cannot be framed (see ``TcpTransport.on_unframable``).
+        self.on_unframable: UnframableCallback | None = None
+        self._guard: TcpGuard | None = None
         self.udp: list[UdpTransport] = []
         self.tcp: list[TcpTransport] = []
+
+    @property
+    def guard(self) -> TcpGuard:
+        """The admission caps and deadlines shared by every TCP connection of these listeners."""
+        if self._guard is None:
+            self._guard = TcpGuard(self._limits)
+            self._guard.in_use = self._in_use
+        return self._guard
 
     async def listen(self, spec: ListenSpec) -> tuple[str, int]:
         if spec.transport == "UDP":
             udp = await UdpTransport.listen(spec.host, spec.port, self._on_message, self._limits)
             self.udp.append(udp)
             return udp.local
-        tcp = await TcpTransport.listen(spec.host, spec.port, self._on_message, self._limits)
+        tcp = await TcpTransport.listen(spec.host, spec.port, self._on_message, self._limits, self.guard)
         tcp.on_closed = self._on_closed
+        tcp.on_unframable = self.on_unframable
         self.tcp.append(tcp)
         return tcp.local
 
@@ -456,6 +852,16 @@ class TransportSet:
         assert isinstance(udp, UdpTransport)
         udp.send(data, flow.remote)
 
+    def send_now(self, data: bytes, flow: Flow) -> Flow | None:
+        """Send ``data`` along ``flow`` without waiting: UDP, or TCP on a connection already open (None when
+        one would have to be made: use :meth:`send`)."""
+        if flow.transport == "UDP":
+            self.udp_send(data, flow)
+            return flow
+        tcp = self._pick(self.tcp, flow.local, flow.remote, "TCP")
+        assert isinstance(tcp, TcpTransport)
+        return tcp.send_now(data, flow.remote, flow.connection_id)
+
     async def send(self, data: bytes, flow: Flow) -> Flow:
         """Send ``data`` along ``flow`` (its transport, listener and remote; TCP connection if still open)."""
         if flow.transport == "UDP":
@@ -467,10 +873,19 @@ class TransportSet:
         assert isinstance(tcp, TcpTransport)
         return await tcp.send(data, flow.remote, flow.connection_id)
 
+    def hold(self, flow: Flow, until: float) -> bool:
+        """Keep the TCP connection of ``flow`` (its id, else any to its remote) from closing for idleness
+        before ``until`` (loop time); False for UDP or when no such connection is open."""
+        if flow.transport != "TCP":
+            return False
+        return any(tcp.hold(flow.remote, flow.connection_id, until) for tcp in self.tcp)
+
     async def close(self) -> None:
         for udp in self.udp:
             udp.close()
         for tcp in self.tcp:
             await tcp.close()
+        if self._guard is not None:
+            self._guard.close()
         self.udp.clear()
         self.tcp.clear()

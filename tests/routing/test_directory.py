@@ -712,3 +712,23 @@ def test_media_is_anchored_unless_turned_off(tmp_path: Path) -> None:
     assert load_directory(write(tmp_path, off)).server.anchor_media is False
     bad = BASE.replace('domain = "office.example"', 'domain = "office.example"\nanchor_media = "yes"')
     assert_problem(tmp_path, bad, "anchor_media", "server.anchor_media", "must be")
+
+
+def test_tcp_limits_in_the_server_table(tmp_path: Path) -> None:
+    d = load_directory(write(tmp_path, BASE))
+    assert d.server.limits.tcp_max_connections is None  # derived from the descriptor limit at start
+    assert (d.server.limits.tcp_message_seconds, d.server.limits.tcp_idle_seconds) == (10.0, 120.0)
+    text = BASE.replace(
+        'domain = "office.example"',
+        'domain = "office.example"\ntcp_max_connections = 900\ntcp_max_connections_per_source = 300\n'
+        "tcp_message_seconds = 5\ntcp_idle_seconds = 0",
+    )
+    limits = load_directory(write(tmp_path, text)).server.limits
+    assert (limits.tcp_max_connections, limits.tcp_max_connections_per_source) == (900, 300)
+    assert (limits.tcp_message_seconds, limits.tcp_idle_seconds) == (5, 0)
+    bad = BASE.replace('domain = "office.example"', 'domain = "office.example"\ntcp_message_seconds = 0')
+    assert_problem(tmp_path, bad, "tcp_message_seconds", "server.tcp_message_seconds", "at least 1")
+    bad = BASE.replace('domain = "office.example"', 'domain = "office.example"\ntcp_idle_seconds = -1')
+    assert_problem(tmp_path, bad, "tcp_idle_seconds", "server.tcp_idle_seconds", "at least 0")
+    bad = BASE.replace('domain = "office.example"', 'domain = "office.example"\ntcp_max_connections = "many"')
+    assert_problem(tmp_path, bad, "tcp_max_connections", "server.tcp_max_connections", "must be")
