@@ -59,6 +59,14 @@ def check_archives(repo: Path, sdist: Path, wheel: Path) -> None:
         links = sorted(name for name, m in members.items() if m.issym() or m.islnk())
         if links:
             fail(f"{sdist.name} holds links instead of files: {', '.join(links)}")
+        # durchwahl/sipcore/… (with the stack under durchwahl: a link in the repository) is a copy
+        for name, member in members.items():
+            folder = name.removeprefix("durchwahl/")
+            stack = folder.split("/", 1)[0] in ("sipcore", "media", "routing")
+            if folder != name and stack and member.isfile():
+                copy, source = tar.extractfile(member), tar.extractfile(members[folder])
+                if copy is None or source is None or copy.read() != source.read():
+                    fail(f"{sdist.name}: {name} is not a copy of {folder}")
         for name in ("office.toml", "greeting.wav"):
             packaged = tar.extractfile(members[f"routing/example/{name}"])
             example = tar.extractfile(members[f"examples/{name}"])
