@@ -17,15 +17,25 @@ import secrets
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TextIO
 
+import attrs
+
 from sipcore.auth import compute_ha1
 
-__all__ = ["GREETING", "OFFICE", "Login", "StarterExists", "example_file", "init_main", "write_starter"]
+__all__ = [
+    "GREETING",
+    "OFFICE",
+    "Login",
+    "StarterExists",
+    "example_file",
+    "init_main",
+    "starter_text",
+    "write_starter",
+]
 
 #: The file names, in the package and in the folder ``durchwahl init`` writes.
 OFFICE = "office.toml"
@@ -45,7 +55,7 @@ class StarterExists(FileExistsError):
     """``durchwahl init`` would overwrite a file."""
 
 
-@dataclass(frozen=True)
+@attrs.frozen
 class Login:
     """What a phone needs to register as an employee of the written office."""
 
