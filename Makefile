@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/durchwahl serve --config examples/office.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check sipcore media routing tests fuzz bench examples
-	$(BIN)/ruff format --check sipcore media routing
+	$(BIN)/ruff check durchwahl sipcore media routing tests fuzz bench examples .ci
+	$(BIN)/ruff format --check durchwahl sipcore media routing
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

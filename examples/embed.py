@@ -1,7 +1,8 @@
 """Embedding durchwahl in an asyncio application: run the server inside it, react to its events, and route
 known CRM callers straight to the employee who looks after them (a resolver hook).
 
-Run it: ``python examples/embed.py --config examples/office.toml --seconds 30``.
+Run it: ``python examples/embed.py --config examples/office.toml --seconds 30`` (``--listen udp:127.0.0.1:0``
+to listen elsewhere than the file says). It imports only the ``durchwahl`` package.
 """
 
 from __future__ import annotations
@@ -12,10 +13,7 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 
-from routing.dialstring import DialString
-from routing.registrar_service import Registered, Unregistered
-from routing.resolver import Caller, FromTrunk, Route, ToEmployee
-from routing.server import Server
+from durchwahl import Caller, DialString, FromTrunk, Registered, Route, Server, ToEmployee, Unregistered
 
 #: What the embedding application knows: customer numbers and the employee responsible for each.
 ACCOUNT_MANAGERS = {"+4989555123": "101", "+4940555777": "102"}
@@ -71,8 +69,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="examples/office.toml")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--listen", action="append", metavar="SPEC", help="listen here instead")
     args = parser.parse_args()
-    asyncio.run(run(args.config, args.seconds))
+    asyncio.run(run(args.config, args.seconds, tuple(args.listen) if args.listen else None))
 
 
 if __name__ == "__main__":

@@ -402,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         "phones and a simulated provider; print what happened; exit 0 only if every step happened.",
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="also log what the server does")
+    init = commands.add_parser(
+        "init",
+        help="write a starter office (office.toml with fresh passwords, greeting.wav) into DIR to edit",
+        description="Write the example office, with fresh passwords for its employees, and its greeting into "
+        "DIR (created if missing) as a starting point; never overwrites a file.",
+    )
+    init.add_argument("dir", nargs="?", default=".", help="the folder to write into (default: this one)")
     commands.add_parser(
         "dtmf",
         help="print the in-band DTMF digits of a recording (digit and start sample at 8 kHz)",
@@ -438,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return demo_main()
+    if args.command == "init":
+        from routing.starter import init_main
+
+        return init_main(args.dir)
     return 2
 
 

@@ -1,8 +1,8 @@
 """``durchwahl demo``: a scripted office day over loopback, needing no phone.
 
-It starts :class:`routing.server.Server` on the example office (copied to a temporary folder, so its state
-goes there, and pointed at 127.0.0.1 port 0) and plays the day with simulated devices built only on the
-public sipcore and media APIs:
+It starts :class:`routing.server.Server` on the example office (the one inside the installed package, see
+``routing.starter``; copied to a temporary folder, so its state goes there, and pointed at 127.0.0.1 port 0)
+and plays the day with simulated devices built only on the public sipcore and media APIs:
 
 1. two phones of employee 101 and one of 102 register;
 2. a customer (through the simulated provider) calls the company number, hears the greeting, dials 101 as
@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import itertools
 import re
-import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Iterator
@@ -44,6 +43,7 @@ from sipcore.ua import Call, IncomingCall, OutgoingCall, UserAgent
 from .errors import ConfigError
 from .greeting_flow import media_address
 from .server import Server
+from .starter import GREETING, OFFICE, example_file
 
 __all__ = [
     "FAST",
@@ -392,18 +392,17 @@ def _drain(phones: dict[str, Phone]) -> Iterator[tuple[str, IncomingCall]]:
             yield label, phone.calls.get_nowait()
 
 
-def _example_office() -> Path:
-    return Path(__file__).resolve().parent.parent / "examples" / "office.toml"
-
-
-def _prepare(source: Path, folder: Path, trunk_port: int) -> Path:
-    """Copy the office and its greeting into ``folder`` with the trunk pointed at the provider's port."""
-    text = source.read_text(encoding="utf-8")
+def _prepare(source: Path | None, folder: Path, trunk_port: int) -> Path:
+    """Copy the office (``source``, or the example office inside the installed package) and its greeting
+    into ``folder`` with the trunk pointed at the provider's port."""
+    office = example_file(OFFICE) if source is None else source
+    greeting = example_file(GREETING) if source is None else source.parent / GREETING
+    text = office.read_text(encoding="utf-8")
     text, count = re.subn(r"(?m)^(port\s*=\s*)5070\b", rf"\g<1>{trunk_port}", text)
     if count != 1:
-        raise DemoFailed(f"{source}: expected one trunk with 'port = 5070' to point at the demo provider")
-    shutil.copy(source.parent / "greeting.wav", folder / "greeting.wav")
-    target = folder / "office.toml"
+        raise DemoFailed(f"{office}: expected one trunk with 'port = 5070' to point at the demo provider")
+    (folder / GREETING).write_bytes(greeting.read_bytes())
+    target = folder / OFFICE
     target.write_text(text, encoding="utf-8")
     return target
 
@@ -412,7 +411,6 @@ async def run_demo(out: TextIO, source: Path | None = None, timeout: float = 30.
     """Play the office day within ``timeout`` seconds, printing its ladder to ``out``; raises
     :class:`DemoFailed` naming the step that did not happen as scripted."""
     ladder = Ladder(out)
-    source = source or _example_office()
     provider = await Provider().start()
     phones: dict[str, Phone] = {}
     sockets: list[RtpSocket] = []
@@ -422,7 +420,8 @@ async def run_demo(out: TextIO, source: Path | None = None, timeout: float = 30.
             async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
                 _, host, port = server.addresses[0]
                 provider.server_port = port
-                ladder.say(f"durchwahl demo: the example office {source.name}, server on udp {host}:{port}")
+                name = source.name if source is not None else f"{OFFICE} (installed with durchwahl)"
+                ladder.say(f"durchwahl demo: the example office {name}, server on udp {host}:{port}")
                 ladder.say(f"  state in {folder}; the provider's trunk is udp 127.0.0.1:{provider.port}")
                 try:
                     async with asyncio.timeout(timeout):
