@@ -53,7 +53,10 @@ from .message import Request, Response, make_response, seed_parsed
 from .uri import NameAddr, Uri, parse_name_addr, parse_uri
 
 __all__ = [
+    "CONFIRMING_STATES",
     "DEFAULT_ALLOW",
+    "EARLY_STATES",
+    "ESTABLISHED_STATES",
     "AckTimedOut",
     "Answered",
     "Cancelled",
@@ -401,6 +404,14 @@ _Rule = tuple[str, "SessionState | None"]  # (action, next state; None = stay)
 _UAC_EARLY: Final = (_S.CALLING, _S.CANCEL_PENDING, _S.PROCEEDING, _S.CANCELLING)
 _ESTABLISHED: Final = (_S.CONFIRMED, _S.REINVITING, _S.REINVITE_BACKOFF, _S.REINVITED, _S.REINVITE_ACK_WAIT)
 _ACK_WAIT_STATES: Final = frozenset({_S.WAITING_FOR_ACK, _S.HANGUP_PENDING, _S.REINVITE_ACK_WAIT})
+
+#: UAC: the initial INVITE has no final response yet; hanging up means CANCEL (§9.1).
+EARLY_STATES: Final = frozenset(_UAC_EARLY)
+#: The initial INVITE is complete and no BYE is under way: in-dialog requests may be sent (§12.2.1).
+ESTABLISHED_STATES: Final = frozenset(_ESTABLISHED)
+#: The initial INVITE was answered with a 2xx whose ACK is not through yet (the peer's awaited, or ours
+#: owed with the answer to an offerless INVITE): in-dialog requests wait for it (§13.3.1.4, §14.2).
+CONFIRMING_STATES: Final = frozenset({_S.WAITING_FOR_ACK, _S.ANSWERED})
 _LIVE: Final = tuple(s for s in SessionState if s not in (_S.IDLE, _S.TERMINATED))
 
 

@@ -42,7 +42,10 @@ from .errors import SipError
 from .headers import Challenge
 from .message import Request, Response
 from .session import (
+    CONFIRMING_STATES,
     DEFAULT_ALLOW,
+    EARLY_STATES,
+    ESTABLISHED_STATES,
     Answered,
     Cancelled,
     Confirmed,
@@ -138,6 +141,26 @@ class Call:
     @property
     def state(self) -> SessionState:
         return self.session.state
+
+    @property
+    def is_early(self) -> bool:
+        """A call we placed that has no final answer yet: hanging up means CANCEL."""
+        return self.session.state in EARLY_STATES
+
+    @property
+    def unanswered(self) -> bool:
+        """A call to us that we have not answered (nor rejected) yet."""
+        return self.session.state is SessionState.INCOMING
+
+    @property
+    def can_send_requests(self) -> bool:
+        """The INVITE is complete and no BYE is under way: in-dialog requests (re-INVITE, INFO …) may go."""
+        return self.session.state in ESTABLISHED_STATES
+
+    @property
+    def confirming(self) -> bool:
+        """Answered with a 2xx whose ACK is not through yet: in-dialog requests must wait for it."""
+        return self.session.state in CONFIRMING_STATES
 
     @property
     def terminated(self) -> bool:
