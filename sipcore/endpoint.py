@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, Protocol
 
@@ -26,6 +25,7 @@ import attrs
 
 from .core import CoreConfig, check_request
 from .errors import SipError, SipParseError
+from .handshake import AckCache, Retransmit2xx, TwoxxSender
 from .headers import Header, Via, is_digits
 from .limits import DEFAULT_LIMITS, Limits
 from .message import Request, Response, error_response, make_response, parse_message
@@ -229,17 +229,6 @@ class OutgoingRequest:
         return asyncio.shield(self._final).__await__()
 
 
-@attrs.define
-class _Pending2xx:
-    """A 2xx to an INVITE retransmitted by the UAS core until the ACK arrives (RFC 3261 §13.3.1.4)."""
-
-    incoming: IncomingRequest
-    data: bytes
-    interval: float
-    next_at: float
-    give_up_at: float
-
-
 class Endpoint:
     """A SIP endpoint: listeners, transactions, the UAS core and the application's request handler.
 
@@ -290,11 +279,10 @@ class Endpoint:
         self._incoming: dict[TransactionHandle, IncomingRequest] = {}
         self._outgoing: dict[TransactionHandle, OutgoingRequest] = {}
         self._invites: dict[tuple[str, int], IncomingRequest] = {}
-        self._pending_2xx: dict[tuple[str, int, str], _Pending2xx] = {}
-        #: ACKs we sent for 2xx, by (Call-ID, CSeq, the 2xx's To tag), re-sent if that 2xx is retransmitted;
-        #: every entry lives 64*T1, so insertion order is expiry order and the oldest is always first (no scan
-        #: per event: that was the CPS limit).
-        self._acks: OrderedDict[tuple[str, int, str | None], tuple[bytes, Flow, float]] = OrderedDict()
+        #: Our 2xx to INVITEs resent until their ACK (RFC 3261 §13.3.1.4) and the ACKs we sent for 2xx, kept
+        #: for the 2xx's retransmissions (§13.2.2.4): the pure machines of ``sipcore.handshake``.
+        self._twoxx: TwoxxSender[IncomingRequest] = TwoxxSender(self.timers)
+        self._acks: AckCache[Flow] = AckCache(self.timers)
         self._merged: dict[tuple[str, str, int], str] = {}
         self._cancel_headers: dict[TransactionHandle, tuple[tuple[str, str], ...]] = {}
         self._timer_users: list[TimerUser] = []
@@ -636,8 +624,8 @@ class Endpoint:
 
     def _on_ack(self, ack: Request) -> None:
         to_tag = ack.to.tag or ""
-        pending = self._pending_2xx.pop((ack.call_id, ack.cseq.seq, to_tag), None)
-        incoming = pending.incoming if pending else self._invites.get((ack.call_id, ack.cseq.seq))
+        pending = self._twoxx.ack_received((ack.call_id, ack.cseq.seq, to_tag))
+        incoming = pending if pending is not None else self._invites.get((ack.call_id, ack.cseq.seq))
         if incoming is not None and incoming._on_ack is not None:
             # An INVITE session owns it: every ACK (retransmissions too) goes there, the entry stays until
             # the INVITE transaction ends.
@@ -670,9 +658,9 @@ class Endpoint:
             key = (response.call_id, response.cseq.seq, response.to.tag)
         except SipParseError:
             return
-        if response.cseq.method == "INVITE" and 200 <= response.status < 300 and key in self._acks:
-            data, flow, _ = self._acks[key]
-            self._transmit(data, flow)
+        found = self._acks.ack_for(key) if response.cseq.method == "INVITE" else None
+        if found is not None and 200 <= response.status < 300:
+            self._transmit(*found)
         else:
             log.debug("stray response dropped: %s", _summary(response))
 
@@ -713,13 +701,9 @@ class Endpoint:
             self._hold_registration(request, response, incoming.flow)
         if request.method == "INVITE" and 200 <= response.status < 300 and not incoming.taken_over:
             self._layer.send_response(incoming._handle, response, self._now)
-            data = bytes(response)
-            if incoming.flow.transport == "UDP":
-                t1 = self.timers.t1
-                key = (request.call_id, request.cseq.seq, incoming.to_tag)
-                self._pending_2xx[key] = _Pending2xx(incoming, data, t1, self._now + t1, self._now + 64 * t1)
-            else:
-                self._spawn(self._ack_watchdog(incoming))
+            key = (request.call_id, request.cseq.seq, incoming.to_tag)
+            reliable = incoming.flow.transport != "UDP"
+            self._twoxx.sent_2xx(key, bytes(response), incoming, self._now, reliable=reliable)
         else:
             self._layer.send_response(incoming._handle, response, self._now)
         self._drain()
@@ -735,14 +719,6 @@ class Endpoint:
             log.debug("resend to %s: %s", incoming.flow, _summary(response))
         self._layer.send_response(incoming._handle, response, self._now)
         self._drain()
-
-    async def _ack_watchdog(self, incoming: IncomingRequest) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(incoming.ack), 64 * self.timers.t1)
-            return
-        if not incoming.ack.done():
-            incoming.ack.set_exception(RequestTimeout("no ACK for 2xx"))
-            incoming.ack.exception()
 
     def send_request(
         self,
@@ -796,9 +772,7 @@ class Endpoint:
     def send_ack(self, ack: Request, flow: Flow) -> None:
         """Send an ACK for a 2xx directly (no transaction); it is re-sent if the 2xx is retransmitted."""
         data = bytes(ack)
-        key = (ack.call_id, ack.cseq.seq, ack.to.tag)
-        self._acks[key] = (data, flow, self._now + 64 * self.timers.t1)
-        self._acks.move_to_end(key)
+        self._acks.ack_sent((ack.call_id, ack.cseq.seq, ack.to.tag), data, flow, self._now)
         self._transmit(data, flow)
         self._arm_timer()
 
@@ -918,12 +892,8 @@ class Endpoint:
             due = user.get_timer()
             if due is not None and (at is None or due < at):
                 at = due
-        for pending in self._pending_2xx.values():
-            if at is None or pending.next_at < at:
-                at = pending.next_at
-        if self._acks:
-            due = next(iter(self._acks.values()))[2]
-            if at is None or due < at:
+        for due in (self._twoxx.get_timer(), self._acks.get_timer()):
+            if due is not None and (at is None or due < at):
                 at = due
         if at is None:
             return
@@ -953,17 +923,13 @@ class Endpoint:
                 user.handle_timer(now)
             except Exception:
                 log.exception("timer user %r failed", user)
-        for key, pending in list(self._pending_2xx.items()):
-            if now >= pending.give_up_at:
-                del self._pending_2xx[key]
-                if not pending.incoming.ack.done():
-                    pending.incoming.ack.set_exception(RequestTimeout("no ACK for 2xx"))
-                    pending.incoming.ack.exception()
-            elif now >= pending.next_at:
-                self._transmit(pending.data, pending.incoming.flow)
-                pending.interval = min(pending.interval * 2, self.timers.t2)
-                pending.next_at = now + pending.interval
-        acks = self._acks
-        while acks and next(iter(acks.values()))[2] <= now:
-            acks.popitem(last=False)
+        self._twoxx.handle_timer(now)
+        while (event := self._twoxx.next_event()) is not None:
+            incoming = event.context
+            if isinstance(event, Retransmit2xx):
+                self._transmit(event.data, incoming.flow)
+            elif not incoming.ack.done():
+                incoming.ack.set_exception(RequestTimeout("no ACK for 2xx"))
+                incoming.ack.exception()
+        self._acks.handle_timer(now)
         self._drain()
