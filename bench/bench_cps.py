@@ -14,8 +14,8 @@ successful only when it completed on **both** legs: success = min(caller's succe
 successful calls) / calls placed. Each B2BUA runs in its own process, started once for the whole ladder:
 
 * **durchwahl**: ``python bench/bench_cps.py serve`` — one :class:`sipcore.Endpoint` on UDP, a
-  :class:`sipcore.ua.UserAgent` and the real :class:`routing.b2bua.B2bua` (its ``handle``, ``_ring``,
-  ``_fork``, ``_connect`` and ``_bridge``: flow 1, an internal call to one employee), with the caller's
+  :class:`sipcore.ua.UserAgent` and the real :class:`routing.b2bua.B2bua` (its ``handle``, the one
+  ``ring_route``, ``connect`` and ``bridge``: an internal call to one employee), with the caller's
   authentication, the resolver and the registrar's device lookup replaced by constants (every caller is
   employee 100, every call goes to employee 200 whose one device is the SIPp callee). No CDR store.
 * **Sippy**: ``SIPLOG_BEND=none b2bua -f -l 127.0.0.1 -p PORT -s 127.0.0.1:CALLEE -u -A 0 -c SOCK -P PID``
@@ -125,6 +125,7 @@ async def serve(port: int, callee_port: int, anchor: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from media.session import PortAllocator
     from routing.b2bua import B2bua
+    from routing.calls.services import CallServices
     from routing.directory import Employee
     from routing.resolver import FromEmployee, ToEmployee
     from routing.ringgroup import RingGroupState
@@ -146,20 +147,23 @@ async def serve(port: int, callee_port: int, anchor: bool) -> None:
         def employee_by_sip_user(self, user: str) -> Employee | None:
             return callee if user == callee.sip_user else None
 
-    class BenchB2bua(B2bua):
-        """The B2BUA's own call flow; only who calls and where the callee's device is are constants."""
+    class BenchServices(CallServices):
+        """The B2BUA's own services; only where the callee's device is and who it is are constants."""
 
-        def _who_calls(self, incoming: Any) -> Any:
-            return caller
-
-        async def _devices(self, employee: Employee) -> list[tuple[Any, Any]]:
+        async def devices(self, employee: Employee) -> list[tuple[Any, Any]]:
             return [device]
 
-        def _employee(self, extension: str) -> Employee | None:
+        def employee(self, extension: str) -> Employee | None:
             return callee if extension == callee.extension else None
 
         def registrar_aor(self, employee: Employee) -> str:
             return f"sip:{employee.sip_user}@{HOST}"
+
+    class BenchB2bua(B2bua):
+        """The B2BUA's own call flow; only who calls is a constant."""
+
+        def identify(self, incoming: Any, dialled: Any) -> Any:
+            return caller
 
     endpoint = Endpoint(None, core=CoreConfig(), user_agent="durchwahl-bench")
     ua = UserAgent(endpoint)
@@ -167,7 +171,7 @@ async def serve(port: int, callee_port: int, anchor: bool) -> None:
     no_registrar: Any = None
     resolver: Any = ConstantResolver()
     ports = PortAllocator(20000, 59999, host=HOST) if anchor else None
-    b2bua = BenchB2bua(
+    services = BenchServices(
         ua,
         no_registrar,
         directory,
@@ -177,6 +181,7 @@ async def serve(port: int, callee_port: int, anchor: bool) -> None:
         ports=ports,
         anchor_media=anchor,
     )
+    b2bua = BenchB2bua(ua, no_registrar, directory, resolver, services=services)
     ua.handler = b2bua.handle
     await endpoint.listen(f"udp:{HOST}:{port}")
     device = (parse_uri(f"sip:callee@{HOST}:{callee_port}"), endpoint.flow_to(HOST, callee_port, "UDP"))

@@ -21,18 +21,18 @@ call. **Lost**: frames missing from the sequence at the sink (including frames t
 stall); **late**: packets more than 20 ms behind the grid; **in lost**: inbound packets the server never
 received. The ladder stops at the first step with a lost or late packet or p99 > 5 ms.
 
-**Bridged calls** (``--mode relay``). Most of an anchored call's life: two sessions per call (the caller's
-leg and the callee's), set up as the B2BUA does (``routing.greeting_flow.AnchoredMedia``: the caller's SDP
-offer answered, the callee offered a port, its answer bridged by ``bridge_callee``: a ``MediaBridge``, PCMU
-and telephone-event 101 both ways, nobody listening for digits). The load generator (CPU 1) sends 50 pps
-PCMU into both legs of every call, from a caller socket to every A leg and from a callee socket to every B
-leg (latching points each leg at its socket), each stream at its own phase (1 ms slots); each packet's
-payload starts with its send time (``time.time_ns``), its call and its direction. Two sinks, one per
-direction, take the relayed packets' kernel receive times and measure **relay latency** (receive minus send
-time: the server's queueing and work plus loopback), p50/p99/max over every packet after the warm-up;
-**lost**: packets sent and never relayed; **gaps**: holes in each relayed stream's sequence numbers. The
-server's CPU (and the kernel's share of it) is given per step and per relayed packet. The ladder stops at
-the first step with a loss, a gap or p99 > 5 ms.
+**Bridged calls** (``--mode relay``). Most of an anchored call's life: two sessions per call (the caller's leg
+and the callee's), set up as the B2BUA does (``AnchoredMedia`` of ``routing.calls.media_anchor``: the caller's
+SDP offer answered, the callee offered a port, its answer bridged by ``bridge_callee``: a ``MediaBridge``,
+PCMU and telephone-event 101 both ways, nobody listening for digits). The load generator (CPU 1) sends 50 pps
+PCMU into both legs of every call, from a caller socket to every A leg and from a callee socket to every B leg
+(latching points each leg at its socket), each stream at its own phase (1 ms slots); each packet's payload
+starts with its send time (``time.time_ns``), its call and its direction. Two sinks, one per direction, take
+the relayed packets' kernel receive times and measure **relay latency** (receive minus send time: the server's
+queueing and work plus loopback), p50/p99/max over every packet after the warm-up; **lost**: packets sent and
+never relayed; **gaps**: holes in each relayed stream's sequence numbers. The server's CPU (and the kernel's
+share of it) is given per step and per relayed packet. The ladder stops at the first step with a loss, a gap
+or p99 > 5 ms.
 
 **Detector.** CPU per stream-hour of the in-band detector on speech-like audio (the greeting): one stream fed
 frame by frame as a call does, against the window analysis batched over many streams in one numpy call.
@@ -502,7 +502,7 @@ def _relay_server(
     """The measured process: ``calls`` bridged calls, set up as the B2BUA does (``AnchoredMedia``: the
     caller's offer answered, the callee offered a port, its answer bridged by ``bridge_callee``)."""
     from media.sdp import Origin, answer, make_offer, parse_sdp
-    from routing.greeting_flow import AnchoredMedia
+    from routing.calls.media_anchor import AnchoredMedia
 
     pinned = _pin(SERVER_CPU)
 

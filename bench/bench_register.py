@@ -56,7 +56,7 @@ def write_directory(folder: Path, users: int) -> Path:
 
 async def serve(directory_path: str, port: int, profile: bool, max_transactions: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from routing.directory import load_directory
+    from routing.directory_file import load_directory
     from routing.location import InMemoryLocationStore
     from routing.registrar_service import RegistrarService
     from sipcore import Endpoint

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from routing.cdr import CallRecord, Disposition
     from routing.dialstring import DialString
-    from routing.directory import Directory, Employee, Group, Number, Trunk, load_directory
+    from routing.directory import Directory, Employee, Group, Number, Trunk
+    from routing.directory_file import load_directory
     from routing.errors import ConfigError, RoutingError
     from routing.events import (
         CallAnswered,
@@ -90,7 +91,7 @@ _HOMES = {
     "Group": "routing.directory",
     "Number": "routing.directory",
     "Trunk": "routing.directory",
-    "load_directory": "routing.directory",
+    "load_directory": "routing.directory_file",
     "CallStarted": "routing.events",
     "CallRinging": "routing.events",
     "CallAnswered": "routing.events",

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -140,7 +141,7 @@ def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> d
     from pathlib import Path
 
     from routing.control import request, socket_path
-    from routing.directory import load_directory
+    from routing.directory_file import load_directory
     from routing.errors import ConfigError
 
     try:
@@ -300,7 +301,7 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
     import attrs
 
     from routing.cdr import CdrStoreError, read_records
-    from routing.directory import load_directory
+    from routing.directory_file import load_directory
     from routing.errors import ConfigError
 
     try:
@@ -346,6 +347,31 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
         return 0
     for line in _table(_cdr_rows(records, directory), right=frozenset({6})):
         print(line)
+    return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def check_config(path: str, *, out: Callable[[str], None] | None = None) -> int:
+    """``durchwahl check-config FILE``: print every problem and warning in file order, then a summary; exit
+    status 1 when there are problems, else 0 (warnings alone do not fail)."""
+    write = out if out is not None else (lambda line: print(line, file=sys.stdout))
+    from routing.directory_file import read_directory
+    from routing.errors import ConfigProblem
+
+    directory, problems, warnings = read_directory(path)
+    if not problems and directory is None:
+        problems = [ConfigProblem(path, 1, "file", "incomplete configuration")]
+    found = [(p, "") for p in problems] + [(w, "warning: ") for w in warnings]
+    for problem, label in sorted(found, key=lambda item: item[0].line):
+        write(f"{problem.file}:{problem.line}: {problem.field}: {label}{problem.message}")
+    noted = f" and {_plural(len(warnings), 'warning')}" if warnings else ""
+    if problems or directory is None:
+        write(f"{_plural(len(problems), 'problem')}{noted} in {path}")
+        return 1
+    write(f"OK: {directory.summary()}" + (f" ({_plural(len(warnings), 'warning')})" if warnings else ""))
     return 0
 
 
@@ -434,9 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cdr":
         return _cdr(args.config, args.limit, args.since, args.json)
     if args.command == "check-config":
-        from routing.directory import check_config_main
-
-        return check_config_main(args.file)
+        return check_config(args.file)
     if args.command == "demo":
         from routing.demo import main as demo_main
 

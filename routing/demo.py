@@ -40,8 +40,8 @@ from sipcore.session import SessionState, Terminated, TerminationReason
 from sipcore.transaction import Timers
 from sipcore.ua import Call, IncomingCall, OutgoingCall, UserAgent
 
+from .calls.media_anchor import media_address
 from .errors import ConfigError
-from .greeting_flow import media_address
 from .server import Server
 from .starter import GREETING, OFFICE, example_file
 

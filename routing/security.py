@@ -57,18 +57,20 @@ import functools
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 from .directory import Directory, Trunk
 
 __all__ = [
+    "BROAD_PREFIX",
     "Admission",
     "Block",
     "FailureGuard",
     "GuardPolicy",
     "SourceStatus",
+    "broad_network_warning",
     "source_key",
     "trunk_accepts",
     "trunk_for_source",
@@ -419,3 +421,26 @@ def trunk_for_source(directory: Directory | Iterable[Trunk], source: str | IpAdd
             if ip.version == net.version and ip in net and net.prefixlen > best_prefix:
                 best, best_prefix = trunk, net.prefixlen
     return best
+
+
+#: An ``inbound_from`` network larger than this (IPv4 /16, IPv6 /32) is warned about.
+BROAD_PREFIX: Final = {4: 16, 6: 32}
+
+
+def broad_network_warning(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network, trunk: str | None
+) -> str | None:
+    """Why an ``inbound_from`` network is probably a mistake (None: it is not): every source in it calls the
+    trunk's numbers as the trunk, without authentication."""
+    who = f"trunk {trunk!r}" if trunk else "the trunk"
+    if network.prefixlen == 0:
+        return (
+            f"{network} is every address: ANYONE on the network becomes {who} and calls its numbers "
+            "without authentication; give the provider's addresses"
+        )
+    if network.prefixlen < BROAD_PREFIX[network.version]:
+        return (
+            f"{network} holds {network.num_addresses:,} addresses, each taken as {who} without "
+            "authentication; a provider's SIP servers fit in a far smaller network"
+        )
+    return None

@@ -34,7 +34,8 @@ from sipcore.ua import UserAgent
 from .b2bua import B2bua
 from .cdr import CallRecord, CdrStoreError, SqliteCdrStore
 from .control import ControlChannel, socket_path
-from .directory import Directory, load_directory
+from .directory import Directory
+from .directory_file import load_directory
 from .errors import ConfigError
 from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore

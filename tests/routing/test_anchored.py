@@ -14,7 +14,7 @@ from phones import Phone, Script, sdp
 from test_flows import DIRECT, GROUP, Office, RtpSink, answered, audio, ended, event_of
 
 from media.sdp import parse_sdp
-from routing.greeting_flow import media_address
+from routing.calls.media_anchor import media_address
 from sipcore.session import Answered, Confirmed, TerminationReason
 
 office = test_flows.office  # the fixture: an office, a provider trunk and phones on loopback

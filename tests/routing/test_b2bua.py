@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from phones import FAST, Phone, Script
 
-from routing.b2bua import B2bua, passthrough
-from routing.directory import load_directory
+from routing.b2bua import B2bua
+from routing.calls.leg import passthrough
+from routing.directory_file import load_directory
 from routing.location import InMemoryLocationStore
 from routing.registrar_service import RegistrarService
 from routing.resolver import Resolver

@@ -22,9 +22,11 @@ from media.g711 import ulaw_decode
 from media.rtp import RtpPacket
 from media.sdp import parse_sdp
 from media.session import PortAllocator
-from routing.b2bua import B2bua, external_failure, trunk_identity, trunk_uri
+from routing.b2bua import B2bua
+from routing.calls.outbound import external_failure, trunk_identity, trunk_uri
 from routing.cdr import Disposition, InMemoryCdrStore
-from routing.directory import Directory, load_directory
+from routing.directory import Directory
+from routing.directory_file import load_directory
 from routing.events import DigitSent
 from routing.location import InMemoryLocationStore
 from routing.registrar_service import RegistrarService

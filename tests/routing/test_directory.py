@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from routing.cli import check_config as check_config_main
 from routing.dialstring import NumberingPlan
 from routing.directory import (
     HANGUP,
@@ -15,10 +16,9 @@ from routing.directory import (
     ExternalNumber,
     ListenSpec,
     Strategy,
-    check_config_main,
-    load_directory,
     parse_external_number,
 )
+from routing.directory_file import load_directory
 from routing.errors import ConfigError, ConfigProblem
 from sipcore.auth import Authenticated, DigestServer, answer_challenge, compute_ha1
 from sipcore.headers import Header

@@ -22,9 +22,11 @@ from media.rtp import RtpPacket, parse
 from media.sdp import Origin, parse_sdp
 from media.session import PortAllocator, RtpSession
 from routing.b2bua import B2bua
+from routing.calls.greeting import ExtensionCollection
+from routing.calls.media_anchor import media_address, plan_answer, ringback
 from routing.collector import DigitCollector, ExtensionDialled, NoExtension, NoExtensionReason
-from routing.directory import Directory, Strategy, load_directory
-from routing.greeting_flow import ExtensionCollection, media_address, plan_answer, ringback
+from routing.directory import Directory, Strategy
+from routing.directory_file import load_directory
 from routing.location import InMemoryLocationStore
 from routing.registrar_service import RegistrarService
 from routing.resolver import Resolver

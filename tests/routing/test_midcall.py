@@ -25,11 +25,11 @@ from test_flows import (
     event_of,
 )
 
-import routing.b2bua as b2bua_module
+import routing.calls.leg as leg_module
 from media.sdp import parse_sdp
 from routing.b2bua import RING_STATE_FILE, B2bua
+from routing.calls.media_anchor import media_address
 from routing.directory import Strategy
-from routing.greeting_flow import media_address
 from routing.resolver import Resolver
 from routing.ringgroup import RingGroupState, plan_ring_group
 from sipcore.session import (
@@ -336,7 +336,7 @@ async def test_info_before_the_bridge_is_held_and_relayed_once_the_callee_answer
 async def test_a_request_held_too_long_is_answered_408(
     office: Office, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(b2bua_module, "HELD_SECONDS", 0.3)
+    monkeypatch.setattr(leg_module, "HELD_SECONDS", 0.3)
     bernd = await office.phone("102", Script("ignore"))
     call = office.provider.dial(SHORT, sdp("provider", 42014))  # greeting, then 102 rings and rings
     await answered(call)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from sipp import free_port, require_sipp, run_sipp
 
-from routing.directory import Directory, load_directory
+from routing.directory import Directory
+from routing.directory_file import load_directory
 from routing.location import InMemoryLocationStore, LocationStore, SqliteLocationStore
 from routing.registrar_service import RegistrarService
 from routing.security import Admission, FailureGuard, GuardPolicy

@@ -12,7 +12,7 @@ import pytest
 from phones import Phone
 
 from routing.cli import main
-from routing.directory import load_directory
+from routing.directory_file import load_directory
 from routing.server import Server
 from routing.starter import GREETING, OFFICE, example_file, write_starter
 from sipcore.auth import compute_ha1

@@ -19,10 +19,10 @@ from test_midcall import audio_in, direction, exchange, with_direction
 from test_server import copy_office
 
 from media.sdp import parse_sdp
+from routing.calls.media_anchor import media_address
 from routing.cdr import SCHEMA_VERSION, CallRecord, Disposition, InMemoryCdrStore, SqliteCdrStore
 from routing.demo import Provider as DemoProvider
 from routing.events import CallFact, CallTransferred, DigitSent
-from routing.greeting_flow import media_address
 from routing.resolver import Resolver
 from routing.server import Server
 from routing.transfer import (

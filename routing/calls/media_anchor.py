@@ -1,5 +1,5 @@
-"""Anchored media for a B2BUA call (flow 3 of issue 5): the caller's leg answered on our own RTP port, the
-greeting played, the extension collected, the callee offered a second port and both relayed once it answers.
+"""Anchored media for a B2BUA call: the caller's leg answered on our own RTP port (where a greeting can play),
+the callee offered a second port, and both relayed once it answers. Every anchored call uses it.
 
 Pure helpers first (no sockets, no clock): :func:`plan_answer` (the SDP answer to the caller's offer and what
 that leg negotiated), :func:`media_address` (where a leg's peer receives RTP) and :func:`ringback` (the German
@@ -11,9 +11,6 @@ ringback tone, 425 Hz, 1 s on, 4 s off, as pre-encoded frames). Then the thin sh
   transfer puts another party in a leg's place (:meth:`~AnchoredMedia.replace`: a new session;
   :meth:`~AnchoredMedia.adopt`: a session :meth:`~AnchoredMedia.detach` took out of another call) and
   plays the ringback to the transferee meanwhile (:meth:`~AnchoredMedia.ring_back`).
-* :class:`ExtensionCollection` feeds a :class:`~routing.collector.DigitCollector` from the A session's digits
-  (RFC 4733 and in-band, merged with SIP INFO by the session), the greeting's end and the collector's timer
-  (one ``call_later`` handle); :attr:`ExtensionCollection.result` resolves with the collector's result.
 """
 
 from __future__ import annotations
@@ -21,25 +18,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Final
 
 import attrs
 import numpy as np
 
-from media.dtmf_merge import KeyPressed
 from media.errors import MediaError
 from media.greeting import Greeting, greeting_from_samples
 from media.relay import LegMedia, MediaBridge, Side, leg_media_from_sdp
 from media.sdp import Origin, SessionDescription, answer, make_offer, parse_sdp
 from media.session import MediaClock, PortAllocator, RtpSession
 
-from .collector import CollectorResult, DigitCollector
-
 __all__ = [
     "AnchoredAnswer",
     "AnchoredMedia",
-    "ExtensionCollection",
     "MovedLeg",
     "media_address",
     "plan_answer",
@@ -417,72 +409,3 @@ class AnchoredMedia:
         for session in (self.a, self.b):
             if session is not None:
                 session.close()
-
-
-class ExtensionCollection:
-    """Runs ``collector`` while ``playback`` (the greeting) plays; ``None`` playback: no greeting at all.
-
-    Digits come from ``session.on_digit`` (which it takes over) and :meth:`info_digit`.
-    """
-
-    def __init__(
-        self,
-        collector: DigitCollector,
-        session: RtpSession,
-        playback: asyncio.Future[None] | None,
-        on_digit: Callable[[KeyPressed], None] | None = None,
-    ) -> None:
-        self.collector = collector
-        self.on_digit = on_digit
-        self.session = session
-        self._loop = asyncio.get_running_loop()
-        self.result: asyncio.Future[CollectorResult] = self._loop.create_future()
-        self._timer: asyncio.TimerHandle | None = None
-        self._playback = playback
-        session.on_digit = self._on_digit
-        if playback is None:
-            self._settle(collector.greeting_ended(self._loop.time()))
-        else:
-            playback.add_done_callback(self._greeting_ended)
-
-    def info_digit(self, digit: str) -> None:
-        """A digit that came as SIP INFO on the caller's dialog (merged with the media's)."""
-        self.session.handle_info_digit(digit, self._loop.time())
-
-    def _on_digit(self, pressed: KeyPressed) -> None:
-        if not self.result.done():
-            log.debug("digit %s (%s)", pressed.digit, pressed.source.value)
-            if self.on_digit is not None:
-                self.on_digit(pressed)
-            self._settle(self.collector.digit(pressed.digit, self._loop.time()))
-
-    def _greeting_ended(self, _: asyncio.Future[None]) -> None:
-        if not self.result.done():
-            self._settle(self.collector.greeting_ended(self._loop.time()))
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._settle(self.collector.handle_timer(self._loop.time()))
-
-    def _settle(self, result: CollectorResult | None) -> None:
-        if result is not None:
-            if not self.result.done():
-                self.result.set_result(result)
-            self.close()
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.collector.get_timer()
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def close(self) -> None:
-        """Stop listening (the session's digits are no longer taken); the greeting is the caller's to stop."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.session.on_digit == self._on_digit:
-            self.session.on_digit = None
-        if self._playback is not None:
-            self._playback.remove_done_callback(self._greeting_ended)

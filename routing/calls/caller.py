@@ -1,0 +1,82 @@
+"""Who is calling: an employee (digest credentials), a trunk (its source address, for its own numbers) or an
+anonymous source — decided once per INVITE, from the dial string parsed once.
+
+A trunk's address identifies the trunk only for calls to its numbers, matched by the resolver's own number
+lookup (``+E.164``, ``00…``, E.164 without ``+``, national): anything else from that address (a phone on the
+same host or network) must authenticate like any caller. Challenges to INVITEs are sent statelessly (a
+stateful 401 would be retransmitted ten times towards a source that may be spoofed).
+"""
+
+from __future__ import annotations
+
+from sipcore.endpoint import IncomingRequest
+from sipcore.message import Request
+from sipcore.uri import SipUri, TelUri
+
+from ..authenticator import Unverified, Verified
+from ..dialstring import DialString
+from ..resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused
+from ..security import trunk_accepts
+from .services import CallServices
+
+__all__ = ["caller_label", "challenge", "identify_caller", "refuse"]
+
+
+def identify_caller(
+    services: CallServices, incoming: IncomingRequest, dialled: DialString | None
+) -> Caller | None:
+    """The caller of ``incoming`` (an INVITE that dials ``dialled``; None: its Request-URI dials nothing);
+    None when the request was answered here (a correct answer to an expired nonce: ``stale=true``)."""
+    request = incoming.request
+    verdict = services.registrar.authenticator.verify(request, incoming.flow)
+    if isinstance(verdict, Verified):
+        employee = services.directory.employee_by_sip_user(verdict.username)
+        if employee is not None:
+            return FromEmployee(employee.extension)
+    if dialled is not None:
+        source = incoming.flow.remote[0]
+        for trunk in services.directory.trunks:
+            if not trunk_accepts(trunk, source):
+                continue
+            number = services.resolver.inbound_number(dialled, trunk.name)  # by the trunk's numbering plan
+            if number is not None and number.trunk == trunk.name:
+                return FromTrunk(trunk.name, _calling_number(request))
+    if isinstance(verdict, Unverified) and verdict.stale:
+        challenge(services, incoming, stale=True)
+        return None
+    return Anonymous(str(incoming.flow), challenge=True)
+
+
+def _calling_number(request: Request) -> str | None:
+    """The caller's number as the trunk gave it: the From URI's user part (a tel URI's number)."""
+    uri = request.from_.uri
+    if isinstance(uri, TelUri):
+        return uri.number
+    return uri.user if isinstance(uri, SipUri) else None
+
+
+def challenge(
+    services: CallServices, incoming: IncomingRequest, *, stale: bool = False, proxy: bool = False
+) -> None:
+    """Challenge an INVITE statelessly (RFC 3261 §8.2.7): one 401/407, not retransmitted."""
+    authenticator = services.registrar.authenticator
+    request = incoming.request
+    tag = authenticator.stateless_tag(request)
+    incoming.send_stateless(
+        authenticator.challenge(request, incoming.flow, to_tag=tag, stale=stale, proxy=proxy)
+    )
+
+
+def refuse(services: CallServices, incoming: IncomingRequest, route: Refused, caller: Caller) -> None:
+    """Answer an INVITE the resolver refused: a challenge for an anonymous caller, else the status."""
+    if route.status in (401, 407) and isinstance(caller, Anonymous):
+        challenge(services, incoming, proxy=route.status == 407)
+    else:
+        incoming.respond(route.status, route.reason)
+
+
+def caller_label(request: Request, caller: Caller) -> tuple[str, str | None]:
+    """Who calls, for the CDR: an employee's extension, else the From URI; and the trunk it came from."""
+    if isinstance(caller, FromEmployee):
+        return caller.extension, None
+    return str(request.from_.uri), caller.name if isinstance(caller, FromTrunk) else None
