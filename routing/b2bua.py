@@ -41,8 +41,9 @@ from .calls.deliver import deliver
 from .calls.describe import describe_caller, describe_route
 from .calls.greeting import extension_processing
 from .calls.leg import CallState, Ringing, discard_events, fail_call, tear_down
-from .calls.originate import StatusListener, originate
+from .calls.originate import StatusListener, originate, refuse_click_to_call
 from .calls.records import CallDraft
+from .calls.ringing import Unreached
 from .calls.services import RING_STATE_FILE, BridgeHook, CallServices
 from .calls.summary import ActiveCall, CallPhase, summarize
 from .cdr import CallRecord, CdrStore
@@ -60,6 +61,16 @@ log = logging.getLogger(__name__)
 
 
 T = TypeVar("T")
+
+
+def _unreached_words(unreached: Unreached) -> str:
+    if not unreached.rang:
+        return "nobody registered"
+    if unreached.status in (486, 600):
+        return "busy"
+    if unreached.status >= 600:
+        return "declined"
+    return "no answer" if unreached.status in (408, 480) else "not reached"
 
 
 class _Service(Generic[T]):
@@ -178,6 +189,9 @@ class B2bua:
         )
         label, trunk = caller_label(request, caller)
         draft = CallDraft(caller=label, source_trunk=trunk, dialled=format_dialstring(dialled))
+        if isinstance(caller, FromTrunk) and caller.calling:
+            contact = services.resolver.calling_contact(caller.calling, caller.name)
+            draft.caller_name = contact.name if contact is not None else None
         draft.started_at = services.clock()
         if isinstance(route, Refused):
             refuse(services, incoming, route, caller)
@@ -191,7 +205,9 @@ class B2bua:
         except CallFailed:
             return
         call = CallState(a, queue, caller.name if isinstance(caller, FromTrunk) else None, record=draft)
-        services.emit(CallStarted(request.call_id, draft.caller, draft.dialled, draft.source_trunk))
+        services.emit(
+            CallStarted(request.call_id, draft.caller, draft.dialled, draft.source_trunk, draft.caller_name)
+        )
         services.active[a] = call
         try:
             await self._run(call, route)
@@ -208,16 +224,37 @@ class B2bua:
         return identify_caller(self.services, incoming, dialled)
 
     async def _run(self, call: CallState, route: Route) -> None:
-        """The call's flow: the greeting first for a number that has one, then its route rung and bridged."""
+        """The call's flow: the greeting first for a number that has one (the extension dialled in it, else
+        or when that cannot be reached, the number's default destination), then the route rung and bridged."""
         if isinstance(route, ToExtensionProcessing):
             call.record.destination = ("number", route.number.number)
-            chosen = await extension_processing(self.services, call, route.number)
-            if chosen is None:
+            collected = await extension_processing(self.services, call, route.number)
+            if collected is None:
                 return
-            route = chosen
-        unreached = await deliver(self.services, call, route, hook=self.transfers)
-        if unreached is not None:
-            fail_call(call, unreached.status, unreached.reason)
+            route = collected.default
+            if collected.chosen is not None:
+                unreached = await deliver(self.services, call, collected.chosen, hook=self.transfers)
+                if unreached is None or call.a.terminated or collected.chosen == collected.default:
+                    self._fail(call, unreached)
+                    return
+                log.info(
+                    "call %s: %s (%s), so the number's default: %s",
+                    call.call_id,
+                    _unreached_words(unreached),
+                    unreached.status,
+                    describe_route(route),
+                )
+                call.early = None  # the first destination's early media is over
+        self._fail(call, await deliver(self.services, call, route, hook=self.transfers))
+
+    @staticmethod
+    def _fail(call: CallState, unreached: Unreached | None) -> None:
+        """Nobody answered (``unreached``; None: the call was answered or is over): the caller is told, and
+        the CDR keeps whether anything rang at all."""
+        if unreached is None:
+            return
+        call.record.rang = unreached.rang
+        fail_call(call, unreached.status, unreached.reason)
 
     async def originate(
         self, extension: str, number: str, *, on_status: StatusListener | None = None
@@ -225,6 +262,19 @@ class B2bua:
         """Click-to-call: ring the employee ``extension``, then call ``number`` for them
         (:func:`routing.calls.originate.originate`)."""
         return await originate(self.services, extension, number, hook=self.transfers, on_status=on_status)
+
+    async def originate_contact(
+        self, extension: str, contact: str, *, on_status: StatusListener | None = None
+    ) -> CallRecord:
+        """Click-to-call a CRM contact by name: its stored number, post-dial digits included (a number an
+        employee dials by hand is sent as dialled). An unknown name is refused with 404."""
+        found = self.services.directory.crm_contact(contact)
+        if found is None:
+            draft = CallDraft(caller=extension, dialled=contact, started_at=self.services.clock())
+            return refuse_click_to_call(
+                self.services, draft, 404, f"no CRM contact is named {contact!r}", on_status
+            )
+        return await self.originate(extension, str(found.number), on_status=on_status)
 
     def calls(self) -> tuple[ActiveCall, ...]:
         """The calls in progress, oldest first, as frozen summaries (``durchwahl status``)."""

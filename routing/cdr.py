@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 
 class CdrStoreError(RoutingError):
@@ -58,7 +58,8 @@ class Disposition(enum.Enum):
 
     ANSWERED = "answered"  #: a destination answered (an employee, a group member, the client of a call out)
     BUSY = "busy"  #: every device was busy (486, 600)
-    NO_ANSWER = "no-answer"  #: nobody answered in time, or nobody could be reached (408, 480)
+    NO_ANSWER = "no-answer"  #: devices rang, nobody answered in time (408, 480)
+    UNAVAILABLE = "unavailable"  #: nothing rang: the destination has no registered device (480)
     CANCELLED = "cancelled"  #: the caller gave up before anyone answered (487, or hung up during a greeting)
     FAILED = "failed"  #: refused or failed otherwise; the record's ``status`` says with what
 
@@ -67,11 +68,13 @@ _BUSY: Final = frozenset({486, 600})
 _NO_ANSWER: Final = frozenset({408, 480})
 
 
-def disposition_for(*, answered: bool, status: int | None) -> Disposition:
+def disposition_for(*, answered: bool, status: int | None, rang: bool = True) -> Disposition:
     """The disposition of a call that was ``answered`` or else ended with final ``status`` (None: the caller
-    left before any status was given)."""
+    left before any status was given); ``rang`` false: no device of the destination could be rung."""
     if answered:
         return Disposition.ANSWERED
+    if not rang and status == 480:
+        return Disposition.UNAVAILABLE
     if status is None or status == 487:
         return Disposition.CANCELLED
     if status in _BUSY:
@@ -93,7 +96,7 @@ class CallRecord:
     the employee who answered (or the E.164 number called out), ``answered_contact``: the device's contact.
     ``digits``: what the caller keyed in during the greeting (flow 3). ``status``: the final status when the
     call was not answered. ``transferred_by``: the employee whose transfer (REFER) brought the call to
-    ``answered_by`` (the last one, if several).
+    ``answered_by`` (the last one, if several). ``caller_name``: the CRM contact whose number called in.
     """
 
     call_id: str
@@ -111,6 +114,7 @@ class CallRecord:
     answered_at: float | None = None
     status: int | None = None
     transferred_by: str | None = None
+    caller_name: str | None = None
 
 
 class CdrStore(Protocol):
@@ -149,18 +153,23 @@ CREATE TABLE IF NOT EXISTS cdr (
     ended_at          REAL    NOT NULL,
     disposition       TEXT    NOT NULL,
     status            INTEGER,
-    transferred_by    TEXT
+    transferred_by    TEXT,
+    caller_name       TEXT
 );
 CREATE INDEX IF NOT EXISTS cdr_started_at ON cdr (started_at);
 """
 
 _COLUMNS: Final = (
     "call_id, caller, source_trunk, dialled, destination_kind, destination_id, answered_by, "
-    "answered_contact, digits, started_at, answered_at, ended_at, disposition, status, transferred_by"
+    "answered_contact, digits, started_at, answered_at, ended_at, disposition, status, transferred_by, "
+    "caller_name"
 )
-_INSERT: Final = f"INSERT INTO cdr ({_COLUMNS}) VALUES ({', '.join('?' * 15)})"
+_INSERT: Final = f"INSERT INTO cdr ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 #: Schema upgrades (version n to n + 1) of files written by older releases.
-_UPGRADES: Final = {1: "ALTER TABLE cdr ADD COLUMN transferred_by TEXT"}
+_UPGRADES: Final = {
+    1: "ALTER TABLE cdr ADD COLUMN transferred_by TEXT",
+    2: "ALTER TABLE cdr ADD COLUMN caller_name TEXT",
+}
 
 
 def _row(r: CallRecord) -> tuple[Any, ...]:
@@ -180,12 +189,13 @@ def _row(r: CallRecord) -> tuple[Any, ...]:
         r.disposition.value,
         r.status,
         r.transferred_by,
+        r.caller_name,
     )
 
 
 def _record(row: tuple[Any, ...]) -> CallRecord:
     (call_id, caller, trunk, dialled, kind, ident, by, contact, digits) = row[:9]
-    (started_at, answered_at, ended_at, disposition, status, transferred_by) = row[9:]
+    (started_at, answered_at, ended_at, disposition, status, transferred_by, caller_name) = row[9:]
     return CallRecord(
         call_id=call_id,
         caller=caller,
@@ -202,6 +212,7 @@ def _record(row: tuple[Any, ...]) -> CallRecord:
         disposition=Disposition(disposition),
         status=status,
         transferred_by=transferred_by,
+        caller_name=caller_name,
     )
 
 

@@ -179,6 +179,8 @@ def _status(config: str) -> int:
         rows = [["caller", "dialled", "destination", "state", "for", "answered by", "call-id"]]
         for c in calls:
             caller = _party(c["caller"])
+            if c.get("caller_name"):
+                caller = f"{c['caller_name']} ({caller})"
             if c.get("source_trunk"):
                 caller += f" via {c['source_trunk']}"
             state, seconds = c["state"], _duration(c["seconds"])
@@ -197,8 +199,13 @@ def _status(config: str) -> int:
     return 0
 
 
-def _originate(config: str, extension: str, number: str) -> int:
-    message: dict[str, object] = {"cmd": "originate", "extension": extension, "number": number}
+def _originate(config: str, extension: str, number: str | None, contact: str | None) -> int:
+    if (number is None) == (contact is None):
+        print("durchwahl: originate: give a NUMBER or --contact NAME (one of them)", file=sys.stderr)
+        return 2
+    message: dict[str, object] = {"cmd": "originate", "extension": extension}
+    message.update({"number": number} if contact is None else {"contact": contact})
+    number = number if contact is None else f"{contact} (CRM)"
     answer = _control(config, message, timeout=30.0)  # the server answers once the phones ring
     if answer is None:
         return 1
@@ -269,6 +276,8 @@ def _cdr_rows(records: list[CallRecord], directory: Directory) -> list[list[str]
     for r in records:
         started = datetime.datetime.fromtimestamp(r.started_at).strftime("%Y-%m-%d %H:%M:%S")
         caller = _party(r.caller)  # an extension stays as it is
+        if r.caller_name:
+            caller = f"{r.caller_name} ({caller})"
         where = f"{r.destination_kind} {r.destination_id}" if r.destination_kind else "-"
         talk = _duration(r.ended_at - r.answered_at) if r.answered_at is not None else "-"
         result = r.disposition.value
@@ -400,9 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     status = commands.add_parser("status", help="registrations, active calls and trunks of a running server")
     status.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
-    originate = commands.add_parser("originate", help="click-to-call: ring EXTENSION, then call NUMBER")
+    originate = commands.add_parser(
+        "originate", help="click-to-call: ring EXTENSION, then call NUMBER (or a CRM contact)"
+    )
     originate.add_argument("extension")
-    originate.add_argument("number")
+    originate.add_argument(
+        "number", nargs="?", help="sent as dialled: post-dial digits only if you write them (;105)"
+    )
+    originate.add_argument(
+        "--contact", metavar="NAME", help="a CRM contact by name: its number and stored post-dial digits"
+    )
     originate.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
     unblock = commands.add_parser(
         "unblock", help="lift the block of a source after failed logins (status lists the blocks)"
@@ -454,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         return _status(args.config)
     if args.command == "originate":
-        return _originate(args.config, args.extension, args.number)
+        return _originate(args.config, args.extension, args.number, args.contact)
     if args.command == "unblock":
         return _unblock(args.config, args.source, args.user)
     if args.command == "cdr":

@@ -62,6 +62,7 @@ async def _status(server: Server, _: dict[str, Any]) -> dict[str, Any]:
         {
             "call_id": c.call_id,
             "caller": c.caller,
+            "caller_name": c.caller_name,
             "source_trunk": c.source_trunk,
             "dialled": c.dialled,
             "destination": None if c.destination_kind is None else f"{c.destination_kind} {c.destination_id}",
@@ -122,9 +123,9 @@ ORIGINATE_START_SECONDS = 5.0
 async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
     """Click-to-call: ring the employee's phones, then call the number. Answers once the phones ring, or
     with the reason the call cannot start (no such employee, not a number, nobody registered …)."""
-    extension, number = message.get("extension"), message.get("number")
-    if not isinstance(extension, str) or not isinstance(number, str):
-        raise Refused(400, 'originate needs "extension" and "number" (strings)')
+    extension, number, contact = message.get("extension"), message.get("number"), message.get("contact")
+    if not isinstance(extension, str) or not (isinstance(number, str) ^ isinstance(contact, str)):
+        raise Refused(400, 'originate needs "extension" and either "number" or "contact" (strings)')
     start: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
 
     def report(status: int, reason: str) -> None:
@@ -140,9 +141,14 @@ async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
             report(500, "the click-to-call ended before anything rang")
 
     b2bua = server.b2bua
-    task = server.spawn_call(
-        b2bua.originate(extension, number, on_status=report), f"originate {extension} -> {number}"
-    )
+    if isinstance(contact, str):
+        started = b2bua.originate_contact(extension, contact, on_status=report)
+        task = server.spawn_call(started, f"originate {extension} -> contact {contact}")
+    else:
+        assert isinstance(number, str)
+        task = server.spawn_call(
+            b2bua.originate(extension, number, on_status=report), f"originate {extension} -> {number}"
+        )
     task.add_done_callback(ended)
     try:
         async with asyncio.timeout(b2bua.resolve_timeout + ORIGINATE_START_SECONDS):
@@ -151,7 +157,7 @@ async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
         raise Refused(504, f"the phones of {extension} did not start ringing in time") from None
     if status >= 300:
         raise Refused(status, reason)
-    return {"started": True, "extension": extension, "number": number}
+    return {"started": True, "extension": extension, "number": number, "contact": contact}
 
 
 COMMANDS: dict[str, Command] = {"status": _status, "originate": _originate, "unblock": _unblock}

@@ -256,6 +256,11 @@ class Directory:
     def number(self, e164: str) -> Number | None:
         return next((n for n in self.numbers if n.number == e164), None)
 
+    def crm_contact(self, name: str) -> CrmContact | None:
+        """The CRM contact called ``name`` (case and surrounding spaces do not matter), or None."""
+        wanted = name.strip().casefold()
+        return next((c for c in self.crm if c.name.strip().casefold() == wanted), None)
+
     def crm_contacts_for(self, e164: str) -> tuple[CrmContact, ...]:
         """CRM contacts whose number (without post-dial digits) is ``e164``."""
         return tuple(c for c in self.crm if c.number.e164 == e164)

@@ -24,12 +24,14 @@ __all__ = [
 
 @attrs.frozen
 class CallStarted:
-    """A call was accepted for routing: who calls (extension or From URI), what was dialled."""
+    """A call was accepted for routing: who calls (extension or From URI), what was dialled; ``caller_name``:
+    the CRM contact whose number calls (a trunk's caller), if any."""
 
     call_id: str
     caller: str
     dialled: str
     source_trunk: str | None = None
+    caller_name: str | None = None
 
 
 @attrs.frozen

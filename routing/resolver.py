@@ -37,8 +37,17 @@ from typing import Final
 
 import attrs
 
-from .dialstring import DialKind, DialString, DialStringError, PostDialStep, parse_post_dial, to_e164
+from .dialstring import (
+    DialKind,
+    DialString,
+    DialStringError,
+    PostDialStep,
+    parse_dialstring,
+    parse_post_dial,
+    to_e164,
+)
 from .directory import (
+    CrmContact,
     Destination,
     Directory,
     Employee,
@@ -382,6 +391,26 @@ class Resolver:
         if number.trunk != caller.name:
             return Refused(403, f"Forbidden: {number.number} is not a number of trunk {caller.name}")
         return self.number_flow(number)
+
+    def calling_contact(self, calling: str, trunk: str) -> CrmContact | None:
+        """The CRM contact whose number calls through ``trunk`` (the trunk's From user part in any common
+        form: ``+E.164``, ``00…``, national, E.164 without ``+``), or None."""
+        try:
+            dialled = parse_dialstring(calling)
+        except DialStringError:
+            return None
+        if dialled.kind is DialKind.EXTENSION:
+            return None
+        candidates: list[str] = []
+        with contextlib.suppress(DialStringError):
+            candidates.append(self.e164(dialled, trunk))
+        if dialled.kind is DialKind.NATIONAL:
+            candidates.append("+" + dialled.digits)
+        for e164 in candidates:
+            contacts = self.directory.crm_contacts_for(e164)
+            if contacts:
+                return contacts[0]
+        return None
 
     def inbound_number(self, dialled: DialString, trunk: str) -> Number | None:
         """The office number ``trunk`` means: E.164, national (by the trunk's numbering plan), or E.164

@@ -84,9 +84,11 @@ class CallRinger:
             return Unreached(503 if not external else 488, f"Not Acceptable Here ({exc})")
 
     def identity(self) -> NameAddr:
+        """The caller's From, its display name the CRM contact's name when the CRM knows the number."""
         a = self.call.a
         assert isinstance(a, IncomingCall)  # employees are rung for someone who called in
-        return NameAddr(a.request.from_.display_name, a.request.from_.uri)
+        name = self.call.record.caller_name or a.request.from_.display_name
+        return NameAddr(name, a.request.from_.uri)
 
     def headers(self, *, to_trunk: bool) -> tuple[tuple[str, str], ...]:
         a = self.call.a

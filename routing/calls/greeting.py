@@ -1,10 +1,12 @@
 """Extension processing: a trunk's call to one of the office's numbers is answered, the number's greeting
 plays, and an extension dialled while it plays — RFC 4733 events, in-band tones or SIP INFO, merged so a key
-press counts once — decides where the call goes (:class:`~routing.collector.DigitCollector`).
+press counts once — decides where the call goes (:class:`~routing.collector.DigitCollector`); when that
+extension cannot be reached (nobody registered, no answer, busy), the call goes on to the number's default
+destination.
 
 :func:`extension_processing` answers the caller with an SDP answer of our own (media anchored on a port of
 ``[server] rtp_ports``; an offerless INVITE gets our offer and its answer comes in the ACK), plays the
-greeting, and returns the route to ring next: the dialled extension, else the number's default destination.
+greeting, and returns the dialled extension's route and the number's default destination (:class:`Collected`).
 :class:`ExtensionCollection` feeds the collector from the caller's RTP session, SIP INFO, the greeting's end
 and the collector's own timer (one ``call_later`` handle).
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+
+import attrs
 
 from media.dtmf_info import parse_info_body
 from media.dtmf_merge import KeyPressed
@@ -34,13 +38,23 @@ from .leg import CallState
 from .media_anchor import AnchoredMedia
 from .services import CallServices
 
-__all__ = ["ExtensionCollection", "extension_processing"]
+__all__ = ["Collected", "ExtensionCollection", "extension_processing"]
 
 log = logging.getLogger(__name__)
 
 
-async def extension_processing(services: CallServices, call: CallState, number: Number) -> Route | None:
-    """Answer, play the greeting, collect an extension; the route to ring next (None: the call is over)."""
+@attrs.frozen
+class Collected:
+    """What the greeting decided: the route of the extension dialled during it (None: none, or no such
+    extension) and the number's default destination — where the call goes when ``chosen`` is None or cannot
+    be reached."""
+
+    chosen: Route | None
+    default: Route
+
+
+async def extension_processing(services: CallServices, call: CallState, number: Number) -> Collected | None:
+    """Answer, play the greeting, collect an extension (None: the call is over meanwhile)."""
     a = call.a
     assert isinstance(a, IncomingCall)  # a trunk called in
     ports, address = services.media_ports(a.flow)
@@ -106,11 +120,12 @@ async def extension_processing(services: CallServices, call: CallState, number: 
             call.music = services.greetings.get(number.music)
         except GreetingError as exc:
             log.error("call %s: music of %s: %s (ringback instead)", a.call_id, number.number, exc)
+    default = services.resolver.resolve_destination(number.default, trunk=number.trunk)
     if isinstance(result, ExtensionDialled):
         route = services.resolver.resolve_destination(ExtensionRef(result.extension))
         if not isinstance(route, Refused):
-            return route
-    return services.resolver.resolve_destination(number.default, trunk=number.trunk)
+            return Collected(route, default)
+    return Collected(None, default)
 
 
 async def _caller_answer(call: CallState, media: AnchoredMedia) -> bool:

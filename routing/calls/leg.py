@@ -229,7 +229,11 @@ def respond(
 
 def hold_request(call: CallState | Ringing, leg: Call, event: DialogRequestReceived) -> None:
     """Keep an in-dialog request (INFO …) that came before the bridge; relayed once there is one, or
-    answered 408 after :data:`HELD_SECONDS` (before the sender's own transaction gives up)."""
+    answered 408 after :data:`HELD_SECONDS` (before the sender's own transaction gives up). A REFER is
+    refused at once: there is no call to transfer before the bridge (and a greeting's caller is a trunk)."""
+    if event.request.method == "REFER":
+        respond(leg, event.request, 403, "Forbidden (no transfer before the call is connected)")
+        return
     if len(call.held) >= MAX_HELD:
         leg.respond(event.request, 500, headers=(("Retry-After", "1"),))
         return

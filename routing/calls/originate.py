@@ -32,7 +32,7 @@ from .records import CallDraft
 from .ringing import Failed, fork, fork_failure
 from .services import CallServices
 
-__all__ = ["originate"]
+__all__ = ["StatusListener", "originate", "refuse_click_to_call"]
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,7 @@ async def originate(
     draft = CallDraft(caller=extension, dialled=number, started_at=services.clock())
 
     def refused(status: int, reason: str) -> CallRecord:
-        log.info("click-to-call %s -> %s refused: %s %s", extension, number, status, reason)
-        if on_status is not None:
-            on_status(status, reason)
-        draft.status = status
-        record = draft.finish(services.ua.endpoint.new_call_id(), services.clock())
-        services.write_cdr(record)
-        return record
+        return refuse_click_to_call(services, draft, status, reason, on_status)
 
     employee = services.employee(extension)
     if employee is None:
@@ -171,6 +165,19 @@ async def originate(
             tear_down(call.a, [*call.legs, *call.adopted], keep=call.given)
             discard_events(call.queue, [call.a, *call.legs, *call.adopted], keep=call.given)
         media.close()
+
+
+def refuse_click_to_call(
+    services: CallServices, draft: CallDraft, status: int, reason: str, on_status: StatusListener | None
+) -> CallRecord:
+    """A click-to-call that cannot start: ``on_status`` hears why, the CDR keeps a row with ``status``."""
+    log.info("click-to-call %s -> %s refused: %s %s", draft.caller, draft.dialled, status, reason)
+    if on_status is not None:
+        on_status(status, reason)
+    draft.status = status
+    record = draft.finish(services.ua.endpoint.new_call_id(), services.clock())
+    services.write_cdr(record)
+    return record
 
 
 def _answered(ringing: Ringing, winner: OutgoingCall, route: ToExternal) -> CallState:

@@ -16,6 +16,7 @@ class CallDraft:
     call that was not answered."""
 
     caller: str = ""
+    caller_name: str | None = None
     dialled: str = ""
     started_at: float = 0.0
     source_trunk: str | None = None
@@ -26,6 +27,8 @@ class CallDraft:
     digits: str = ""
     status: int | None = None
     transferred_by: str | None = None
+    #: False when the call failed without any device of its destination ringing (nobody registered).
+    rang: bool = True
 
     def finish(self, call_id: str, ended_at: float) -> CallRecord:
         """The row of the call, ended at ``ended_at``; its disposition follows from answer and status."""
@@ -43,7 +46,8 @@ class CallDraft:
             started_at=self.started_at,
             answered_at=self.answered_at,
             ended_at=ended_at,
-            disposition=disposition_for(answered=answered, status=self.status),
+            disposition=disposition_for(answered=answered, status=self.status, rang=self.rang),
             status=None if answered else self.status,
             transferred_by=self.transferred_by,
+            caller_name=self.caller_name,
         )

@@ -37,6 +37,7 @@ class ActiveCall:
     destination_id: str | None = None
     answered_by: str | None = None
     answered_at: float | None = None
+    caller_name: str | None = None
 
 
 def summarize(first: Call, call: CallState | Ringing) -> ActiveCall:
@@ -72,4 +73,5 @@ def summarize(first: Call, call: CallState | Ringing) -> ActiveCall:
         destination_id=ident,
         answered_by=record.answered_by,
         answered_at=record.answered_at,
+        caller_name=record.caller_name,
     )

@@ -996,8 +996,8 @@ async def test_a_version_1_cdr_file_is_upgraded_and_keeps_its_rows(tmp_path: Pat
         old, new = await store.records()
     finally:
         await store.close()
-    assert old.call_id == "old" and old.transferred_by is None
+    assert old.call_id == "old" and old.transferred_by is None and old.caller_name is None
     assert new.transferred_by == "101"
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3  # and caller_name
     db.close()
