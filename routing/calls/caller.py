@@ -1,10 +1,13 @@
-"""Who is calling: an employee (digest credentials), a trunk (its source address, for its own numbers) or an
-anonymous source — decided once per INVITE, from the dial string parsed once.
+"""Who is calling: an employee (digest credentials), a trunk (its source address) or an anonymous source —
+decided once per INVITE, from the dial string parsed once.
 
-A trunk's address identifies the trunk only for calls to its numbers, matched by the resolver's own number
-lookup (``+E.164``, ``00…``, E.164 without ``+``, national): anything else from that address (a phone on the
-same host or network) must authenticate like any caller. Challenges to INVITEs are sent statelessly (a
-stateful 401 would be retransmitted ten times towards a source that may be spoofed).
+A trunk's address identifies the trunk for calls to its numbers, matched by the resolver's own number lookup
+(``+E.164``, ``00…``, E.164 without ``+``, national by the trunk's numbering plan). A number that is none of
+the trunk's, sent from its address, is the trunk's call all the same (answered 404, or 403 for another
+trunk's number: never a challenge, which no provider answers) — unless it is a phone's on the same host or
+network: one with credentials or with an employee in From, which authenticates like any caller (as does any
+request dialling an extension). Challenges to INVITEs are sent statelessly (a stateful 401 would be
+retransmitted ten times towards a source that may be spoofed).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from sipcore.message import Request
 from sipcore.uri import SipUri, TelUri
 
 from ..authenticator import Unverified, Verified
-from ..dialstring import DialString
+from ..dialstring import DialKind, DialString
 from ..resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused
-from ..security import trunk_accepts
+from ..security import trunk_accepts, trunk_for_source
 from .services import CallServices
 
 __all__ = ["caller_label", "challenge", "identify_caller", "refuse"]
@@ -41,10 +44,24 @@ def identify_caller(
             number = services.resolver.inbound_number(dialled, trunk.name)  # by the trunk's numbering plan
             if number is not None and number.trunk == trunk.name:
                 return FromTrunk(trunk.name, _calling_number(request))
+        sender = trunk_for_source(services.directory, source)
+        if sender is not None and dialled.kind is not DialKind.EXTENSION and not _a_phone(services, request):
+            # A number from a trunk's address, none of its own: the trunk's call, refused 404 or 403 by the
+            # resolver — never a challenge, which no provider answers.
+            return FromTrunk(sender.name, _calling_number(request))
     if isinstance(verdict, Unverified) and verdict.stale:
         challenge(services, incoming, stale=True)
         return None
     return Anonymous(str(incoming.flow), challenge=True)
+
+
+def _a_phone(services: CallServices, request: Request) -> bool:
+    """Whether a request from a trunk's address is a phone's all the same: it carries credentials, or its
+    From is an employee's (a provider sends the calling party's number, never our users)."""
+    if request.get("authorization") is not None or request.get("proxy-authorization") is not None:
+        return True
+    uri = request.from_.uri
+    return isinstance(uri, SipUri) and services.directory.employee_by_sip_user(uri.user or "") is not None
 
 
 def _calling_number(request: Request) -> str | None:

@@ -295,7 +295,7 @@ async def test_the_trunk_is_not_challenged_for_its_number_in_any_spelling(server
     async with Endpoint() as provider:
         await provider.listen("udp:127.0.0.9:0")
         flow = provider.flow_to("127.0.0.1", port_of(server))
-        for spelling in ("+4930999000", "004930999000", "4930999000"):
+        for spelling in ("+4930999000", "004930999000", "4930999000", "030999000"):
             request = provider.make_request(
                 "INVITE",
                 f"sip:{spelling}@office.example",
@@ -305,6 +305,68 @@ async def test_the_trunk_is_not_challenged_for_its_number_in_any_spelling(server
             )
             answer = await send(provider, request, flow)
             assert answer.status not in (401, 403, 407), (spelling, answer)
+
+
+async def test_a_number_that_is_not_the_trunks_is_404_to_the_trunk_never_a_challenge(server: Server) -> None:
+    async with Endpoint() as provider:
+        await provider.listen("udp:127.0.0.9:0")
+        flow = provider.flow_to("127.0.0.1", port_of(server))
+        for spelling in ("+4930111111", "030111111", "4930111111"):
+            request = provider.make_request(
+                "INVITE",
+                f"sip:{spelling}@office.example",
+                flow,
+                from_="<sip:+4989555123@provider.example>",
+                to=f"<sip:{spelling}@office.example>",
+            )
+            answer = await send(provider, request, flow)
+            assert answer.status == 404, (spelling, answer)
+        # A phone on the trunk's host dialling out (an employee in From) is challenged as ever.
+        request = provider.make_request(
+            "INVITE",
+            "sip:+4930111111@office.example",
+            flow,
+            from_="<sip:101@office.example>",
+            to="<sip:+4930111111@office.example>",
+        )
+        assert (await send(provider, request, flow)).status == 401
+
+
+async def test_a_trunk_with_its_own_numbering_plan_is_understood_in_its_national_format(
+    tmp_path: Path,
+) -> None:
+    """An Austrian trunk (country code 43) sends the office's Vienna number nationally: 01 5551234."""
+    office = (
+        OFFICE
+        + """
+[[trunk]]
+name = "wien"
+host = "127.0.0.8"
+inbound_from = ["127.0.0.8/32"]
+country_code = "43"
+
+[[number]]
+number = "+43 1 5551234"
+trunk = "wien"
+default = "101"
+"""
+    )
+    path = tmp_path / "office.toml"
+    path.write_text(office, encoding="utf-8")
+    shutil.copy(EXAMPLES / "greeting.wav", tmp_path / "greeting.wav")
+    async with Server(path, control=False) as server, Endpoint() as provider:
+        await provider.listen("udp:127.0.0.8:0")
+        flow = provider.flow_to("127.0.0.1", port_of(server))
+        for spelling in ("015551234", "+4315551234", "004315551234"):
+            request = provider.make_request(
+                "INVITE",
+                f"sip:{spelling}@office.example",
+                flow,
+                from_="<sip:+436601234567@wien.example>",
+                to=f"<sip:{spelling}@office.example>",
+            )
+            answer = await send(provider, request, flow)
+            assert answer.status not in (401, 403, 404, 407), (spelling, answer)
 
 
 # ----------------------------------------------------------------------------------- svcrack -m INVITE
