@@ -33,6 +33,7 @@ from media.greeting import GreetingCache
 from media.session import MediaClock, PortAllocator
 from sipcore.dialog import DialogId
 from sipcore.endpoint import IncomingRequest
+from sipcore.session_timer import TimerPolicy, negotiate_uas
 from sipcore.ua import Call, CallFailed, CallQueue, UserAgent
 
 from .calls.bridge import HookFactory
@@ -46,6 +47,7 @@ from .calls.records import CallDraft
 from .calls.ringing import Unreached
 from .calls.services import RING_STATE_FILE, BridgeHook, CallServices
 from .calls.summary import ActiveCall, CallPhase, summarize
+from .calls.watch import WatchPolicy
 from .cdr import CallRecord, CdrStore
 from .dialstring import DialString, DialStringError, format_dialstring, from_request_uri
 from .directory import DEFAULT_RING_SECONDS, Directory, Employee, Group
@@ -172,6 +174,11 @@ class B2bua:
         if dialled is None:
             incoming.respond(484, f"Address Incomplete ({unparsable})")
             return
+        timer = negotiate_uas(request, services.timers) if services.timers is not None else None
+        if isinstance(timer, int):  # 422: its session interval is below our Min-SE (RFC 4028 §9)
+            assert services.timers is not None
+            incoming.respond(timer, headers=[("Min-SE", str(services.timers.min_se))])
+            return
         try:
             async with asyncio.timeout(services.resolve_timeout):
                 route = await services.resolver.resolve(dialled, caller)
@@ -205,6 +212,7 @@ class B2bua:
         except CallFailed:
             return
         call = CallState(a, queue, caller.name if isinstance(caller, FromTrunk) else None, record=draft)
+        call.session_timer = timer
         services.emit(
             CallStarted(request.call_id, draft.caller, draft.dialled, draft.source_trunk, draft.caller_name)
         )
@@ -285,6 +293,10 @@ class B2bua:
     directory: _Service[Directory] = _Service()
     resolver: _Service[Resolver] = _Service()
     anchor_media: _Service[bool] = _Service()
+    #: When a bridged call is ended though nobody hangs up (routing.calls.watch).
+    watch: _Service[WatchPolicy] = _Service()
+    #: Session timers (RFC 4028) offered to callers that support them (None: never).
+    timers: _Service[TimerPolicy | None] = _Service()
     #: Called with every call event (routing.events); the server turns them into pyee events.
     on_event: _Service[Callable[[CallFact], None] | None] = _Service()
     cdr: _Service[CdrStore | None] = _Service()

@@ -136,6 +136,10 @@ class ServerConfig:
     emergency_trunk: str | None = None
     #: The SIP stack's limits; the ``tcp_*`` keys set its TCP connection caps and timeouts (read at start).
     limits: Limits = DEFAULT_LIMITS
+    #: A bridged call ends this long after its answer (0: never) …
+    max_call_seconds: int = 14400
+    #: … or when an anchored leg that should send has sent no RTP for this long (0: never).
+    rtp_timeout_seconds: int = 120
 
     @property
     def realm(self) -> str:

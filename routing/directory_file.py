@@ -30,11 +30,7 @@ from sipcore.limits import DEFAULT_LIMITS
 
 from .config_check import MISSING, Checker, Locator, Missing, hint, tables_of
 from .dialstring import (
-    DialStringError,
     NumberingPlan,
-    check_country_code,
-    check_international_prefix,
-    check_trunk_prefix,
 )
 from .directory import (
     DEFAULT_NUMBERING,
@@ -60,7 +56,7 @@ from .directory import (
     parse_port_range,
     valid_host,
 )
-from .emergency import EMERGENCY_NUMBER_RE, EMERGENCY_NUMBERS
+from .directory_numbering import read_emergency_numbers, read_numbering_plan
 from .errors import ConfigError, ConfigProblem
 from .security import broad_network_warning
 
@@ -79,6 +75,9 @@ _TCP_KEYS: Final = (
     ("tcp_idle_seconds", 0),
 )
 
+#: The [server] keys of the call watch (routing.calls.watch) with their defaults, in seconds (0: off).
+_WATCH_KEYS: Final = {"max_call_seconds": 14400, "rtp_timeout_seconds": 120}
+
 _TABLES: Final = {
     "server": {
         "domain",
@@ -88,6 +87,7 @@ _TABLES: Final = {
         "auth_algorithms",
         "cdr_retention_days",
         "anchor_media",
+        *_WATCH_KEYS,
         "country_code",
         "trunk_prefix",
         "international_prefix",
@@ -237,10 +237,15 @@ class _Loader:
                 f"must be 0 (keep for ever) or more days, not {retention}",
             )
             retention = None
-        numbering = self.numbering_plan("server", None, data, DEFAULT_NUMBERING)
-        emergency = self.emergency_numbers(data, numbering or DEFAULT_NUMBERING)
+        numbering = read_numbering_plan(self.c, "server", None, data, DEFAULT_NUMBERING)
+        emergency = read_emergency_numbers(self.c, data, numbering or DEFAULT_NUMBERING)
         emergency_ok = "emergency_numbers" not in data or emergency is not None
         emergency_trunk = c.get("server", None, data, "emergency_trunk", str, None)
+        watch = {key: c.get("server", None, data, key, int, default) for key, default in _WATCH_KEYS.items()}
+        for key, value in watch.items():
+            if value is not None and value < 0:
+                c.report("server", None, key, f"must be 0 (off) or more seconds, not {value}")
+                watch[key] = None
         tcp: dict[str, int] = {}
         for key, least in _TCP_KEYS:
             value = c.get("server", None, data, key, int) if key in data else None
@@ -258,6 +263,7 @@ class _Loader:
             or numbering is None
             or not emergency_ok
             or any(key in data and key not in tcp for key, _ in _TCP_KEYS)
+            or None in watch.values()
         ):
             return None
         return ServerConfig(
@@ -272,84 +278,9 @@ class _Loader:
             emergency_numbers=emergency,
             emergency_trunk=emergency_trunk.strip() if emergency_trunk else None,
             limits=attrs.evolve(DEFAULT_LIMITS, **tcp),
+            max_call_seconds=watch["max_call_seconds"] or 0,
+            rtp_timeout_seconds=watch["rtp_timeout_seconds"] or 0,
         )
-
-    def emergency_numbers(self, data: Mapping[str, Any], numbering: NumberingPlan) -> tuple[str, ...] | None:
-        """``emergency_numbers`` as given; None when not given (the country's, warned about when the country
-        is not known) or wrong (a problem reported)."""
-        c = self.c
-        if "emergency_numbers" not in data:
-            country = numbering.country_code
-            if country not in EMERGENCY_NUMBERS:
-                c.warn(
-                    "server",
-                    None,
-                    "country_code" if "country_code" in data else None,
-                    f"no emergency numbers are known for country code {country}: only 112 is routed as one; "
-                    "list your country's in emergency_numbers",
-                )
-            return None
-        given = c.get_str_list("server", None, data, "emergency_numbers")
-        if given is None:
-            return None
-        numbers: list[str] = []
-        for text in given:
-            number = text.strip()
-            if EMERGENCY_NUMBER_RE.fullmatch(number) is None:
-                c.report(
-                    "server", None, "emergency_numbers", f"{text!r} is not an emergency number (2–6 digits)"
-                )
-                return None
-            if number not in numbers:
-                numbers.append(number)
-        if not numbers:
-            c.warn(
-                "server",
-                None,
-                "emergency_numbers",
-                "is empty: NO number reaches the emergency services from this office's phones",
-            )
-        return tuple(numbers)
-
-    def numbering_plan(
-        self, table: str, index: int | None, data: Mapping[str, Any], base: NumberingPlan
-    ) -> NumberingPlan | None:
-        """``base`` with the ``country_code``, ``trunk_prefix`` and ``international_prefix`` that ``data``
-        gives (None, and problems, when one is wrong)."""
-        c = self.c
-        values: dict[str, str] = {}
-        ok = True
-        for key, check in (
-            ("country_code", check_country_code),
-            ("trunk_prefix", check_trunk_prefix),
-            ("international_prefix", check_international_prefix),
-        ):
-            if key not in data:
-                continue
-            value = data[key]
-            if not isinstance(value, str):
-                c.report(table, index, key, f'must be a string of digits (quoted: "{value}"), not {value!r}')
-                ok = False
-                continue
-            try:
-                check(value.strip())
-            except DialStringError as exc:
-                c.report(table, index, key, str(exc))
-                ok = False
-                continue
-            values[key] = value.strip()
-        if not ok:
-            return None
-        try:
-            return attrs.evolve(base, **values)
-        except DialStringError as exc:
-            c.report(
-                table,
-                index,
-                "international_prefix" if "international_prefix" in data else "trunk_prefix",
-                str(exc),
-            )
-            return None
 
     # ---------------------------------------------------------------------------------- employees
 
@@ -534,7 +465,7 @@ class _Loader:
                 c.warn(t, i, "inbound_from", warning)
         numbering: NumberingPlan | None = None
         if _NUMBERING_KEYS & data.keys():
-            numbering = self.numbering_plan(t, i, data, self.numbering)
+            numbering = read_numbering_plan(self.c, t, i, data, self.numbering)
             if numbering is None:
                 return None
         if None in (name, host, port, transport, register):

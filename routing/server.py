@@ -32,6 +32,7 @@ from sipcore.message import Request, Response
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
+from .calls.watch import WatchPolicy
 from .cdr import CallRecord, CdrStoreError, SqliteCdrStore
 from .control import ControlChannel, socket_path
 from .directory import Directory
@@ -134,6 +135,15 @@ def _log_warnings(directory: Directory) -> None:
         log.warning("%s", warning)
 
 
+def watch_policy(directory: Directory) -> WatchPolicy:
+    """The call watch of ``[server] max_call_seconds`` and ``rtp_timeout_seconds`` (0: that rule off)."""
+    server = directory.server
+    return WatchPolicy(
+        max_seconds=float(server.max_call_seconds) or None,
+        rtp_timeout=float(server.rtp_timeout_seconds) or None,
+    )
+
+
 class _Announcing:
     """The B2BUA's CDR sink: writes the row, then announces the call as the server's ``call_ended`` event."""
 
@@ -194,6 +204,7 @@ class Server:
             cdr=_Announcing(self),
             anchor_media=self.directory.server.anchor_media,
         )
+        self.b2bua.watch = watch_policy(self.directory)
         self.b2bua.on_event = self._call_fact
         if self.calls is None:
             self.calls = self.b2bua.handle
@@ -321,6 +332,7 @@ class Server:
         self.b2bua.directory = directory
         self.b2bua.resolver = self.resolver
         self.b2bua.anchor_media = directory.server.anchor_media
+        self.b2bua.watch = watch_policy(directory)
         log.info("reloaded %s", source)
         self.events.emit("reloaded", directory)
         return True

@@ -97,7 +97,11 @@ def reanswer(
         return None
     if not event.request.body:
         try:
-            leg.answer_reinvite(body=call.media.offer_again(side, direction), content_type="application/sdp")
+            leg.answer_reinvite(
+                body=call.media.offer_again(side, direction),
+                content_type="application/sdp",
+                headers=call.timer_headers(leg),
+            )
         except SessionError as exc:
             log.info("call %s: re-INVITE not answered: %s", call.call_id, exc)
             return None
@@ -110,7 +114,7 @@ def reanswer(
         leg.reject_reinvite(488)
         return None
     try:
-        leg.answer_reinvite(body=body, content_type="application/sdp")
+        leg.answer_reinvite(body=body, content_type="application/sdp", headers=call.timer_headers(leg))
     except SessionError as exc:
         log.info("call %s: re-INVITE not answered: %s", call.call_id, exc)
         return None
@@ -136,7 +140,7 @@ def update_locally(call: CallState, leg: Call, side: Side, request: Request) -> 
     without one it only refreshes the dialog (200). Returns the direction offered."""
     assert call.media is not None
     if not request.body:
-        leg.respond(request, 200)
+        leg.respond(request, 200, headers=call.timer_headers(leg))
         return None
     try:
         body = call.media.answer_again(side, request.body)
@@ -144,7 +148,7 @@ def update_locally(call: CallState, leg: Call, side: Side, request: Request) -> 
         log.info("call %s: UPDATE not acceptable: %s", call.call_id, exc)
         leg.respond(request, 488)
         return None
-    leg.respond(request, 200, body=body, content_type="application/sdp")
+    leg.respond(request, 200, body=body, content_type="application/sdp", headers=call.timer_headers(leg))
     return offered_direction(request.body)
 
 

@@ -12,11 +12,14 @@ or end the bridge (another call took its party).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
+import attrs
+
 from media.relay import Side
-from sipcore.message import Request
+from sipcore.message import Request, Response
 from sipcore.session import (
     Confirmed,
     DialogRequestReceived,
@@ -30,34 +33,67 @@ from sipcore.session import (
     Terminated,
     TerminationReason,
 )
-from sipcore.ua import Call
+from sipcore.ua import Call, CallEvent, CallQueue
 
 from .anchor import HoldSync, answer_in_ack, reanswer, update_locally
 from .leg import MAX_HELD, CallState, content_type, passthrough
 from .services import BridgeHook
+from .watch import CallWatch, WatchPolicy
 
 __all__ = ["HookFactory", "Relay", "bridge"]
 
 log = logging.getLogger(__name__)
 
+#: Headers of our own for the 2xx relayed back to a leg.
+ExtraHeaders = Callable[[Call], tuple[tuple[str, str], ...]]
 #: Makes the hook of a bridge: ``hook(call, a, b)``.
 HookFactory = Callable[[CallState, Call, Call], BridgeHook]
 
 
-async def bridge(call: CallState, b: Call, *, answer_owed: bool, hook: HookFactory | None = None) -> None:
+async def bridge(
+    call: CallState,
+    b: Call,
+    *,
+    answer_owed: bool,
+    hook: HookFactory | None = None,
+    policy: WatchPolicy | None = None,
+) -> None:
     """Relay between the caller's leg and ``b`` until one ends; then end the other (see the module
     docstring). ``answer_owed``: ``b`` answered an offerless INVITE with its offer, the caller's ACK brings
-    the answer."""
+    the answer. ``policy``: when the call is ended though nobody hangs up (:mod:`routing.calls.watch`)."""
     a, queue = call.a, call.queue
-    relay = Relay(a, b)
+    relay = Relay(a, b, call.timer_headers)
     if answer_owed:
         relay.owe(b, a)
     hold = HoldSync(call.media, a, b) if call.media is not None else None
     hooked = hook(call, a, b) if hook is not None else None
+    loop = asyncio.get_running_loop()
+    watch: CallWatch | None = None
+    timer = call.session_timer
+    if (policy is not None and policy.active) or timer is not None:
+        policy = policy or WatchPolicy()
+        if call.media is None:
+            policy = attrs.evolve(policy, rtp_timeout=None)  # no media of ours to see
+        watch = CallWatch(policy, loop.time())
+        if timer is not None:
+            watch.refresh_expected(Side.A, timer.interval, loop.time())
     backlog = list(call.held)
     call.held.clear()
     while True:
-        leg, event = backlog.pop(0) if backlog else await queue.get()
+        if backlog:
+            leg, event = backlog.pop(0)
+        else:
+            item = await _next(queue, watch, loop)
+            if item is None:  # the watch's time came
+                assert watch is not None
+                reason = _look(call, watch, loop.time())
+                if reason is not None:
+                    _end(a, b, reason)
+                    return
+                continue
+            leg, event = item
+        if watch is not None and _refreshes(event):
+            watch.refreshed(Side.A if leg is a else Side.B, loop.time())
         if hooked is not None and hooked.event(leg, event):
             if hooked.released:
                 return  # another call took the other party: this one is over
@@ -65,7 +101,7 @@ async def bridge(call: CallState, b: Call, *, answer_owed: bool, hook: HookFacto
             if replaced is not None:
                 side, target = replaced
                 a, b = (target, b) if side is Side.A else (a, target)
-                relay = Relay(a, b)
+                relay = Relay(a, b, call.timer_headers)
                 if hold is not None:
                     hold.replace(side, target)
                     hold.sync()
@@ -90,6 +126,52 @@ async def bridge(call: CallState, b: Call, *, answer_owed: bool, hook: HookFacto
         else:
             relay.event(leg, event)
         relay.flush()
+
+
+def _refreshes(event: SessionEvent) -> bool:
+    """A session refresh (RFC 4028 §7): a re-INVITE or an UPDATE."""
+    if isinstance(event, ReinviteReceived):
+        return True
+    return isinstance(event, DialogRequestReceived) and event.request.method == "UPDATE"
+
+
+async def _next(
+    queue: CallQueue, watch: CallWatch | None, loop: asyncio.AbstractEventLoop
+) -> CallEvent | None:
+    """The next event of the call, or None when the watch wants to look before one comes."""
+    due = watch.next_check(loop.time()) if watch is not None else None
+    if due is None:
+        return await queue.get()
+    try:
+        async with asyncio.timeout_at(due):
+            return await queue.get()
+    except TimeoutError:
+        return None
+
+
+def _look(call: CallState, watch: CallWatch, now: float) -> str | None:
+    """Tell the watch what the media did (anchored calls), then ask it whether the call must end."""
+    media = call.media
+    bridge = media.bridge if media is not None else None
+    if media is not None and bridge is not None:
+        for side, session in ((Side.A, media.a), (Side.B, media.b)):
+            if session is not None:
+                expected = bridge.relay.media(side).sends
+                watch.media(side, session.stats.received, expected=expected, now=now)
+    return watch.verdict(now)
+
+
+def _end(a: Call, b: Call, reason: str) -> None:
+    """End both legs of a call nobody hung up, saying why (RFC 3326 Reason; Q.850 102: recovery on timer
+    expiry)."""
+    log.warning("call %s: ended by the server: %s", a.call_id, reason)
+    header = ("Reason", f'Q.850;cause=102;text="{reason}"')
+    for leg in (a, b):
+        if not leg.terminated:
+            try:
+                leg.bye(headers=(header,))
+            except SessionError as exc:
+                log.debug("call %s: %s", leg.call_id, exc)
 
 
 def _anchored_event(
@@ -120,9 +202,13 @@ class Relay:
     relayed once that leg is confirmed (:meth:`flush`).
     """
 
-    def __init__(self, a: Call, b: Call) -> None:
+    def __init__(
+        self, a: Call, b: Call, extra: Callable[[Call], tuple[tuple[str, str], ...]] | None = None
+    ) -> None:
         self.a = a
         self.b = b
+        #: Headers of our own for the answers relayed back to a leg (the session timer's).
+        self._extra = extra
         #: Our re-INVITE on one leg -> the leg whose re-INVITE it relays.
         self._reinvites: dict[Call, Call] = {}
         #: (leg, CSeq number, method) of a request we sent -> (leg, request) it relays.
@@ -131,6 +217,13 @@ class Relay:
         self._owed: dict[Call, Call] = {}
         #: Requests (leg they came on, request) waiting for the other leg to be confirmed.
         self._waiting: list[tuple[Call, Request]] = []
+
+    def _headers(self, origin: Call, response: Response) -> tuple[tuple[str, str], ...]:
+        """The relayed answer's pass-through headers, and ours for ``origin`` (2xx only)."""
+        headers = passthrough(response)
+        if self._extra is not None and 200 <= response.status < 300:
+            headers = (*headers, *self._extra(origin))
+        return headers
 
     def owe(self, leg: Call, source: Call) -> None:
         """``leg`` waits for the ACK body that ``source``'s ACK brings."""
@@ -204,7 +297,9 @@ class Relay:
             if event.answer_owed:
                 self._owed[call] = origin
             origin.answer_reinvite(
-                body=response.body, content_type=content_type(response), headers=passthrough(response)
+                body=response.body,
+                content_type=content_type(response),
+                headers=self._headers(origin, response),
             )
         elif isinstance(event, ReinviteFailed):
             origin = self._reinvites.pop(call, None)
@@ -228,5 +323,5 @@ class Relay:
                     reason=response.reason,
                     body=response.body,
                     content_type=content_type(response),
-                    headers=passthrough(response),
+                    headers=self._headers(origin, response),
                 )

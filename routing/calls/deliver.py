@@ -148,7 +148,7 @@ async def _bridge_winner(services: CallServices, call: CallState, won: Won, hook
     try:
         if won.post_dial:
             send_post_dial(services, call, won.post_dial)
-        await bridge(call, won.leg, answer_owed=won.answer.answer_owed, hook=hook)
+        await bridge(call, won.leg, answer_owed=won.answer.answer_owed, hook=hook, policy=services.watch)
     finally:
         services.uncount_busy(call)
 
@@ -161,7 +161,9 @@ async def connect(services: CallServices, call: CallState, winner: OutgoingCall,
     if media is not None:
         if isinstance(a, IncomingCall) and a.unanswered:
             try:
-                a.answer(body=call.caller_sdp or b"", content_type="application/sdp")
+                a.answer(
+                    body=call.caller_sdp or b"", content_type="application/sdp", headers=call.timer_headers(a)
+                )
             except SessionError:
                 log.info("call %s: the caller left as %s answered", a.call_id, winner.call_id)
                 winner.bye()
@@ -178,7 +180,11 @@ async def connect(services: CallServices, call: CallState, winner: OutgoingCall,
     else:
         assert isinstance(a, IncomingCall)  # not anchored: someone called in
         try:
-            a.answer(body=response.body, content_type=content_type(response), headers=passthrough(response))
+            a.answer(
+                body=response.body,
+                content_type=content_type(response),
+                headers=(*passthrough(response), *call.timer_headers(a)),
+            )
         except SessionError:
             log.info("call %s: the caller left as %s answered", a.call_id, winner.call_id)
             winner.bye()

@@ -70,7 +70,7 @@ async def extension_processing(services: CallServices, call: CallState, number: 
         a.reject(488, reason=f"Not Acceptable Here ({exc})")
         return None
     try:
-        a.answer(body=body, content_type="application/sdp")
+        a.answer(body=body, content_type="application/sdp", headers=call.timer_headers(a))
     except SessionError:
         return None  # the caller left meanwhile
     if offerless and not await _caller_answer(call, media):

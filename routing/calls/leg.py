@@ -25,6 +25,7 @@ from sipcore.dialog import MAX_FORWARDS
 from sipcore.headers import header_key
 from sipcore.message import Request, Response
 from sipcore.session import DialogRequestReceived, SessionError
+from sipcore.session_timer import SessionTimer
 from sipcore.ua import Call, CallEvent, CallQueue, IncomingCall, OutgoingCall
 
 from .media_anchor import AnchoredMedia
@@ -173,8 +174,16 @@ class CallState:
     offered_in_2xx: set[Side] = attrs.Factory(set)
     #: The B-leg whose early media (a 1xx with SDP) the caller gets, if any.
     early: OutgoingCall | None = None
+    #: RFC 4028: the session timer agreed with the caller (it refreshes; None: none runs).
+    session_timer: SessionTimer | None = None
     # --- the call's CDR row
     record: CallDraft = attrs.Factory(CallDraft)
+
+    def timer_headers(self, leg: Call) -> tuple[tuple[str, str], ...]:
+        """What a 2xx to ``leg``'s INVITE or refresh carries for the session timer (nothing: none runs)."""
+        if self.session_timer is None or leg is not self.a:
+            return ()
+        return self.session_timer.headers()
 
     @property
     def call_id(self) -> str:

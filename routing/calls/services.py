@@ -23,6 +23,7 @@ from media.relay import Side
 from media.session import MediaClock, PortAllocator
 from sipcore.dialog import DialogId
 from sipcore.session import SessionEvent
+from sipcore.session_timer import TimerPolicy
 from sipcore.transport import Flow
 from sipcore.ua import Call, UserAgent
 from sipcore.uri import SipUri
@@ -33,6 +34,7 @@ from ..events import CallFact
 from ..registrar_service import RegistrarService
 from ..resolver import Resolver
 from ..ringgroup import RingGroupState, plan_ring_group
+from .watch import WatchPolicy
 
 if TYPE_CHECKING:
     from .leg import CallState, Ringing
@@ -80,6 +82,7 @@ class CallServices:
         dial_out_seconds: float = 120.0,
         cdr: CdrStore | None = None,
         anchor_media: bool = False,
+        watch: WatchPolicy | None = None,
     ) -> None:
         self.ua = ua
         self.registrar = registrar
@@ -89,6 +92,10 @@ class CallServices:
         self.resolve_timeout = resolve_timeout
         self.dial_out_seconds = dial_out_seconds
         self.anchor_media = anchor_media
+        #: When a bridged call is ended though nobody hangs up (off unless given).
+        self.watch = watch or WatchPolicy()
+        #: Session timers (RFC 4028) offered to callers that support them (None: never).
+        self.timers: TimerPolicy | None = TimerPolicy()
         self.clock = clock
         self._ports = ports
         self.media_clock = media_clock if media_clock is not None else MediaClock()
