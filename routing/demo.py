@@ -36,8 +36,10 @@ from media.rtp import RtpPacket, parse
 from media.sdp import parse_sdp
 from sipcore import Endpoint, IncomingRequest, Response
 from sipcore.auth import answer_challenge, choose_challenge
+from sipcore.endpoint import TransportFactory
 from sipcore.session import SessionState, Terminated, TerminationReason
 from sipcore.transaction import Timers
+from sipcore.transport import TransportSet
 from sipcore.ua import Call, IncomingCall, OutgoingCall, UserAgent
 
 from .calls.media_anchor import media_address
@@ -90,7 +92,8 @@ class Script:
 
 
 class Phone:
-    """A simulated phone: its own ``Endpoint`` and ``UserAgent`` on 127.0.0.1 (port 0).
+    """A simulated phone: its own ``Endpoint`` and ``UserAgent`` on 127.0.0.1 (port 0), its listener made
+    by ``transports`` (a socket by default).
 
     It REGISTERs with digest (answering the registrar's 401 with ``sipcore.auth.answer_challenge``), dials
     with credentials, and answers incoming INVITEs as its :class:`Script` says. Every incoming call is put on
@@ -107,13 +110,14 @@ class Phone:
         *,
         script: Script = Script(),
         domain: str = "office.example",
+        transports: TransportFactory = TransportSet,
     ) -> None:
         self.user = user
         self.password = password
         self.server_port = server_port
         self.script = script
         self.domain = domain
-        self.endpoint = Endpoint(timers=FAST, user_agent=f"phone-{user}")
+        self.endpoint = Endpoint(timers=FAST, user_agent=f"phone-{user}", transports=transports)
         self.ua = UserAgent(self.endpoint, self._handle)
         self.calls: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.invites: list[IncomingRequest] = []
@@ -285,10 +289,11 @@ class RtpSocket(asyncio.DatagramProtocol):
 
 class Provider:
     """The telephone provider's side of the trunk: calls the office's numbers (no credentials: the office
-    trusts its source address) and answers the office's calls out, with SDP pointing at :attr:`rtp`."""
+    trusts its source address) and answers the office's calls out, with SDP pointing at :attr:`rtp`. Its
+    listener is made by ``transports`` (a socket by default)."""
 
-    def __init__(self, user_agent: str = "provider") -> None:
-        self.endpoint = Endpoint(timers=FAST, user_agent=user_agent)
+    def __init__(self, user_agent: str = "provider", *, transports: TransportFactory = TransportSet) -> None:
+        self.endpoint = Endpoint(timers=FAST, user_agent=user_agent, transports=transports)
         self.ua = UserAgent(self.endpoint, self._handle)
         self.calls: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.rtp = RtpSocket()

@@ -43,7 +43,15 @@ from .transaction import (
     TransactionLayer,
     TransportFailed,
 )
-from .transport import Flow, ListenSpec, TransportError, TransportName, TransportSet, parse_listen_spec
+from .transport import (
+    Flow,
+    ListenSpec,
+    MessageCallback,
+    TransportError,
+    TransportName,
+    TransportSet,
+    parse_listen_spec,
+)
 from .uri import NameAddr, SipUri, parse_name_addr
 
 __all__ = [
@@ -54,6 +62,7 @@ __all__ = [
     "Screen",
     "TimerUser",
     "Tracer",
+    "TransportFactory",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,12 @@ Screen = Callable[[Request, Flow], Response | bool]
 #: Sees every SIP message the endpoint receives ("in") or sends ("out"): its raw bytes and its flow
 #: (see :meth:`Endpoint.add_tracer`).
 Tracer = Callable[[Literal["in", "out"], bytes, Flow], None]
+#: Builds an endpoint's transports from the callbacks it hands them (a message received, a TCP connection
+#: closed, "does a call use this flow"): ``TransportSet``, whose listeners are sockets, unless a test
+#: harness hands in one whose datagrams travel in memory.
+TransportFactory = Callable[
+    [MessageCallback, Limits, Callable[[Flow], None], Callable[[Flow], bool]], TransportSet
+]
 _MAGIC = "z9hG4bK"
 
 
@@ -242,6 +257,9 @@ class Endpoint:
     Tracers run synchronously on the event loop, in the order added: keep them quick (queue the bytes if
     writing them may block). One that raises is logged and the endpoint carries on. With no tracer the
     receive and send paths pay one truth test.
+
+    ``transports`` builds the listeners (:data:`TransportFactory`): sockets by default; a test harness
+    passes one that carries the same bytes through memory, so whole call flows run without sockets.
     """
 
     def __init__(
@@ -253,6 +271,7 @@ class Endpoint:
         limits: Limits = DEFAULT_LIMITS,
         user_agent: str = "durchwahl/0.1",
         rng: random.Random | None = None,
+        transports: TransportFactory = TransportSet,
     ) -> None:
         self.handler = handler
         self.core = core or CoreConfig()
@@ -273,7 +292,7 @@ class Endpoint:
         #: carry a registration are kept until it expires without asking (see ``_hold_registration``).
         self.connection_in_use: Callable[[Flow], bool] | None = None
         self._tracers: tuple[Tracer, ...] = ()
-        self._transports = TransportSet(self._on_bytes, limits, self._connection_closed, self._in_use)
+        self._transports = transports(self._on_bytes, limits, self._connection_closed, self._in_use)
         self._transports.on_unframable = self._answer_unframable
         self._layer = TransactionLayer(tag_factory=self.new_tag, timers=self.timers, limits=limits)
         self._incoming: dict[TransactionHandle, IncomingRequest] = {}

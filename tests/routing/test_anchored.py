@@ -1,7 +1,7 @@
-"""Item 7 of issue 5: media anchored by default (``[server] anchor_media``, what ``durchwahl serve`` does) for
-calls to employees and groups too — flows 1, 2 and 4 end to end over loopback with real RTP sockets: every
-leg is offered the office's address, and RTP goes phone → office → phone, renumbered (NAT-safe: the office
-answers where packets come from)."""
+"""Media anchored by default (``[server] anchor_media``, what ``durchwahl serve`` does) for calls to employees
+and groups too — internal, trunk and group calls end to end on the call-flow harness, RTP through the real
+media code: every leg is offered the office's address, and RTP goes phone → office → phone, renumbered
+(NAT-safe: the office answers where packets come from)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 import test_flows
+from harness import RtpSink, answered, ended, event_of
 from phones import Phone, Script, sdp
-from test_flows import DIRECT, GROUP, Office, RtpSink, answered, audio, ended, event_of
+from test_flows import DIRECT, GROUP, Office, audio
 
 from media.sdp import parse_sdp
 from routing.calls.media_anchor import media_address
 from sipcore.session import Answered, Confirmed, TerminationReason
 
-office = test_flows.office  # the fixture: an office, a provider trunk and phones on loopback
+office = test_flows.office  # the fixture: an office, a provider trunk and phones on the harness
+pytestmark = pytest.mark.virtual_time
 
 
 @pytest.fixture

@@ -1,23 +1,19 @@
-"""Flow 1 of issue 5 end to end over loopback: simulated phones register and call each other via the B2BUA."""
+"""Calls between employees end to end on the call-flow harness: simulated phones register and call each
+other via the B2BUA, over the memory network on a virtual clock."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from phones import FAST, Phone, Script
+from harness import Office, ended, event_of, failure
+from phones import Script
 
-from routing.b2bua import B2bua
 from routing.calls.leg import passthrough
 from routing.directory_file import load_directory
-from routing.location import InMemoryLocationStore
-from routing.registrar_service import RegistrarService
 from routing.resolver import Resolver
-from sipcore import Endpoint, IncomingRequest
-from sipcore.core import CoreConfig
 from sipcore.message import Request
 from sipcore.session import (
     Answered,
@@ -29,17 +25,13 @@ from sipcore.session import (
     ReinviteAnswered,
     ReinviteFailed,
     ReinviteReceived,
-    SessionEvent,
-    Terminated,
     TerminationReason,
 )
-from sipcore.ua import Call, CallFailed, UserAgent
 
-SECRET = b"0123456789abcdef0123456789abcdef"
 PASSWORDS = {"101": "anna-secret", "102": "bernd-secret", "103": "carla-secret"}
-CORE = CoreConfig(allowed_methods=("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER"))
-ANSWER = Script("answer")
 ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+pytestmark = pytest.mark.virtual_time  # the harness: a memory network and a virtual clock
 
 
 def write_office(folder: Path) -> Path:
@@ -52,69 +44,10 @@ def write_office(folder: Path) -> Path:
     return path
 
 
-@dataclass
-class Office:
-    endpoint: Endpoint
-    b2bua: B2bua
-    port: int
-    phones: list[Phone] = field(default_factory=list)
-
-    async def phone(self, extension: str, script: Script = ANSWER) -> Phone:
-        phone = await Phone(extension, PASSWORDS[extension], self.port, script=script).start()
-        self.phones.append(phone)
-        return phone
-
-
 @pytest.fixture
 async def office(tmp_path: Path) -> AsyncIterator[Office]:
-    directory = load_directory(write_office(tmp_path))
-    registrar = RegistrarService(directory, InMemoryLocationStore(), secret=SECRET)
-    endpoint = Endpoint(core=CORE, timers=FAST)
-    holder: list[B2bua] = []
-
-    def dispatch(incoming: IncomingRequest) -> Awaitable[None] | None:
-        method = incoming.request.method
-        if method == "REGISTER":
-            return registrar.handle(incoming)
-        if method == "INVITE":
-            return holder[0].handle(incoming)
-        if method == "OPTIONS":
-            endpoint.answer_options(incoming)
-        else:
-            incoming.respond(405)
-        return None
-
-    ua = UserAgent(endpoint, dispatch)
-    b2bua = B2bua(ua, registrar, directory, Resolver(directory), ring_seconds=2.0)
-    holder.append(b2bua)
-    _, port = await endpoint.listen("udp:127.0.0.1:0")
-    result = Office(endpoint, b2bua, port)
-    try:
+    async with Office.open(load_directory(write_office(tmp_path)), ring_seconds=2.0) as result:
         yield result
-    finally:
-        for phone in result.phones:
-            await phone.close()
-        await endpoint.close()
-
-
-async def event_of(call: Call, kind: type[SessionEvent], timeout: float = 3.0) -> SessionEvent:
-    async with asyncio.timeout(timeout):
-        while True:
-            _, event = await call.events.get()
-            if isinstance(event, kind):
-                return event
-
-
-async def ended(call: Call, timeout: float = 3.0) -> Terminated:
-    async with asyncio.timeout(timeout):
-        return await call.wait_ended()
-
-
-async def failure(call: Call, timeout: float = 3.0) -> CallFailed:
-    with pytest.raises(CallFailed) as failed:
-        async with asyncio.timeout(timeout):
-            await call.wait_answered()
-    return failed.value
 
 
 async def test_every_device_rings_the_first_answer_wins_the_other_is_cancelled(office: Office) -> None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from harness import answered, ended, event_of, network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from phones import sdp
-from test_flows import DIRECT, Office, answered, ended, event_of, office
+from test_flows import DIRECT, Office, office
 
 from media.relay import Side
 from routing.calls.watch import CallWatch, WatchPolicy
@@ -123,24 +124,29 @@ async def direct_call(office: Office, *headers: tuple[str, str]) -> OutgoingCall
     )
 
 
+@pytest.mark.virtual_time
 async def test_a_callee_that_never_answers_our_bye_still_leaves_no_call(office: Office) -> None:
     office.b2bua.cdr = records = InMemoryCdrStore()
     anna = await office.phone("101")
+    phone = anna.endpoint.local_address("UDP")
     call = await direct_call(office)
     leg = await anna.next_call()
     await event_of(leg, Confirmed)
     await answered(call)
-    anna.endpoint._on_bytes = lambda data, flow: None  # type: ignore[method-assign]  # the phone vanished
+    network().drop = lambda data, source, destination: destination == phone  # the phone vanished
     call.bye()
     assert (await ended(call)).reason is TerminationReason.LOCAL_BYE  # the caller's BYE is answered at once
     await office.idle()  # the call is over on our side: status lists nothing
     (record,) = records.records
     assert record.disposition is Disposition.ANSWERED
-    async with asyncio.timeout(8):  # our BYE to the phone gives up after Timer F (64 * T1 = 3.2 s here)
+    assert office.b2bua.ua.calls  # our BYE to the phone is still retransmitted …
+    async with asyncio.timeout(8):  # … and gives up after Timer F (64 * T1 = 3.2 s here)
         while office.b2bua.ua.calls:
             await asyncio.sleep(0.05)
+    assert network().dropped >= 2  # the BYE and its retransmissions went nowhere
 
 
+@pytest.mark.virtual_time
 async def test_rtp_silence_ends_an_anchored_call_on_both_legs(office: Office) -> None:
     office.b2bua.anchor_media = True
     office.b2bua.watch = WatchPolicy(rtp_timeout=1.0)
@@ -154,6 +160,7 @@ async def test_rtp_silence_ends_an_anchored_call_on_both_legs(office: Office) ->
     await office.idle()
 
 
+@pytest.mark.virtual_time
 async def test_a_held_call_is_not_ended_for_its_silence(office: Office) -> None:
     office.b2bua.anchor_media = True
     office.b2bua.watch = WatchPolicy(rtp_timeout=1.0)
@@ -175,6 +182,7 @@ async def test_a_held_call_is_not_ended_for_its_silence(office: Office) -> None:
     await office.idle()
 
 
+@pytest.mark.virtual_time
 async def test_the_maximum_duration_ends_both_legs_with_a_reason(office: Office) -> None:
     office.b2bua.watch = WatchPolicy(max_seconds=1.0)
     anna = await office.phone("101")
@@ -191,6 +199,7 @@ async def test_the_maximum_duration_ends_both_legs_with_a_reason(office: Office)
     assert b'Reason: Q.850;cause=102;text="maximum call duration (1 s) reached"' in bye
 
 
+@pytest.mark.virtual_time
 async def test_session_timers_a_refresh_keeps_the_call_a_missed_one_ends_it(office: Office) -> None:
     office.b2bua.timers = TimerPolicy(interval=3, min_se=2)
     office.b2bua.anchor_media = True  # the UPDATEs are answered by us (relayed, the phone here says 405)
@@ -213,6 +222,7 @@ async def test_session_timers_a_refresh_keeps_the_call_a_missed_one_ends_it(offi
     await office.idle()
 
 
+@pytest.mark.virtual_time
 async def test_too_short_a_session_interval_is_422_with_our_min_se(office: Office) -> None:
     office.b2bua.timers = TimerPolicy(interval=1800, min_se=90)
     call = await direct_call(office, ("Supported", "timer"), ("Session-Expires", "30"))

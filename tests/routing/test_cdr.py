@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from harness import answered, ended, event_of, network
 from phones import Phone, Script, sdp
 from test_flows import (
     DIRECT,
@@ -18,10 +19,7 @@ from test_flows import (
     PASSWORDS,
     SHORT,
     Office,
-    answered,
     answered_anchored,
-    ended,
-    event_of,
     office,
     send_digits,
 )
@@ -31,6 +29,7 @@ from sipcore.session import Confirmed
 from sipcore.ua import CallFailed
 
 __all__ = ["office"]  # the fixture of test_flows, shared
+pytestmark = pytest.mark.virtual_time  # the call-flow harness: a memory network and a virtual clock
 
 
 def record(call_id: str, **changes: object) -> CallRecord:
@@ -130,7 +129,7 @@ async def cdr(office: Office, tmp_path: Path) -> AsyncIterator[SqliteCdrStore]:
 
 async def test_internal_call_answered_and_busy_rows(office: Office, cdr: SqliteCdrStore) -> None:
     anna = await office.phone("101")
-    bernd = await Phone("102", PASSWORDS["102"], office.port).start()
+    bernd = await Phone("102", PASSWORDS["102"], office.port, transports=network().transports).start()
     office.phones.append(bernd)
     call = bernd.dial("101")
     async with asyncio.timeout(3):

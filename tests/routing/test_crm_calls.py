@@ -1,20 +1,19 @@
-"""Flow 5 of issue 5 end to end over loopback: an employee dials a CRM number; the call goes out through the
-trunk to a simulated provider (which challenges with 407 once), media is anchored, and the post-dial digits
-reach the provider's RTP socket after the answer — as RFC 4733 events, or as tones when its SDP lacks
-telephone-event."""
+"""Calls to CRM contacts end to end on the call-flow harness: an employee dials a CRM number; the call goes
+out through the trunk to a simulated provider (which challenges with 407 once), media is anchored, and the
+post-dial digits reach the provider's RTP socket after the answer — as RFC 4733 events, or as tones when its
+SDP lacks telephone-event."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import harness
 import pytest
-from phones import FAST, Phone, Script, sdp
-from test_b2bua import failure
-from test_flows import RtpSink, ended, event_of, rtp_socket
+from harness import RtpSink, ended, event_of, failure, network, rtp_socket
+from phones import FAST, Phone, sdp
 
 from media.dtmf_inband import InbandDetector
 from media.dtmf_rfc4733 import DTMF_EVENTS, parse_telephone_event
@@ -22,23 +21,20 @@ from media.g711 import ulaw_decode
 from media.rtp import RtpPacket
 from media.sdp import parse_sdp
 from media.session import PortAllocator
-from routing.b2bua import B2bua
 from routing.calls.outbound import external_failure, trunk_identity, trunk_uri
 from routing.cdr import Disposition, InMemoryCdrStore
 from routing.directory import Directory
 from routing.directory_file import load_directory
 from routing.events import DigitSent
-from routing.location import InMemoryLocationStore
-from routing.registrar_service import RegistrarService
 from routing.resolver import Resolver, ResolverConfig
 from sipcore import Endpoint, IncomingRequest
 from sipcore.auth import Authenticated, DigestSecret, DigestServer
-from sipcore.core import CoreConfig
+from sipcore.endpoint import TransportFactory
 from sipcore.session import Confirmed, ProvisionalReceived, TerminationReason
+from sipcore.transport import TransportSet
 from sipcore.ua import CallFailed, IncomingCall, UserAgent
 
 SECRET = b"0123456789abcdef0123456789abcdef"
-CORE = CoreConfig(allowed_methods=("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER"))
 TRUNK_USER, TRUNK_PASSWORD = "office-account", "trunk-secret"
 
 CLIENT = "+49891234567"
@@ -92,8 +88,8 @@ class TrunkProvider:
     """The provider's side of the trunk: challenges each new INVITE once with 407, then answers it (or
     rejects it with ``reject``) with SDP pointing at its RTP socket."""
 
-    def __init__(self) -> None:
-        self.endpoint = Endpoint(timers=FAST, user_agent="provider")
+    def __init__(self, transports: TransportFactory = TransportSet) -> None:
+        self.endpoint = Endpoint(timers=FAST, user_agent="provider", transports=transports)
         self.ua = UserAgent(self.endpoint, self._handle)
         self.digest = DigestServer("provider.example", secret=SECRET, algorithms=("MD5",))
         self.invites: list[IncomingRequest] = []
@@ -149,74 +145,39 @@ class TrunkProvider:
             self.rtp.transport.close()
 
 
-@dataclass
-class Office:
-    b2bua: B2bua
-    port: int
+class Office(harness.Office):
+    """The harness's office with its trunk's provider and a CDR store."""
+
     provider: TrunkProvider
     cdr: InMemoryCdrStore
-    phones: list[Phone] = field(default_factory=list)
-    sinks: list[RtpSink] = field(default_factory=list)
 
     async def anna(self) -> tuple[Phone, RtpSink]:
-        phone = await Phone("101", "anna-secret", self.port, script=Script("answer")).start()
-        self.phones.append(phone)
-        sink = await rtp_socket()
-        self.sinks.append(sink)
+        phone = await self.phone("101")
+        sink = await self.sink()
         phone.sdp = sdp("phone-101", sink.port)
         return phone, sink
 
-    async def idle(self) -> None:
-        async with asyncio.timeout(3):
-            while self.b2bua.active:
-                await asyncio.sleep(0.01)
+
+pytestmark = pytest.mark.virtual_time  # the harness: a memory network and a virtual clock
 
 
 @pytest.fixture
 async def office(tmp_path: Path) -> AsyncIterator[Office]:
-    provider = await TrunkProvider().start()
+    provider = await TrunkProvider(network().transports).start()
     text = OFFICE.format(port=provider.port, user=TRUNK_USER, password=TRUNK_PASSWORD)
     (tmp_path / "office.toml").write_text(text, encoding="utf-8")
     directory = load_directory(tmp_path / "office.toml")
-    registrar = RegistrarService(directory, InMemoryLocationStore(), secret=SECRET)
-    endpoint = Endpoint(core=CORE, timers=FAST)
-    holder: list[B2bua] = []
-
-    def dispatch(incoming: IncomingRequest) -> Awaitable[None] | None:
-        method = incoming.request.method
-        if method == "REGISTER":
-            return registrar.handle(incoming)
-        if method == "INVITE":
-            return holder[0].handle(incoming)
-        incoming.respond(405)
-        return None
-
-    ua = UserAgent(endpoint, dispatch)
     cdr = InMemoryCdrStore()
-    b2bua = B2bua(
-        ua,
-        registrar,
+    async with Office.open(
         directory,
-        Resolver(directory, ResolverConfig(default_scope="crm")),
+        resolver=Resolver(directory, ResolverConfig(default_scope="crm")),
         ring_seconds=2.0,
         dial_out_seconds=3.0,
         ports=PortAllocator(*directory.server.rtp_ports),
         cdr=cdr,
-    )
-    holder.append(b2bua)
-    _, port = await endpoint.listen("udp:127.0.0.1:0")
-    result = Office(b2bua, port, provider, cdr)
-    try:
+    ) as result:
+        result.provider, result.cdr = result.add(provider), cdr
         yield result
-    finally:
-        await provider.close()
-        for phone in result.phones:
-            await phone.close()
-        for sink in result.sinks:
-            assert sink.transport is not None
-            sink.transport.close()
-        await endpoint.close()
-        await b2bua.media_clock.close()
 
 
 def events_in(packets: list[RtpPacket]) -> str:

@@ -9,9 +9,10 @@ import asyncio
 import attrs
 import pytest
 import test_crm_calls
+from harness import answered, ended, event_of
 from phones import sdp
 from test_crm_calls import CLIENT, Office, events_in, wait_until
-from test_flows import DIRECT, answered, ended, event_of, office
+from test_flows import DIRECT, office
 
 from media.dtmf_rfc4733 import parse_telephone_event
 from routing.cdr import Disposition, InMemoryCdrStore
@@ -22,6 +23,7 @@ from sipcore.session import Confirmed
 
 crm_office = test_crm_calls.office  # the fixture of the CRM tests: a trunk that answers calls out
 __all__ = ["crm_office", "office"]
+pytestmark = pytest.mark.virtual_time  # the harness: a memory network and a virtual clock
 
 
 @pytest.mark.parametrize("spelling", ["+4989123456", "004989123456", "089123456", "4989123456"])

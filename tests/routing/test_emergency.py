@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from harness import RtpSink, ended, rtp_socket
 from phones import Phone, Script, sdp
 from test_crm_calls import TRUNK_PASSWORD, TRUNK_USER, TrunkProvider
-from test_flows import RtpSink, ended, rtp_socket
 
 from media.rtp import RtpPacket
 from media.sdp import parse_sdp

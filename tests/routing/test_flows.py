@@ -1,44 +1,43 @@
-"""Flows 2, 3 and 4 of issue 5 end to end over loopback: a simulated provider (a trunk, no auth) calls the
-office's numbers; simulated phones ring and answer; RTP digits and media go over real UDP sockets."""
+"""Calls from the trunk end to end on the call-flow harness: a simulated provider (a trunk, no auth) calls
+the office's numbers; simulated phones ring and answer; greetings, RTP digits and relayed media go through
+the real media code over the memory network, on a virtual clock."""
 
 from __future__ import annotations
 
 import asyncio
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
+import harness
 import numpy as np
 import pytest
-from phones import FAST, Phone, Script, sdp
+from harness import RtpSink, answered, ended, event_of, network
+from phones import FAST, Script, sdp
 
 from media.dtmf_info import DTMF_RELAY_CONTENT_TYPE, format_dtmf_relay
 from media.dtmf_rfc4733 import TelephoneEventSender
 from media.errors import SdpError
 from media.g711 import ulaw_decode
-from media.rtp import RtpPacket, parse
+from media.rtp import RtpPacket
 from media.sdp import Origin, parse_sdp
 from media.session import PortAllocator, RtpSession
-from routing.b2bua import B2bua
 from routing.calls.greeting import ExtensionCollection
 from routing.calls.media_anchor import media_address, plan_answer, ringback
 from routing.collector import DigitCollector, ExtensionDialled, NoExtension, NoExtensionReason
 from routing.directory import Directory, Strategy
 from routing.directory_file import load_directory
-from routing.location import InMemoryLocationStore
-from routing.registrar_service import RegistrarService
 from routing.resolver import Resolver
-from sipcore import Endpoint, IncomingRequest
-from sipcore.core import CoreConfig
-from sipcore.session import Answered, Confirmed, SessionEvent, Terminated, TerminationReason
-from sipcore.ua import Call, CallFailed, OutgoingCall, UserAgent
+from sipcore import Endpoint
+from sipcore.endpoint import TransportFactory
+from sipcore.session import Answered, Confirmed, TerminationReason
+from sipcore.transport import TransportSet
+from sipcore.ua import CallFailed, OutgoingCall, UserAgent
 
-SECRET = b"0123456789abcdef0123456789abcdef"
 PASSWORDS = {"101": "anna-secret", "102": "bernd-secret", "103": "carla-secret"}
 ANSWER = Script("answer")
-CORE = CoreConfig(allowed_methods=("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "UPDATE", "REGISTER"))
+pytestmark = pytest.mark.virtual_time  # the harness: a memory network and a virtual clock
 
 DIRECT = "+49301111111"  # no extension processing: rings 101
 GREETING = "+49302222222"  # extension processing, a long greeting; default 102
@@ -123,49 +122,12 @@ def write_wav(path: Path, seconds: float) -> None:
         out.writeframes(samples.tobytes())
 
 
-class RtpSink(asyncio.DatagramProtocol):
-    """A raw RTP socket: remembers what it receives."""
-
-    def __init__(self) -> None:
-        self.packets: list[RtpPacket] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.packets.append(parse(data))
-
-    @property
-    def port(self) -> int:
-        assert self.transport is not None
-        return int(self.transport.get_extra_info("sockname")[1])
-
-    def send(self, packet: RtpPacket, to: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(bytes(packet), to)
-
-    async def wait_for(self, predicate: Callable[[RtpPacket], bool], timeout: float = 3.0) -> RtpPacket:
-        async with asyncio.timeout(timeout):
-            while True:
-                found = next((p for p in self.packets if predicate(p)), None)
-                if found is not None:
-                    return found
-                await asyncio.sleep(0.01)
-
-
-async def rtp_socket() -> RtpSink:
-    loop = asyncio.get_running_loop()
-    _, sink = await loop.create_datagram_endpoint(RtpSink, local_addr=("127.0.0.1", 0))
-    return sink
-
-
 class Provider:
     """A trunk calling in: no registration, no credentials (the office trusts its source address)."""
 
-    def __init__(self, server_port: int) -> None:
+    def __init__(self, server_port: int, transports: TransportFactory = TransportSet) -> None:
         self.server_port = server_port
-        self.endpoint = Endpoint(timers=FAST, user_agent="provider")
+        self.endpoint = Endpoint(timers=FAST, user_agent="provider", transports=transports)
         self.ua = UserAgent(self.endpoint)
 
     async def start(self) -> Provider:
@@ -186,28 +148,10 @@ class Provider:
         await self.endpoint.close()
 
 
-@dataclass
-class Office:
-    b2bua: B2bua
-    port: int
+class Office(harness.Office):
+    """The harness's office with a provider trunk calling in."""
+
     provider: Provider
-    phones: list[Phone] = field(default_factory=list)
-    sinks: list[RtpSink] = field(default_factory=list)
-
-    async def phone(self, extension: str, script: Script = ANSWER) -> Phone:
-        phone = await Phone(extension, PASSWORDS[extension], self.port, script=script).start()
-        self.phones.append(phone)
-        return phone
-
-    async def sink(self) -> RtpSink:
-        sink = await rtp_socket()
-        self.sinks.append(sink)
-        return sink
-
-    async def idle(self) -> None:
-        async with asyncio.timeout(3):
-            while self.b2bua.active:
-                await asyncio.sleep(0.01)
 
 
 def short_rings(directory: Directory) -> Directory:
@@ -221,62 +165,10 @@ async def office(tmp_path: Path) -> AsyncIterator[Office]:
     write_wav(tmp_path / "short.wav", 0.3)
     (tmp_path / "office.toml").write_text(OFFICE, encoding="utf-8")
     directory = short_rings(load_directory(tmp_path / "office.toml"))
-    registrar = RegistrarService(directory, InMemoryLocationStore(), secret=SECRET)
-    endpoint = Endpoint(core=CORE, timers=FAST)
-    holder: list[B2bua] = []
-
-    def dispatch(incoming: IncomingRequest) -> Awaitable[None] | None:
-        method = incoming.request.method
-        if method == "REGISTER":
-            return registrar.handle(incoming)
-        if method == "INVITE":
-            return holder[0].handle(incoming)
-        incoming.respond(405)
-        return None
-
-    ua = UserAgent(endpoint, dispatch)
-    b2bua = B2bua(
-        ua,
-        registrar,
-        directory,
-        Resolver(directory),
-        ring_seconds=2.0,
-        ports=PortAllocator(*directory.server.rtp_ports),
-    )
-    holder.append(b2bua)
-    _, port = await endpoint.listen("udp:127.0.0.1:0")
-    provider = await Provider(port).start()
-    result = Office(b2bua, port, provider)
-    try:
+    ports = PortAllocator(*directory.server.rtp_ports)
+    async with Office.open(directory, ring_seconds=2.0, ports=ports) as result:
+        result.provider = result.add(await Provider(result.port, network().transports).start())
         yield result
-    finally:
-        await provider.close()
-        for phone in result.phones:
-            await phone.close()
-        for sink in result.sinks:
-            assert sink.transport is not None
-            sink.transport.close()
-        await endpoint.close()
-        await b2bua.media_clock.close()
-
-
-async def event_of(call: Call, kind: type[SessionEvent], timeout: float = 3.0) -> SessionEvent:
-    async with asyncio.timeout(timeout):
-        while True:
-            _, event = await call.events.get()
-            if isinstance(event, kind):
-                return event
-
-
-async def ended(call: Call, timeout: float = 3.0) -> Terminated:
-    async with asyncio.timeout(timeout):
-        return await call.wait_ended()
-
-
-async def answered(call: OutgoingCall, timeout: float = 3.0) -> bytes:
-    async with asyncio.timeout(timeout):
-        ok = await call.wait_answered()
-    return ok.body
 
 
 async def send_digits(sink: RtpSink, digits: str, to: tuple[str, int]) -> None:

@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from harness import answered, ended, event_of, rtp_socket
 from phones import Script, sdp
 from test_flows import (
     DIRECT,
     GREETING,
     Office,
     Provider,
-    answered,
     answered_anchored,
-    ended,
-    event_of,
     office,
-    rtp_socket,
     send_digits,
 )
 from test_server import copy_office
@@ -28,6 +26,7 @@ from routing.server import Server
 from sipcore.session import Confirmed, DialogResponseReceived, TerminationReason
 
 __all__ = ["office"]  # the fixture, used by name
+pytestmark = pytest.mark.virtual_time  # the harness: a memory network and a virtual clock
 
 
 async def test_an_extension_with_no_phone_goes_on_to_the_numbers_default(office: Office) -> None:
@@ -84,6 +83,7 @@ async def test_a_call_whose_employee_has_no_phone_is_unavailable_not_unanswered(
     assert record.disposition is Disposition.UNAVAILABLE and record.status == 480
 
 
+@pytest.mark.virtual_time(False)  # the assembled server, on sockets
 async def test_a_refer_during_the_greeting_is_refused_at_once(tmp_path: Path) -> None:
     """Through the assembled server (which takes REFER in dialogs): it waited until the call ended."""
     async with Server(copy_office(tmp_path), listen=("udp:127.0.0.1:0",), control=False) as server:

@@ -1,4 +1,4 @@
-"""Flow 6 of issue 5 (mid-call) end to end over loopback: hold on anchored calls, 491 glare across the
+"""Mid-call requests end to end on the call-flow harness: hold on anchored calls, 491 glare across the
 bridge, BYE during a relayed re-INVITE, requests held before the bridge, UPDATE; and the ``evenly``
 ring-group state surviving a restart."""
 
@@ -11,19 +11,9 @@ import json
 import attrs
 import pytest
 import test_flows
+from harness import CORE, RtpSink, answered, ended, event_of
 from phones import Phone, Script, sdp
-from test_flows import (
-    CORE,
-    DIRECT,
-    GROUP,
-    SHORT,
-    Office,
-    RtpSink,
-    answered,
-    audio,
-    ended,
-    event_of,
-)
+from test_flows import DIRECT, GROUP, SHORT, Office, audio
 
 import routing.calls.leg as leg_module
 from media.sdp import parse_sdp
@@ -45,7 +35,8 @@ from sipcore.session import (
 )
 from sipcore.ua import Call, IncomingCall, OutgoingCall
 
-office = test_flows.office  # the fixture: an office, a provider trunk and phones on loopback
+office = test_flows.office  # the fixture: an office, a provider trunk and phones on the harness
+pytestmark = pytest.mark.virtual_time
 
 
 def direction(body: bytes) -> str:

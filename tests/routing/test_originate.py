@@ -1,4 +1,4 @@
-"""Click-to-call (flow 5 of issue 5, second half) end to end over loopback: ``B2bua.originate`` rings the
+"""Click-to-call end to end on the call-flow harness: ``B2bua.originate`` rings the
 employee's phone first and, once it answers, calls the client through the trunk (the simulated provider of
 :mod:`test_crm_calls`, which challenges with 407 once), sends the post-dial digits as RFC 4733 events after
 the client's answer, and bridges the two legs."""
@@ -9,10 +9,11 @@ import asyncio
 import gc
 import weakref
 
+import pytest
 import test_crm_calls
-from phones import Phone, Script
+from harness import ended, event_of
+from phones import Script
 from test_crm_calls import CLIENT, CRM_WITH_EXTENSION, TRUNK_USER, Office, events_in, wait_until
-from test_flows import ended, event_of
 
 from media.dtmf_rfc4733 import parse_telephone_event
 from routing.cdr import Disposition
@@ -20,6 +21,7 @@ from routing.events import CallStarted
 from sipcore.session import Confirmed, TerminationReason
 
 office = test_crm_calls.office  # the fixture: the office, the provider trunk and its RTP socket
+pytestmark = pytest.mark.virtual_time  # the call-flow harness: a memory network and a virtual clock
 
 
 async def test_originate_rings_the_employee_then_calls_the_client_and_bridges(office: Office) -> None:
@@ -82,8 +84,7 @@ async def test_originate_rings_the_employee_then_calls_the_client_and_bridges(of
 
 
 async def test_originate_gives_up_when_the_employee_does_not_answer(office: Office) -> None:
-    anna = await Phone("101", "anna-secret", office.port, script=Script("ignore")).start()
-    office.phones.append(anna)
+    anna = await office.phone("101", Script("ignore"))
     async with asyncio.timeout(5):
         record = await office.b2bua.originate("101", CRM_WITH_EXTENSION)  # ring_seconds=2
     (leg,) = [anna.calls.get_nowait()]
@@ -98,8 +99,7 @@ async def test_originate_gives_up_when_the_employee_does_not_answer(office: Offi
 async def test_a_click_to_call_nobody_took_is_freed_without_the_cyclic_collector(office: Office) -> None:
     """Its event queue held ``(leg, event)`` for legs whose ``events`` is that queue: a cycle per leg that
     only the cyclic GC (run seldom in a server, ``routing.server.tune_gc``) would free, with the session."""
-    anna = await Phone("101", "anna-secret", office.port, script=Script("ignore")).start()
-    office.phones.append(anna)
+    await office.phone("101", Script("ignore"))
     gc.collect()
     gc.disable()
     try:

@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+from harness import answered, ended
 from phones import Phone, Script
-from test_flows import answered, ended
 from test_server import copy_office
 
 from routing.server import Server

@@ -1,6 +1,7 @@
-"""Blind call transfer (REFER, RFC 3515; RFC 5589 §6) end to end over loopback: simulated phones send REFER
-inside their call through the B2BUA; what they see on the wire is checked (202, NOTIFY with message/sipfrag,
-the target's INVITE, the re-INVITE that connects the transferee, BYE), and the media that flows after."""
+"""Call transfer (REFER, RFC 3515; RFC 5589 §6; Replaces, RFC 3891) end to end on the call-flow harness:
+simulated phones send REFER inside their call through the B2BUA; what they see on the wire is checked (202,
+NOTIFY with message/sipfrag, the target's INVITE, the re-INVITE that connects the transferee, BYE), and the
+media that flows after."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from urllib.parse import quote
 import attrs
 import pytest
 import test_flows
+from harness import CORE, RtpSink, answered, ended, event_of, network
 from phones import Phone, Script, sdp
-from test_flows import CORE, DIRECT, SHORT, Office, RtpSink, answered, ended, event_of
+from test_flows import DIRECT, SHORT, Office
 from test_midcall import audio_in, direction, exchange, with_direction
 from test_server import copy_office
 
@@ -51,7 +53,8 @@ from sipcore.session import (
 from sipcore.ua import Call, IncomingCall, OutgoingCall
 from sipcore.uri import SipUri
 
-flows_office = test_flows.office  # the fixture: an office, a provider trunk and phones on loopback
+flows_office = test_flows.office  # the fixture: an office, a provider trunk and phones on the harness
+pytestmark = pytest.mark.virtual_time
 
 #: What the simulated phones take: NOTIFY besides the usual (the transferor's side of RFC 3515).
 PHONE_CORE = CoreConfig(
@@ -448,7 +451,8 @@ async def test_transfer_to_an_external_number_goes_out_through_the_trunk_with_it
     cdr = InMemoryCdrStore()
     office.b2bua.cdr = cdr
     facts = facts_of(office)
-    client = await DemoProvider().start()  # the provider's side of calls out: answers them at once
+    # The provider's side of calls out: answers them at once.
+    client = await DemoProvider(transports=network().transports).start()
     try:
         point_trunk_at(office, client.port)
         call, rtp, where, leg, _, _ = await anchored(office)
@@ -478,7 +482,7 @@ async def test_transfer_to_an_external_number_goes_out_through_the_trunk_with_it
 
 async def test_employee_transfers_the_client_of_a_click_to_call_to_a_colleague(office: Office) -> None:
     """The caller's side of an anchored call is replaced: the target takes the employee's RTP side."""
-    client = await DemoProvider().start()
+    client = await DemoProvider(transports=network().transports).start()
     try:
         point_trunk_at(office, client.port)
         anna, _ = await phone(office, "101")
@@ -780,7 +784,7 @@ async def test_attended_transfer_to_an_anchored_call_out_releases_its_anchor(off
     """The held call is internal (not anchored), the consultation a call out (anchored): the client gets an
     offerless re-INVITE, its own offer goes to the transferee, and media flows between them directly."""
     facts = facts_of(office)
-    client = await DemoProvider().start()
+    client = await DemoProvider(transports=network().transports).start()
     try:
         point_trunk_at(office, client.port)
         anna, _ = await phone(office, "101")
@@ -912,6 +916,7 @@ async def test_the_transferee_hears_ringback_while_the_target_rings(office: Offi
 # ------------------------------------------------------------------------------------ the server
 
 
+@pytest.mark.virtual_time(False)  # the assembled server, on loopback
 async def test_the_server_announces_transferred_and_refuses_a_refer_outside_a_call(tmp_path: Path) -> None:
     config = copy_office(tmp_path)
     seen: list[CallTransferred] = []
