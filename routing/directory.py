@@ -23,6 +23,7 @@ from .dialstring import (
 )
 from .emergency import default_emergency_numbers
 from .errors import ConfigProblem
+from .monitoring_config import NO_MONITORING, Monitoring
 
 __all__ = [
     "DEFAULT_NUMBERING",
@@ -136,6 +137,8 @@ class ServerConfig:
     emergency_trunk: str | None = None
     #: The SIP stack's limits; the ``tcp_*`` keys set its TCP connection caps and timeouts (read at start).
     limits: Limits = DEFAULT_LIMITS
+    #: The metrics endpoint and the security log's own target (both read at start).
+    monitoring: Monitoring = NO_MONITORING
 
     @property
     def realm(self) -> str:

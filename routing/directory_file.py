@@ -62,6 +62,7 @@ from .directory import (
 )
 from .emergency import EMERGENCY_NUMBER_RE, EMERGENCY_NUMBERS
 from .errors import ConfigError, ConfigProblem
+from .monitoring_config import MONITORING_KEYS, read_monitoring
 from .security import broad_network_warning
 
 __all__ = ["load_directory", "read_directory"]
@@ -94,6 +95,7 @@ _TABLES: Final = {
         "emergency_numbers",
         "emergency_trunk",
         *(key for key, _ in _TCP_KEYS),
+        *MONITORING_KEYS,
     },
     "employee": {
         "extension",
@@ -241,6 +243,7 @@ class _Loader:
         emergency = self.emergency_numbers(data, numbering or DEFAULT_NUMBERING)
         emergency_ok = "emergency_numbers" not in data or emergency is not None
         emergency_trunk = c.get("server", None, data, "emergency_trunk", str, None)
+        monitoring = read_monitoring(c, data, self.base)
         tcp: dict[str, int] = {}
         for key, least in _TCP_KEYS:
             value = c.get("server", None, data, key, int) if key in data else None
@@ -272,6 +275,7 @@ class _Loader:
             emergency_numbers=emergency,
             emergency_trunk=emergency_trunk.strip() if emergency_trunk else None,
             limits=attrs.evolve(DEFAULT_LIMITS, **tcp),
+            monitoring=monitoring,
         )
 
     def emergency_numbers(self, data: Mapping[str, Any], numbering: NumberingPlan) -> tuple[str, ...] | None:
@@ -343,12 +347,8 @@ class _Loader:
         try:
             return attrs.evolve(base, **values)
         except DialStringError as exc:
-            c.report(
-                table,
-                index,
-                "international_prefix" if "international_prefix" in data else "trunk_prefix",
-                str(exc),
-            )
+            key = "international_prefix" if "international_prefix" in data else "trunk_prefix"
+            c.report(table, index, key, str(exc))
             return None
 
     # ---------------------------------------------------------------------------------- employees
