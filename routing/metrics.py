@@ -38,7 +38,7 @@ from sipcore.endpoint import IncomingRequest
 from sipcore.message import Request, Response
 from sipcore.transport import Flow
 
-from .cdr import CallRecord
+from .cdr import CallRecord, Disposition
 from .events import CallAnswered, CallStarted, DigitPressed
 from .loadmeter import LoopLag
 from .monitoring_config import MetricsAddress
@@ -153,6 +153,7 @@ class ServerMetrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
+        self._zeros()
         self.lag = lag
         if lag is not None:
             lag.listeners.append(self.loop_lag.observe)
@@ -165,6 +166,25 @@ class ServerMetrics:
         self.rtp_received = _Folded()
         self.rtp_sent = _Folded()
         self.rtp_lost = _Folded()
+
+    def _zeros(self) -> None:
+        """Every series of a known label value exists from the start (at 0), so a rate over it is 0 rather
+        than nothing until the first event."""
+        for event in ("registered", "removed", "expired"):
+            self.registrations.labels(event)
+        for origin in ("trunk", "employee"):
+            self.calls_started.labels(origin)
+            self.calls_answered.labels(origin)
+        for kind in ("internal", "inbound", "outbound"):
+            for disposition in Disposition:
+                self.calls_ended.labels(kind, disposition.value)
+        for outcome in ("success", "failure"):
+            self.setup_delay.labels(outcome)
+        for source in ("rfc4733", "inband", "info"):
+            self.digits.labels(source)
+        for method in ("INVITE", "REGISTER"):
+            for answer in ("dropped", "503"):
+                self.shed.labels(method, answer)
 
     # ------------------------------------------------------------------------------- event hooks
 

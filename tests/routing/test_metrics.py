@@ -5,6 +5,8 @@ the start with a clear error; the endpoint answers nothing but ``GET /metrics``.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -268,3 +270,25 @@ def test_loop_lag_figures() -> None:
     assert seen == pytest.approx([0.004, 0.0, 0.1])
     assert lag.average == pytest.approx(((0.004 / 2) + 0.1) / 2)
     assert lag.take_peak() == pytest.approx(0.1) and lag.take_peak() == 0.0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_the_dashboard_and_the_docs_name_what_the_endpoint_exports(server: Server) -> None:
+    _, body = await http(server, b"GET /metrics HTTP/1.1\r\n\r\n")
+    families = [f for f in text_string_to_metric_families(body.decode()) if f.name.startswith("durchwahl_")]
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {family.name + suffix for family in families for suffix in suffixes[family.type]}
+    dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"durchwahl_[a-z0-9_]+", target["expr"])
+    }
+    assert queried and queried <= exported, sorted(queried - exported)
+    operations = (ROOT / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    named = [f for f in families if not f.name.endswith("_created")]
+    documented = {f.name + ("_total" if f.type == "counter" else "") for f in named}
+    assert {name for name in documented if f"`{name}`" not in operations} == set()
