@@ -249,9 +249,14 @@ class Authenticator:
             log.info("%s from %s: credentials answer a nonce not sent to this address", request.method, flow)
             return Unverified("nonce sent elsewhere")
         now = self._clock()
+        open_before = self.guard.admits(source, now)
         admission = self.guard.admit(source, now, username)
         if admission is not Admission.CHECK:
             self.security.auth_unchecked(flow, request.method, username, admission.value)
+            if open_before and not self.guard.admits(source, now):  # this attempt blocked the whole source
+                state = self.guard.status(source, now)
+                seconds = (state.blocked_until or now) - now
+                self.security.blocked(state.source, None, seconds, "too many attempts refused unchecked")
             return Unverified(f"credentials not checked ({admission.value})")
         proxy = request.get("authorization") is None
         result = self.digest.verify(request, self.directory.credentials, now, proxy=proxy)

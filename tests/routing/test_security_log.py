@@ -257,3 +257,23 @@ def test_syslog_gets_the_line_with_its_tag_and_facility(tmp_path: Path) -> None:
         r'user=101 reason="wrong password"\x00?',
         datagram,
     ), datagram
+
+
+async def test_a_source_blocked_for_its_unchecked_attempts_is_in_the_log(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beyond ``source_attempts`` credentialed attempts refused unchecked, the whole source is blocked."""
+    caplog.set_level(logging.INFO, logger="routing.security")
+    policy = GuardPolicy(throttle_after=1, throttle_interval=600, block_after=50, source_attempts=3)
+    server.registrar.guard = FailureGuard(policy)
+    async with Endpoint() as phone:
+        await phone.listen(f"udp:{PHONE}:0")
+        flow = phone.flow_to("127.0.0.1", port_of(server))
+        for n in range(6):
+            assert (await invite_with(phone, flow, "101", f"guess-{n}", n)).status == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "routing.security"]
+    events = [line.split(" ", 1)[0] for line in lines]
+    assert events == ["auth-failed", "throttled", *["auth-unchecked"] * 4, "blocked", "auth-unchecked"], lines
+    assert lines[6] == (
+        f'blocked source={PHONE} user=* seconds=900 reason="too many attempts refused unchecked"'
+    )
