@@ -12,8 +12,10 @@ through INVITE is throttled and blocked exactly like one guessed through REGISTE
   the endpoint calls before it makes a transaction: no transaction, no retransmitted 401s towards a possibly
   spoofed source, a To tag derived from the request so a retransmission gets the same one, and at most
   ``challenge_rate`` such answers per second per source (beyond it, silence).
-* **Failures are logged as failures** (logger ``routing.security``, one line each, ``key=value``), apart from
-  the challenge every call starts with, which is not logged at all above DEBUG.
+* **Failures are logged as failures** in the security log (:mod:`routing.security_log`: one stable line per
+  event), apart from the challenge every call starts with, which is not logged at all above DEBUG; so are
+  throttling and blocks, sources dropped for their challenge rate, and INVITEs for the office's numbers from
+  an address no trunk is allowed at (:attr:`Authenticator.office_number` says which numbers those are).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -38,12 +39,11 @@ from sipcore.uri import SipUri
 from .challenge_watch import ChallengeWatch, Unanswered
 from .directory import Directory
 from .security import Admission, FailureGuard, source_key, trunk_for_source
+from .security_log import SecurityLog
 
-__all__ = ["Authenticator", "Unverified", "Verified", "security_log"]
+__all__ = ["Authenticator", "OfficeNumber", "Unverified", "Verified"]
 
 log = logging.getLogger(__name__)
-#: The security log: one stable line per event (failed credentials, blocks), for an administrator or fail2ban.
-security_log = logging.getLogger("routing.security")
 
 #: sipcore.auth's nonce is hex(8-byte timestamp ‖ 8-byte unique part ‖ 16-byte MAC); the first
 #: _BINDING_BYTES of the unique part carry the source binding (see Authenticator._nonce_unique).
@@ -59,6 +59,14 @@ class Verified:
     """The credentials are right: the request comes from ``username``'s device."""
 
     username: str
+
+
+@attrs.frozen
+class OfficeNumber:
+    """One of the office's numbers as a request dials it (E.164) and the trunk that delivers it."""
+
+    number: str
+    trunk: str
 
 
 @attrs.frozen
@@ -103,6 +111,11 @@ class Authenticator:
         self.on_challenge: Callable[[], None] | None = None
         self.directory = directory
         self.digest = self._digest_server(directory)
+        #: The security log (failures, throttling, blocks, drops, unknown trunk sources); it counts its lines.
+        self.security = SecurityLog()
+        #: The office number an INVITE's Request-URI dials, as a trunk would send it (set by the server,
+        #: which has the resolver); None: unknown-trunk-source lines are not written.
+        self.office_number: Callable[[Request], OfficeNumber | None] | None = None
 
     def _digest_server(self, directory: Directory) -> DigestServer:
         return DigestServer(
@@ -187,9 +200,25 @@ class Authenticator:
             return True
         if request.method == "INVITE" and trunk_for_source(self.directory, flow.remote[0]) is not None:
             return True
-        if not self.guard.may_challenge(flow.remote[0], self._clock()):
+        now = self._clock()
+        if not self.guard.may_challenge(flow.remote[0], now):
+            self.security.rate_limited(flow, request.method, now, self.guard.policy.challenge_rate)
             return False
+        if request.method == "INVITE" and self.office_number is not None:
+            self._check_trunk_source(request, flow)
         return self.challenge(request, flow, to_tag=self.stateless_tag(request))
+
+    def _check_trunk_source(self, request: Request, flow: Flow) -> None:
+        """An INVITE without credentials for one of the office's numbers, from an address no trunk is allowed
+        at and not from the office's own domain (a phone calling the office's number is challenged like any
+        call of its own): the provider's address changed, or somebody poses as the provider."""
+        assert self.office_number is not None
+        from_uri = request.from_.uri
+        if isinstance(from_uri, SipUri) and from_uri.host.lower() == self.directory.server.domain.lower():
+            return
+        number = self.office_number(request)
+        if number is not None:
+            self.security.unknown_trunk_source(flow, request.method, number.number, number.trunk)
 
     # ------------------------------------------------------------------------------------- verification
 
@@ -220,15 +249,14 @@ class Authenticator:
             log.info("%s from %s: credentials answer a nonce not sent to this address", request.method, flow)
             return Unverified("nonce sent elsewhere")
         now = self._clock()
+        open_before = self.guard.admits(source, now)
         admission = self.guard.admit(source, now, username)
         if admission is not Admission.CHECK:
-            security_log.info(
-                "credentials not checked: user=%s source=%s method=%s state=%s",
-                _quote(username),
-                _address(flow),
-                request.method,
-                admission.value,
-            )
+            self.security.auth_unchecked(flow, request.method, username, admission.value)
+            if open_before and not self.guard.admits(source, now):  # this attempt blocked the whole source
+                state = self.guard.status(source, now)
+                seconds = (state.blocked_until or now) - now
+                self.security.blocked(state.source, None, seconds, "too many attempts refused unchecked")
             return Unverified(f"credentials not checked ({admission.value})")
         proxy = request.get("authorization") is None
         result = self.digest.verify(request, self.directory.credentials, now, proxy=proxy)
@@ -241,22 +269,13 @@ class Authenticator:
             return Unverified("no credentials")
         assert isinstance(result, Failed)
         status = self.guard.failed(source, now, username)
-        security_log.warning(
-            "authentication failed: user=%s source=%s method=%s reason=%s",
-            _quote(username),
-            _address(flow),
-            request.method,
-            _quote(result.reason),
-        )
+        self.security.auth_failed(flow, request.method, username, result.reason)
         block = status.new_block
+        policy = self.guard.policy
         if block is not None:
-            security_log.warning(
-                "blocked: source=%s user=%s seconds=%.0f reason=%s",
-                block.source,
-                "*" if block.user is None else _quote(block.user),
-                block.until - now,
-                _quote(block.reason),
-            )
+            self.security.blocked(block.source, block.user, block.until - now, block.reason)
+        elif status.throttled and status.failures == policy.throttle_after:
+            self.security.throttled(status.source, username, status.failures, policy.throttle_interval)
         return Unverified("wrong credentials")
 
 
@@ -279,15 +298,3 @@ def _removes_only(request: Request) -> bool:
     return bool(contacts) and all(
         (c.param("expires") or (str(default) if default is not None else "")).strip() == "0" for c in contacts
     )
-
-
-def _address(flow: Flow) -> str:
-    """``source=HOST port=PORT transport=T``: the host on its own, for fail2ban's ``<HOST>``."""
-    return f"{flow.remote[0]} port={flow.remote[1]} transport={flow.transport}"
-
-
-def _quote(text: str) -> str:
-    """A value for a ``key=value`` log line: as it is when plain, else JSON-quoted (escaped, one line)."""
-    if text and all(c.isalnum() or c in "._-+@:" for c in text):
-        return text
-    return json.dumps(text)

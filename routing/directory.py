@@ -23,6 +23,7 @@ from .dialstring import (
 )
 from .emergency import default_emergency_numbers
 from .errors import ConfigProblem
+from .monitoring_config import NO_MONITORING, Monitoring
 
 __all__ = [
     "DEFAULT_NUMBERING",
@@ -140,6 +141,8 @@ class ServerConfig:
     max_call_seconds: int = 14400
     #: … or when an anchored leg that should send has sent no RTP for this long (0: never).
     rtp_timeout_seconds: int = 120
+    #: The metrics endpoint and the security log's own target (both read at start).
+    monitoring: Monitoring = NO_MONITORING
 
     @property
     def realm(self) -> str:

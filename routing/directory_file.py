@@ -58,6 +58,7 @@ from .directory import (
 )
 from .directory_numbering import read_emergency_numbers, read_numbering_plan
 from .errors import ConfigError, ConfigProblem
+from .monitoring_config import MONITORING_KEYS, read_monitoring
 from .security import broad_network_warning
 
 __all__ = ["load_directory", "read_directory"]
@@ -94,6 +95,7 @@ _TABLES: Final = {
         "emergency_numbers",
         "emergency_trunk",
         *(key for key, _ in _TCP_KEYS),
+        *MONITORING_KEYS,
     },
     "employee": {
         "extension",
@@ -246,6 +248,7 @@ class _Loader:
             if value is not None and value < 0:
                 c.report("server", None, key, f"must be 0 (off) or more seconds, not {value}")
                 watch[key] = None
+        monitoring = read_monitoring(c, data, self.base)
         tcp: dict[str, int] = {}
         for key, least in _TCP_KEYS:
             value = c.get("server", None, data, key, int) if key in data else None
@@ -280,6 +283,7 @@ class _Loader:
             limits=attrs.evolve(DEFAULT_LIMITS, **tcp),
             max_call_seconds=watch["max_call_seconds"] or 0,
             rtp_timeout_seconds=watch["rtp_timeout_seconds"] or 0,
+            monitoring=monitoring,
         )
 
     # ---------------------------------------------------------------------------------- employees

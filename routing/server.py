@@ -40,6 +40,7 @@ from .directory_file import load_directory
 from .errors import ConfigError
 from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore
+from .monitoring import Monitor
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
@@ -217,6 +218,8 @@ class Server:
         self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The security log's target and the metrics endpoint (``[server] security_log``, ``metrics_listen``).
+        self.monitor = Monitor(self)
 
     def _call_uses(self, flow: Flow) -> bool:
         """Whether a live call runs over ``flow``'s TCP connection (it is then not closed for idleness)."""
@@ -240,12 +243,14 @@ class Server:
         await self.stop()
 
     async def start(self) -> None:
+        await self.monitor.start()  # before the SIP listeners: a metrics address in use stops the start
         specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
         for spec in specs:
             try:
                 host, port = await self.endpoint.listen(spec)
             except OSError as exc:
                 await self.endpoint.close()
+                await self.monitor.stop()
                 raise _listen_error(spec, exc) from exc
             self.addresses.append((spec.split(":", 1)[0].upper(), host, port))
         if self.control is not None:
@@ -312,6 +317,7 @@ class Server:
         await self.endpoint.close()
         await self.store.close()
         await self.cdr.close()
+        await self.monitor.stop()
         self.events.emit("stopped")
 
     def reload(self, path: str | Path | None = None) -> bool:

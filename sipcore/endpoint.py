@@ -136,6 +136,8 @@ class IncomingRequest:
         self._handle = handle
         self.final: Response | None = None
         self.sent_tagged = False
+        #: When the request reached the transaction layer (the endpoint's clock): set-up delays start here.
+        self.received_at = endpoint.now
         self.to_tag = endpoint.new_tag() if request.to.tag is None else request.to.tag
         self._cancelled: asyncio.Event | None = None
         #: For an INVITE answered with 2xx: resolves with the ACK (or an exception after 64*T1 without one).
@@ -291,6 +293,9 @@ class Endpoint:
         #: open for another idle period — set it to say whether a call runs over the flow. Connections that
         #: carry a registration are kept until it expires without asking (see ``_hold_registration``).
         self.connection_in_use: Callable[[Flow], bool] | None = None
+        #: Called after every response sent on a server transaction (statefully or statelessly; not for
+        #: retransmissions), with its request: for measurements such as set-up delay. Must not raise.
+        self.on_response: Callable[[IncomingRequest, Response], None] | None = None
         self._tracers: tuple[Tracer, ...] = ()
         self._transports = transports(self._on_bytes, limits, self._connection_closed, self._in_use)
         self._transports.on_unframable = self._answer_unframable
@@ -726,12 +731,16 @@ class Endpoint:
         else:
             self._layer.send_response(incoming._handle, response, self._now)
         self._drain()
+        if self.on_response is not None:
+            self.on_response(incoming, response)
 
     def _send_stateless(self, incoming: IncomingRequest, response: Response) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("send (stateless) to %s: %s", incoming.flow, _summary(response))
         self._layer.send_stateless(incoming._handle, response)
         self._drain()
+        if self.on_response is not None:
+            self.on_response(incoming, response)
 
     def _retransmit(self, incoming: IncomingRequest, response: Response) -> None:
         if log.isEnabledFor(logging.DEBUG):

@@ -85,11 +85,19 @@ def challenge(
 
 
 def refuse(services: CallServices, incoming: IncomingRequest, route: Refused, caller: Caller) -> None:
-    """Answer an INVITE the resolver refused: a challenge for an anonymous caller, else the status."""
+    """Answer an INVITE the resolver refused: a challenge for an anonymous caller, else the status (a 403,
+    refused by policy, goes to the security log)."""
     if route.status in (401, 407) and isinstance(caller, Anonymous):
         challenge(services, incoming, proxy=route.status == 407)
-    else:
-        incoming.respond(route.status, route.reason)
+        return
+    if route.status == 403:
+        request = incoming.request
+        who = caller.extension if isinstance(caller, FromEmployee) else "anonymous"
+        if isinstance(caller, FromTrunk):
+            who = f"trunk:{caller.name}"
+        security = services.registrar.authenticator.security
+        security.policy_refused(incoming.flow, request.method, who, str(request.uri), 403, route.reason)
+    incoming.respond(route.status, route.reason)
 
 
 def caller_label(request: Request, caller: Caller) -> tuple[str, str | None]:

@@ -494,3 +494,54 @@ async def test_bridge_continues_the_numbering_of_the_greeting() -> None:
     assert all((b.sequence_number - a.sequence_number) & 0xFFFF == 1 for a, b in itertools.pairwise(packets))
     gap = (packets[-1].timestamp - packets[-2].timestamp) & 0xFFFFFFFF
     assert 160 + 300 < gap < 160 + 1200  # about 60 ms of wall time after the last greeting frame
+
+
+# ------------------------------------------------------------------------------------ loss and jitter
+
+
+@given(
+    st.integers(0, 0xFFFF),
+    st.lists(st.booleans(), min_size=2, max_size=300),
+    st.lists(st.integers(0, 299), max_size=20),
+)
+@settings(max_examples=300, deadline=None)
+def test_loss_is_what_the_numbering_expected_less_what_arrived(
+    first: int, delivered: list[bool], swaps: list[int]
+) -> None:
+    """RFC 3550 §6.4.1's cumulative loss: expected (highest − first + 1) less received, whatever the wrap,
+    with late packets (neighbours swapped) filling the gap they were counted in, and duplicates ignored."""
+    numbers = [(first + i) & 0xFFFF for i, kept in enumerate(delivered) if kept or i == 0]
+    for i in swaps:  # a packet overtaken by its successor
+        if i + 1 < len(numbers) and i > 0:
+            numbers[i], numbers[i + 1] = numbers[i + 1], numbers[i]
+    stream = OutgoingStream(7, 1, 0, max_gap=400, max_misorder=50)
+    for n, sequence in enumerate(numbers):
+        stream.rewrite(0x42, sequence, sequence * 160, n * 0.02)
+        if n % 7 == 3:
+            stream.rewrite(0x42, sequence, sequence * 160, n * 0.02)  # a duplicate: neither lost nor found
+    highest = max(((s - first) & 0xFFFF) for s in numbers)
+    assert stream.lost == highest + 1 - len(numbers)
+
+
+def test_the_relay_counts_what_a_leg_lost_on_the_way() -> None:
+    relay = _relay(LegMedia(), LegMedia())
+    for sequence in [*range(1, 10), *range(12, 20), 10]:  # 10 and 11 missing, 10 arrives late
+        relay.handle_packet(Side.A, RtpPacket(0, sequence, sequence * 160, 0x55, bytes(160)), sequence * 0.02)
+    assert relay.lost(Side.A) == 1 and relay.lost(Side.B) == 0
+
+
+def _jitter_after(arrivals: list[float]) -> float:
+    relay = _relay(LegMedia(), LegMedia())
+    for n, at in enumerate(arrivals):
+        data = bytes(RtpPacket(0, 100 + n, 8000 + n * 160, 0x55, bytes(160)))
+        assert relay.handle_datagram(Side.A, data, at)
+    return relay.stats(Side.A).jitter
+
+
+def test_jitter_is_zero_for_packets_on_time_and_the_transit_variation_otherwise() -> None:
+    assert _jitter_after([n * 0.02 for n in range(3200)]) == pytest.approx(0.0, abs=1e-12)
+    # Every other packet 10 ms late: each pair differs by 10 ms in transit, so J tends to 10 ms.
+    late = [n * 0.02 + (0.01 if n % 2 else 0.0) for n in range(3200)]
+    assert _jitter_after(late) == pytest.approx(0.01, rel=0.01)
+    # A constant delay is no jitter.
+    assert _jitter_after([5.0 + n * 0.02 for n in range(3200)]) == pytest.approx(0.0, abs=1e-9)

@@ -157,14 +157,16 @@ async def test_invite_guesses_count_block_the_user_and_show_in_the_log(
         # Another phone behind the same address, with its own account, is not locked out.
         assert (await register_with(phone, flow, "bernd", "bernd-secret", 22)).status == 200
 
-    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("authentication failed")]
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auth-failed ")]
     assert len(failures) == 5, failures  # exactly the checked guesses, and nothing for the plain challenges
-    assert all("user=101" in f and f"source={PHONE} " in f and "method=INVITE" in f for f in failures), (
-        failures
-    )
-    blocks = [r for r in caplog.records if r.getMessage().startswith("blocked:")]
+    assert all(
+        f.startswith(f"auth-failed source={PHONE} port=") and "method=INVITE user=101 " in f for f in failures
+    ), failures
+    blocks = [r for r in caplog.records if r.getMessage().startswith("blocked ")]
     assert len(blocks) == 1 and blocks[0].levelno == logging.WARNING
-    assert f"source={PHONE} user=101" in blocks[0].getMessage()
+    assert blocks[0].getMessage().startswith(f"blocked source={PHONE} user=101 seconds=600 ")
+    throttled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("throttled ")]
+    assert throttled == [f"throttled source={PHONE} user=101 failures=3 check_every=0.05"]
 
 
 @pytest.mark.parametrize(
