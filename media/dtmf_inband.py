@@ -308,6 +308,7 @@ class InbandDetector:
         self._run_start = 0
         self._active = -1
         self._misses = 0
+        self._heard = False
 
     @property
     def position(self) -> int:
@@ -320,9 +321,31 @@ class InbandDetector:
         self._buffer_start = self._next_window = sample_offset
         self._candidate = self._active = -1
         self._run = self._misses = 0
+        self._heard = False
 
-    def feed(self, samples: npt.ArrayLike, sample_offset: int | None = None) -> list[DigitDetected]:
-        """Analyse the next samples of the stream; return the digits confirmed in them, oldest first."""
+    @property
+    def hearing(self) -> bool:
+        """A tone may be on: a window of the last feed named a digit, or a press is in progress."""
+        return self._heard or self._active >= 0 or self._candidate >= 0
+
+    def windows_due(self, samples: int) -> int:
+        """How many analysis windows feeding ``samples`` more samples (no offset jump) completes."""
+        available = self.position + samples - WINDOW - self._next_window
+        return 0 if available < 0 else available // HOP + 1
+
+    def feed(
+        self,
+        samples: npt.ArrayLike,
+        sample_offset: int | None = None,
+        *,
+        verdicts: npt.ArrayLike | None = None,
+    ) -> list[DigitDetected]:
+        """Analyse the next samples of the stream; return the digits confirmed in them, oldest first.
+
+        ``verdicts``, if given, are the window digits (``WindowAnalysis.digits``) of the windows these
+        samples complete (:meth:`windows_due`), found by a batched :func:`analyse_windows` over many
+        streams with this detector's limits; they are used instead of analysing the windows here.
+        """
         chunk = np.asarray(samples, dtype=np.float64).reshape(-1)
         if sample_offset is not None and sample_offset != self.position:
             if sample_offset < self.position:
@@ -330,17 +353,24 @@ class InbandDetector:
             self.reset(sample_offset)
         self._buffer = np.concatenate([self._buffer, chunk])
         available = self.position - WINDOW - self._next_window
-        if available < 0:
+        count = 0 if available < 0 else available // HOP + 1
+        if verdicts is not None:
+            digits = np.asarray(verdicts, dtype=np.intp).reshape(-1)
+            if len(digits) != count:
+                raise ValueError(f"{len(digits)} verdicts given for {count} windows")
+        elif count:
+            first = self._next_window - self._buffer_start
+            halves = self._buffer[first : first + (count + 1) * HOP].reshape(count + 1, HOP)
+            digits = analyse_windows(np.concatenate([halves[:-1], halves[1:]], axis=1), **self._checks).digits
+        if count == 0:
+            self._heard = False
             return []
-        count = available // HOP + 1
-        first = self._next_window - self._buffer_start
-        halves = self._buffer[first : first + (count + 1) * HOP].reshape(count + 1, HOP)
-        analysis = analyse_windows(np.concatenate([halves[:-1], halves[1:]], axis=1), **self._checks)
         found: list[DigitDetected] = []
-        idle = self._active < 0 and self._candidate < 0 and not (analysis.digits >= 0).any()
+        self._heard = bool((digits >= 0).any())
+        idle = self._active < 0 and self._candidate < 0 and not self._heard
         for i in range(0 if idle else count):
             start = self._next_window + i * HOP
-            event = self._step(int(analysis.digits[i]), start)
+            event = self._step(int(digits[i]), start)
             if event is not None:
                 found.append(event)
         self._next_window += count * HOP
@@ -348,6 +378,11 @@ class InbandDetector:
         self._buffer = self._buffer[keep_from - self._buffer_start :]
         self._buffer_start = keep_from
         return found
+
+    @property
+    def checks(self) -> dict[str, float]:
+        """The window limits, as keyword arguments of :func:`analyse_windows` (for batched analysis)."""
+        return dict(self._checks)
 
     def _step(self, digit: int, start: int) -> DigitDetected | None:
         """Advance the duration machine by one window that starts at ``start`` and names ``digit`` (or −1)."""
