@@ -10,8 +10,9 @@ with what we sent, then through the :class:`~media.dtmf_inband.InbandDetector`:
 * :class:`DetectorBank` — every call in the greeting at once, in lockstep with the media clock: each 20 ms
   tick, one vectorised echo cancellation and one window analysis (:func:`~media.dtmf_inband.analyse_windows`)
   for all streams; only the streams whose windows name a digit, or whose detector is in the middle of a
-  press, run their per-stream duration machine. Received frames are placed by their RTP position, so
-  network jitter of up to ``delay`` ticks and lost packets leave the alignment with the sent audio intact.
+  press, run their per-stream duration machine. Sent and received frames are both placed by their RTP
+  timestamps (two sample clocks a fixed distance apart), so network jitter of up to ``delay`` ticks, a
+  send that slips by a tick and lost packets leave the alignment of the echo with the sent audio intact.
 
 Both treat a stream the same way, block by block (property-tested): the canceller's residual goes to the
 detector, and while the detector hears a tone (:attr:`~media.dtmf_inband.InbandDetector.hearing`) the
@@ -24,6 +25,7 @@ Pure: no clock, no I/O; the caller supplies the ticks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +34,9 @@ from .dtmf_inband import HOP, WINDOW, DigitDetected, InbandDetector, analyse_win
 from .echo import BLOCK, PARTITIONS, EchoCanceller
 
 __all__ = ["DetectorBank", "GreetingDetector"]
+
+_SENT_RING: Final = 25 * BLOCK  # sent audio kept per stream: half a second
+_COUNT: Final = np.arange(BLOCK)
 
 _Float = npt.NDArray[np.float64]
 
@@ -44,6 +49,18 @@ class GreetingDetector:
         self.canceller = EchoCanceller(1, partitions=partitions)
         self._received: _Float = np.zeros(0)
         self._reference: _Float = np.zeros(0)
+        self._position = 0  # stream offset of the next block
+
+    def lost(self, reference: npt.ArrayLike | None = None) -> None:
+        """A block (160 samples) that never arrived, and what was sent meanwhile: the canceller's reference
+        advances, and the detector starts afresh after the gap. Only between whole blocks."""
+        if len(self._received):
+            raise ValueError("a lost block must come between whole blocks")
+        x = np.zeros(BLOCK) if reference is None else np.asarray(reference, dtype=np.float64).reshape(BLOCK)
+        adapt = np.array([not self.detector.hearing])
+        self.canceller.process(np.zeros((1, BLOCK)), x[None], adapt=adapt, present=np.array([False]))
+        self._position += BLOCK
+        self.detector.reset(self._position)
 
     def feed(self, received: npt.ArrayLike, reference: npt.ArrayLike | None = None) -> list[DigitDetected]:
         """The next received samples and, aligned with them, the samples sent (``None``: silence); returns
@@ -61,7 +78,8 @@ class GreetingDetector:
             adapt = np.array([not self.detector.hearing])
             received_block, sent_block = self._received[None, part], self._reference[None, part]
             residual = self.canceller.process(received_block, sent_block, adapt=adapt)
-            found.extend(self.detector.feed(residual[0]))
+            found.extend(self.detector.feed(residual[0], self._position))
+            self._position += BLOCK
         self._received = self._received[blocks * BLOCK :]
         self._reference = self._reference[blocks * BLOCK :]
         return found
@@ -75,18 +93,21 @@ class _Stream:
         self.detector = detector
         self.base_slot: int | None = None  # the slot of the first frame received …
         self.base_position = 0  # … and its stream position
+        self.sent_origin: int | None = None  # the RTP timestamp of the first frame sent
         self.primed = False  # the detector has been fed up to the last processed slot
 
 
 class DetectorBank:
     """Greeting-aware in-band detection for many streams, one vectorised pass per tick (module docstring).
 
-    Per tick, in this order: :meth:`sent` for every stream that sent a frame this tick (a stream that sent
-    nothing sent silence), :meth:`received` whenever a frame arrives, then :meth:`tick` once. A frame
-    received between two ticks belongs to the next tick's slot (the first frame of a stream sets where its
-    numbering lies); a slot is analysed ``delay`` ticks later, with the frame sent at the tick before the
-    slot's frames arrived as its reference block (the newest their echo can contain). Frames later than
-    that, or lost, are gaps: the detector starts afresh after one.
+    Per tick: :meth:`sent` for each frame a stream sends (with its RTP timestamp; what was not sent is
+    silence), :meth:`received` whenever a frame arrives (with the position its RTP timestamp gives it),
+    then :meth:`tick` once. A frame received between two ticks belongs to the next tick's slot (a stream's
+    first frame sets where its numbering lies); a slot is analysed ``delay`` ticks later. Its reference is
+    the sent audio at the fixed distance found when the stream's first frame arrived: that frame's last
+    sample against the newest sample sent by then (the newest its echo can contain). A lost frame is a
+    gap: the detector starts afresh after it. A frame later than ``delay`` ticks makes the stream's
+    numbering slip by as many slots (see :attr:`slips`).
     """
 
     def __init__(
@@ -109,12 +130,19 @@ class DetectorBank:
         self._streams: list[_Stream] = []
         self._received: _Float = np.zeros((self._ring, 0, BLOCK))
         self._present: npt.NDArray[np.bool_] = np.zeros((self._ring, 0), dtype=bool)
-        self._sent: _Float = np.zeros((self._ring, 0, BLOCK))
+        self._sent: _Float = np.zeros((0, _SENT_RING))  # sent samples by position, modulo _SENT_RING
+        self._sent_end: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)  # position after the last sent
+        #: Where each stream's reference block for slot q starts: ``_align + q · BLOCK`` (sent position),
+        #: once its first frame arrived (``_based``): that frame's last sample is aligned with the newest
+        #: sample sent by then, the newest its echo can contain.
+        self._align: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._based: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self._previous: _Float = np.zeros((0, BLOCK))  # the last processed slot's residual
         self._continuous: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)  # … and whether it was there
         self._hearing: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
-        #: Received frames dropped because they came after their slot was analysed (or far too early).
-        self.late = 0
+        #: How often a stream's frames came later (or earlier) than the jitter allowance and its numbering
+        #: slipped by a slot or more.
+        self.slips = 0
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -131,7 +159,10 @@ class DetectorBank:
         self._canceller.add()
         self._received = np.concatenate([self._received, np.zeros((self._ring, 1, BLOCK))], axis=1)
         self._present = np.concatenate([self._present, np.zeros((self._ring, 1), dtype=bool)], axis=1)
-        self._sent = np.concatenate([self._sent, np.zeros((self._ring, 1, BLOCK))], axis=1)
+        self._sent = np.concatenate([self._sent, np.zeros((1, _SENT_RING))])
+        self._sent_end = np.concatenate([self._sent_end, np.zeros(1, dtype=np.int64)])
+        self._align = np.concatenate([self._align, np.zeros(1, dtype=np.int64)])
+        self._based = np.concatenate([self._based, [False]])
         self._previous = np.concatenate([self._previous, np.zeros((1, BLOCK))])
         self._continuous = np.concatenate([self._continuous, [False]])
         self._hearing = np.concatenate([self._hearing, [False]])
@@ -148,21 +179,45 @@ class DetectorBank:
             moved = self._streams[last]
             self._streams[row] = moved
             self._rows[moved.handle] = row
-            for array in (self._received, self._present, self._sent):
+            for array in (self._received, self._present):
                 array[:, row] = array[:, last]
-            for array in (self._previous, self._continuous, self._hearing):
+            per_row: tuple[npt.NDArray[Any], ...] = (
+                self._sent,
+                self._sent_end,
+                self._align,
+                self._based,
+                self._previous,
+                self._continuous,
+                self._hearing,
+            )
+            for array in per_row:
                 array[row] = array[last]
         self._streams.pop()
         self._received = self._received[:, :last]
         self._present = self._present[:, :last]
-        self._sent = self._sent[:, :last]
+        self._sent = self._sent[:last]
+        self._sent_end = self._sent_end[:last]
+        self._align = self._align[:last]
+        self._based = self._based[:last]
         self._previous = self._previous[:last]
         self._continuous = self._continuous[:last]
         self._hearing = self._hearing[:last]
 
-    def sent(self, handle: int, samples: npt.ArrayLike) -> None:
-        """The frame (160 samples) stream ``handle`` sent this tick."""
-        self._sent[self._ticks % self._ring, self._rows[handle]] = samples
+    def sent(self, handle: int, samples: npt.ArrayLike, timestamp: int) -> None:
+        """A frame (160 samples) stream ``handle`` sent, with its RTP timestamp."""
+        row = self._rows[handle]
+        stream = self._streams[row]
+        if stream.sent_origin is None:
+            stream.sent_origin = timestamp
+        position = (timestamp - stream.sent_origin) & 0xFFFFFFFF
+        end = int(self._sent_end[row])
+        if position < end - _SENT_RING or position >= 0x80000000:
+            return  # from before what we keep: not the greeting's time line
+        ring = self._sent[row]
+        for start in range(end, min(position, end + _SENT_RING), BLOCK):
+            ring[start % _SENT_RING : start % _SENT_RING + BLOCK] = 0.0  # not sent: silence
+        ring[position % _SENT_RING : position % _SENT_RING + BLOCK] = samples
+        self._sent_end[row] = max(end, position + BLOCK)
 
     def received(self, handle: int, position: int, samples: npt.ArrayLike) -> None:
         """A received frame (160 samples) of stream ``handle`` starting at stream position ``position``
@@ -172,10 +227,21 @@ class DetectorBank:
         upcoming = self._ticks + 1
         if stream.base_slot is None:
             stream.base_slot, stream.base_position = upcoming, position
+            offset = int(self._sent_end[row]) - (position + BLOCK)
+            self._align[row] = position + offset - upcoming * BLOCK
+            self._based[row] = True
         slot = stream.base_slot + (position - stream.base_position) // BLOCK
-        if slot <= self._ticks - self.delay or slot > upcoming + 1:
-            self.late += 1
-            return
+        earliest = self._ticks - self.delay + 1  # the first slot not yet analysed
+        if not earliest <= slot <= upcoming + 1:
+            # Later (or earlier) than the jitter allowance: the sender's clock drifts against ours, or its
+            # path got longer. Its numbering slips so that this frame is analysed; the echo's alignment,
+            # which goes by position, stays; frames already waiting for a slot are dropped.
+            shift = earliest - slot if slot < earliest else upcoming + 1 - slot
+            stream.base_slot += shift
+            self._align[row] -= shift * BLOCK
+            self._present[:, row] = False
+            self.slips += 1
+            slot += shift
         self._received[slot % self._ring, row] = samples
         self._present[slot % self._ring, row] = True
 
@@ -188,14 +254,11 @@ class DetectorBank:
         n = len(self._streams)
         present = self._present[index].copy()
         received = np.where(present[:, None], self._received[index], 0.0)
-        # The slot's frames arrived before this slot's tick sent anything: their echo can only come from
-        # what was sent at the tick before, and earlier.
-        reference = self._sent[(slot - 2) % self._ring]
         self._present[index] = False
-        self._sent[self._ticks % self._ring] = 0.0  # what the next tick sends, silence until it does
         found: list[tuple[int, DigitDetected]] = []
         if n == 0:
             return found
+        reference = self._reference(slot)
         residual = self._canceller.process(received, reference, adapt=~self._hearing, present=present)
         # The four windows each slot completes: the last HOP samples of the slot before, then this slot's.
         joined = np.concatenate([self._previous[:, BLOCK - HOP :], residual], axis=1)
@@ -226,3 +289,15 @@ class DetectorBank:
         self._previous = residual
         self._continuous = present
         return found
+
+    def _reference(self, slot: int) -> _Float:
+        """Each stream's sent block aligned with its received frame of ``slot`` (silence where nothing was
+        sent, or before a stream's first frame arrived)."""
+        positions = (self._align + slot * BLOCK)[:, None] + _COUNT
+        reference = np.take_along_axis(self._sent, positions % _SENT_RING, axis=1)
+        ends = self._sent_end[:, None]
+        known = (
+            self._based[:, None] & (positions >= 0) & (positions < ends) & (positions >= ends - _SENT_RING)
+        )
+        result: _Float = np.where(known, reference, 0.0)
+        return result

@@ -5,6 +5,12 @@ onto the address the peer's packets really come from (symmetric RTP: phones behi
 telephone-events into digits, hands decoded audio to an optional consumer (the in-band detector), and plays
 pre-encoded greeting frames. ``MediaClock`` is the single timer that drives every session's sending.
 
+In-band detection of a session that plays on a clock (the greeting) runs in the clock's
+:class:`~media.dtmf_greeting.DetectorBank`: the session hands it each frame it sends and each 20 ms of
+audio it receives (placed by RTP timestamp), and the clock, after every tick's sends, analyses all such
+sessions at once — echo of what they sent removed — and hands each its digits. A session that never played
+detects in-band digits on its own, packet by packet, as before.
+
 The sockets :class:`PortAllocator` opens are read through one epoll of their own, registered once with the
 event loop (where the loop and the platform allow it): one wake-up serves every leg with a packet waiting,
 instead of a pass through asyncio's selector, a callback handle and a transport per packet. Elsewhere (no
@@ -28,7 +34,8 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .dtmf_inband import InbandDetector
+from .dtmf_greeting import DetectorBank
+from .dtmf_inband import DigitDetected, InbandDetector
 from .dtmf_merge import DigitMerger, DigitSource, KeyPressed
 from .dtmf_rfc4733 import TelephoneEventReceiver
 from .errors import MediaError, RtpError
@@ -36,7 +43,15 @@ from .g711 import alaw_decode, ulaw_decode
 from .greeting import FRAME_SAMPLES, FRAME_SECONDS, Pacer
 from .rtp import RtpPacket, RtpSender, is_rtcp, parse
 
-__all__ = ["MediaClock", "PortAllocator", "PortsExhausted", "RtpSession", "SessionStats", "Ticking"]
+__all__ = [
+    "Listening",
+    "MediaClock",
+    "PortAllocator",
+    "PortsExhausted",
+    "RtpSession",
+    "SessionStats",
+    "Ticking",
+]
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +271,17 @@ class RtpSession(asyncio.DatagramProtocol):
     ) -> None:
         self.payload_type = payload_type
         self.telephone_event_pt = telephone_event_pt
-        self.on_digit = on_digit
+        self._on_digit = on_digit
         self.on_audio = on_audio
         self._inband = InbandDetector() if detect_inband else None
+        self._detect_inband = detect_inband
+        #: The handle of this session's stream in its clock's detector bank, while it is in there.
+        self._bank_handle: int | None = None
+        self._bank_clock: MediaClock | None = None
+        self._rx_ssrc: int | None = None  # the SSRC of the audio the bank gets …
+        self._rx_origin: int | None = None  # … the RTP timestamp of the first of it …
+        self._rx_next = 0  # … the stream position the next received sample has …
+        self._rx_pending: npt.NDArray[np.int16] = np.zeros(0, dtype=np.int16)  # … and a partial frame
         self._merger = DigitMerger()
         self.remote: tuple[str, int] | None = None
         self.latched = False
@@ -288,6 +311,76 @@ class RtpSession(asyncio.DatagramProtocol):
     def sender(self) -> RtpSender:
         """The numbering of this leg's own packets (greeting playback)."""
         return self._sender
+
+    @property
+    def on_digit(self) -> Callable[[KeyPressed], None] | None:
+        """Takes each key press (RFC 4733, in-band and SIP INFO merged); detection runs only while set."""
+        return self._on_digit
+
+    @on_digit.setter
+    def on_digit(self, callback: Callable[[KeyPressed], None] | None) -> None:
+        self._on_digit = callback
+        if callback is None:
+            self._leave_bank()
+        else:
+            self._join_bank()
+
+    # ------------------------------------------------------------------------------ detector bank
+
+    def _join_bank(self) -> None:
+        """Detect in-band digits in the clock's bank (echo of what we send removed) once we play on one."""
+        clock = self._clock
+        if (
+            clock is None
+            or self._bank_handle is not None
+            or not self._detect_inband
+            or self._on_digit is None
+        ):
+            return
+        self._bank_clock = clock
+        self._bank_handle = clock.listen(self)
+        self._rx_ssrc = self._rx_origin = None
+        self._rx_pending = np.zeros(0, dtype=np.int16)
+
+    def _leave_bank(self) -> None:
+        if self._bank_handle is not None and self._bank_clock is not None:
+            self._bank_clock.unlisten(self._bank_handle)
+        self._bank_handle = self._bank_clock = None
+
+    def _to_bank(self, handle: int, samples: npt.NDArray[np.int16], timestamp: int, ssrc: int) -> None:
+        """Received audio for the bank, cut into 160-sample frames numbered by RTP timestamp."""
+        if ssrc != self._rx_ssrc and self._rx_ssrc is not None:
+            # Another source (the caller's side restarted its stream): its timing is its own, so the
+            # stream starts afresh in the bank, echo canceller included.
+            self._leave_bank()
+            self._join_bank()
+            if self._bank_handle is None:
+                return
+            handle = self._bank_handle
+        bank = self._bank_clock.detectors  # type: ignore[union-attr]
+        if self._rx_origin is None:
+            self._rx_ssrc, self._rx_origin, self._rx_next = ssrc, timestamp, 0
+        position = (timestamp - self._rx_origin) & 0xFFFFFFFF
+        if position >= 0x80000000:
+            return  # older than the stream's start: a stray late packet
+        if position != self._rx_next:
+            if position < self._rx_next:
+                return  # a duplicate or reordered packet: its frame's slot is taken or gone
+            self._rx_pending = np.zeros(0, dtype=np.int16)  # lost packets: the partial frame is useless
+        pending = np.concatenate([self._rx_pending, samples]) if len(self._rx_pending) else samples
+        start = position - len(self._rx_pending)
+        whole = len(pending) // FRAME_SAMPLES * FRAME_SAMPLES
+        for offset in range(0, whole, FRAME_SAMPLES):
+            bank.received(handle, start + offset, pending[offset : offset + FRAME_SAMPLES])
+        self._rx_pending = pending[whole:]
+        self._rx_next = position + len(samples)
+
+    def inband_detected(self, detected: DigitDetected, now: float) -> None:
+        """A digit the bank confirmed in this session's audio (called by the clock)."""
+        if self._on_digit is None:
+            return
+        self._merger.handle_inband(detected, now)
+        self._drain_merged()
 
     # ------------------------------------------------------------------------------------- datagrams
 
@@ -349,7 +442,10 @@ class RtpSession(asyncio.DatagramProtocol):
         ):
             decode = ulaw_decode if packet.payload_type == PCMU else alaw_decode
             samples = decode(packet.payload)
-            if listening and self._inband is not None:
+            handle = self._bank_handle
+            if listening and handle is not None:
+                self._to_bank(handle, samples, packet.timestamp, packet.ssrc)
+            elif listening and self._inband is not None:
                 for detected in self._inband.feed(samples):
                     self._merger.handle_inband(detected, now)
                 self._drain_merged()
@@ -394,6 +490,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._playback_done = asyncio.get_running_loop().create_future()
         self._clock = clock
         clock.add(self)
+        self._join_bank()
         return self._playback_done
 
     @property
@@ -437,6 +534,11 @@ class RtpSession(asyncio.DatagramProtocol):
         self._transport.sendto(bytes(packet), self.remote)
         self.stats.sent += 1
         self.last_sent = (packet.timestamp, now)
+        if self._bank_handle is not None and len(payload) == FRAME_SAMPLES:
+            # What the caller's line will echo: the frame as its far end decodes it.
+            decode = ulaw_decode if self.payload_type == PCMU else alaw_decode
+            detectors = self._bank_clock.detectors  # type: ignore[union-attr]
+            detectors.sent(self._bank_handle, decode(payload), packet.timestamp)
 
     def send_packet(self, packet: RtpPacket) -> None:
         """Send a packet numbered by someone else (the relay of a bridge) to where the peer is."""
@@ -453,6 +555,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         self.stop()
+        self._leave_bank()
         if self._transport is not None:
             self._transport.close()
 
@@ -463,29 +566,66 @@ class Ticking(Protocol):
     def tick(self, now: float) -> None: ...
 
 
+class Listening(Protocol):
+    """Anything whose received audio the clock's detector bank analyses: it takes the digits found."""
+
+    def inband_detected(self, detected: DigitDetected, now: float) -> None: ...
+
+
 class MediaClock:
-    """One timer for every playing session: wakes at each 20 ms deadline and lets them send."""
+    """One timer for every playing session: wakes at each 20 ms deadline and lets them send; then runs the
+    in-band detection of every listening session at once (:attr:`detectors`)."""
 
     def __init__(self, interval: float = FRAME_SECONDS) -> None:
         self._interval = interval
         self._sessions: set[Ticking] = set()
         self._task: asyncio.Task[None] | None = None
+        #: Greeting-aware in-band detection of the sessions that listen while they play on this clock.
+        self.detectors = DetectorBank()
+        self._listeners: dict[int, Listening] = {}
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
     def add(self, session: Ticking) -> None:
         self._sessions.add(session)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+        self._start()
 
     def discard(self, session: Ticking) -> None:
         self._sessions.discard(session)
 
+    def listen(self, listener: Listening) -> int:
+        """Analyse ``listener``'s audio in the bank from now on; returns its handle there."""
+        handle = self.detectors.join()
+        self._listeners[handle] = listener
+        self._start()
+        return handle
+
+    def unlisten(self, handle: int) -> None:
+        self._listeners.pop(handle, None)
+        self.detectors.leave(handle)
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+
+    def _detect(self, now: float) -> None:
+        """One tick of the bank; its digits go to their sessions (dated back by the bank's delay)."""
+        found = self.detectors.tick()
+        then = now - self.detectors.delay * self._interval
+        for handle, detected in found:
+            listener = self._listeners.get(handle)
+            if listener is None:
+                continue
+            try:
+                listener.inband_detected(detected, then)
+            except Exception:
+                log.exception("media session %r failed to take an in-band digit", listener)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time()
-        while self._sessions:
+        while self._sessions or self._listeners:
             now = loop.time()
             for session in list(self._sessions):
                 try:
@@ -493,6 +633,8 @@ class MediaClock:
                 except Exception:
                     log.exception("media session %r failed to tick", session)
                     self._sessions.discard(session)
+            if self._listeners:
+                self._detect(now)
             deadline += self._interval
             if deadline < now:  # a stall: do not try to catch up tick by tick, but keep the grid's phase
                 deadline += math.ceil((now - deadline) / self._interval) * self._interval
@@ -500,6 +642,8 @@ class MediaClock:
 
     async def close(self) -> None:
         self._sessions.clear()
+        for handle in list(self._listeners):
+            self.unlisten(handle)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
