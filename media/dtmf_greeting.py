@@ -25,13 +25,14 @@ Pure: no clock, no I/O; the caller supplies the ticks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from .dtmf_inband import HOP, WINDOW, DigitDetected, InbandDetector, analyse_windows
 from .echo import BLOCK, PARTITIONS, EchoCanceller
+from .rowstore import RowStore
 
 __all__ = ["DetectorBank", "GreetingDetector"]
 
@@ -88,9 +89,9 @@ class GreetingDetector:
 class _Stream:
     """What the bank keeps per stream besides its rows in the arrays."""
 
-    def __init__(self, handle: int, detector: InbandDetector) -> None:
+    def __init__(self, handle: int) -> None:
         self.handle = handle
-        self.detector = detector
+        self.detector: InbandDetector | None = None  # made when the stream first needs it
         self.base_slot: int | None = None  # the slot of the first frame received …
         self.base_position = 0  # … and its stream position
         self.sent_origin: int | None = None  # the RTP timestamp of the first frame sent
@@ -128,18 +129,22 @@ class DetectorBank:
         self._handles = 0
         self._rows: dict[int, int] = {}
         self._streams: list[_Stream] = []
-        self._received: _Float = np.zeros((self._ring, 0, BLOCK))
-        self._present: npt.NDArray[np.bool_] = np.zeros((self._ring, 0), dtype=bool)
-        self._sent: _Float = np.zeros((0, _SENT_RING))  # sent samples by position, modulo _SENT_RING
-        self._sent_end: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)  # position after the last sent
+        rows = self._store = RowStore(self)
+        #: Received frames waiting for their slot to be analysed (a ring of slots), and which are there.
+        self._received: _Float = rows.add_array("_received", (self._ring, 0, BLOCK), np.float64, axis=1)
+        self._present: npt.NDArray[np.bool_] = rows.add_array("_present", (self._ring, 0), np.bool_, axis=1)
+        #: Sent samples by position (modulo _SENT_RING), and the position after the last one sent.
+        self._sent: _Float = rows.add_array("_sent", (0, _SENT_RING), np.float64)
+        self._sent_end: npt.NDArray[np.int64] = rows.add_array("_sent_end", (0,), np.int64)
         #: Where each stream's reference block for slot q starts: ``_align + q · BLOCK`` (sent position),
         #: once its first frame arrived (``_based``): that frame's last sample is aligned with the newest
         #: sample sent by then, the newest its echo can contain.
-        self._align: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-        self._based: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
-        self._previous: _Float = np.zeros((0, BLOCK))  # the last processed slot's residual
-        self._continuous: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)  # … and whether it was there
-        self._hearing: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        self._align: npt.NDArray[np.int64] = rows.add_array("_align", (0,), np.int64)
+        self._based: npt.NDArray[np.bool_] = rows.add_array("_based", (0,), np.bool_)
+        #: The last processed slot's residual, whether the stream had a frame there, whether it hears a tone.
+        self._previous: _Float = rows.add_array("_previous", (0, BLOCK), np.float64)
+        self._continuous: npt.NDArray[np.bool_] = rows.add_array("_continuous", (0,), np.bool_)
+        self._hearing: npt.NDArray[np.bool_] = rows.add_array("_hearing", (0,), np.bool_)
         #: How often a stream's frames came later (or earlier) than the jitter allowance and its numbering
         #: slipped by a slot or more.
         self.slips = 0
@@ -155,17 +160,9 @@ class DetectorBank:
         handle = self._handles
         self._handles += 1
         self._rows[handle] = len(self._streams)
-        self._streams.append(_Stream(handle, self._factory()))
+        self._streams.append(_Stream(handle))
         self._canceller.add()
-        self._received = np.concatenate([self._received, np.zeros((self._ring, 1, BLOCK))], axis=1)
-        self._present = np.concatenate([self._present, np.zeros((self._ring, 1), dtype=bool)], axis=1)
-        self._sent = np.concatenate([self._sent, np.zeros((1, _SENT_RING))])
-        self._sent_end = np.concatenate([self._sent_end, np.zeros(1, dtype=np.int64)])
-        self._align = np.concatenate([self._align, np.zeros(1, dtype=np.int64)])
-        self._based = np.concatenate([self._based, [False]])
-        self._previous = np.concatenate([self._previous, np.zeros((1, BLOCK))])
-        self._continuous = np.concatenate([self._continuous, [False]])
-        self._hearing = np.concatenate([self._hearing, [False]])
+        self._store.add()
         return handle
 
     def leave(self, handle: int) -> None:
@@ -175,33 +172,12 @@ class DetectorBank:
             return
         last = len(self._streams) - 1
         self._canceller.remove(row)
+        self._store.remove(row)
         if row != last:
             moved = self._streams[last]
             self._streams[row] = moved
             self._rows[moved.handle] = row
-            for array in (self._received, self._present):
-                array[:, row] = array[:, last]
-            per_row: tuple[npt.NDArray[Any], ...] = (
-                self._sent,
-                self._sent_end,
-                self._align,
-                self._based,
-                self._previous,
-                self._continuous,
-                self._hearing,
-            )
-            for array in per_row:
-                array[row] = array[last]
         self._streams.pop()
-        self._received = self._received[:, :last]
-        self._present = self._present[:, :last]
-        self._sent = self._sent[:last]
-        self._sent_end = self._sent_end[:last]
-        self._align = self._align[:last]
-        self._based = self._based[:last]
-        self._previous = self._previous[:last]
-        self._continuous = self._continuous[:last]
-        self._hearing = self._hearing[:last]
 
     def sent(self, handle: int, samples: npt.ArrayLike, timestamp: int) -> None:
         """A frame (160 samples) stream ``handle`` sent, with its RTP timestamp."""
@@ -272,6 +248,8 @@ class DetectorBank:
             assert stream.base_slot is not None
             position = stream.base_position + (slot - stream.base_slot) * BLOCK
             detector = stream.detector
+            if detector is None:
+                detector = stream.detector = self._factory()
             if not stream.primed:
                 if self._continuous[row]:
                     detector.reset(position - BLOCK)
@@ -286,8 +264,8 @@ class DetectorBank:
         for row in np.flatnonzero(~busy & self._hearing):  # a gap ended what the detector heard
             self._streams[row].primed = False
         self._hearing &= busy
-        self._previous = residual
-        self._continuous = present
+        self._previous[...] = residual
+        self._continuous[...] = present
         return found
 
     def _reference(self, slot: int) -> _Float:

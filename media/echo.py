@@ -54,6 +54,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from .rowstore import RowStore
+
 __all__ = ["BLOCK", "PARTITIONS", "EchoCanceller"]
 
 _Float = npt.NDArray[np.float64]
@@ -102,77 +104,51 @@ class EchoCanceller:
             raise ValueError("streams must be ≥ 0 and partitions ≥ 1")
         self.partitions = partitions
         k = partitions
+        rows = self._store = RowStore(self, capacity=max(streams, 16))
         #: The reference of the current and the previous block, per row (overlap-save input).
-        self._input: _Float = np.zeros((streams, 2 * BLOCK))
+        self._input: _Float = rows.add_array("_input", (0, 2 * BLOCK), np.float64)
         #: Spectra of the last k reference blocks: partition p of the current block is at index
         #: (newest − p) mod k, the same for every row (they move in lockstep).
-        self._spectra: _Complex = np.zeros((k, streams, _BINS), dtype=np.complex64)
+        self._spectra: _Complex = rows.add_array("_spectra", (k, 0, _BINS), np.complex64, axis=1)
         self._newest = 0
-        self._fore: _Complex = np.zeros((k, streams, _BINS), dtype=np.complex64)
-        self._back: _Complex = np.zeros((k, streams, _BINS), dtype=np.complex64)
-        self._norm: _Float = np.zeros((streams, _BINS))  # reference power per bin over the filter's span
-        self._received_power: _Float = np.zeros(streams)  # smoothed powers of the input and the output
-        self._residual_power: _Float = np.zeros(streams)
-        self._fore_power: _Float = np.zeros(streams)  # smoothed residual powers of the two filters
-        self._back_power: _Float = np.zeros(streams)
-        self._blocks: npt.NDArray[np.intp] = np.zeros(streams, dtype=np.intp)  # blocks processed
-        self._updates: npt.NDArray[np.intp] = np.zeros(streams, dtype=np.intp)  # constraint rotation
-        self._error: _Float = np.zeros((streams, 2 * BLOCK))  # zero first half, residual second half
+        self._fore: _Complex = rows.add_array("_fore", (k, 0, _BINS), np.complex64, axis=1)
+        self._back: _Complex = rows.add_array("_back", (k, 0, _BINS), np.complex64, axis=1)
+        #: Reference power per bin over the filter's span.
+        self._norm: _Float = rows.add_array("_norm", (0, _BINS), np.float64)
+        #: Smoothed powers of the input and the output, and of the two filters' residuals.
+        self._received_power: _Float = rows.add_array("_received_power", (0,), np.float64)
+        self._residual_power: _Float = rows.add_array("_residual_power", (0,), np.float64)
+        self._fore_power: _Float = rows.add_array("_fore_power", (0,), np.float64)
+        self._back_power: _Float = rows.add_array("_back_power", (0,), np.float64)
+        #: Blocks processed, and updates made (which partition the next one constrains).
+        self._blocks: npt.NDArray[np.intp] = rows.add_array("_blocks", (0,), np.intp)
+        self._updates: npt.NDArray[np.intp] = rows.add_array("_updates", (0,), np.intp)
+        #: The background's residual, zero first half (overlap-save).
+        self._error: _Float = rows.add_array("_error", (0, 2 * BLOCK), np.float64)
         #: The background's step found at the last block, to be applied at the next one unless vetoed; and
         #: the foreground/background decisions that go with it.
-        self._pending: npt.NDArray[np.bool_] = np.zeros(streams, dtype=bool)
-        self._step: _Complex = np.zeros((streams, _BINS), dtype=np.complex64)
-        self._copy: npt.NDArray[np.bool_] = np.zeros(streams, dtype=bool)
-        self._reset: npt.NDArray[np.bool_] = np.zeros(streams, dtype=bool)
+        self._pending: npt.NDArray[np.bool_] = rows.add_array("_pending", (0,), np.bool_)
+        self._step: _Complex = rows.add_array("_step", (0, _BINS), np.complex64)
+        self._copy: npt.NDArray[np.bool_] = rows.add_array("_copy", (0,), np.bool_)
+        self._reset: npt.NDArray[np.bool_] = rows.add_array("_reset", (0,), np.bool_)
+        for _ in range(streams):
+            rows.add()
 
     @property
     def streams(self) -> int:
-        return int(self._input.shape[0])
-
-    def _arrays(self) -> dict[str, int]:
-        """Each per-row array's name and the axis its rows are on."""
-        return {
-            "_input": 0,
-            "_spectra": 1,
-            "_fore": 1,
-            "_back": 1,
-            "_norm": 0,
-            "_received_power": 0,
-            "_residual_power": 0,
-            "_fore_power": 0,
-            "_back_power": 0,
-            "_blocks": 0,
-            "_updates": 0,
-            "_error": 0,
-            "_pending": 0,
-            "_step": 0,
-            "_copy": 0,
-            "_reset": 0,
-        }
+        return self._store.rows
 
     def add(self) -> int:
         """A new row: its filter empty, its reference silent so far; returns its index."""
-        for name, axis in self._arrays().items():
-            old = getattr(self, name)
-            shape = list(old.shape)
-            shape[axis] = 1
-            setattr(self, name, np.concatenate([old, np.zeros(shape, dtype=old.dtype)], axis=axis))
-        return self.streams - 1
+        return self._store.add()
 
     def remove(self, row: int) -> None:
         """Drop row ``row``: the last row moves into its place (the caller renumbers it)."""
-        last = self.streams - 1
-        for name, axis in self._arrays().items():
-            array = getattr(self, name)
-            moved = np.moveaxis(array, axis, 0)
-            if row != last:
-                moved[row] = moved[last]
-            setattr(self, name, np.ascontiguousarray(np.moveaxis(moved[:last], 0, axis)))
+        self._store.remove(row)
 
     def reset(self, row: int) -> None:
         """Forget row ``row``'s filter and reference (a new echo path)."""
-        for name, axis in self._arrays().items():
-            np.moveaxis(getattr(self, name), axis, 0)[row] = 0
+        self._store.clear(row)
 
     def process(
         self,
