@@ -59,6 +59,14 @@ PCMU: Final = 0
 PCMA: Final = 8
 
 
+@functools.lru_cache(maxsize=32)
+def _decoded(frames: tuple[bytes, ...], payload_type: int) -> npt.NDArray[np.int16]:
+    """``frames`` (G.711 of ``payload_type``) decoded, a row per frame (silence for frames not 20 ms long)."""
+    decode = ulaw_decode if payload_type == PCMU else alaw_decode
+    rows = [decode(f) if len(f) == FRAME_SAMPLES else np.zeros(FRAME_SAMPLES, np.int16) for f in frames]
+    return np.stack(rows)
+
+
 class PortsExhausted(MediaError):
     """No free RTP port is left in the configured range."""
 
@@ -303,6 +311,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._events = TelephoneEventReceiver()
         self._transport: asyncio.DatagramTransport | None = None
         self._frames: tuple[bytes, ...] = ()
+        self._decoded_frames: npt.NDArray[np.int16] | None = None
         self._loop_playback = False
         self._pacer: Pacer | None = None
         self._media_time = 0
@@ -507,8 +516,9 @@ class RtpSession(asyncio.DatagramProtocol):
             raise MediaError("nothing to play")
         self.stop()
         self._frames = frames
+        self._decoded_frames = None  # for the detector bank, when needed
         self._loop_playback = loop
-        self._pacer = Pacer(clock.now())
+        self._pacer = Pacer(clock.pacing_start())
         self._playback_done = asyncio.get_running_loop().create_future()
         self._clock = clock
         clock.add(self)
@@ -551,16 +561,21 @@ class RtpSession(asyncio.DatagramProtocol):
     def _send(self, payload: bytes, index: int, now: float) -> None:
         if self._transport is None or self.remote is None:
             return
-        packet = self._sender.build(payload, media_time=index * FRAME_SAMPLES, marker=self._first_packet)
+        data, timestamp = self._sender.datagram(
+            payload, media_time=index * FRAME_SAMPLES, marker=self._first_packet
+        )
         self._first_packet = False
-        self._transport.sendto(bytes(packet), self.remote)
+        self._transport.sendto(data, self.remote)
         self.stats.sent += 1
-        self.last_sent = (packet.timestamp, now)
+        self.last_sent = (timestamp, now)
         if self._bank_handle is not None and len(payload) == FRAME_SAMPLES:
-            # What the caller's line will echo: the frame as its far end decodes it.
-            decode = ulaw_decode if self.payload_type == PCMU else alaw_decode
+            # What the caller's line will echo: the frame as its far end decodes it (decoded once per
+            # greeting and codec, for every call that plays it).
+            decoded = self._decoded_frames
+            if decoded is None:
+                decoded = self._decoded_frames = _decoded(self._frames, self.payload_type)
             detectors = self._bank_clock.detectors  # type: ignore[union-attr]
-            detectors.sent(self._bank_handle, decode(payload), packet.timestamp)
+            detectors.sent(self._bank_handle, decoded[index % len(decoded)], timestamp)
 
     def send_packet(self, packet: RtpPacket) -> None:
         """Send a packet numbered by someone else (the relay of a bridge) to where the peer is."""
@@ -602,6 +617,7 @@ class MediaClock:
         self._interval = interval
         self._sessions: set[Ticking] = set()
         self._task: asyncio.Task[None] | None = None
+        self._origin = 0.0  # the loop time of the current run's first tick: the grid of all its ticks
         #: Greeting-aware in-band detection of the sessions that listen while they play on this clock.
         self.detectors = DetectorBank()
         self._listeners: dict[int, Listening] = {}
@@ -629,7 +645,20 @@ class MediaClock:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+            loop = asyncio.get_running_loop()
+            self._origin = loop.time()
+            self._task = loop.create_task(self._run(), name="media-clock")
+
+    def pacing_start(self) -> float:
+        """Where a playback that starts now puts its frame 0 (:class:`~media.greeting.Pacer`'s start): half
+        a tick before the clock's next tick, so that each tick finds exactly one frame due even when the
+        loop wakes it a few milliseconds late. (A start at an arbitrary moment put some playbacks' deadlines
+        right at the tick, and the loop's wake-up jitter then sent their frames alternately on time and a
+        tick late.)"""
+        self._start()
+        now = self.now()
+        ticks = math.ceil((now - self._origin) / self._interval)
+        return self._origin + ticks * self._interval - self._interval / 2
 
     def _detect(self, now: float) -> None:
         """One tick of the bank; its digits go to their sessions (dated back by the bank's delay)."""
@@ -646,7 +675,7 @@ class MediaClock:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        deadline = self._origin
         while self._sessions or self._listeners:
             now = loop.time()
             for session in list(self._sessions):
