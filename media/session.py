@@ -27,6 +27,7 @@ import math
 import random
 import select
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 PCMU: Final = 0
 PCMA: Final = 8
+_TIME_AND_SOURCE: Final = struct.Struct("!II")  # an RTP header's timestamp and SSRC, from octet 4
 
 
 @functools.lru_cache(maxsize=32)
@@ -383,6 +385,10 @@ class RtpSession(asyncio.DatagramProtocol):
         if self._rx_origin is None:
             self._rx_ssrc, self._rx_origin, self._rx_next = ssrc, timestamp, 0
         position = (timestamp - self._rx_origin) & 0xFFFFFFFF
+        if position == self._rx_next and len(samples) == FRAME_SAMPLES and not len(self._rx_pending):
+            bank.received(handle, position, samples)  # the usual packet: one whole frame, in order
+            self._rx_next = position + FRAME_SAMPLES
+            return
         if position >= 0x80000000:
             return  # older than the stream's start: a stray late packet
         if position != self._rx_next:
@@ -442,6 +448,24 @@ class RtpSession(asyncio.DatagramProtocol):
                     time = self._time = asyncio.get_running_loop().time
                 now = time()
             on_datagram(data, now)
+            return
+        handle = self._bank_handle
+        if (
+            handle is not None
+            and len(data) == 12 + FRAME_SAMPLES
+            and data[0] == 0x80
+            and (data[1] & 0x7F == PCMU or data[1] & 0x7F == PCMA)
+            and self.on_packet is None
+            and self.on_audio is None
+        ):
+            # A 20 ms G.711 frame while the bank listens (every packet of a greeting call): no parse.
+            if not self.latched:
+                self.remote = (str(addr[0]), int(addr[1]))
+                self.latched = True
+            self.stats.received += 1
+            timestamp, ssrc = _TIME_AND_SOURCE.unpack_from(data, 4)
+            decode = ulaw_decode if data[1] & 0x7F == PCMU else alaw_decode
+            self._to_bank(handle, decode(data[12:]), timestamp, ssrc)
             return
         if is_rtcp(data):
             return  # RTCP is not used yet; it is not an error either
