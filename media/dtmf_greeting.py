@@ -45,9 +45,12 @@ _Float = npt.NDArray[np.float64]
 class GreetingDetector:
     """One stream's in-band detection with the greeting's echo removed (see the module docstring)."""
 
-    def __init__(self, detector: InbandDetector | None = None, *, partitions: int = PARTITIONS) -> None:
+    def __init__(
+        self, detector: InbandDetector | None = None, *, partitions: int = PARTITIONS, phase: int = 0
+    ) -> None:
         self.detector = detector or InbandDetector()
-        self.canceller = EchoCanceller(1, partitions=partitions)
+        self.canceller = EchoCanceller(0, partitions=partitions)
+        self.canceller.add(phase)  # when it learns once converged (EchoCanceller.add)
         self._received: _Float = np.zeros(0)
         self._reference: _Float = np.zeros(0)
         self._position = 0  # stream offset of the next block
@@ -161,7 +164,7 @@ class DetectorBank:
         self._handles += 1
         self._rows[handle] = len(self._streams)
         self._streams.append(_Stream(handle))
-        self._canceller.add()
+        self._canceller.add(phase=handle)  # streams that join together learn on different ticks
         self._store.add()
         return handle
 
@@ -271,11 +274,13 @@ class DetectorBank:
     def _reference(self, slot: int) -> _Float:
         """Each stream's sent block aligned with its received frame of ``slot`` (silence where nothing was
         sent, or before a stream's first frame arrived)."""
-        positions = (self._align + slot * BLOCK)[:, None] + _COUNT
+        starts = self._align + slot * BLOCK
+        positions = starts[:, None] + _COUNT
         reference = np.take_along_axis(self._sent, positions % _SENT_RING, axis=1)
-        ends = self._sent_end[:, None]
-        known = (
-            self._based[:, None] & (positions >= 0) & (positions < ends) & (positions >= ends - _SENT_RING)
-        )
+        # A block counts if all of it was sent and is still kept (a block half sent is rare: silence).
+        ends = self._sent_end
+        known = (self._based & (starts >= 0) & (starts + BLOCK <= ends) & (starts >= ends - _SENT_RING))[
+            :, None
+        ]
         result: _Float = np.where(known, reference, 0.0)
         return result

@@ -123,6 +123,7 @@ class EchoCanceller:
         #: Blocks processed, and updates made (which partition the next one constrains).
         self._blocks: npt.NDArray[np.intp] = rows.add_array("_blocks", (0,), np.intp)
         self._updates: npt.NDArray[np.intp] = rows.add_array("_updates", (0,), np.intp)
+        self._phase: npt.NDArray[np.intp] = rows.add_array("_phase", (0,), np.intp)  # see add()
         #: The background's residual, zero first half (overlap-save).
         self._error: _Float = rows.add_array("_error", (0, 2 * BLOCK), np.float64)
         #: The background's step found at the last block, to be applied at the next one unless vetoed; and
@@ -132,15 +133,19 @@ class EchoCanceller:
         self._copy: npt.NDArray[np.bool_] = rows.add_array("_copy", (0,), np.bool_)
         self._reset: npt.NDArray[np.bool_] = rows.add_array("_reset", (0,), np.bool_)
         for _ in range(streams):
-            rows.add()
+            self.add()
 
     @property
     def streams(self) -> int:
         return self._store.rows
 
-    def add(self) -> int:
-        """A new row: its filter empty, its reference silent so far; returns its index."""
-        return self._store.add()
+    def add(self, phase: int = 0) -> int:
+        """A new row: its filter empty, its reference silent so far; returns its index. Once converged, the
+        row learns on the blocks where ``blocks + phase`` is a multiple of four: rows that started together
+        but have different phases spread that work over the ticks."""
+        row = self._store.add()
+        self._phase[row] = phase % _PERIOD
+        return row
 
     def remove(self, row: int) -> None:
         """Drop row ``row``: the last row moves into its place (the caller renumbers it)."""
@@ -148,7 +153,9 @@ class EchoCanceller:
 
     def reset(self, row: int) -> None:
         """Forget row ``row``'s filter and reference (a new echo path)."""
+        phase = int(self._phase[row])
         self._store.clear(row)
+        self._phase[row] = phase
 
     def process(
         self,
@@ -203,7 +210,8 @@ class EchoCanceller:
         received_power += _SLOW * (np.einsum("ij,ij->i", d, d) - received_power)
         residual_power = self._residual_power
         residual_power += _SLOW * (np.einsum("ij,ij->i", residual, residual) - residual_power)
-        due = (blocks < _YOUNG) | (blocks % _PERIOD == 0) | (received_power < _CONVERGED * residual_power)
+        due = (blocks < _YOUNG) | ((blocks + self._phase) % _PERIOD == 0)
+        due |= received_power < _CONVERGED * residual_power
         if present is None:
             blocks += 1
         else:

@@ -92,7 +92,7 @@ def run_bank(delay: int, group: list[Stream]) -> list[list[tuple[str, int]]]:
     return found
 
 
-def run_alone(delay: int, s: Stream) -> list[tuple[str, int]]:
+def run_alone(delay: int, s: Stream, phase: int = 0) -> list[tuple[str, int]]:
     """The same stream through a GreetingDetector: block by block as the bank sees it, each slot's
     received frame (or a gap) with the sent frame aligned with it: the first frame received with the last
     frame sent by then, and so on (silence until the first frame arrived)."""
@@ -100,7 +100,7 @@ def run_alone(delay: int, s: Stream) -> list[tuple[str, int]]:
     received_frames = [j for j in range(s.frames) if j not in s.lost]
     first = received_frames[0]
     base = s.join + 2 + first + s.first_late  # the tick its first frame arrives, after that tick's send
-    detector = GreetingDetector()
+    detector = GreetingDetector(phase=phase)  # the bank gives its n-th stream the phase n
     digits: list[DigitDetected] = []
     for tick in range(s.join + 1, s.join + s.frames + 3 + delay):
         slot = tick - delay
@@ -123,8 +123,9 @@ def run_alone(delay: int, s: Stream) -> list[tuple[str, int]]:
 def test_batched_and_per_stream_detection_report_the_same_digits(case: tuple[int, list[Stream]]) -> None:
     delay, group = case
     together = run_bank(delay, group)
-    for stream, digits in zip(group, together, strict=True):
-        assert digits == run_alone(delay, stream)
+    joined = sorted(range(len(group)), key=lambda i: (group[i].join, i))  # the order of the bank's handles
+    for i, (stream, digits) in enumerate(zip(group, together, strict=True)):
+        assert digits == run_alone(delay, stream, joined.index(i))
 
 
 def test_the_comparison_sees_digits() -> None:
