@@ -97,7 +97,8 @@ class _Stream:
         self.detector: InbandDetector | None = None  # made when the stream first needs it
         self.base_slot: int | None = None  # the slot of the first frame received …
         self.base_position = 0  # … and its stream position
-        self.sent_origin: int | None = None  # the RTP timestamp of the first frame sent
+        self.sent_origin: int | None = None  # the RTP timestamp of the first frame sent …
+        self.sent_end = 0  # … and the position after the last sample sent (also in DetectorBank._sent_end)
         self.primed = False  # the detector has been fed up to the last processed slot
 
 
@@ -186,17 +187,22 @@ class DetectorBank:
         """A frame (160 samples) stream ``handle`` sent, with its RTP timestamp."""
         row = self._rows[handle]
         stream = self._streams[row]
-        if stream.sent_origin is None:
-            stream.sent_origin = timestamp
-        position = (timestamp - stream.sent_origin) & 0xFFFFFFFF
-        end = int(self._sent_end[row])
-        if position < end - _SENT_RING or position >= 0x80000000:
-            return  # from before what we keep: not the greeting's time line
-        ring = self._sent[row]
-        for start in range(end, min(position, end + _SENT_RING), BLOCK):
-            ring[start % _SENT_RING : start % _SENT_RING + BLOCK] = 0.0  # not sent: silence
-        ring[position % _SENT_RING : position % _SENT_RING + BLOCK] = samples
-        self._sent_end[row] = max(end, position + BLOCK)
+        origin = stream.sent_origin
+        if origin is None:
+            origin = stream.sent_origin = timestamp
+        position = (timestamp - origin) & 0xFFFFFFFF
+        position -= position % BLOCK  # frames on the 20 ms grid of the first (a greeting's always are)
+        end = stream.sent_end
+        if position != end:  # not the frame after the last one
+            if position < end - _SENT_RING or position >= 0x80000000:
+                return  # from before what we keep: not the greeting's time line
+            for start in range(end, min(position, end + _SENT_RING), BLOCK):
+                self._sent[row, start % _SENT_RING : start % _SENT_RING + BLOCK] = 0.0  # not sent: silence
+        start = position % _SENT_RING
+        self._sent[row, start : start + BLOCK] = samples
+        if position + BLOCK > end:
+            stream.sent_end = position + BLOCK
+            self._sent_end[row] = position + BLOCK
 
     def received(self, handle: int, position: int, samples: npt.ArrayLike) -> None:
         """A received frame (160 samples) of stream ``handle`` starting at stream position ``position``
@@ -206,7 +212,7 @@ class DetectorBank:
         upcoming = self._ticks + 1
         if stream.base_slot is None:
             stream.base_slot, stream.base_position = upcoming, position
-            offset = int(self._sent_end[row]) - (position + BLOCK)
+            offset = stream.sent_end - (position + BLOCK)
             self._align[row] = position + offset - upcoming * BLOCK
             self._based[row] = True
         slot = stream.base_slot + (position - stream.base_position) // BLOCK
