@@ -16,7 +16,10 @@ import numpy.typing as npt
 
 __all__ = ["RowStore"]
 
-_ALL: tuple[slice, ...] = (slice(None),) * 8  # index prefixes that select everything before the row axis
+
+def _at(axis: int, row: int) -> tuple[slice | int, ...]:
+    """The index of one row on ``axis`` (everything on the axes before it)."""
+    return (*(slice(None),) * axis, row)
 
 
 class RowStore:
@@ -56,14 +59,14 @@ class RowStore:
         last = self.rows - 1
         if row != last:
             for array, axis in self._full.values():
-                array[_ALL[:axis] + (row,)] = array[_ALL[:axis] + (last,)]
+                array[_at(axis, row)] = array[_at(axis, last)]
         self.rows = last
         self.bind()
 
     def clear(self, row: int) -> None:
         """Zero ``row`` in every array."""
         for array, axis in self._full.values():
-            array[_ALL[:axis] + (row,)] = 0
+            array[_at(axis, row)] = 0
 
     def bind(self) -> None:
         """Set each array's owner attribute to the view of the live rows."""
