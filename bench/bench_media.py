@@ -1,25 +1,31 @@
-"""Media benchmarks: how many anchored calls one core carries, and what in-band detection costs.
+"""Media benchmarks: how many calls in the greeting and how many bridged calls one core carries, what
+in-band detection in the greeting costs, and where the floor of a Python relay lies.
 
-Run from the repository root::
+Run from the repository root, under the benchmark lock (``flock /tmp/durchwahl-bench.lock …``)::
 
-    .venv/bin/python bench/bench_media.py [--ladder 25,50,100,200,400,800,1000] [--seconds 10]
-        [--loops asyncio,uvloop] [--profile N] [--skip-calls] [--skip-detector]
+    .venv/bin/python bench/bench_media.py [--ladder 100,200,300,400,500,600,800,1000] [--seconds 10]
+        [--loops asyncio,uvloop] [--detectors bank,off] [--greeting speech|example] [--profile N]
+        [--skip-calls] [--skip-detector]
     .venv/bin/python bench/bench_media.py --mode relay [--ladder 50,100,200,300,400,600,800,1000]
         [--seconds 10] [--loops asyncio,uvloop] [--profile N [--profile-out FILE]]
+    .venv/bin/python bench/bench_media.py --mode floor [--ladder …] [--seconds 10]
 
-**Calls.** Each call is one :class:`media.session.RtpSession` (its own UDP socket on 127.0.0.1) that plays
-``examples/greeting.wav`` (through :class:`media.greeting.GreetingCache`, looped, PCMU) on the shared
-:class:`media.session.MediaClock` and receives a 50 packet/s PCMU stream that runs both detectors: every
-packet is decoded and fed to the in-band detector, and every 5 s the stream carries one digit as RFC 4733
-events and one as in-band tones (so both detectors' digit paths run, and the digit count checks that they
-still work under load). The measured server runs in its own process pinned to CPU 0. The load generator runs
-in two other processes pinned to CPU 1: a sender and a sink sharing one socket (so symmetric-RTP latching
-sends the greeting to the sink). The sink takes each packet's kernel receive time (``SO_TIMESTAMPNS``, so its
-own scheduling delay does not count) and measures **pacing jitter**: per call, how much later than a perfect
-20 ms grid (fitted to that call's earliest packet) each packet arrived; p50/p99/max over every packet of every
-call. **Lost**: frames missing from the sequence at the sink (including frames the pacer skipped after a
-stall); **late**: packets more than 20 ms behind the grid; **in lost**: inbound packets the server never
-received. The ladder stops at the first step with a lost or late packet or p99 > 5 ms.
+**Calls in the greeting.** Each call is one :class:`media.session.RtpSession` (its own UDP socket on
+127.0.0.1) that plays the greeting (``--greeting speech``: 10 s of synthetic speech; ``example``:
+``examples/greeting.wav``, a chime) looped, PCMU, on the shared :class:`media.session.MediaClock`, and
+listens for digits as the greeting's collection does: RFC 4733 and, with ``--detectors bank``, in-band
+detection in the clock's :class:`media.dtmf_greeting.DetectorBank` (the echo of what the session sent
+removed). It receives a 50 packet/s PCMU stream: the echo of the greeting it sends (6 dB down, 40 ms late),
+and every 5 s one digit as RFC 4733 events and one as in-band tones over that echo (so both detectors'
+digit paths run, and the digit count checks that they still work under load). The measured server runs in
+its own process pinned to CPU 0. The load generator runs in two other processes pinned to CPU 1: a sender
+and a sink sharing one socket (so symmetric-RTP latching sends the greeting to the sink). The sink takes
+each packet's kernel receive time (``SO_TIMESTAMPNS``, so its own scheduling delay does not count) and
+measures **pacing jitter**: per call, how much later than a perfect 20 ms grid (fitted to that call's
+earliest packet) each packet arrived; p50/p99/max over every packet of every call. **Lost**: frames
+missing from the sequence at the sink (including frames the pacer skipped after a stall); **late**:
+packets more than 20 ms behind the grid; **in lost**: inbound packets the server never received. The
+ladder stops at the first step with a lost or late packet or p99 > 5 ms.
 
 **Bridged calls** (``--mode relay``). Most of an anchored call's life: two sessions per call (the caller's leg
 and the callee's), set up as the B2BUA does (``AnchoredMedia`` of ``routing.calls.media_anchor``: the caller's
@@ -32,10 +38,12 @@ the relayed packets' kernel receive times and measure **relay latency** (receive
 queueing and work plus loopback), p50/p99/max over every packet after the warm-up; **lost**: packets sent and
 never relayed; **gaps**: holes in each relayed stream's sequence numbers. The server's CPU (and the kernel's
 share of it) is given per step and per relayed packet. The ladder stops at the first step with a loss, a gap
-or p99 > 5 ms.
+or p99 > 5 ms. ``--mode floor`` runs the same load through a bare relay loop (``_floor_server``): the least
+any Python relay pays per packet.
 
-**Detector.** CPU per stream-hour of the in-band detector on speech-like audio (the greeting): one stream fed
-frame by frame as a call does, against the window analysis batched over many streams in one numpy call.
+**Detector.** CPU per channel-hour of in-band detection in the greeting (the greeting's echo coming back):
+one stream fed frame by frame (``InbandDetector`` alone, and ``GreetingDetector`` with the echo canceller),
+against ``DetectorBank`` with 100, 500 and 1,000 streams per tick.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import platform
@@ -61,17 +70,22 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "media")]
 
-from media.dtmf_inband import HOP, WINDOW, InbandDetector, analyse_windows  # noqa: E402
+from dtmf_synth import speech_like  # noqa: E402
+
+from media.dtmf_greeting import DetectorBank, GreetingDetector  # noqa: E402
+from media.dtmf_inband import InbandDetector  # noqa: E402
 from media.dtmf_rfc4733 import TelephoneEventSender  # noqa: E402
 from media.dtmf_tones import dtmf_tone  # noqa: E402
 from media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
-from media.greeting import GreetingCache  # noqa: E402
+from media.greeting import Greeting, GreetingCache, greeting_from_samples  # noqa: E402
 from media.session import MediaClock, PortAllocator, RtpSession  # noqa: E402
 from routing.server import event_loop_factory  # noqa: E402
 
 GREETING = ROOT / "examples" / "greeting.wav"
+ECHO_FRAMES = 2  # the caller's line returns the greeting 40 ms late …
+ECHO_GAIN = 0.5  # … and 6 dB down
 HOST = "127.0.0.1"
 SERVER_CPU = 0
 LOADGEN_CPU = 1
@@ -93,21 +107,38 @@ def _pin(cpu: int) -> bool:
 # ------------------------------------------------------------------------------------ load generator
 
 
-def _caller_audio() -> list[bytes]:
-    """One 5 s cycle of the caller's frames: the greeting's speech, a quiet gap with the tone of '7'."""
-    samples = GreetingCache().get(GREETING).samples.astype(np.float64)
-    audio = np.resize(samples, CYCLE_FRAMES * 160) * 0.5
-    audio[(TONE_FRAME - 5) * 160 : (TONE_FRAME + 10) * 160] = 0.0
-    audio[TONE_FRAME * 160 : (TONE_FRAME + 5) * 160] = dtmf_tone("7", 800)
-    pcm = np.clip(audio, -32768, 32767).astype(np.int16)
-    encoded = ulaw_encode(pcm)
-    return [encoded[i * 160 : (i + 1) * 160] for i in range(CYCLE_FRAMES)]
+def load_greeting(kind: str) -> Greeting:
+    """The greeting the calls play: ``example`` (examples/greeting.wav, a 3 s chime of pure tones) or
+    ``speech`` (10 s of synthetic speech at -12 dBm0, tests/media/dtmf_synth.py, the same every run)."""
+    if kind == "example":
+        return GreetingCache().get(GREETING)
+    samples = speech_like(np.random.default_rng(1), 10.0, level_dbm0=-12.0)
+    return greeting_from_samples(np.round(samples).astype(np.int16), source="synthetic speech")
 
 
-def _sender(sock: socket.socket, ports: list[int], seconds: float, start: float, conn: Connection) -> None:
-    """Send each port a 50 packet/s PCMU stream (in four groups 5 ms apart) for ``seconds``."""
+def _tone_frames() -> list[np.ndarray]:
+    """The caller's key '7': five 20 ms frames (100 ms) of its tone pair at -10 dBm0 per tone."""
+    tone = dtmf_tone("7", 5 * 160)
+    return [tone[i * 160 : (i + 1) * 160] for i in range(5)]
+
+
+def _sender(
+    sock: socket.socket,
+    ports: list[int],
+    seconds: float,
+    start: float,
+    greeting_kind: str,
+    played_from: float,
+    conn: Connection,
+) -> None:
+    """Send each port a 50 packet/s PCMU stream (in four groups 5 ms apart) for ``seconds``: the echo of
+    the greeting the server plays to it (started at ``played_from``, monotonic clock), and once every 5 s
+    cycle the digit '5' as RFC 4733 events and the digit '7' as in-band tones."""
     _pin(LOADGEN_CPU)
-    frames = _caller_audio()
+    greeting = load_greeting(greeting_kind)
+    echo = [ECHO_GAIN * ulaw_decode(frame).astype(np.float64) for frame in greeting.pcmu]
+    echo_payloads = [ulaw_encode(np.round(frame).astype(np.int16)) for frame in echo]
+    tones = _tone_frames()
     events: dict[int, list[tuple[bool, bytes]]] = {}  # cycle frame → (marker, payload) of the '5'
     for p in TelephoneEventSender().packets("5"):
         events.setdefault(EVENT_FRAME + p.send_time // 160, []).append((p.marker, p.payload))
@@ -119,6 +150,7 @@ def _sender(sock: socket.socket, ports: list[int], seconds: float, start: float,
     total = int(seconds / 0.02)
     max_lag = 0.0
     sent = digits = 0
+    first_heard = round((start - played_from) / 0.02) - ECHO_FRAMES
     for n in range(total):
         ts = n * 160
         for g, group in enumerate(groups):
@@ -128,15 +160,23 @@ def _sender(sock: socket.socket, ports: list[int], seconds: float, start: float,
                 time.sleep(delay)
             else:
                 max_lag = max(max_lag, -delay)
+            # The greeting frame the server sent ECHO_FRAMES ticks before now: a fixed delay, as a line's.
+            heard = first_heard + n
+            k = heard % len(echo) if heard >= 0 else -1
             for port in group:
                 cycle = (n + offsets[port]) % CYCLE_FRAMES
+                if TONE_FRAME <= cycle < TONE_FRAME + len(tones):
+                    frame = tones[cycle - TONE_FRAME] + (echo[k] if k >= 0 else 0.0)
+                    payload = ulaw_encode(np.clip(np.round(frame), -32768, 32767).astype(np.int16))
+                else:
+                    payload = echo_payloads[k] if k >= 0 else b"\xff" * 160
                 address = (HOST, port)
                 seq = n * 4  # room for the event packets in between
-                sendto(pack(0x80, 0, seq & 0xFFFF, ts & 0xFFFFFFFF, port) + frames[cycle], address)
+                sendto(pack(0x80, 0, seq & 0xFFFF, ts & 0xFFFFFFFF, port) + payload, address)
                 extra = events.get(cycle, ())
-                for k, (marker, body) in enumerate(extra):
+                for j, (marker, body) in enumerate(extra):
                     event_ts = (ts - 160 * (cycle - EVENT_FRAME)) & 0xFFFFFFFF  # the event's start
-                    header = pack(0x80, 101 | (0x80 if marker else 0), (seq + 1 + k) & 0xFFFF, event_ts, port)
+                    header = pack(0x80, 101 | (0x80 if marker else 0), (seq + 1 + j) & 0xFFFF, event_ts, port)
                     sendto(header + body, address)
                 sent += 1 + len(extra)
                 if cycle == TONE_FRAME + 10:
@@ -145,10 +185,14 @@ def _sender(sock: socket.socket, ports: list[int], seconds: float, start: float,
 
 
 def _sink(sock: socket.socket, seconds: float, warmup: float, conn: Connection) -> None:
-    """Receive the greeting packets with kernel timestamps; report pacing jitter and losses."""
+    """Receive the greeting packets with kernel timestamps; report pacing jitter and losses.
+
+    The sink drains its socket every millisecond (``MSG_DONTWAIT``: the socket is shared with the sender,
+    whose sends must stay blocking) instead of blocking in ``recvmsg``: a blocked reader makes every
+    ``sendto`` of the server wake it, an inter-processor wake-up charged to the server that a far end on
+    another machine does not cost (the same as the relay's sinks)."""
     _pin(LOADGEN_CPU)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    sock.settimeout(0.5)
     ssrcs: list[int] = []
     stamps: list[int] = []
     times: list[int] = []
@@ -158,8 +202,9 @@ def _sink(sock: socket.socket, seconds: float, warmup: float, conn: Connection) 
     recvmsg = sock.recvmsg
     while time.monotonic() < end:
         try:
-            data, ancillary, _, _ = recvmsg(2048, 64)
-        except TimeoutError:
+            data, ancillary, _, _ = recvmsg(2048, 64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            time.sleep(0.001)
             continue
         ts, ssrc = unpack(data, 4)
         ssrcs.append(ssrc)
@@ -207,61 +252,40 @@ def _jitter(ssrc: np.ndarray, stamp: np.ndarray, t_ns: np.ndarray, warmup: float
 # ------------------------------------------------------------------------------------------ server
 
 
-class _BatchedWindows:
-    """Prototype of batched in-band detection: every session's decoded frame lands in one array; one
-    ``analyse_windows`` call per clock tick classifies the four windows each frame completes, for all calls.
-    (The per-stream duration machine would run only for the rare streams whose windows name a digit; it is
-    not wired here, so in-band digits are not counted in this mode.)"""
-
-    def __init__(self, calls: int) -> None:
-        self.frames = np.zeros((calls, HOP + 160))
-        self.flagged = 0
-
-    def audio(self, row: int) -> Callable[[np.ndarray, float], None]:
-        frames = self.frames
-
-        def on_audio(samples: np.ndarray, now: float) -> None:
-            frames[row, :HOP] = frames[row, -HOP:]
-            frames[row, HOP:] = samples
-
-        return on_audio
-
-    def tick(self, now: float) -> None:
-        windows = np.lib.stride_tricks.sliding_window_view(self.frames, WINDOW, axis=1)[:, ::HOP]
-        analysis = analyse_windows(windows)
-        self.flagged += int((analysis.digits >= 0).any(axis=1).sum())
-
-
 def _server(
-    calls: int, loop_kind: str, detector: str, profile: bool, sink: tuple[str, int], conn: Connection
+    calls: int,
+    loop_kind: str,
+    detector: str,
+    greeting_kind: str,
+    profile: bool,
+    sink: tuple[str, int],
+    conn: Connection,
 ) -> None:
-    """The measured process: ``calls`` sessions playing the greeting and detecting digits."""
+    """The measured process: ``calls`` sessions playing the greeting and listening for digits, as a call
+    in the greeting does (``bank``: in-band detection in the media clock's DetectorBank, the echo of
+    what each session sends removed; ``off``: RFC 4733 only)."""
     pinned = _pin(SERVER_CPU)
-    greeting = GreetingCache().get(GREETING)
+    greeting = load_greeting(greeting_kind)
     digits = {"rfc4733": 0, "inband": 0, "info": 0}
-    batch = _BatchedWindows(calls) if detector == "batched" else None
     # Warm the detector's confirmation path (its first lstsq loads LAPACK: a one-off stall of ~0.4 s).
     InbandDetector().feed(np.concatenate([dtmf_tone("7", 800), np.zeros(800)]))
 
     def on_digit(pressed: Any) -> None:
         digits[pressed.source.value] += 1
 
-    def make(row: int) -> RtpSession:
-        if batch is not None:
-            return RtpSession(on_digit=on_digit, detect_inband=False, on_audio=batch.audio(row))
-        return RtpSession(on_digit=on_digit, detect_inband=detector == "stream")
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         allocator = PortAllocator(40000, 59999)
         clock = MediaClock()
-        sessions = [await allocator.open(lambda row=row: make(row)) for row in range(calls)]  # type: ignore[misc]
+        sessions = [
+            await allocator.open(lambda: RtpSession(detect_inband=detector == "bank")) for _ in range(calls)
+        ]
+        played_from = time.monotonic()
         for session in sessions:
             session.remote = sink
             session.play(greeting.pcmu, clock, loop=True)
-        if batch is not None:
-            clock.add(batch)
-        conn.send({"ports": [s.local[1] for s in sessions], "pinned": pinned})
+            session.on_digit = on_digit  # the greeting's digit collection listens
+        conn.send({"ports": [s.local[1] for s in sessions], "pinned": pinned, "played_from": played_from})
         await loop.run_in_executor(None, conn.recv)  # "measure": the warm-up is over
         profiler = None
         if profile:
@@ -270,8 +294,10 @@ def _server(
             profiler = cProfile.Profile()
             profiler.enable()
         cpu0, wall0 = time.process_time(), time.monotonic()
+        switches0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
         await loop.run_in_executor(None, conn.recv)  # "report"
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches0
         if profiler is not None:
             import pstats
 
@@ -284,6 +310,8 @@ def _server(
             "received": sum(s.stats.received for s in sessions),
             "skipped": sum(s.stats.skipped_frames for s in sessions),
             "digits": dict(digits),
+            "slips": clock.detectors.slips,
+            "preempted": preempted,
         }
         for session in sessions:
             session.close()
@@ -295,7 +323,7 @@ def _server(
 
 
 def run_step(
-    calls: int, loop_kind: str, detector: str, seconds: float, warmup: float, profile: bool
+    calls: int, loop_kind: str, detector: str, greeting: str, seconds: float, warmup: float, profile: bool
 ) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")  # the sender and the sink share the load generator's socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -304,7 +332,7 @@ def run_step(
     sock.bind((HOST, 0))
     server_end, server_conn = ctx.Pipe()
     server = ctx.Process(
-        target=_server, args=(calls, loop_kind, detector, profile, sock.getsockname(), server_conn)
+        target=_server, args=(calls, loop_kind, detector, greeting, profile, sock.getsockname(), server_conn)
     )
     server.start()
     try:
@@ -315,7 +343,10 @@ def run_step(
         sink = ctx.Process(target=_sink, args=(sock, total, warmup, sink_conn))
         sink.start()
         start = time.monotonic() + 0.2
-        sender = ctx.Process(target=_sender, args=(sock, ready["ports"], total, start, sender_conn))
+        sender = ctx.Process(
+            target=_sender,
+            args=(sock, ready["ports"], total, start, greeting, ready["played_from"], sender_conn),
+        )
         sender.start()
         time.sleep(start + warmup - time.monotonic())
         server_end.send("measure")
@@ -342,28 +373,34 @@ def run_step(
 
 
 def calls_ladder(
-    ladder: list[int], loops: list[str], detectors: list[str], seconds: float, profile_at: int | None
+    ladder: list[int],
+    loops: list[str],
+    detectors: list[str],
+    greeting: str,
+    seconds: float,
+    profile_at: int | None,
 ) -> None:
     print(
-        f"\nanchored calls: greeting out + 50 pps PCMU in (both detectors), {seconds:g} s per step after 2 s "
-        "warm-up; jitter at the sink (kernel timestamps)\n"
+        f"\ncalls in the greeting: the {greeting} greeting out, 50 pps PCMU in (its echo, 6 dB down, 40 ms "
+        f"late, and digits), {seconds:g} s a step after 2 s warm-up; jitter at the sink (kernel timestamps)\n"
     )
     header = (
         f"{'loop':8} {'in-band':8} {'calls':>5} {'sent pkts':>9} {'lost':>5} {'late':>5} {'in lost':>7} "
-        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu':>5} {'digits':>11} {'gen lag':>7}"
+        f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'cpu':>5} {'digits':>11} {'gen lag':>7} {'preempt':>7}"
     )
     print(header)
     print("-" * len(header))
     for loop_kind, detector in [(lo, de) for de in detectors for lo in loops]:
         for calls in ladder:
-            r = run_step(calls, loop_kind, detector, seconds, 2.0, profile_at == calls)
+            r = run_step(calls, loop_kind, detector, greeting, seconds, 2.0, profile_at == calls)
             in_lost = r["load"]["sent"] - r["received"]
             got = r["digits"]["rfc4733"] + r["digits"]["inband"]
             print(
                 f"{loop_kind:8} {detector:8} {calls:5d} {r['packets']:9d} {r['lost']:5d} {r['late']:5d} "
                 f"{in_lost:7d} "
                 f"{r['p50']:7.2f} {r['p99']:7.2f} {r['max']:7.1f} {r['cpu']:5.0%} "
-                f"{got:5d}/{r['load']['digits']:<5d} {r['load']['max_lag_ms']:5.1f}ms",
+                f"{got:5d}/{r['load']['digits']:<5d} {r['load']['max_lag_ms']:5.1f}ms {r['preempted']:7d}"
+                + (f"  (slips {r['slips']})" if r["slips"] else ""),
                 flush=True,
             )
             if r["lost"] or r["late"] or in_lost > 0 or r["p99"] > 5.0:
@@ -576,8 +613,90 @@ def _relay_server(
         runner.run(main())
 
 
+def _floor_server(
+    calls: int,
+    loop_kind: str,
+    profile: bool,
+    caller: tuple[str, int],
+    callee: tuple[str, int],
+    profile_out: str | None,
+    conn: Connection,
+) -> None:
+    """The floor of a Python relay, for comparison: no asyncio, no session or relay objects. Two UDP sockets
+    per call in one epoll; each wake-up reads one datagram from every ready socket, gives it a new SSRC,
+    sequence number and timestamp (fixed offsets, as within one epoch of ``OutgoingStream``) with one
+    ``struct.pack_into`` on a copy, and sends it from the other leg's socket. No latching, no hold, no
+    events, no duplicate detection: what any Python relay pays at least per packet."""
+    import select as select_
+
+    pinned = _pin(SERVER_CPU)
+    numbers = struct.Struct("!HII")
+    socks: dict[int, socket.socket] = {}
+    routes: dict[int, tuple[Any, tuple[str, int], int, int, int]] = {}
+    ports: list[tuple[int, int]] = []
+    epoll = select_.epoll()
+    for i in range(calls):
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for sock in (a, b):
+            sock.bind((HOST, 0))
+            sock.setblocking(False)
+            socks[sock.fileno()] = sock
+            epoll.register(sock.fileno(), select_.EPOLLIN)
+        # From A (the caller) out through B to the callee, and back; seq/ts offsets and a new SSRC.
+        routes[a.fileno()] = (b.sendto, callee, 1000 + i, 160 * i, 0x10000000 + 2 * i)
+        routes[b.fileno()] = (a.sendto, caller, 2000 + i, 320 * i, 0x10000001 + 2 * i)
+        ports.append((a.getsockname()[1], b.getsockname()[1]))
+    conn.send({"ports": ports, "pinned": pinned, "pid": os.getpid()})
+    relayed = 0
+    times0 = os.times()
+    wall0 = time.monotonic()
+    count0 = 0
+    poll = epoll.poll
+    unpack, pack_into = numbers.unpack_from, numbers.pack_into
+    while True:
+        if conn.poll():
+            message = conn.recv()
+            if message == "measure":
+                times0, wall0, count0 = os.times(), time.monotonic(), relayed
+                continue
+            break
+        for fd, _ in poll(0.05, 64):
+            try:
+                data = socks[fd].recv(4096)
+            except BlockingIOError:
+                continue
+            send, to, seq_offset, ts_offset, ssrc = routes[fd]
+            sequence, timestamp, _ = unpack(data, 2)
+            out = bytearray(data)
+            pack_into(out, 2, (sequence + seq_offset) & 0xFFFF, (timestamp + ts_offset) & 0xFFFFFFFF, ssrc)
+            send(out, to)
+            relayed += 1
+    times, wall = os.times(), time.monotonic() - wall0
+    system = times.system - times0.system
+    cpu = times.user - times0.user + system
+    count = relayed - count0
+    conn.send(
+        {
+            "cpu": cpu / wall,
+            "system": system / cpu if cpu else 0.0,
+            "preempted": 0,
+            "cpu_per_packet_us": cpu / count * 1e6 if count else 0.0,
+            "relayed": count,
+            "received": relayed,
+            "foreign": 0,
+        }
+    )
+
+
 def run_relay_step(
-    calls: int, loop_kind: str, seconds: float, warmup: float, profile: bool, profile_out: str | None = None
+    calls: int,
+    loop_kind: str,
+    seconds: float,
+    warmup: float,
+    profile: bool,
+    profile_out: str | None = None,
+    floor: bool = False,
 ) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")  # the sender and the sinks share the load generator's sockets
     sockets = []
@@ -590,7 +709,7 @@ def run_relay_step(
     caller, callee = sockets
     server_end, server_conn = ctx.Pipe()
     server = ctx.Process(
-        target=_relay_server,
+        target=_floor_server if floor else _relay_server,
         args=(
             calls,
             loop_kind,
@@ -656,7 +775,12 @@ def run_relay_step(
 
 
 def relay_ladder(
-    ladder: list[int], loops: list[str], seconds: float, profile_at: int | None, profile_out: str | None
+    ladder: list[int],
+    loops: list[str],
+    seconds: float,
+    profile_at: int | None,
+    profile_out: str | None,
+    floor: bool = False,
 ) -> None:
     print(
         f"\nbridged calls: 50 pps PCMU into each leg, relayed to the other (MediaBridge), {seconds:g} s "
@@ -671,7 +795,7 @@ def relay_ladder(
     for loop_kind in loops:
         for calls in ladder:
             for _attempt in range(3):
-                r = run_relay_step(calls, loop_kind, seconds, 2.0, profile_at == calls, profile_out)
+                r = run_relay_step(calls, loop_kind, seconds, 2.0, profile_at == calls, profile_out, floor)
                 if r["load"]["max_lag_ms"] <= GENERATOR_SLACK_MS:
                     break
                 # The generator fell behind (its CPU is shared): its late packets leave as a burst.
@@ -699,57 +823,81 @@ def _median_time(fn: Callable[[], object], repeat: int, number: int) -> float:
     return statistics.median(timeit.repeat(fn, repeat=repeat, number=number)) / number
 
 
+def _echoing_call(greeting: Greeting, rng: np.random.Generator, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """``frames`` frames of a greeting call from a random point of the looped greeting: what we sent, and
+    what came back (its echo, 6 dB down and 40 ms late, with line noise)."""
+    looped = np.roll(
+        ulaw_decode(b"".join(greeting.pcmu)).astype(np.float64), -160 * rng.integers(greeting.frames)
+    )
+    sent = np.resize(looped, frames * 160)
+    back = ECHO_GAIN * np.concatenate([np.zeros(ECHO_FRAMES * 160), sent])[: len(sent)]
+    return sent, back + rng.normal(0, 10, len(back))
+
+
+def _plain(encoded: list[bytes]) -> None:
+    detector = InbandDetector()
+    for payload in encoded:
+        detector.feed(ulaw_decode(payload))
+
+
+def _aware(encoded: list[bytes], sent: np.ndarray) -> None:
+    detector = GreetingDetector()
+    for i, payload in enumerate(encoded):
+        detector.feed(ulaw_decode(payload), sent[i * 160 : (i + 1) * 160])
+
+
+def _bank_ticks(
+    bank: DetectorBank, handles: list[int], calls: list[tuple[np.ndarray, np.ndarray]], first: int, count: int
+) -> None:
+    for n in range(first, first + count):
+        for handle, (sent, back) in zip(handles, calls, strict=True):
+            bank.sent(handle, sent[n * 160 : (n + 1) * 160], n * 160)
+            bank.received(handle, n * 160, back[n * 160 : (n + 1) * 160])
+        bank.tick()
+
+
 def detector_cost(repeat: int) -> None:
+    """CPU per channel-hour of in-band detection in the greeting, one stream at a time and batched."""
     _pin(SERVER_CPU)
-    samples = GreetingCache().get(GREETING).samples
-    frames = np.resize(samples, 250 * 160).reshape(250, 160)  # 5 s of speech
-    encoded = [ulaw_encode(f) for f in frames]
-    hour = 3600 * 50  # frames per stream-hour
-
-    def single_stream() -> None:
-        detector = InbandDetector()
-        for payload in encoded:
-            detector.feed(ulaw_decode(payload))
-
-    per_frame = _median_time(single_stream, repeat, 1) / len(encoded)
-    print(f"\nin-band detector CPU (median of {repeat}), speech-like audio (the greeting)")
-    print(f"{'way':52} {'µs/frame':>9} {'CPU s per stream-hour':>22}")
+    hour = 3600 * 50  # frames per channel-hour
+    frames = 250  # 5 s
     print(
-        f"{'one stream: decode + InbandDetector.feed per 20 ms':52} {per_frame * 1e6:9.1f} "
-        f"{per_frame * hour:22.2f}"
+        f"\nin-band detection in the greeting, its echo coming back: CPU per channel-hour, median of {repeat}"
     )
-    windows = np.stack(
-        [np.concatenate([f[i * HOP : i * HOP + WINDOW]]) for f in frames[:1] for i in range(3)]
-    )
-    one = _median_time(lambda: analyse_windows(windows), repeat, 2000)
-    print(f"{'one stream: analyse_windows on one frame (4 windows)':52} {one * 1e6:9.1f} {one * hour:22.2f}")
-    rng = np.random.default_rng(1)
-    for streams in (100, 1000):
-        picks = rng.integers(0, 250, streams)
-        batch = np.stack([frames[k] for k in picks]).astype(np.float64)
-        # Each 20 ms frame completes four 10 ms windows (hop 5 ms) per stream: (streams, 4, 80).
-        history = np.concatenate([np.zeros((streams, HOP)), batch], axis=1)
-        tick = np.stack([history[:, i * HOP : i * HOP + WINDOW] for i in range(4)], axis=1)
-
-        def batched(tick: np.ndarray = tick) -> None:
-            analysis = analyse_windows(tick)
-            (analysis.digits >= 0).any(axis=1)  # which streams need their duration machine
-
-        t = _median_time(batched, repeat, 50) / streams
-        print(
-            f"{f'batched: analyse_windows over {streams} streams per tick':52} {t * 1e6:9.1f} "
-            f"{t * hour:22.2f}"
-        )
+    print(f"{'way':62} {'greeting':>8} {'µs/frame':>9} {'s/ch-hour':>10}")
+    for kind in ("speech", "example"):
+        greeting = load_greeting(kind)
+        rng = np.random.default_rng(1)
+        sent, back = _echoing_call(greeting, rng, frames)
+        pcm = np.round(back).astype(np.int16)
+        encoded = [ulaw_encode(pcm[i * 160 : (i + 1) * 160]) for i in range(frames)]
+        for name, fn in (
+            ("one stream: InbandDetector.feed (no echo canceller)", functools.partial(_plain, encoded)),
+            ("one stream: GreetingDetector.feed (echo cancelled)", functools.partial(_aware, encoded, sent)),
+        ):
+            t = _median_time(fn, repeat, 1) / frames
+            print(f"{name:62} {kind:>8} {t * 1e6:9.1f} {t * hour:10.2f}")
+        for streams in (100, 500, 1000):
+            calls = [_echoing_call(greeting, rng, 2 * frames) for _ in range(streams)]
+            bank = DetectorBank()
+            handles = [bank.join() for _ in range(streams)]
+            _bank_ticks(bank, handles, calls, 0, frames)  # five seconds: the filters have converged
+            began = time.process_time()
+            _bank_ticks(bank, handles, calls, frames, frames)
+            t = (time.process_time() - began) / frames / streams
+            name = f"batched: DetectorBank, {streams} streams (sent + received + tick)"
+            print(f"{name:62} {kind:>8} {t * 1e6:9.1f} {t * hour:10.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--mode",
-        choices=("greeting", "relay"),
+        choices=("greeting", "relay", "floor"),
         default="greeting",
         help="greeting: calls in the greeting phase (greeting out, digits detected on the caller's audio); "
-        "relay: bridged calls (two legs relayed by a MediaBridge)",
+        "relay: bridged calls (two legs relayed by a MediaBridge); floor: the same load through a bare "
+        "Python relay loop (no asyncio, no objects), the floor of any Python relay",
     )
     parser.add_argument(
         "--ladder", default=None, help="calls per step (greeting: 25,…,1000; relay: 50,…,1000)"
@@ -758,9 +906,15 @@ def main() -> None:
     parser.add_argument("--loops", default="asyncio,uvloop")
     parser.add_argument(
         "--detectors",
-        default="stream,batched",
-        help="in-band detection in the calls: stream (InbandDetector per session, as shipped), "
-        "batched (prototype: one analyse_windows per tick for all calls), off",
+        default="bank,off",
+        help="in-band detection in the calls: bank (the media clock's DetectorBank, echo cancelled, as "
+        "shipped), off (RFC 4733 only)",
+    )
+    parser.add_argument(
+        "--greeting",
+        choices=("example", "speech"),
+        default="speech",
+        help="example: examples/greeting.wav (a chime of pure tones); speech: 10 s of synthetic speech",
     )
     parser.add_argument("--profile", type=int, default=None, help="profile the server at this many calls")
     parser.add_argument("--profile-out", default=None, help="relay mode: also dump the profile to this file")
@@ -782,19 +936,23 @@ def main() -> None:
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; server on CPU {SERVER_CPU}, "
         f"load generator on CPU {LOADGEN_CPU}"
     )
-    if args.mode == "relay":
+    if args.mode in ("relay", "floor"):
         ladder = [int(n) for n in (args.ladder or "50,100,200,300,400,600,800,1000").split(",")]
         with contextlib.suppress(KeyboardInterrupt):
-            relay_ladder(ladder, loops, args.seconds, args.profile, args.profile_out)
+            if args.mode == "floor":
+                relay_ladder(ladder, ["none"], args.seconds, None, None, floor=True)
+            else:
+                relay_ladder(ladder, loops, args.seconds, args.profile, args.profile_out)
         return
     if not args.skip_detector:
         detector_cost(args.repeat)
     if not args.skip_calls:
         with contextlib.suppress(KeyboardInterrupt):
             calls_ladder(
-                [int(n) for n in (args.ladder or "25,50,100,200,400,800,1000").split(",")],
+                [int(n) for n in (args.ladder or "100,200,300,400,500,600,800,1000").split(",")],
                 loops,
                 args.detectors.split(","),
+                args.greeting,
                 args.seconds,
                 args.profile,
             )

@@ -457,7 +457,7 @@ class MediaRelay:
 
     # -------------------------------------------------------------------------------- relayed packets
 
-    def handle_datagram(self, side: Side, data: bytes, now: float) -> bytes | None:
+    def handle_datagram(self, side: Side, data: bytes, now: float) -> bytes | bytearray | None:
         """:meth:`handle_packet` without packet objects, for the packet of nearly every call's life: ``data``
         is a plain RTP datagram (version 2, no padding, extension or CSRC: first octet 0x80, 12 octets or
         more) of the leg's audio payload type, in an open and unmuted direction, no telephone-event's tone
@@ -486,10 +486,12 @@ class MediaRelay:
         out_pt = direction.target.payload_type
         if second & 0x80 or new_epoch:
             out_pt |= 0x80
-        header = _HEADER.pack(0x80, out_pt, out_sequence, out_timestamp, stream.ssrc)
         if direction.conversion is not None:
+            header = _HEADER.pack(0x80, out_pt, out_sequence, out_timestamp, stream.ssrc)
             return header + data[12:].translate(direction.conversion)
-        return header + data[12:]
+        out = bytearray(data)  # one copy, the new header written over the old
+        _HEADER.pack_into(out, 0, 0x80, out_pt, out_sequence, out_timestamp, stream.ssrc)
+        return out
 
     def handle_packet(self, side: Side, packet: RtpPacket, now: float) -> list[RtpPacket]:
         """The packets to send to the other leg for one packet received from ``side``."""

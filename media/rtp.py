@@ -198,6 +198,15 @@ class RtpSender:
         """The RTP timestamp for a media time in samples counted from the start of the stream."""
         return (self.initial_timestamp + media_time) & 0xFFFFFFFF
 
+    def datagram(self, payload: bytes, *, media_time: int, marker: bool = False) -> tuple[bytes, int]:
+        """The next packet as octets (those of ``bytes(build(...))`` for this sender's payload type,
+        without making the packet object), and its RTP timestamp."""
+        timestamp = (self.initial_timestamp + media_time) & 0xFFFFFFFF
+        second = self.payload_type | 0x80 if marker else self.payload_type
+        sequence = (self.initial_sequence_number + self.packets_sent) & 0xFFFF
+        self.packets_sent += 1
+        return _HEADER.pack(0x80, second, sequence, timestamp, self.ssrc) + payload, timestamp
+
     def build(
         self,
         payload: bytes,

@@ -190,3 +190,14 @@ def test_sender_numbers_packets_and_wraps() -> None:
 def test_sender_rejects_a_bad_payload_type() -> None:
     with pytest.raises(ValueError, match="payload type"):
         RtpSender(200, random.Random(0))
+
+
+def test_sender_datagram_is_the_built_packet_as_octets() -> None:
+    """``datagram`` (the greeting's send path) numbers and encodes exactly as ``build`` then ``bytes``."""
+    one, two = RtpSender(8, random.Random(4)), RtpSender(8, random.Random(4))
+    for index, marker in [(0, True), (1, False), (5, False), (2**31, False)]:
+        payload = bytes(range(index % 7, index % 7 + 160))
+        data, timestamp = one.datagram(payload, media_time=index * 160, marker=marker)
+        packet = two.build(payload, media_time=index * 160, marker=marker)
+        assert data == bytes(packet) and timestamp == packet.timestamp
+    assert one.packets_sent == two.packets_sent == 4

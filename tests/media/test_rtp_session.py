@@ -350,3 +350,34 @@ async def test_plain_datagrams_go_to_on_datagram_while_nobody_listens() -> None:
     assert raw == [plain]
     assert [p.sequence_number for p in parsed] == [2, 1]
     assert session.latched and session.stats.dropped_foreign == 0
+
+
+async def test_a_playback_started_at_any_moment_is_paced_half_a_tick_off_the_clock() -> None:
+    """Frames are due half a tick before the clock's ticks, so a tick that the loop wakes up to 9 ms late
+    still finds exactly one frame due. (Pacing a playback from the moment it started put some playbacks'
+    deadlines right at the ticks: the loop's wake-up jitter then sent their frames a tick late.)"""
+    from media.greeting import Pacer
+
+    class Idle:
+        def tick(self, now: float) -> None:
+            pass
+
+    clock = MediaClock()
+    clock.add(Idle())
+    rng = random.Random(3)
+    try:
+        for _ in range(5):
+            await asyncio.sleep(rng.uniform(0.001, 0.05))  # any moment between ticks
+            start = clock.pacing_start()
+            grid = clock._origin + 0.02 * round((start + 0.01 - clock._origin) / 0.02)
+            assert start == pytest.approx(grid - 0.01, abs=1e-9) and start <= clock.now() + 0.02
+            pacer = Pacer(start)
+            first_tick = grid if grid >= clock.now() else grid + 0.02
+            for m in range(50):
+                now = first_tick + 0.02 * m + rng.uniform(0.0, 0.009)  # the loop wakes a little late
+                frames = []
+                while (index := pacer.due(now)) is not None:
+                    frames.append(index)
+                assert len(frames) == 1 or (m == 0 and frames)
+    finally:
+        await clock.close()

@@ -317,6 +317,63 @@ async def test_info_digits_during_the_greeting_are_taken_too(office: Office) -> 
     await office.idle()
 
 
+async def test_tones_dialled_through_the_greetings_echo_ring_that_extension(
+    office: Office, tmp_path: Path
+) -> None:
+    """The caller's line returns the greeting (a voice-like 4 s greeting here) 6 dB down and 40 ms late, and
+    the caller dials 101 in-band, each tone as loud as that echo: Anna (101) rings, not the default."""
+    from media.dtmf_tones import dtmf_tone
+    from media.g711 import ulaw_encode
+
+    rng = np.random.default_rng(21)
+    t = np.arange(4 * 8000) / 8000
+    pitch = 2 * np.pi * np.cumsum(140 + 40 * np.sin(2 * np.pi * 0.7 * t)) / 8000
+    voice = sum(np.sin(k * pitch) / k for k in range(1, 20)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t) ** 2)
+    voice *= 5000 / np.std(voice)  # about -13 dBm0
+    with wave.open(str(tmp_path / "long.wav"), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(voice.astype("<i2").tobytes())
+    anna = await office.phone("101")
+    bernd = await office.phone("102", Script("ignore"))
+    facts: list[object] = []
+    office.b2bua.on_event = facts.append
+    call, rtp, where = await answered_anchored(office, GREETING)
+    await rtp.wait_for(lambda p: p.payload_type == 0)
+    level = 20 * np.log10(5000 * 0.5 / (22657 / np.sqrt(2)))  # the echo's level, dBm0
+    played: list[np.ndarray] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for n in range(150):  # 3 s of the caller's audio, 20 ms a packet
+        greeting = sorted((p for p in rtp.packets if p.payload_type == 0), key=lambda p: p.sequence_number)
+        played = [ulaw_decode(p.payload).astype(np.float64) for p in greeting]
+        k = len(played) - 2  # the echo: what it heard 40 ms ago
+        frame = 0.5 * played[k] if k >= 0 else np.zeros(160)
+        digit = n // 12 - 5  # from 1.2 s on: a tone of 80 ms every 240 ms
+        if 0 <= digit < 3 and n % 12 < 4:
+            frame = (
+                frame + dtmf_tone("101"[digit], 640, low_dbm0=level, high_dbm0=level)[(n % 12) * 160 :][:160]
+            )
+        frame = frame + rng.normal(0, 10, 160)
+        payload = ulaw_encode(np.clip(np.round(frame), -32768, 32767).astype(np.int16))
+        rtp.send(RtpPacket(0, n, n * 160, 0x5EED, payload), where)
+        await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
+    leg = await anna.next_call()
+    await event_of(leg, Confirmed)
+    assert bernd.calls.empty()
+    from routing.events import DigitPressed
+
+    assert [(f.digit, f.source) for f in facts if isinstance(f, DigitPressed)] == [
+        ("1", "inband"),
+        ("0", "inband"),
+        ("1", "inband"),
+    ]
+    call.bye()
+    assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
+    await office.idle()
+
+
 async def test_no_digits_during_the_greeting_ring_the_default_destination(office: Office) -> None:
     bernd = await office.phone("102")
     call, _, _ = await answered_anchored(office, SHORT)
