@@ -29,6 +29,7 @@ from .handshake import AckCache, Retransmit2xx, TwoxxSender
 from .headers import Header, Via, is_digits
 from .limits import DEFAULT_LIMITS, Limits
 from .message import Request, Response, error_response, make_response, parse_message
+from .tls import TlsContexts
 from .transaction import (
     AckReceived,
     CancelReceived,
@@ -43,7 +44,15 @@ from .transaction import (
     TransactionLayer,
     TransportFailed,
 )
-from .transport import Flow, ListenSpec, TransportError, TransportName, TransportSet, parse_listen_spec
+from .transport import (
+    STREAM_TRANSPORTS,
+    Flow,
+    ListenSpec,
+    TransportError,
+    TransportName,
+    TransportSet,
+    parse_listen_spec,
+)
 from .uri import NameAddr, SipUri, parse_name_addr
 
 __all__ = [
@@ -68,6 +77,12 @@ Screen = Callable[[Request, Flow], Response | bool]
 #: (see :meth:`Endpoint.add_tracer`).
 Tracer = Callable[[Literal["in", "out"], bytes, Flow], None]
 _MAGIC = "z9hG4bK"
+
+
+def _transport_name(transport: str) -> TransportName:
+    """ "udp", "TCP", "tls" … as a transport name (anything unknown: TCP)."""
+    upper = transport.upper()
+    return "UDP" if upper == "UDP" else "TLS" if upper == "TLS" else "TCP"
 
 
 class TimerUser(Protocol):
@@ -298,8 +313,20 @@ class Endpoint:
 
     # ------------------------------------------------------------------------------------ life cycle
 
+    @property
+    def tls(self) -> TlsContexts:
+        """The TLS contexts in force: configure them before a TLS listener starts (``tls:`` needs the server
+        context); replaced contexts apply to connections made afterwards."""
+        return self._transports.contexts
+
+    def peer_names(self, flow: Flow) -> tuple[str, ...] | None:
+        """The names the peer certificate of ``flow``'s TLS connection was verified for (empty: it sent none
+        or none was asked for); None when ``flow`` is no open TLS connection."""
+        return self._transports.peer_names(flow)
+
     async def listen(self, spec: str | ListenSpec) -> tuple[str, int]:
-        """Start a listener ("udp:127.0.0.1:5060", "tcp:[::1]:0" …); returns the bound address."""
+        """Start a listener ("udp:127.0.0.1:5060", "tcp:[::1]:0", "tls:127.0.0.1:5061" …); returns the
+        bound address. A TLS listener needs ``tls.server`` configured first."""
         self._loop = asyncio.get_running_loop()
         if isinstance(spec, str):
             spec = parse_listen_spec(spec)
@@ -336,7 +363,7 @@ class Endpoint:
         self, transport: str = "UDP", remote: tuple[str, int] = ("127.0.0.1", 5060)
     ) -> tuple[str, int]:
         """The listener address used towards ``remote`` (for Via sent-by and Contact)."""
-        return self._transports.local_for("UDP" if transport.upper() == "UDP" else "TCP", remote)
+        return self._transports.local_for(_transport_name(transport), remote)
 
     # ------------------------------------------------------------------------------------ randomness
 
@@ -543,7 +570,7 @@ class Endpoint:
                 for name, value in extra:
                     message = message.add_header(name, value)
             if isinstance(flow, Flow):
-                self._transmit(bytes(message), flow)
+                self._transmit(bytes(message), flow, event.handle)
         elif isinstance(event, RequestReceived):
             assert event.handle is not None
             self._on_request(event.request, event.handle)
@@ -581,7 +608,7 @@ class Endpoint:
         assert isinstance(flow, Flow)
         incoming = IncomingRequest(self, request, flow, handle)
         self._incoming[handle] = incoming
-        rejection = check_request(request, self.core)
+        rejection = check_request(request, self.core, secure=flow.transport == "TLS")
         if rejection is not None:
             incoming.send(rejection)
             return
@@ -672,7 +699,11 @@ class Endpoint:
             else:
                 self._on_stray(response)
             return
-        if outgoing.flow.transport == "TCP" and handle.method == "REGISTER" and 200 <= response.status < 300:
+        if (
+            outgoing.flow.transport in STREAM_TRANSPORTS
+            and handle.method == "REGISTER"
+            and 200 <= response.status < 300
+        ):
             self._hold_registration(outgoing.request, response, outgoing.flow)
         if outgoing.on_response is not None:
             if response.status < 200:
@@ -697,7 +728,11 @@ class Endpoint:
         request = incoming.request
         if log.isEnabledFor(logging.DEBUG):
             log.debug("send to %s: %s", incoming.flow, _summary(response))
-        if incoming.flow.transport == "TCP" and request.method == "REGISTER" and 200 <= response.status < 300:
+        if (
+            incoming.flow.transport in STREAM_TRANSPORTS
+            and request.method == "REGISTER"
+            and 200 <= response.status < 300
+        ):
             self._hold_registration(request, response, incoming.flow)
         if request.method == "INVITE" and 200 <= response.status < 300 and not incoming.taken_over:
             self._layer.send_response(incoming._handle, response, self._now)
@@ -776,11 +811,14 @@ class Endpoint:
         self._transmit(data, flow)
         self._arm_timer()
 
-    def flow_to(self, host: str, port: int, transport: str = "UDP") -> Flow:
-        """A flow towards ``host:port`` (an IP address) leaving from a matching listener."""
-        name: TransportName = "UDP" if transport.upper() == "UDP" else "TCP"
+    def flow_to(
+        self, host: str, port: int, transport: str = "UDP", *, server_name: str | None = None
+    ) -> Flow:
+        """A flow towards ``host:port`` (an IP address) leaving from a matching listener; over TLS the peer's
+        certificate must be valid for ``server_name`` (None: for ``host``)."""
+        name = _transport_name(transport)
         local = self._transports.local_for(name, (host, port))
-        return Flow(name, local, (host, port))
+        return Flow(name, local, (host, port), server_name=server_name if name == "TLS" else None)
 
     def make_request(
         self,
@@ -828,13 +866,20 @@ class Endpoint:
         return Via(flow.transport, host, port, (("branch", self.new_branch()), ("rport", None)))
 
     def contact_uri(self, flow: Flow, who: NameAddr | None = None) -> SipUri:
+        """Our Contact on ``flow``: ``sip:…;transport=tcp`` over TCP, and over TLS a ``sips:`` URI (RFC 5630
+        §3.1.3: the SIPS scheme, not the deprecated ``transport=tls``, says "reach me over TLS")."""
         host, port = flow.local
         host = f"[{host}]" if ":" in host else host
         user = who.uri.user if who is not None and isinstance(who.uri, SipUri) else None
+        if flow.transport == "TLS":
+            return SipUri("sips", user, None, host, port)
         params = (("transport", "tcp"),) if flow.transport == "TCP" else ()
         return SipUri("sip", user, None, host, port, params)
 
-    def _transmit(self, data: bytes, flow: Flow) -> None:
+    def _transmit(self, data: bytes, flow: Flow, handle: TransactionHandle | None = None) -> None:
+        """Send ``data`` along ``flow``; a message of transaction ``handle`` that cannot be sent (no
+        connection can be made: refused, TLS certificate not accepted …) ends that transaction at once
+        (RFC 3261 §17.1.4: a transport error), rather than by its timeout 32 s later."""
         if flow.transport == "UDP":
             try:
                 self._transports.udp_send(data, flow)
@@ -844,26 +889,34 @@ class Endpoint:
             if self._tracers:
                 self._trace("out", data, flow)
             return
-        # TCP: written at once on an open connection (in order with everything else on it, and before the
-        # connection may close); a connection to be made first is a task.
+        # TCP, TLS: written at once on an open connection (in order with everything else on it, and before
+        # the connection may close); a connection to be made first is a task.
         try:
             sent = self._transports.send_now(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
+            self._transport_failed(handle)
             return
         if sent is None:
-            self._spawn(self._transmit_stream(data, flow))
+            self._spawn(self._transmit_stream(data, flow, handle))
         elif self._tracers:
             self._trace("out", data, sent)
 
-    async def _transmit_stream(self, data: bytes, flow: Flow) -> None:
+    async def _transmit_stream(self, data: bytes, flow: Flow, handle: TransactionHandle | None) -> None:
         try:
             sent = await self._transports.send(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
+            self._transport_failed(handle)
             return
         if self._tracers:
             self._trace("out", data, sent)
+
+    def _transport_failed(self, handle: TransactionHandle | None) -> None:
+        if handle is None or self._closed:
+            return
+        self._layer.handle_transport_error(handle, self._now)
+        self._drain()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
