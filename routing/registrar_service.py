@@ -358,9 +358,11 @@ class RegistrarService:
     def flow_for(binding: Binding) -> Flow | None:
         """The flow to reach the phone by: the one its REGISTER came on (None if unknown)."""
         flow = binding.flow
-        if flow is None or flow.transport not in ("UDP", "TCP"):
+        if flow is None or flow.transport not in ("UDP", "TCP", "TLS"):
             return None
-        transport: TransportName = "UDP" if flow.transport == "UDP" else "TCP"
+        transport: TransportName = (
+            "UDP" if flow.transport == "UDP" else "TLS" if flow.transport == "TLS" else "TCP"
+        )
         return Flow(transport, flow.local, flow.remote, flow.connection_id)
 
     async def ping(self, endpoint: Endpoint, *, timeout: float = 5.0, concurrency: int = 20) -> int:

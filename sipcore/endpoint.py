@@ -865,14 +865,18 @@ class Endpoint:
         host = f"[{host}]" if ":" in host else host
         return Via(flow.transport, host, port, (("branch", self.new_branch()), ("rport", None)))
 
-    def contact_uri(self, flow: Flow, who: NameAddr | None = None) -> SipUri:
-        """Our Contact on ``flow``: ``sip:…;transport=tcp`` over TCP, and over TLS a ``sips:`` URI (RFC 5630
-        §3.1.3: the SIPS scheme, not the deprecated ``transport=tls``, says "reach me over TLS")."""
+    def contact_uri(self, flow: Flow, who: NameAddr | None = None, *, sips: bool = False) -> SipUri:
+        """Our Contact on ``flow``: ``sip:…;transport=tcp`` over TCP; over TLS a ``sips:`` URI for a SIPS
+        request or dialog (RFC 3261 §8.1.1.8, §12.1.1), else ``sip:…;transport=tls`` — which §26.2.2
+        deprecates in favour of ``sips:``, but which phones send and understand (baresip 1.0 cannot send
+        to a ``sips:`` Contact at all), and which tells the peer to reach us over TLS all the same."""
         host, port = flow.local
         host = f"[{host}]" if ":" in host else host
         user = who.uri.user if who is not None and isinstance(who.uri, SipUri) else None
         if flow.transport == "TLS":
-            return SipUri("sips", user, None, host, port)
+            if sips:
+                return SipUri("sips", user, None, host, port)
+            return SipUri("sip", user, None, host, port, (("transport", "tls"),))
         params = (("transport", "tcp"),) if flow.transport == "TCP" else ()
         return SipUri("sip", user, None, host, port, params)
 

@@ -20,6 +20,7 @@ __all__ = [
     "TlsError",
     "client_context",
     "describe_handshake_error",
+    "name_matches",
     "peer_names",
     "server_context",
 ]
@@ -69,11 +70,17 @@ def _load_cas(context: ssl.SSLContext, ca_file: Path) -> None:
 
 
 def server_context(
-    certificate: Path, key: Path, *, client_cas: Iterable[Path] = (), verify_clients: bool = False
+    certificate: Path,
+    key: Path,
+    *,
+    verify_clients: bool = False,
+    client_cas: Iterable[Path] = (),
+    system_cas: bool = False,
 ) -> ssl.SSLContext:
-    """The context of our TLS listeners: our certificate chain and key; with ``verify_clients`` a client
+    """The context of our TLS listeners: our certificate chain and key. With ``verify_clients`` a client
     certificate is asked for (not required: phones have none) and, if sent, must be signed by one of
-    ``client_cas`` (none given: the system's CAs). Raises :class:`TlsError`."""
+    ``client_cas`` or (``system_cas``, or no CA file given) a CA the system trusts. Raises
+    :class:`TlsError`."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MINIMUM_VERSION
     _load_chain(context, certificate, key)
@@ -82,7 +89,7 @@ def server_context(
         cas = tuple(client_cas)
         for ca_file in cas:
             _load_cas(context, ca_file)
-        if not cas:
+        if system_cas or not cas:
             context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
     return context
 

@@ -3,18 +3,21 @@ anonymous source — decided once per INVITE, from the dial string parsed once.
 
 A trunk's address identifies the trunk only for calls to its numbers, matched by the resolver's own number
 lookup (``+E.164``, ``00…``, E.164 without ``+``, national): anything else from that address (a phone on the
-same host or network) must authenticate like any caller. Challenges to INVITEs are sent statelessly (a
-stateful 401 would be retransmitted ten times towards a source that may be spoofed).
+same host or network) must authenticate like any caller. A trunk with ``tls_verify_client`` is recognised
+only over a TLS connection whose client certificate names its host. Challenges to INVITEs are sent
+statelessly (a stateful 401 would be retransmitted ten times towards a source that may be spoofed).
 """
 
 from __future__ import annotations
 
 from sipcore.endpoint import IncomingRequest
 from sipcore.message import Request
+from sipcore.tls import name_matches
 from sipcore.uri import SipUri, TelUri
 
 from ..authenticator import Unverified, Verified
 from ..dialstring import DialString
+from ..directory import Trunk
 from ..resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused
 from ..security import trunk_accepts
 from .services import CallServices
@@ -36,7 +39,7 @@ def identify_caller(
     if dialled is not None:
         source = incoming.flow.remote[0]
         for trunk in services.directory.trunks:
-            if not trunk_accepts(trunk, source):
+            if not trunk_accepts(trunk, source) or not _certified(services, incoming, trunk):
                 continue
             number = services.resolver.inbound_number(dialled, trunk.name)  # by the trunk's numbering plan
             if number is not None and number.trunk == trunk.name:
@@ -45,6 +48,15 @@ def identify_caller(
         challenge(services, incoming, stale=True)
         return None
     return Anonymous(str(incoming.flow), challenge=True)
+
+
+def _certified(services: CallServices, incoming: IncomingRequest, trunk: Trunk) -> bool:
+    """Whether ``incoming`` may be the trunk's as far as TLS goes: with ``tls_verify_client`` only over a TLS
+    connection whose client certificate was verified for the trunk's host."""
+    if trunk.tls is None or not trunk.tls.verify_client:
+        return True
+    names = services.ua.endpoint.peer_names(incoming.flow) or ()
+    return any(name_matches(name, trunk.host) for name in names)
 
 
 def _calling_number(request: Request) -> str | None:

@@ -21,6 +21,7 @@ from sipp import free_port
 from test_server import EXAMPLES, copy_office
 
 from routing.server import Server
+from sipcore.message import Request
 
 BARESIP = shutil.which("baresip")
 
@@ -77,15 +78,22 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
     return folder
 
 
-def office_for_baresip(tmp_path: Path, *, anchored: bool = True) -> Path:
+def office_for_baresip(tmp_path: Path, *, anchored: bool = True, tls: bool = False) -> Path:
     """The example office as shipped (it offers MD5 alone: baresip 1.0, libre, gives up with ENOSYS when
-    any challenge in a 401 is SHA-256), media not anchored if asked. Skips (or fails in CI) first when
-    baresip is missing."""
+    any challenge in a 401 is SHA-256), media not anchored if asked, with a certificate for TLS (made here,
+    by a CA of the test's own) if asked. Skips (or fails in CI) first when baresip is missing."""
     require_baresip()
     config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
     if not anchored:
-        text = config.read_text(encoding="utf-8")
-        config.write_text(text.replace("anchor_media = true", "anchor_media = false"))
+        text = text.replace("anchor_media = true", "anchor_media = false")
+    if tls:
+        from certs import authority
+
+        issued = authority(tmp_path / "ca").issue(tmp_path / "certs", "office.example", "127.0.0.1")
+        keys = f'tls_certificate = "{issued.certificate}"\ntls_private_key = "{issued.key}"\n'
+        text = text.replace("[server]\n", "[server]\n" + keys, 1)
+    config.write_text(text, encoding="utf-8")
     return config
 
 
@@ -238,12 +246,17 @@ async def test_baresip_registers_and_unregisters(tmp_path: Path) -> None:
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, transport: str) -> None:
     """bernd (102) dials 101 from baresip's console; 101, another baresip, answers; bernd sends the DTMF
-    digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up."""
-    config = office_for_baresip(tmp_path)
-    async with Server(config, listen=(f"{transport}:127.0.0.1:0",)) as server:
+    digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up. Over TLS both
+    register over TLS, and 101 is rung over the connection its REGISTER opened."""
+    from siptrace import SipTrace
+
+    config = office_for_baresip(tmp_path, tls=transport == "tls")
+    server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
+    trace = SipTrace(server.endpoint)
+    async with server:
         port = server.addresses[0][2]
         outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"'
         accounts = {
@@ -267,6 +280,23 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, t
     anna, bernd = outputs
     assert "Call established: sip:bernd@office.example" in anna, anna[-2000:]
     assert "Call established: sip:101@office.example" in bernd, bernd[-2000:]
+    assert f"{{0/{transport.upper()}/v4}} 200 OK" in anna, anna[-2000:]  # registered over that transport
+    invites = [
+        t
+        for t in trace.messages
+        if t.way == "out" and isinstance(t.message, Request) and t.message.method == "INVITE"
+    ]
+    assert len({t.message.call_id for t in invites}) == 1, trace.dump()  # our INVITE to 101
+    assert {t.flow.transport for t in trace.messages} == {transport.upper()}, trace.dump()
+    if transport != "udp":  # 101 is reached over the connection of its REGISTER
+        registered = {
+            t.flow.connection_id
+            for t in trace.messages
+            if isinstance(t.message, Request)
+            and t.message.method == "REGISTER"
+            and t.message.to.uri.user == "101"
+        }
+        assert len(registered) == 1 and {t.flow.connection_id for t in invites} == registered, trace.dump()
     # The digits travel as RFC 4733 events in the media the B2BUA negotiated between the phones.
     assert "received event: '4' (end=1)" in anna and "received event: '2' (end=1)" in anna, anna[-2000:]
 

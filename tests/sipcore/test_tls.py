@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from certs import Authority, authority
 
-from sipcore import Endpoint, IncomingRequest, Limits, Request, Response, parse_message
+from sipcore import Endpoint, IncomingRequest, Limits, Request, Response, SipUri, parse_message
 from sipcore.core import CoreConfig
 from sipcore.endpoint import RequestTimeout
 from sipcore.tls import TlsError, client_context, server_context
@@ -141,7 +141,9 @@ async def test_a_sips_request_uri_is_answered_over_tls_and_refused_416_over_udp(
         assert "TLS" in response.reason
 
 
-async def test_requests_to_a_tls_peer_go_over_tls_with_a_sips_contact(ca: Authority, tmp_path: Path) -> None:
+async def test_requests_to_a_tls_peer_go_over_tls_with_a_contact_that_says_tls(
+    ca: Authority, tmp_path: Path
+) -> None:
     seen: list[tuple[Request, str]] = []
 
     def handler(incoming: IncomingRequest) -> None:
@@ -168,8 +170,9 @@ async def test_requests_to_a_tls_peer_go_over_tls_with_a_sips_contact(ca: Author
     request, transport = seen[0]
     assert transport == "TLS"
     assert request.via[0].transport == "TLS"
-    assert str(request.contact[0].uri).startswith("sips:")
-    assert "transport=" not in str(request.contact[0].uri)
+    contact = request.contact[0].uri
+    assert isinstance(contact, SipUri)
+    assert (contact.scheme, contact.param("transport")) == ("sip", "tls")
 
 
 # ------------------------------------------------------------------------------- peers' certificates
@@ -373,3 +376,57 @@ async def test_a_tls_listener_without_a_certificate_is_refused() -> None:
             await endpoint.listen("tls:127.0.0.1:0")
     finally:
         await endpoint.close()
+
+
+# ------------------------------------------------------------------------------------------ SIPS dialogs
+
+
+@pytest.mark.parametrize("scheme", ["sip", "sips"])
+async def test_a_sips_call_has_sips_contacts_and_a_sip_call_over_tls_says_transport_tls(
+    ca: Authority, tmp_path: Path, scheme: str
+) -> None:
+    """RFC 3261 §12.1.1: a dialog set up by a SIPS Request-URI has SIPS Contacts on both sides."""
+    from sipcore.session import Answered
+    from sipcore.ua import IncomingCall, UserAgent
+
+    answered: list[IncomingCall] = []
+    issued = ca.issue(tmp_path / "both", "127.0.0.1")
+    endpoints = [Endpoint(), Endpoint()]
+    for endpoint in endpoints:
+        endpoint.tls.configure(
+            server_context(issued.certificate, issued.key),
+            default_client=client_context(ca_file=ca.certificate),
+        )
+
+    def handler(incoming: IncomingRequest) -> None:
+        call = bob.accept(incoming)
+        answered.append(call)
+        call.answer(body=b"v=0\r\n", content_type="application/sdp")
+
+    alice, bob = UserAgent(endpoints[0]), UserAgent(endpoints[1], handler)
+    await endpoints[0].listen("tls:127.0.0.1:0")
+    _, port = await endpoints[1].listen("tls:127.0.0.1:0")
+    try:
+        flow = endpoints[0].flow_to("127.0.0.1", port, "tls")
+        call = alice.invite(
+            f"{scheme}:bob@127.0.0.1:{port}", flow, from_="<sip:alice@a.example>", to="<sip:bob@b>"
+        )
+        async with asyncio.timeout(5):
+            while True:
+                _, event = await call.events.get()
+                if isinstance(event, Answered):
+                    break
+        invite = answered[0].request
+        contacts = (invite.contact[0].uri, event.response.contact[0].uri)
+        call.bye()
+    finally:
+        alice.close()
+        bob.close()
+        for endpoint in endpoints:
+            await endpoint.close()
+    for contact in contacts:
+        assert isinstance(contact, SipUri)
+        if scheme == "sips":
+            assert contact.scheme == "sips" and contact.param("transport") is None
+        else:
+            assert contact.scheme == "sip" and contact.param("transport") == "tls"
