@@ -224,6 +224,8 @@ class OutgoingRequest:
         self.on_response = on_response
         self.on_failure = on_failure
         self._handle: TransactionHandle | None = None
+        #: Why the transport could not send the request (the final's RequestTimeout says so).
+        self.transport_error: str | None = None
         self.provisional: list[Response] = []
         self._responses: asyncio.Queue[Response] | None = None
         self._final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -586,7 +588,8 @@ class Endpoint:
         elif isinstance(event, TimedOut | TransportFailed):
             outgoing = self._outgoing.get(event.handle) if event.handle is not None else None
             if outgoing is not None and not outgoing.final.done():
-                outgoing.final.set_exception(RequestTimeout(f"{outgoing.request.method}: no final response"))
+                why = outgoing.transport_error or "no final response"
+                outgoing.final.set_exception(RequestTimeout(f"{outgoing.request.method}: {why}"))
                 outgoing.final.exception()
             if outgoing is not None and outgoing.on_failure is not None:
                 outgoing.on_failure(event)
@@ -899,7 +902,7 @@ class Endpoint:
             sent = self._transports.send_now(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
-            self._transport_failed(handle)
+            self._transport_failed(handle, exc)
             return
         if sent is None:
             self._spawn(self._transmit_stream(data, flow, handle))
@@ -911,14 +914,17 @@ class Endpoint:
             sent = await self._transports.send(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
-            self._transport_failed(handle)
+            self._transport_failed(handle, exc)
             return
         if self._tracers:
             self._trace("out", data, sent)
 
-    def _transport_failed(self, handle: TransactionHandle | None) -> None:
+    def _transport_failed(self, handle: TransactionHandle | None, error: TransportError) -> None:
         if handle is None or self._closed:
             return
+        outgoing = self._outgoing.get(handle)
+        if outgoing is not None:
+            outgoing.transport_error = str(error)
         self._layer.handle_transport_error(handle, self._now)
         self._drain()
 

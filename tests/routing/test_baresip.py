@@ -428,3 +428,42 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
     # The digits after the last resume reach the other phone in the media the phones set up.
     assert "received event: '5' (end=1)" in bernd.rsplit("call: resume", 1)[1], bernd[-2000:]
     assert "received event: '7' (end=1)" in anna.rsplit("call: got re-INVITE", 1)[1], anna[-2000:]
+
+
+@pytest.mark.interop
+async def test_the_readme_tls_tour(tmp_path: Path) -> None:
+    """The README's TLS steps as written: its openssl line makes the certificate (into this test's folder
+    instead of examples/var), the example office's commented TLS keys uncommented and a tls: address added
+    to its listen list pass check-config without a warning, and baresip with the README's TLS account line
+    registers over TLS."""
+    import subprocess
+
+    from routing.directory_file import read_directory
+
+    require_baresip()
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    (command,) = re.findall(r"^mkdir -p examples/var && (openssl req .*)$", readme, re.M)
+    (var := tmp_path / "var").mkdir()
+    subprocess.run(
+        command.replace("examples/var/", f"{var}/").split(), check=True, capture_output=True, timeout=30
+    )
+    config = copy_office(tmp_path)
+    text, uncommented = re.subn(r"(?m)^# (tls_(?:certificate|private_key) = .*)$", r"\1", config.read_text())
+    assert uncommented == 2, "examples/office.toml has no commented tls_certificate / tls_private_key"
+    text = text.replace('"tcp:127.0.0.1:5060"]', '"tcp:127.0.0.1:5060", "tls:127.0.0.1:5061"]', 1)
+    config.write_text(text, encoding="utf-8")
+    directory, problems, warnings = read_directory(config)
+    assert directory is not None and not problems and not warnings, (problems, warnings)
+    (line,) = re.findall(
+        r"^#   (<sip:101@office\.example>;auth_pass=\S+;outbound=\"sip:127\.0\.0\.1:5061;transport=tls\")$",
+        readme,
+        re.M,
+    )
+    async with Server(config, listen=("tls:127.0.0.1:0",)) as server:
+        account = line.replace(":5061", f":{server.addresses[0][2]}")
+        async with baresips(tmp_path, {"anna": account}, seconds=20) as phones:
+            await phones.registered(server, "101")
+            (binding,) = await server.registrar.contacts("101")
+            assert binding.flow is not None and binding.flow.transport == "TLS"
+            (out,) = await phones.stop()
+    assert "{0/TLS/v4} 200 OK" in out, out[-2000:]

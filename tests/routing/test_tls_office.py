@@ -320,3 +320,41 @@ def test_trunk_tls_keys_are_checked(ca: Authority, tmp_path: Path) -> None:
     no_port = provider_trunk(5061).replace("port = 5061\n", "")
     (trunk,) = load_directory(write(tmp_path, office_toml(issued, trunk=no_port))).trunks
     assert trunk.port == 5061  # the SIP over TLS port (RFC 3261 §26.2)
+
+
+async def test_a_trunk_registration_refused_by_certificate_says_why_at_once(
+    ca: Authority, tmp_path: Path
+) -> None:
+    from routing.directory import Trunk, TrunkTls
+    from routing.trunk import RegistrationState, TrunkRegistration
+    from sipcore import Endpoint
+
+    provider = await _provider(ca, tmp_path, "sip.other-provider.example")
+    office = Endpoint()
+    issued = ca.issue(tmp_path / "office", "office.example")
+    office.tls.configure(
+        server_context(issued.certificate, issued.key),
+        {"127.0.0.1": client_context(ca_file=ca.certificate)},
+    )
+    await office.listen("tls:127.0.0.1:0")
+    trunk = Trunk(
+        "provider",
+        "127.0.0.1",
+        provider.port,
+        "tls",
+        "user",
+        "pw",
+        register=True,
+        tls=TrunkTls(ca.certificate),
+    )
+    registration = TrunkRegistration(office, trunk)
+    try:
+        async with asyncio.timeout(5):  # not Timer F's 32 s
+            status = await registration.register_once()
+    finally:
+        await office.close()
+        await provider.close()
+    assert status.state is RegistrationState.FAILING, status
+    assert status.last_error is not None and "its certificate is not accepted" in status.last_error
+    assert "sip.other-provider.example" not in status.last_error  # it names what we expected, not theirs
+    assert "127.0.0.1" in status.last_error
