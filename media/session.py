@@ -1,9 +1,11 @@
 """The media I/O shell: one UDP socket per call leg, all legs paced by one shared 20 ms clock.
 
-``RtpSession`` receives RTP (garbage and foreign packets are dropped and counted, never raised), latches
-onto the address the peer's packets really come from (symmetric RTP: phones behind NAT), turns RFC 4733
-telephone-events into digits, hands decoded audio to an optional consumer (the in-band detector), and plays
-pre-encoded greeting frames. ``MediaClock`` is the single timer that drives every session's sending.
+``RtpSession`` receives RTP (garbage and foreign packets are dropped and counted, never raised; with SRTP
+every packet is authenticated and decrypted first, and one that does not authenticate is dropped before it
+can latch), latches onto the address the peer's packets really come from (symmetric RTP: phones behind
+NAT), turns RFC 4733 telephone-events into digits, hands decoded audio to an optional consumer (the in-band
+detector), and plays pre-encoded greeting frames (protected, with SRTP). ``MediaClock`` is the single timer
+that drives every session's sending.
 
 The sockets :class:`PortAllocator` opens are read through one epoll of their own, registered once with the
 event loop (where the loop and the platform allow it): one wake-up serves every leg with a packet waiting,
@@ -35,6 +37,7 @@ from .errors import MediaError, RtpError
 from .g711 import alaw_decode, ulaw_decode
 from .greeting import FRAME_SAMPLES, FRAME_SECONDS, Pacer
 from .rtp import RtpPacket, RtpSender, is_rtcp, parse
+from .srtp import SrtpError, SrtpStreams
 
 __all__ = ["MediaClock", "PortAllocator", "PortsExhausted", "RtpSession", "SessionStats", "Ticking"]
 
@@ -237,6 +240,8 @@ class SessionStats:
         self.sent = 0
         self.dropped_garbage = 0
         self.dropped_foreign = 0
+        #: SRTP packets that did not authenticate (forged, replayed, or plain RTP on an SRTP leg).
+        self.dropped_srtp = 0
         self.skipped_frames = 0
 
 
@@ -283,6 +288,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._time: Callable[[], float] | None = None  # the loop's clock, once a datagram arrived
         #: The RTP timestamp of the last packet sent and the loop time it was sent at.
         self.last_sent: tuple[int, float] | None = None
+        #: The leg's SRTP (None: plain RTP): everything sent is protected, everything received unprotected
+        #: first. Set once both keys are known (our SDP and the peer's).
+        self.srtp: SrtpStreams | None = None
 
     @property
     def sender(self) -> RtpSender:
@@ -301,6 +309,15 @@ class RtpSession(asyncio.DatagramProtocol):
         if self.latched and source != self.remote:
             self.stats.dropped_foreign += 1
             return
+        srtp = self.srtp
+        if srtp is not None:
+            if is_rtcp(data):
+                return  # SRTCP: not used, like RTCP
+            plain = srtp.unprotect(data)
+            if plain is None:
+                self.stats.dropped_srtp += 1
+                return
+            data = plain
         on_datagram = self.on_datagram
         if (
             on_datagram is not None
@@ -434,7 +451,14 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         packet = self._sender.build(payload, media_time=index * FRAME_SAMPLES, marker=self._first_packet)
         self._first_packet = False
-        self._transport.sendto(bytes(packet), self.remote)
+        data = bytes(packet)
+        if self.srtp is not None:
+            try:
+                data = self.srtp.protect(data)
+            except SrtpError as exc:
+                log.debug("RTP socket %s: %s", self.local, exc)
+                return
+        self._transport.sendto(data, self.remote)
         self.stats.sent += 1
         self.last_sent = (packet.timestamp, now)
 
@@ -448,6 +472,12 @@ class RtpSession(asyncio.DatagramProtocol):
         """Send an RTP datagram built by someone else (the relay of a bridge) to where the peer is."""
         if self._transport is None or self.remote is None:
             return
+        if self.srtp is not None:
+            try:
+                data = self.srtp.protect(data)
+            except SrtpError as exc:
+                log.debug("RTP socket %s: %s", self.local, exc)
+                return
         self._transport.sendto(data, self.remote)
         self.stats.sent += 1
 

@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
 
+from media.sdes import SrtpPolicy
 from sipcore.auth import DigestServer
 from sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
 from sipcore.message import Request
@@ -227,6 +228,10 @@ class RegistrarService:
             incoming.respond(403, f"Forbidden ({username} may only register {aor})")
             return
 
+        if employee.srtp is SrtpPolicy.REQUIRED and incoming.flow.transport != "TLS":
+            log.info("REGISTER from %s: %s must register over TLS (srtp = required)", incoming.flow, username)
+            incoming.respond(403, f"Forbidden ({username} must register over TLS: SRTP is required)")
+            return
         async with self._locked(aor):
             outcome = await self._register(incoming, aor, now)
         if outcome is not None:

@@ -10,6 +10,7 @@ statelessly (a stateful 401 would be retransmitted ten times towards a source th
 
 from __future__ import annotations
 
+from media.sdes import SrtpPolicy
 from sipcore.endpoint import IncomingRequest
 from sipcore.message import Request
 from sipcore.tls import name_matches
@@ -20,9 +21,10 @@ from ..dialstring import DialString
 from ..directory import Trunk
 from ..resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused
 from ..security import trunk_accepts
+from .media_anchor import leg_srtp
 from .services import CallServices
 
-__all__ = ["caller_label", "challenge", "identify_caller", "refuse"]
+__all__ = ["caller_label", "caller_srtp", "challenge", "identify_caller", "refuse"]
 
 
 def identify_caller(
@@ -48,6 +50,19 @@ def identify_caller(
         challenge(services, incoming, stale=True)
         return None
     return Anonymous(str(incoming.flow), challenge=True)
+
+
+def caller_srtp(services: CallServices, caller: Caller, incoming: IncomingRequest) -> SrtpPolicy | None:
+    """The SRTP policy of the caller's leg: its employee's or trunk's policy (``offered`` for anyone else)
+    over TLS, plain RTP otherwise; None: the caller must use SRTP but did not call over TLS."""
+    policy = SrtpPolicy.OFFERED
+    if isinstance(caller, FromEmployee):
+        employee = services.directory.employee(caller.extension)
+        policy = employee.srtp if employee is not None else policy
+    elif isinstance(caller, FromTrunk):
+        trunk = services.directory.trunk(caller.name)
+        policy = trunk.srtp if trunk is not None else policy
+    return leg_srtp(policy, incoming.flow)
 
 
 def _certified(services: CallServices, incoming: IncomingRequest, trunk: Trunk) -> bool:
