@@ -51,6 +51,8 @@ def tone_wav(path: Path) -> Path:
 
 
 def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str) -> Path:
+    """baresip's config and accounts in ``folder``; with ``mediaenc=`` in the account the srtp module is
+    loaded too (``srtp``: RTP/AVP with a key, ``srtp-mand``: RTP/SAVP)."""
     folder.mkdir(parents=True, exist_ok=True)
     source = tone_wav(folder / "tone.wav")
     (folder / "config").write_text(
@@ -61,6 +63,8 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
                 "net_interface 127.0.0.1",
                 "module_path /usr/lib/baresip/modules",
                 "module g711.so",
+                *(["module srtp.so"] if "mediaenc=srtp" in account else []),
+                *(["module sndfile.so", f"snd_path {folder}"] if "mediaenc=srtp" in account else []),
                 "module_tmp uuid.so",
                 "module_tmp account.so",
                 "module_app menu.so",
@@ -93,6 +97,7 @@ def office_for_baresip(tmp_path: Path, *, anchored: bool = True, tls: bool = Fal
         issued = authority(tmp_path / "ca").issue(tmp_path / "certs", "office.example", "127.0.0.1")
         keys = f'tls_certificate = "{issued.certificate}"\ntls_private_key = "{issued.key}"\n'
         text = text.replace("[server]\n", "[server]\n" + keys, 1)
+        text = text.replace('"tcp:127.0.0.1:5060"]', '"tcp:127.0.0.1:5060", "tls:127.0.0.1:0"]', 1)
     config.write_text(text, encoding="utf-8")
     return config
 
@@ -246,19 +251,29 @@ async def test_baresip_registers_and_unregisters(tmp_path: Path) -> None:
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls", "tls+srtp"])
 async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, transport: str) -> None:
     """bernd (102) dials 101 from baresip's console; 101, another baresip, answers; bernd sends the DTMF
     digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up. Over TLS both
-    register over TLS, and 101 is rung over the connection its REGISTER opened."""
+    register over TLS, and 101 is rung over the connection its REGISTER opened. With SRTP required by both
+    phones (``mediaenc=srtp-mand``) each leg has its own keys: the digits cross the relay decrypted and
+    protected again."""
     from siptrace import SipTrace
 
+    transport, _, media = transport.partition("+")
     config = office_for_baresip(tmp_path, tls=transport == "tls")
+    if media:  # baresip with srtp-mand refuses RTP/AVP offers, even with a key: offer them RTP/SAVP
+        text = config.read_text(encoding="utf-8")
+        for password in ("anna-101-secret", "bernd-102-secret"):
+            text = text.replace(f'password = "{password}"', f'password = "{password}"\nsrtp = "required"', 1)
+        config.write_text(text, encoding="utf-8")
     server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
     trace = SipTrace(server.endpoint)
     async with server:
         port = server.addresses[0][2]
-        outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"'
+        outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"' + (
+            ";mediaenc=srtp-mand" if media else ""
+        )
         accounts = {
             "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};answermode=auto",
             "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound}",
@@ -287,6 +302,15 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, t
         if t.way == "out" and isinstance(t.message, Request) and t.message.method == "INVITE"
     ]
     assert len({t.message.call_id for t in invites}) == 1, trace.dump()  # our INVITE to 101
+    if media:  # SRTP on both legs, each with its own key
+        assert b"RTP/SAVP" in invites[0].message.body and b"a=crypto:" in invites[0].message.body
+        keys = {
+            line
+            for t in trace.messages
+            for line in t.message.body.decode().splitlines()
+            if line.startswith("a=crypto:")
+        }
+        assert len(keys) >= 4, keys  # bernd's, ours to bernd, ours to 101, 101's
     assert {t.flow.transport for t in trace.messages} == {transport.upper()}, trace.dump()
     if transport != "udp":  # 101 is reached over the connection of its REGISTER
         registered = {
@@ -467,3 +491,80 @@ async def test_the_readme_tls_tour(tmp_path: Path) -> None:
             assert binding.flow is not None and binding.flow.transport == "TLS"
             (out,) = await phones.stop()
     assert "{0/TLS/v4} 200 OK" in out, out[-2000:]
+
+
+def dominant_hz(samples: object, rate: int = 8000) -> float:
+    """The strongest frequency of a stretch of audio (int16 samples)."""
+    import numpy as np
+
+    data = np.asarray(samples, dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(data * np.hanning(data.size)))
+    return float(np.fft.rfftfreq(data.size, 1 / rate)[int(np.argmax(spectrum[1:])) + 1])
+
+
+@pytest.mark.interop
+async def test_an_srtp_baresip_talks_with_a_plain_rtp_provider(tmp_path: Path) -> None:
+    """101 on baresip over TLS with mandatory SRTP (``mediaenc=srtp-mand``: RTP/SAVP and a=crypto) dials a
+    number out; the provider (simulated, plain RTP over UDP) answers and sends a 1 kHz tone. The media is
+    checked decrypted on both sides: the provider hears baresip's 440 Hz tone (the relay decrypted it),
+    and what baresip decoded (its sndfile module's dump) is the 1 kHz tone (baresip decrypted what the relay
+    protected)."""
+    import wave
+
+    import numpy as np
+    from siptrace import SipTrace
+
+    from media.g711 import ulaw_decode, ulaw_encode
+    from media.rtp import RtpPacket
+    from media.sdp import parse_sdp
+    from routing.calls.media_anchor import media_address
+    from routing.demo import Provider
+
+    config = office_for_baresip(tmp_path, tls=True)
+    provider = await Provider().start()
+    config.write_text(config.read_text().replace("port = 5070", f"port = {provider.port}"))
+    server = Server(config, listen=("tls:127.0.0.1:0", "udp:127.0.0.1:0"))
+    trace = SipTrace(server.endpoint)
+    try:
+        async with server:
+            tls = next(port for kind, _, port in server.addresses if kind == "TLS")
+            outbound = f'outbound="sip:127.0.0.1:{tls};transport=tls"'
+            account = f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};mediaenc=srtp-mand"
+            async with baresips(tmp_path, {"anna": account}) as phones:
+                await phones.registered(server, "101")
+                phones.send("anna", b"/dial 089123456\n")
+                leg = await asyncio.wait_for(provider.calls.get(), 5.0)
+                to_us = media_address(parse_sdp(leg.request.body))
+                assert to_us is not None
+                tone = (4000 * np.sin(2 * np.pi * 1000 * np.arange(160 * 100) / 8000)).astype(np.int16)
+                for n in range(100):  # 2 s of 1 kHz, plain RTP
+                    payload = ulaw_encode(tone[n * 160 : (n + 1) * 160])
+                    provider.rtp.send(RtpPacket(0, n + 1, n * 160, 0x1000, payload, n == 0), to_us)
+                    await asyncio.sleep(0.02)
+                phones.send("anna", b"/hangup\n")
+                assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
+                (out,) = await phones.stop()
+    finally:
+        await provider.close()
+    offers = [
+        t
+        for t in trace.messages
+        if t.way == "in" and isinstance(t.message, Request) and t.message.method == "INVITE"
+    ]
+    assert offers and b"RTP/SAVP" in offers[-1].message.body and b"a=crypto" in offers[-1].message.body
+    assert b"a=crypto" not in leg.request.body  # the provider's leg: plain RTP
+    heard_by_provider = np.concatenate(
+        [ulaw_decode(p.payload) for p in provider.rtp.packets if p.payload_type == 0]
+    )
+    assert heard_by_provider.size > 8000, f"{len(provider.rtp.packets)} packets at the provider"
+    assert abs(dominant_hz(heard_by_provider[-8000:]) - 440) < 20
+    # baresip 1.0's aufile plays nothing back; its sndfile module writes what it decoded.
+    (decoded,) = (tmp_path / "anna").glob("dump-*-dec.wav")
+    with wave.open(str(decoded), "rb") as recording:
+        rate = recording.getframerate()
+        heard = np.frombuffer(recording.readframes(recording.getnframes()), dtype="<i2")
+    assert heard.size > rate, out[-2000:]
+    loudest = max(
+        range(0, heard.size - rate, rate // 2), key=lambda i: float(np.abs(heard[i : i + rate]).mean())
+    )
+    assert abs(dominant_hz(heard[loudest : loudest + rate], rate) - 1000) < 20, out[-2000:]

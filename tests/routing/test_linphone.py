@@ -78,10 +78,11 @@ def linphonerc(
     register: bool = True,
     dtmf: str = "rfc4733",
     root_ca: Path | None = None,
+    srtp: bool = False,
 ) -> str:
     """A linphonerc for one account on ``server``: SIP over ``transport`` only, DTMF as ``dtmf``
     ("rfc4733", "info" or "inband": neither of the first two). Over TLS Linphone checks the server's
-    certificate (chain to ``root_ca``, name)."""
+    certificate (chain to ``root_ca``, name); with ``srtp`` it insists on SRTP (SDES, RTP/SAVP)."""
     proxy = f"<sip:{server[0]}:{server[1]};transport={transport}>"
     tls = {"root_ca": str(root_ca), "verify_server_certs": "1", "verify_server_cn": "1"} if root_ca else {}
     sections: dict[str, dict[str, str]] = {
@@ -91,6 +92,7 @@ def linphonerc(
             "sip_tcp_port": "-1" if transport == "tcp" else "0",
             "sip_tls_port": "-1" if transport == "tls" else "0",
             **tls,
+            **({"media_encryption": "srtp", "media_encryption_mandatory": "1"} if srtp else {}),
             "bind_address": "127.0.0.1",
             "ipv6": "0",
             "default_proxy": "0",
@@ -434,6 +436,51 @@ async def test_linphone_dials_an_extension_during_the_greeting(tmp_path: Path, d
     (record,) = ended
     assert (record.source_trunk, record.dialled, record.digits) == ("provider", OFFICE_NUMBER, "102")
     assert (record.answered_by, record.disposition) == ("bernd", Disposition.ANSWERED)
+
+
+@pytest.mark.interop
+async def test_linphone_dials_an_extension_during_the_greeting_over_tls_and_srtp(tmp_path: Path) -> None:
+    """Linphone plays the provider over TLS with SRTP required: it calls the office number, the server
+    answers with RTP/SAVP and a key of its own and plays the greeting through SRTP; Linphone's digits 1 0 2
+    (RFC 4733 events inside SRTP) are decrypted and collected, and 102 (a simulated phone, plain RTP over
+    UDP) rings and answers."""
+    from siptrace import SipTrace
+
+    require_linphone()
+    server = Server(office(tmp_path, tls=True), listen=("tls:127.0.0.1:0", "udp:127.0.0.1:0"))
+    trace = SipTrace(server.endpoint)
+    async with server:
+        digits: list[DigitPressed] = []
+        server.events.on("digit", digits.append)
+        ports = {kind: port for kind, _, port in server.addresses}
+        bernd = Phone("bernd", "bernd-102-secret", ports["UDP"])
+        config = linphonerc(
+            user="provider",
+            password="unused",
+            server=("localhost", ports["TLS"]),
+            transport="tls",
+            register=False,
+            root_ca=ca_file(tmp_path),
+            srtp=True,
+        )
+        try:
+            await bernd.start()
+            async with linphone(tmp_path / "linphone", config) as provider:
+                await provider.command(f"call sip:{OFFICE_NUMBER}@office.example")
+                await provider.wait_call_state("LinphoneCallStreamsRunning")  # the greeting plays (3 s)
+                for digit in "102":
+                    await provider.command(f"dtmf {digit}")
+                    await asyncio.sleep(0.3)
+                leg = await bernd.next_call(5.0)
+                await asyncio.wait_for(leg.wait_answered(), 5.0)
+                await provider.command("terminate")
+                await asyncio.wait_for(leg.wait_ended(), 5.0)
+        finally:
+            await bernd.close()
+    assert [(d.digit, d.source) for d in digits] == [("1", "rfc4733"), ("0", "rfc4733"), ("2", "rfc4733")]
+    answers = [t for t in trace.messages if t.way == "out" and t.message.body and t.flow.transport == "TLS"]
+    assert answers and b"RTP/SAVP" in answers[0].message.body and b"a=crypto:" in answers[0].message.body
+    assert b"a=crypto" not in leg.request.body  # bernd's leg: plain RTP
 
 
 @pytest.mark.interop
