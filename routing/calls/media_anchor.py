@@ -32,12 +32,13 @@ from typing import Final
 import attrs
 import numpy as np
 
-from media.errors import MediaError
+from media.errors import MediaError, SdpError
 from media.greeting import Greeting, greeting_from_samples
 from media.relay import LegMedia, MediaBridge, Side, leg_media_from_sdp
 from media.sdes import (
     KEY_OCTETS,
     OFFERED_SUITE,
+    SECURE_PROFILES,
     CryptoAttribute,
     SrtpPolicy,
     acceptable,
@@ -118,7 +119,10 @@ def plan_answer(
     :raises media.errors.SdpError: the offer has no audio stream with G.711 (answer 488), or none the
         policy accepts (plain RTP offered where SRTP is required, SRTP offered where it is off).
     """
-    ours = answer(offer, origin, address=address, port=port, usable=lambda m: acceptable(m, srtp))
+    try:
+        ours = answer(offer, origin, address=address, port=port, usable=lambda m: acceptable(m, srtp))
+    except SdpError as exc:
+        raise SdpError(_why_not(offer, srtp) or str(exc)) from None
     index = next(i for i, m in enumerate(ours.media) if m.port != 0)
     theirs = offer.media[index]
     crypto = answer_crypto(theirs, srtp, key) if key is not None else None
@@ -135,6 +139,20 @@ def plan_answer(
     # The relay wants the direction the leg's peer declared (its offer), with the formats we chose.
     negotiated = attrs.evolve(negotiated, direction=theirs.direction(offer.direction()))
     return AnchoredAnswer(ours, negotiated, media_address(offer), keys)
+
+
+def _why_not(offer: SessionDescription, srtp: SrtpPolicy) -> str | None:
+    """Why no audio stream of ``offer`` can be answered under ``srtp``, when SRTP is the reason."""
+    streams = [m for m in offer.media if m.media == "audio" and m.port != 0]
+    if not streams or any(acceptable(m, srtp) for m in streams):
+        return None
+    if srtp is SrtpPolicy.REQUIRED:
+        return "SRTP is required: the offer has no usable a=crypto key"
+    if srtp is SrtpPolicy.OFF and any(m.protocol in SECURE_PROFILES for m in streams):
+        return "SRTP is off for this party (or it is not over TLS): RTP/SAVP is not accepted"
+    if any(m.protocol in SECURE_PROFILES for m in streams):
+        return "the offer's SRTP keys cannot be used (suite, MKI or session parameters)"
+    return None
 
 
 def _first_audio(description: SessionDescription) -> MediaDescription | None:

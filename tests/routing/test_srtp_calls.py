@@ -261,6 +261,7 @@ async def test_required_srtp_needs_tls_and_a_key(ca: Authority, tmp_path: Path) 
             with pytest.raises(CallFailed) as plain:
                 await asyncio.wait_for(anna.dial("102").answered, 3.0)  # a plain RTP offer
             assert plain.value.status == 488
+            assert "SRTP is required" in str(plain.value), plain.value
         finally:
             await anna.close()
 
