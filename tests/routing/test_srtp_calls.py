@@ -16,6 +16,7 @@ from phones import Phone, Script, sdp
 from test_tls_office import NUMBER_OUT, PASSWORDS, event, office_toml, provider_trunk, tls_phone, write
 
 from media.dtmf_rfc4733 import TelephoneEventSender
+from media.errors import SdpError
 from media.relay import Side
 from media.rtp import RtpPacket, parse
 from media.sdes import KEY_OCTETS, CryptoAttribute, choose_crypto
@@ -240,6 +241,95 @@ def _write_greeting(path: Path) -> None:
         out.writeframes(samples.tobytes())
 
 
+async def test_hold_and_a_new_key_in_a_reinvite_on_an_srtp_leg(ca: Authority, tmp_path: Path) -> None:
+    """anna (SRTP) holds and resumes with re-INVITEs, the resume bringing a new key: our answers keep our
+    key (same tag and suite), and after the resume anna's packets under her new key are relayed while those
+    under the old one are dropped."""
+    from sipcore.session import ReinviteAnswered
+
+    provider = await Provider().start()
+    async with Server(srtp_office(tmp_path, ca, trunk=udp_trunk(provider.port)), control=False) as server:
+        anna = await tls_phone("101", ports(server)["TLS"], ca, tmp_path)
+        sock = await SrtpSocket.open()
+        anna.sdp = sock.offer("anna")
+        try:
+            call = anna.dial(NUMBER_OUT)
+            answered = await event(call, Answered)
+            assert isinstance(answered, Answered)
+            ours = sock.keyed(answered.response.body)
+            await asyncio.wait_for(provider.calls.get(), 2.0)
+            a_side = media_address(parse_sdp(answered.response.body))
+            assert a_side is not None
+            call.reinvite(body=sock.offer("anna").replace(b"a=crypto", b"a=sendonly\r\na=crypto"))
+            held = await event(call, ReinviteAnswered)
+            assert isinstance(held, ReinviteAnswered)
+            assert b"a=recvonly" in held.response.body and sock.keyed(held.response.body) == ours
+            old_streams = sock.streams
+            sock.key = secrets.token_bytes(KEY_OCTETS)  # a new key of anna's
+            call.reinvite(body=sock.offer("anna"))
+            resumed = await event(call, ReinviteAnswered)
+            assert isinstance(resumed, ReinviteAnswered) and sock.keyed(resumed.response.body) == ours
+            await asyncio.sleep(0.2)  # the provider's leg: re-INVITEs for the hold and the resume
+            provider.rtp.packets.clear()
+            assert old_streams is not None
+            for n in range(1, 4):
+                sock.transport.sendto(old_streams.protect(bytes(audio(n, 0x30, 0xC))), a_side)  # type: ignore[union-attr]
+            for n in range(4, 7):
+                sock.send(audio(n, 0x40 + n, 0xC), a_side)
+                await asyncio.sleep(0.02)
+            assert await until(lambda: len(provider.rtp.packets) >= 3)
+            await asyncio.sleep(0.1)
+            assert [p.payload[0] for p in provider.rtp.packets] == [0x44, 0x45, 0x46]
+            call.bye()
+            await event(call, Terminated)
+        finally:
+            sock.close()
+            await anna.close()
+            await provider.close()
+
+
+async def test_our_hold_reinvite_to_an_srtp_leg_keeps_its_srtp(ca: Authority, tmp_path: Path) -> None:
+    """The provider (plain RTP) holds: anna's SRTP leg gets our re-INVITE with a=sendonly in RTP/SAVP with
+    our same key, her answer keeps the leg on SRTP, and the relay goes on protected after the resume."""
+    from sipcore.session import ReinviteAnswered, ReinviteReceived
+
+    provider = await Provider().start()
+    async with Server(srtp_office(tmp_path, ca, trunk=udp_trunk(provider.port)), control=False) as server:
+        anna = await tls_phone("101", ports(server)["TLS"], ca, tmp_path)
+        sock = await SrtpSocket.open()
+        anna.sdp = sock.offer("anna")
+        try:
+            call = anna.dial(NUMBER_OUT)
+            answered = await event(call, Answered)
+            assert isinstance(answered, Answered)
+            ours = sock.keyed(answered.response.body)
+            leg = await asyncio.wait_for(provider.calls.get(), 2.0)
+            b_side = media_address(parse_sdp(leg.request.body))
+            assert b_side is not None
+            for direction in ("sendonly", "sendrecv"):
+                leg.reinvite(body=sdp("provider", provider.rtp.port) + f"a={direction}\r\n".encode())
+                told = await event(call, ReinviteReceived)
+                assert isinstance(told, ReinviteReceived)
+                offer = told.request.body
+                expected = b"a=sendonly" if direction == "sendonly" else b"a=sendrecv"
+                assert b"RTP/SAVP" in offer and expected in offer, offer
+                assert choose_crypto(parse_sdp(offer).media[0]) == ours  # the same key, tag and suite
+                call.answer_reinvite(body=sock.offer("anna"), content_type="application/sdp")
+                assert isinstance(await event(leg, ReinviteAnswered), ReinviteAnswered)
+            await asyncio.sleep(0.1)
+            for n in range(1, 4):
+                provider.rtp.send(audio(n, 0x70 + n, 0xD), b_side)
+                await asyncio.sleep(0.02)
+            assert await until(lambda: len(sock.packets) >= 3)
+            assert [p.payload[0] for p in sock.packets[-3:]] == [0x71, 0x72, 0x73]
+            call.bye()
+            await event(call, Terminated)
+        finally:
+            sock.close()
+            await anna.close()
+            await provider.close()
+
+
 # --------------------------------------------------------------------------------------------- policies
 
 
@@ -283,3 +373,39 @@ def test_the_policy_keys_are_checked(ca: Authority, tmp_path: Path) -> None:
     assert [f"{p.field}: {p.message}" for p in problems] == [
         'trunk[1].srtp: SRTP keys travel in the signalling: required SRTP needs transport = "tls"'
     ]
+
+
+def test_plan_answer_under_each_policy() -> None:
+    """The answer to one offer under each policy: its key answered with ours, or plain, or refused saying
+    why; and SRTP only where the leg is over TLS."""
+    from media.sdes import SrtpPolicy
+    from media.sdp import Origin
+    from routing.calls.media_anchor import leg_srtp, plan_answer
+    from sipcore.transport import Flow
+
+    key, ours = secrets.token_bytes(KEY_OCTETS), secrets.token_bytes(KEY_OCTETS)
+    offered = f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{_b64(key)}\r\n".encode()
+    plain = sdp("phone", 4000)
+    savp = plain.replace(b"RTP/AVP", b"RTP/SAVP") + offered
+    avp_with_key = plain + offered
+    origin = Origin("durchwahl", "1", 1, "127.0.0.1")
+
+    def plan(body: bytes, policy: SrtpPolicy) -> tuple[CryptoAttribute, CryptoAttribute] | None:
+        answer = plan_answer(parse_sdp(body), origin, address="127.0.0.1", port=5000, srtp=policy, key=ours)
+        if answer.srtp is not None:
+            assert f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{_b64(ours)}".encode() in answer.body
+        return answer.srtp
+
+    mine = CryptoAttribute(3, "AES_CM_128_HMAC_SHA1_32", ours)
+    theirs = CryptoAttribute(3, "AES_CM_128_HMAC_SHA1_32", key)
+    assert plan(savp, SrtpPolicy.REQUIRED) == plan(avp_with_key, SrtpPolicy.OFFERED) == (mine, theirs)
+    assert plan(savp, SrtpPolicy.OFFERED) == (mine, theirs)
+    assert plan(avp_with_key, SrtpPolicy.OFF) is None and plan(plain, SrtpPolicy.OFFERED) is None
+    with pytest.raises(SdpError, match="SRTP is required"):
+        plan(plain, SrtpPolicy.REQUIRED)
+    with pytest.raises(SdpError, match="RTP/SAVP is not accepted"):
+        plan(savp, SrtpPolicy.OFF)
+    tls = Flow("TLS", ("127.0.0.1", 5061), ("127.0.0.1", 4000), 1)
+    udp = Flow("UDP", ("127.0.0.1", 5060), ("127.0.0.1", 4000))
+    assert leg_srtp(SrtpPolicy.REQUIRED, tls) is SrtpPolicy.REQUIRED
+    assert leg_srtp(SrtpPolicy.OFFERED, udp) is SrtpPolicy.OFF and leg_srtp(SrtpPolicy.REQUIRED, udp) is None
