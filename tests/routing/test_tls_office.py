@@ -358,3 +358,37 @@ async def test_a_trunk_registration_refused_by_certificate_says_why_at_once(
     assert status.last_error is not None and "its certificate is not accepted" in status.last_error
     assert "sip.other-provider.example" not in status.last_error  # it names what we expected, not theirs
     assert "127.0.0.1" in status.last_error
+
+
+async def test_a_renewed_certificate_is_used_after_a_reload(ca: Authority, tmp_path: Path) -> None:
+    """SIGHUP after renewing: new connections get the new certificate, and a reload with a broken key is
+    rejected (the old certificate stays in force)."""
+    import shutil
+    import ssl
+
+    first = ca.issue(tmp_path / "first", "office.example", "127.0.0.1")
+    live = Issued(tmp_path / "live.pem", tmp_path / "live.key")
+    shutil.copy(first.certificate, live.certificate)
+    shutil.copy(first.key, live.key)
+
+    async def served_certificate(port: int) -> bytes:
+        context = ssl.create_default_context(cafile=str(ca.certificate))
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="127.0.0.1")
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return bytes(der)
+
+    def der(path: Path) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+    async with Server(write(tmp_path, office_toml(live)), control=False) as server:
+        port = tls_port(server)
+        assert await served_certificate(port) == der(first.certificate)
+        renewed = ca.issue(tmp_path / "renewed", "office.example", "127.0.0.1")
+        shutil.copy(renewed.certificate, live.certificate)
+        shutil.copy(renewed.key, live.key)
+        assert server.reload()
+        assert await served_certificate(port) == der(renewed.certificate)
+        live.key.write_text("not a key\n")
+        assert not server.reload()
+        assert await served_certificate(port) == der(renewed.certificate)
