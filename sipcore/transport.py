@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
@@ -472,12 +473,13 @@ class TcpGuard:
 class _TcpConnection(asyncio.Protocol):
     """One TCP or TLS connection, framed with ``StreamFramer``; answers CRLF pings with CRLF.
 
-    A TLS connection opened to us is admitted as it is accepted, then upgraded (``loop.start_tls``); it is
-    registered for sending only once its handshake is done. One we open does its handshake in
-    ``create_connection`` and is registered at once.
+    A TLS connection opened to us is admitted when its socket is accepted (``remote`` given), before its
+    handshake, which ``connect_accepted_socket`` does (``handshake_task``); closing it before then cancels
+    the handshake. Every other connection is admitted in ``connection_made``; a TLS one is handed over then
+    with its handshake done.
     """
 
-    def __init__(self, owner: TcpTransport, *, inbound: bool) -> None:
+    def __init__(self, owner: TcpTransport, *, inbound: bool, remote: tuple[str, int] | None = None) -> None:
         self._owner = owner
         self._guard = owner.guard
         self._framer = StreamFramer(owner.limits)
@@ -491,88 +493,37 @@ class _TcpConnection(asyncio.Protocol):
         #: TLS only: the names the peer's certificate was verified for (none: it sent none, or we did not
         #: ask: phones have no certificate; see ``sipcore.tls.peer_names``).
         self.peer_names: tuple[str, ...] = ()
+        #: TLS opened to us: the handshake under way (``TcpTransport._accept_tls``).
+        self.handshake_task: asyncio.Task[Any] | None = None
         #: We are closing it (a deadline, a refusal, the endpoint): a failing handshake is not news then.
         self.closing = False
         self._lost = False
-        #: TLS: what the upgraded connection delivered before ``start_tls`` returned its transport.
-        self._early: list[bytes] = []
-        self.remote: tuple[str, int] = ("", 0)
+        self.remote: tuple[str, int] = remote if remote is not None else ("", 0)
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
-        tls = self._owner.name == "TLS"
-        if tls and self.inbound:
-            # Nothing may reach data_received before start_tls takes the bytes: they are the handshake's.
-            self._transport.pause_reading()
-        if not self._guard.admit(self):
-            self.closing = True
-            self._transport.abort()
-            return
-        self.admitted = True
-        if tls and self.inbound:
-            self._owner._start_handshake(self)
-            return
-        if tls:
-            self._secured(self._transport)
-        self._register()
+        if not self.admitted:
+            if not self._guard.admit(self):
+                self.closing = True
+                self._transport.abort()
+                return
+            self.admitted = True
+        if self._owner.name == "TLS":
+            self.secure = True
+            self.peer_names = peer_names(transport.get_extra_info("peercert"))
+        self.registered = True
+        self._owner._register(self)
 
     @property
     def kind(self) -> str:
         """ "TCP" or "TLS", for the log."""
         return self._owner.name
 
-    def _register(self) -> None:
-        self.registered = True
-        self._owner._register(self)
-
-    def _secured(self, transport: asyncio.BaseTransport) -> None:
-        self.secure = True
-        self.peer_names = peer_names(transport.get_extra_info("peercert"))
-
-    async def handshake(self, context: ssl.SSLContext) -> None:
-        """Upgrade a connection opened to a TLS listener (server side); a failure is logged and closes it."""
-        raw = self._transport
-        assert raw is not None
-        loop = asyncio.get_running_loop()
-        upgraded: asyncio.Transport | None = None
-        error: BaseException | None = None
-        try:
-            upgraded = await loop.start_tls(raw, self, context, server_side=True)
-        except asyncio.CancelledError:
-            raw.abort()
-            self.connection_lost(None)
-            raise
-        except Exception as exc:  # ssl.SSLError, ConnectionError, a timeout: each closes the connection
-            error = exc
-        if upgraded is None or upgraded.is_closing() or self.closing:
-            if not self.closing:
-                self._guard.note(
-                    logging.WARNING,
-                    "tls-handshake",
-                    "TLS handshake with %s failed: %s",
-                    _fmt(self.remote),
-                    describe_handshake_error(error),
-                )
-            raw.abort()
-            self.connection_lost(None)
-            return
-        self._transport = upgraded
-        self._secured(upgraded)
-        self._register()
-        early, self._early = self._early, []
-        for data in early:
-            self.data_received(data)
-
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
-            return
-        if not self.secure and self._owner.name == "TLS":
-            # Decrypted already (the raw bytes went to start_tls), but the upgraded transport to answer on
-            # is not ours yet: handled once the handshake returns it.
-            self._early.append(data)
             return
         framer = self._framer
         try:
@@ -642,6 +593,8 @@ class _TcpConnection(asyncio.Protocol):
         self.closing = True
         if self._transport is not None:
             self._transport.close()
+        elif self.handshake_task is not None:
+            self.handshake_task.cancel()  # closes the socket it was given
 
 
 class TcpTransport:
@@ -730,7 +683,7 @@ class TcpTransport:
         assert sock is not None and loop is not None
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = sock.accept()
+                conn, address = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -753,6 +706,9 @@ class TcpTransport:
                     )
                 return
             conn.setblocking(False)
+            if self.contexts is not None:
+                self._accept_tls(loop, conn, address)
+                continue
             task = loop.create_task(
                 loop.connect_accepted_socket(lambda: _TcpConnection(self, inbound=True), conn)
             )
@@ -770,16 +726,44 @@ class TcpTransport:
                 task.exception(),
             )
 
-    def _start_handshake(self, conn: _TcpConnection) -> None:
-        """Upgrade a connection opened to this TLS listener, with the server context now in force."""
-        context = self.contexts.server if self.contexts is not None else None
-        if context is None:  # a reload took the certificate away
-            conn.close()
-            conn.connection_lost(None)
+    def _accept_tls(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
+        """Admit a socket accepted on this TLS listener, then let ``connect_accepted_socket`` do the handshake
+        with the server context now in force; a failed one is logged with the peer's address."""
+        assert self.contexts is not None
+        context = self.contexts.server
+        conn = _TcpConnection(self, inbound=True, remote=(str(address[0]), int(address[1])))
+        if context is None or not self.guard.admit(conn):  # a reload took the certificate away; refused
+            sock.close()
             return
-        task = asyncio.get_running_loop().create_task(conn.handshake(context))
+        conn.admitted = True
+        task = loop.create_task(
+            loop.connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=self.limits.tcp_message_seconds
+                + 5.0,  # the guard's deadline comes first
+            )
+        )
+        conn.handshake_task = task
         self._handshakes.add(task)
-        task.add_done_callback(self._handshake_done)
+        task.add_done_callback(functools.partial(self._tls_accepted, conn))
+
+    def _tls_accepted(self, conn: _TcpConnection, task: asyncio.Task[Any]) -> None:
+        self._handshakes.discard(task)
+        conn.handshake_task = None
+        error = None if task.cancelled() else task.exception()
+        if not task.cancelled() and error is None:
+            return
+        if not conn.closing:
+            self.guard.note(
+                logging.WARNING,
+                "tls-handshake",
+                "TLS handshake with %s failed: %s",
+                _fmt(conn.remote),
+                describe_handshake_error(error),
+            )
+        conn.connection_lost(None)
 
     def _pause_accepting(self) -> None:
         if not self._accepting or self._sock is None or self._loop is None:
