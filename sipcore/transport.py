@@ -755,7 +755,7 @@ class TcpTransport:
         error = None if task.cancelled() else task.exception()
         if not task.cancelled() and error is None:
             return
-        if not conn.closing:
+        if not conn.closing and not task.cancelled():  # cancelled: closed by us (a deadline, shutdown)
             self.guard.note(
                 logging.WARNING,
                 "tls-handshake",

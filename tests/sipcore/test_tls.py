@@ -430,3 +430,16 @@ async def test_a_sips_call_has_sips_contacts_and_a_sip_call_over_tls_says_transp
             assert contact.scheme == "sips" and contact.param("transport") is None
         else:
             assert contact.scheme == "sip" and contact.param("transport") == "tls"
+
+
+async def test_closing_the_endpoint_during_a_handshake_logs_no_failure(
+    ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sipcore")
+    async with tls_server(ca, tmp_path, limits=Limits(tcp_message_seconds=30.0)) as (endpoint, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.1)  # accepted, admitted, waiting for a ClientHello
+        assert len(endpoint._transports.guard.table) == 1
+    assert await closed_within(reader, 2.0)
+    writer.close()
+    assert not lines(caplog, "TLS handshake with"), caplog.text
