@@ -11,7 +11,7 @@ preference) plus telephone-event at the same clock rate when offered, rejects ev
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import attrs
@@ -334,14 +334,17 @@ def _audio_section(
     fmtps: Iterable[tuple[int, str]],
     direction: str,
     ptime: int | None,
+    protocol: str = "RTP/AVP",
+    extra: Sequence[Attribute] = (),
 ) -> MediaDescription:
     attributes = [Attribute("rtpmap", str(m)) for m in maps]
     attributes += [Attribute("fmtp", f"{pt} {parameters}") for pt, parameters in fmtps]
     if ptime is not None:
         attributes.append(Attribute("ptime", str(ptime)))
     attributes.append(Attribute(direction))
+    attributes += extra
     return MediaDescription(
-        "audio", port, "RTP/AVP", tuple(str(m.payload_type) for m in maps), attributes=tuple(attributes)
+        "audio", port, protocol, tuple(str(m.payload_type) for m in maps), attributes=tuple(attributes)
     )
 
 
@@ -354,8 +357,11 @@ def make_offer(
     telephone_event_payload_type: int | None = 101,
     direction: str = "sendrecv",
     ptime: int | None = 20,
+    protocol: str = "RTP/AVP",
+    attributes: Sequence[Attribute] = (),
 ) -> SessionDescription:
-    """An offer with one audio stream: the given G.711 codecs and telephone-event 0-15 at 8 kHz."""
+    """An offer with one audio stream: the given G.711 codecs and telephone-event 0-15 at 8 kHz, on
+    ``protocol`` (``RTP/SAVP`` for SRTP), with ``attributes`` added to it (``a=crypto``)."""
     if direction not in _DIRECTIONS:
         raise SdpError(f"unknown direction {direction!r}")
     static = {name: pt for pt, (name, _, _) in STATIC_PAYLOAD_TYPES.items()}
@@ -370,7 +376,7 @@ def make_offer(
     return SessionDescription(
         origin,
         connection=Connection(address, _address_type(address)),
-        media=(_audio_section(port, maps, fmtps, direction, ptime),),
+        media=(_audio_section(port, maps, fmtps, direction, ptime, protocol, attributes),),
     )
 
 
@@ -381,16 +387,20 @@ def answer(
     address: str,
     port: int,
     codecs: Sequence[str] = ("PCMU", "PCMA"),
+    usable: Callable[[MediaDescription], bool] | None = None,
 ) -> SessionDescription:
     """Answer ``offer`` (RFC 3264 §6): the first audio stream with a usable codec is accepted on ``port``,
-    every other stream is rejected with port 0 and keeps its formats.
+    every other stream is rejected with port 0 and keeps its formats. ``usable`` says which streams may be
+    accepted at all (default: ``RTP/AVP`` and ``RTP/AVPF``; SRTP answerers pass ``media.sdes.acceptable``);
+    an accepted stream keeps its protocol.
 
     :raises SdpError: no audio stream offers PCMU or PCMA (the caller answers 488 Not Acceptable Here).
     """
     accepted = False
     sections = []
     for media in offer.media:
-        section = None if accepted else _answer_audio(media, offer, port, codecs)
+        fits = usable(media) if usable is not None else media.protocol in ("RTP/AVP", "RTP/AVPF")
+        section = None if accepted or not fits else _answer_audio(media, offer, port, codecs)
         if section is None:
             sections.append(
                 MediaDescription(media.media, 0, media.protocol, media.formats or ("0",), port_count=None)
@@ -411,7 +421,7 @@ def answer(
 def _answer_audio(
     media: MediaDescription, offer: SessionDescription, port: int, codecs: Sequence[str]
 ) -> MediaDescription | None:
-    if media.media != "audio" or media.port == 0 or media.protocol not in ("RTP/AVP", "RTP/AVPF"):
+    if media.media != "audio" or media.port == 0:
         return None
     offered = media.rtp_maps()
     chosen = next(

@@ -1,9 +1,11 @@
 """The media I/O shell: one UDP socket per call leg, all legs paced by one shared 20 ms clock.
 
-``RtpSession`` receives RTP (garbage and foreign packets are dropped and counted, never raised), latches
-onto the address the peer's packets really come from (symmetric RTP: phones behind NAT), turns RFC 4733
-telephone-events into digits, hands decoded audio to an optional consumer (the in-band detector), and plays
-pre-encoded greeting frames. ``MediaClock`` is the single timer that drives every session's sending.
+``RtpSession`` receives RTP (garbage and foreign packets are dropped and counted, never raised; with SRTP
+every packet is authenticated and decrypted first, and one that does not authenticate is dropped before it
+can latch), latches onto the address the peer's packets really come from (symmetric RTP: phones behind
+NAT), turns RFC 4733 telephone-events into digits, hands decoded audio to an optional consumer (the in-band
+detector), and plays pre-encoded greeting frames (protected, with SRTP). ``MediaClock`` is the single timer
+that drives every session's sending.
 
 In-band detection of a session that plays on a clock (the greeting) runs in the clock's
 :class:`~media.dtmf_greeting.DetectorBank`: the session hands it each frame it sends and each 20 ms of
@@ -43,6 +45,7 @@ from .errors import MediaError, RtpError
 from .g711 import alaw_decode, ulaw_decode
 from .greeting import FRAME_SAMPLES, FRAME_SECONDS, Pacer
 from .rtp import RtpPacket, RtpSender, is_rtcp, parse
+from .srtp import SrtpError, SrtpStreams
 
 __all__ = [
     "Listening",
@@ -275,6 +278,8 @@ class SessionStats:
         self.sent = 0
         self.dropped_garbage = 0
         self.dropped_foreign = 0
+        #: SRTP packets that did not authenticate (forged, replayed, or plain RTP on an SRTP leg).
+        self.dropped_srtp = 0
         self.skipped_frames = 0
 
 
@@ -330,6 +335,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._time: Callable[[], float] | None = None  # the loop's clock, once a datagram arrived
         #: The RTP timestamp of the last packet sent and the loop time it was sent at.
         self.last_sent: tuple[int, float] | None = None
+        #: The leg's SRTP (None: plain RTP): everything sent is protected, everything received unprotected
+        #: first. Set once both keys are known (our SDP and the peer's).
+        self.srtp: SrtpStreams | None = None
 
     @property
     def sender(self) -> RtpSender:
@@ -428,6 +436,15 @@ class RtpSession(asyncio.DatagramProtocol):
             if remote is None or addr[1] != remote[1] or addr[0] != remote[0]:
                 self.stats.dropped_foreign += 1
                 return
+        srtp = self.srtp
+        if srtp is not None:
+            if is_rtcp(data):
+                return  # SRTCP: not used, like RTCP
+            plain = srtp.unprotect(data)
+            if plain is None:
+                self.stats.dropped_srtp += 1
+                return
+            data = plain
         on_datagram = self.on_datagram
         if (
             on_datagram is not None
@@ -589,6 +606,12 @@ class RtpSession(asyncio.DatagramProtocol):
             payload, media_time=index * FRAME_SAMPLES, marker=self._first_packet
         )
         self._first_packet = False
+        if self.srtp is not None:
+            try:
+                data = self.srtp.protect(data)
+            except SrtpError as exc:
+                log.debug("RTP socket %s: %s", self.local, exc)
+                return
         self._transport.sendto(data, self.remote)
         self.stats.sent += 1
         self.last_sent = (timestamp, now)
@@ -611,6 +634,12 @@ class RtpSession(asyncio.DatagramProtocol):
         """Send an RTP datagram built by someone else (the relay of a bridge) to where the peer is."""
         if self._transport is None or self.remote is None:
             return
+        if self.srtp is not None:
+            try:
+                data = self.srtp.protect(bytes(data))
+            except SrtpError as exc:
+                log.debug("RTP socket %s: %s", self.local, exc)
+                return
         self._transport.sendto(data, self.remote)
         self.stats.sent += 1
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Generic, TypeVar, overload
 
 from media.greeting import GreetingCache
+from media.sdes import SrtpPolicy
 from media.session import MediaClock, PortAllocator
 from sipcore.dialog import DialogId
 from sipcore.endpoint import IncomingRequest
@@ -37,7 +38,7 @@ from sipcore.session_timer import TimerPolicy, negotiate_uas
 from sipcore.ua import Call, CallFailed, CallQueue, UserAgent
 
 from .calls.bridge import HookFactory
-from .calls.caller import caller_label, identify_caller, refuse
+from .calls.caller import caller_label, caller_srtp, identify_caller, refuse
 from .calls.deliver import deliver
 from .calls.describe import describe_caller, describe_route
 from .calls.greeting import extension_processing
@@ -187,6 +188,9 @@ class B2bua:
             return
         if incoming.final is not None:
             return  # cancelled while resolving: the endpoint answered 487
+        srtp = caller_srtp(services, caller, incoming)
+        if srtp is None:
+            route = Refused(403, "Forbidden (SRTP is required for this caller: call over TLS)")
         log.info(
             "call %s from %s to %s: %s",
             request.call_id,
@@ -211,7 +215,13 @@ class B2bua:
             a = services.ua.accept(incoming, queue=queue)
         except CallFailed:
             return
-        call = CallState(a, queue, caller.name if isinstance(caller, FromTrunk) else None, record=draft)
+        call = CallState(
+            a,
+            queue,
+            caller.name if isinstance(caller, FromTrunk) else None,
+            record=draft,
+            srtp=srtp or SrtpPolicy.OFF,
+        )
         call.session_timer = timer
         services.emit(
             CallStarted(request.call_id, draft.caller, draft.dialled, draft.source_trunk, draft.caller_name)

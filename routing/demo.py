@@ -111,8 +111,11 @@ class Phone:
         script: Script = Script(),
         domain: str = "office.example",
         transports: TransportFactory = TransportSet,
+        transport: str = "udp",
     ) -> None:
         self.user = user
+        #: "udp", "tcp" or "tls" (configure ``endpoint.tls`` before :meth:`start`).
+        self.transport = transport
         self.password = password
         self.server_port = server_port
         self.script = script
@@ -131,7 +134,7 @@ class Phone:
         return ("127.0.0.1", self.server_port)
 
     async def start(self) -> Phone:
-        await self.endpoint.listen("udp:127.0.0.1:0")
+        await self.endpoint.listen(f"{self.transport}:127.0.0.1:0")
         self._reg_call_id = self.endpoint.new_call_id()
         response = await self.register()
         if response.status != 200:
@@ -145,7 +148,7 @@ class Phone:
         await self.endpoint.close()
 
     async def register(self, expires: int = 600) -> Response:
-        flow = self.endpoint.flow_to(*self.server)
+        flow = self.endpoint.flow_to(*self.server, self.transport)
         aor = f"<sip:{self.user}@{self.domain}>"
         uri = f"sip:{self.domain}"
         extra: list[tuple[str, str]] = [("Expires", str(expires))]
@@ -186,7 +189,7 @@ class Phone:
         """Call ``target`` (an extension or number) through the server."""
         return self.ua.invite(
             f"sip:{target}@{self.domain}",
-            self.endpoint.flow_to(*self.server),
+            self.endpoint.flow_to(*self.server, self.transport),
             from_=f'"Phone {self.user}" <sip:{self.user}@{self.domain}>',
             to=f"<sip:{target}@{self.domain}>",
             body=self.sdp if body is None else body,
@@ -292,8 +295,16 @@ class Provider:
     trusts its source address) and answers the office's calls out, with SDP pointing at :attr:`rtp`. Its
     listener is made by ``transports`` (a socket by default)."""
 
-    def __init__(self, user_agent: str = "provider", *, transports: TransportFactory = TransportSet) -> None:
+    def __init__(
+        self,
+        user_agent: str = "provider",
+        transport: str = "udp",
+        *,
+        transports: TransportFactory = TransportSet,
+    ) -> None:
         self.endpoint = Endpoint(timers=FAST, user_agent=user_agent, transports=transports)
+        #: "udp", "tcp" or "tls" (configure ``endpoint.tls`` before :meth:`start`).
+        self.transport = transport
         self.ua = UserAgent(self.endpoint, self._handle)
         self.calls: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.rtp = RtpSocket()
@@ -301,14 +312,14 @@ class Provider:
         self.server_port = 0
 
     async def start(self) -> Provider:
-        _, self.port = await self.endpoint.listen("udp:127.0.0.1:0")
+        _, self.port = await self.endpoint.listen(f"{self.transport}:127.0.0.1:0")
         self.rtp = await RtpSocket.open()
         return self
 
     def dial(self, number: str, body: bytes, caller: str = "+4940555123") -> OutgoingCall:
         return self.ua.invite(
             f"sip:{number}@office.example",
-            self.endpoint.flow_to("127.0.0.1", self.server_port),
+            self.endpoint.flow_to("127.0.0.1", self.server_port, self.transport),
             from_=f'"Kunde" <sip:{caller}@provider.example>',
             to=f"<sip:{number}@office.example>",
             body=body,

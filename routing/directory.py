@@ -15,6 +15,7 @@ from typing import Final
 
 import attrs
 
+from media.sdes import SrtpPolicy
 from sipcore.auth import DigestSecret
 from sipcore.limits import DEFAULT_LIMITS, Limits
 
@@ -39,8 +40,11 @@ __all__ = [
     "ListenSpec",
     "Number",
     "ServerConfig",
+    "SrtpPolicy",
     "Strategy",
+    "TlsFiles",
     "Trunk",
+    "TrunkTls",
     "listen_clashes",
     "parse_external_number",
     "parse_listen",
@@ -105,7 +109,7 @@ Destination = ExtensionRef | ExternalNumber | Hangup
 
 @attrs.frozen
 class ListenSpec:
-    """One address the server listens on: transport (``udp``/``tcp``), IP address and port."""
+    """One address the server listens on: transport (``udp``/``tcp``/``tls``), IP address and port."""
 
     transport: str
     host: str
@@ -114,6 +118,14 @@ class ListenSpec:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.transport}:{host}:{self.port}"
+
+
+@attrs.frozen
+class TlsFiles:
+    """The server's certificate (PEM: its chain, leaf first) and its private key (PEM, unencrypted)."""
+
+    certificate: Path
+    private_key: Path
 
 
 @attrs.frozen
@@ -143,6 +155,8 @@ class ServerConfig:
     rtp_timeout_seconds: int = 120
     #: The metrics endpoint and the security log's own target (both read at start).
     monitoring: Monitoring = NO_MONITORING
+    #: The certificate and key of the ``tls:`` listen addresses (and shown to a trunk that asks for ours).
+    tls: TlsFiles | None = None
 
     @property
     def realm(self) -> str:
@@ -169,6 +183,9 @@ class Employee:
     ring_seconds: int | None = None
     #: Where a call goes when nobody answers in time or no device is reachable (None: 480). Not for busy.
     fallback: Destination | None = None
+    #: SRTP on calls with this employee's phones (only those signalling over TLS; ``required``: the
+    #: phones must register and call over TLS).
+    srtp: SrtpPolicy = SrtpPolicy.OFFERED
 
     @property
     def digest_secret(self) -> DigestSecret:
@@ -187,6 +204,16 @@ class Group:
 
 
 @attrs.frozen
+class TrunkTls:
+    """A trunk over TLS: the CA file the provider's certificate must chain to (None: the system's CAs),
+    and whether requests from it count as the trunk's only over a TLS connection whose client certificate
+    is valid for its host (``verify_client``)."""
+
+    ca_file: Path | None = None
+    verify_client: bool = False
+
+
+@attrs.frozen
 class Trunk:
     name: str
     host: str
@@ -198,6 +225,10 @@ class Trunk:
     inbound_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     #: The numbering plan of calls through this trunk, when it differs from the server's (None: the same).
     numbering: NumberingPlan | None = None
+    #: How the provider is trusted over TLS (set when ``transport`` is ``tls``).
+    tls: TrunkTls | None = None
+    #: SRTP on this trunk's calls (only with ``transport = "tls"``).
+    srtp: SrtpPolicy = SrtpPolicy.OFFERED
 
 
 @attrs.frozen
@@ -326,7 +357,7 @@ def parse_external_number(text: str, *, allow_post_dial: bool = True) -> Externa
 _HOST_RE: Final = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
-_LISTEN_RE: Final = re.compile(r"(udp|tcp):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):([0-9]{1,5})")
+_LISTEN_RE: Final = re.compile(r"(udp|tcp|tls):(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):([0-9]{1,5})")
 _RTP_RE: Final = re.compile(r"\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*")
 
 
@@ -340,10 +371,10 @@ def valid_host(text: str) -> bool:
 
 
 def parse_listen(text: str) -> ListenSpec:
-    """``udp:IP:PORT`` or ``tcp:IP:PORT`` (IPv6 in brackets); ValueError saying why not."""
+    """``udp:IP:PORT``, ``tcp:IP:PORT`` or ``tls:IP:PORT`` (IPv6 in brackets); ValueError saying why not."""
     match = _LISTEN_RE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not 'udp:IP:PORT' or 'tcp:IP:PORT'")
+        raise ValueError(f"{text!r} is not 'udp:IP:PORT', 'tcp:IP:PORT' or 'tls:IP:PORT'")
     transport, host, port_text = match.groups()
     host = host.strip("[]")
     try:

@@ -28,6 +28,7 @@ import attrs
 from sipcore.auth import ALGORITHMS
 from sipcore.limits import DEFAULT_LIMITS
 
+from . import directory_transport as transport_keys
 from .config_check import MISSING, Checker, Locator, Missing, hint, tables_of
 from .dialstring import (
     NumberingPlan,
@@ -68,14 +69,6 @@ T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------- validation
 
-#: The [server] keys that set ``sipcore.limits.Limits`` fields of the same name, with their least value.
-_TCP_KEYS: Final = (
-    ("tcp_max_connections", 1),
-    ("tcp_max_connections_per_source", 1),
-    ("tcp_message_seconds", 1),
-    ("tcp_idle_seconds", 0),
-)
-
 #: The [server] keys of the call watch (routing.calls.watch) with their defaults, in seconds (0: off).
 _WATCH_KEYS: Final = {"max_call_seconds": 14400, "rtp_timeout_seconds": 120}
 
@@ -94,8 +87,8 @@ _TABLES: Final = {
         "international_prefix",
         "emergency_numbers",
         "emergency_trunk",
-        *(key for key, _ in _TCP_KEYS),
         *MONITORING_KEYS,
+        *transport_keys.SERVER_KEYS,
     },
     "employee": {
         "extension",
@@ -106,6 +99,7 @@ _TABLES: Final = {
         "ha1_sha256",
         "ring_seconds",
         "fallback",
+        *transport_keys.EMPLOYEE_KEYS,
     },
     "group": {"extension", "name", "strategy", "members", "ring_seconds", "fallback"},
     "trunk": {
@@ -120,6 +114,7 @@ _TABLES: Final = {
         "country_code",
         "trunk_prefix",
         "international_prefix",
+        *transport_keys.TRUNK_KEYS,
     },
     "number": {"number", "trunk", "extension_processing", "greeting", "music", "default"},
     "crm": {"name", "number"},
@@ -147,6 +142,8 @@ class _Loader:
         self.numbering = DEFAULT_NUMBERING
         #: The emergency numbers no extension may take.
         self.emergency: tuple[str, ...] = ()
+        #: Whether [server] listens for TLS (phones and trunks may use it).
+        self.tls_listening = False
 
     # ---------------------------------------------------------------------------------- top level
 
@@ -161,6 +158,7 @@ class _Loader:
         self.algorithms = server.auth_algorithms if server is not None else ()
         self.numbering = server.numbering if server is not None else DEFAULT_NUMBERING
         self.emergency = server.emergency if server is not None else ()
+        self.tls_listening = server is not None and any(spec.transport == "tls" for spec in server.listen)
         employees = _built(raw["employee"], self.employee)
         groups = _built(raw["group"], self.group)
         trunks = _built(raw["trunk"], self.trunk)
@@ -249,13 +247,8 @@ class _Loader:
                 c.report("server", None, key, f"must be 0 (off) or more seconds, not {value}")
                 watch[key] = None
         monitoring = read_monitoring(c, data, self.base)
-        tcp: dict[str, int] = {}
-        for key, least in _TCP_KEYS:
-            value = c.get("server", None, data, key, int) if key in data else None
-            if value is not None and value < least:
-                c.report("server", None, key, f"must be at least {least}, not {value}")
-            elif value is not None:
-                tcp[key] = value
+        tcp = transport_keys.read_tcp_limits(c, data)
+        tls = transport_keys.read_server_tls(c, data, self.base, listen, domain)
         if (
             domain is None
             or state_dir is None
@@ -265,7 +258,8 @@ class _Loader:
             or retention is None
             or numbering is None
             or not emergency_ok
-            or any(key in data and key not in tcp for key, _ in _TCP_KEYS)
+            or tcp is None
+            or tls is False
             or None in watch.values()
         ):
             return None
@@ -284,6 +278,7 @@ class _Loader:
             max_call_seconds=watch["max_call_seconds"] or 0,
             rtp_timeout_seconds=watch["rtp_timeout_seconds"] or 0,
             monitoring=monitoring,
+            tls=tls,
         )
 
     # ---------------------------------------------------------------------------------- employees
@@ -354,7 +349,8 @@ class _Loader:
         if bad_ring:
             c.report(t, i, "ring_seconds", f"{ring} is outside {low}–{high} seconds")
         fallback = self.destination(t, i, data, "fallback", HANGUP) if "fallback" in data else None
-        if extension is None or name is None or not sip_user or not present or bad_ring:
+        srtp = transport_keys.read_srtp(c, t, i, data, tls=self.tls_listening)
+        if extension is None or name is None or not sip_user or not present or bad_ring or srtp is None:
             return None
         if "fallback" in data and fallback is None:
             return None
@@ -372,7 +368,7 @@ class _Loader:
                     "could never register",
                 )
                 return None
-        return Employee(extension, name, sip_user, password, ha1, ha1_sha256, ring, fallback)
+        return Employee(extension, name, sip_user, password, ha1, ha1_sha256, ring, fallback, srtp)
 
     # ------------------------------------------------------------------------------------- groups
 
@@ -440,14 +436,16 @@ class _Loader:
         if host is not None and not valid_host(host):
             c.report(t, i, "host", f"{host!r} is not a host name or IP address")
             host = None
-        port = c.get(t, i, data, "port", int, 5060)
+        transport = c.get(t, i, data, "transport", str, "udp")
+        if transport is not None and transport not in ("udp", "tcp", "tls"):
+            c.report(t, i, "transport", f"{transport!r} is not 'udp', 'tcp' or 'tls'")
+            transport = None
+        port = c.get(t, i, data, "port", int, 5061 if transport == "tls" else 5060)
         if port is not None and not 1 <= port <= 65535:
             c.report(t, i, "port", f"{port} is not a port number (1–65535)")
             port = None
-        transport = c.get(t, i, data, "transport", str, "udp")
-        if transport is not None and transport not in ("udp", "tcp"):
-            c.report(t, i, "transport", f"{transport!r} is not 'udp' or 'tcp'")
-            transport = None
+        tls = transport_keys.read_trunk_tls(c, i, data, self.base, transport, self.tls_listening)
+        srtp = transport_keys.read_srtp(c, t, i, data, tls=transport == "tls")
         username = c.get(t, i, data, "username", str, None)
         password = c.get(t, i, data, "password", str, None)
         register = c.get(t, i, data, "register", bool, False)
@@ -472,11 +470,13 @@ class _Loader:
             numbering = read_numbering_plan(self.c, t, i, data, self.numbering)
             if numbering is None:
                 return None
-        if None in (name, host, port, transport, register):
+        if None in (name, host, port, transport, register, srtp) or tls is False:
             return None
         assert name is not None and host is not None and port is not None and transport is not None
+        assert srtp is not None
+        nets = tuple(networks)
         return Trunk(
-            name, host, port, transport, username, password, bool(register), tuple(networks), numbering
+            name, host, port, transport, username, password, bool(register), nets, numbering, tls, srtp
         )
 
     # ------------------------------------------------------------------------------------ numbers

@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
 
+from media.sdes import SrtpPolicy
 from sipcore.auth import DigestServer
 from sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
 from sipcore.message import Request
@@ -227,6 +228,10 @@ class RegistrarService:
             incoming.respond(403, f"Forbidden ({username} may only register {aor})")
             return
 
+        if employee.srtp is SrtpPolicy.REQUIRED and incoming.flow.transport != "TLS":
+            log.info("REGISTER from %s: %s must register over TLS (srtp = required)", incoming.flow, username)
+            incoming.respond(403, f"Forbidden ({username} must register over TLS: SRTP is required)")
+            return
         async with self._locked(aor):
             outcome = await self._register(incoming, aor, now)
         if outcome is not None:
@@ -358,9 +363,11 @@ class RegistrarService:
     def flow_for(binding: Binding) -> Flow | None:
         """The flow to reach the phone by: the one its REGISTER came on (None if unknown)."""
         flow = binding.flow
-        if flow is None or flow.transport not in ("UDP", "TCP"):
+        if flow is None or flow.transport not in ("UDP", "TCP", "TLS"):
             return None
-        transport: TransportName = "UDP" if flow.transport == "UDP" else "TCP"
+        transport: TransportName = (
+            "UDP" if flow.transport == "UDP" else "TLS" if flow.transport == "TLS" else "TCP"
+        )
         return Flow(transport, flow.local, flow.remote, flow.connection_id)
 
     async def ping(self, endpoint: Endpoint, *, timeout: float = 5.0, concurrency: int = 20) -> int:

@@ -29,6 +29,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from sipcore import Endpoint, Flow, IncomingRequest
 from sipcore.core import CoreConfig
 from sipcore.message import Request, Response
+from sipcore.tls import TlsError
 from sipcore.ua import UserAgent
 
 from .b2bua import B2bua
@@ -43,6 +44,7 @@ from .location import LocationStore, SqliteLocationStore
 from .monitoring import Monitor
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
+from .tls_setup import configure_tls
 from .trunk import TrunkRegistration
 
 __all__ = ["EVENT_LOOPS", "ListenError", "Server", "event_loop_factory", "load_secret", "tune_gc"]
@@ -187,6 +189,7 @@ class Server:
             limits=self.directory.server.limits,
             user_agent="durchwahl",
         )
+        configure_tls(self.endpoint.tls, self.directory)
         state_dir = self.directory.server.state_dir
         self.store = store if store is not None else SqliteLocationStore(state_dir / "location.sqlite3")
         self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
@@ -329,6 +332,12 @@ class Server:
             directory = load_directory(source)
         except ConfigError as exc:
             log.error("reload of %s rejected, the old directory stays in force:\n%s", source, exc)
+            self.events.emit("reload_failed", exc)
+            return False
+        try:
+            configure_tls(self.endpoint.tls, directory)
+        except TlsError as exc:
+            log.error("reload of %s rejected, the old directory stays in force: %s", source, exc)
             self.events.emit("reload_failed", exc)
             return False
         self.directory = directory

@@ -353,7 +353,9 @@ class TrunkRegistration:
                     host, self.trunk.port, type=socket.SOCK_DGRAM
                 )
                 address = str(infos[0][4][0])
-            self._flow = self.endpoint.flow_to(address, self.trunk.port, self.trunk.transport)
+            self._flow = self.endpoint.flow_to(
+                address, self.trunk.port, self.trunk.transport, server_name=self.trunk.host.strip("[]")
+            )
         return self._flow
 
     async def run(self) -> None:

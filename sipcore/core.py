@@ -1,8 +1,10 @@
 """UAS core checks (RFC 3261 §8.2): what every request is checked for before the application sees it.
 
 Pure: ``check_request`` returns the response to send, or None when the request may go on. The checks, in
-the RFC's order: Max-Forwards (483), method (405/501 with Allow), Request-URI scheme (416), Require (420 with
-Unsupported), and for INVITE the body type (415 with Accept) and the Accept header (406).
+the RFC's order: Max-Forwards (483), method (405/501 with Allow), Request-URI scheme (416; also a ``sips:``
+Request-URI that did not arrive over TLS, RFC 3261 §26.2.2: a SIPS URI is only reached over TLS on every
+hop), Require (420 with Unsupported), and for INVITE the body type (415 with Accept) and the Accept header
+(406).
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ def _accepts(accept_values: Collection[str], wanted: Collection[str]) -> bool:
     return False
 
 
-def check_request(request: Request, config: CoreConfig = CoreConfig()) -> Response | None:
-    """The response RFC 3261 §8.2 requires for ``request``, or None when it passes every check."""
+def check_request(
+    request: Request, config: CoreConfig = CoreConfig(), *, secure: bool = True
+) -> Response | None:
+    """The response RFC 3261 §8.2 requires for ``request``, or None when it passes every check; ``secure``
+    says whether it arrived over TLS."""
     method = request.method
     if method not in config.allowed_methods:
         status = 405 if method in KNOWN_METHODS else 501
@@ -76,6 +81,8 @@ def check_request(request: Request, config: CoreConfig = CoreConfig()) -> Respon
         return make_response(request, 483)
     if not isinstance(request.uri, SipUri | TelUri):
         return make_response(request, 416)
+    if not secure and request.uri.scheme == "sips" and method not in ("ACK", "CANCEL"):
+        return make_response(request, 416, "Unsupported URI Scheme (sips: only over TLS)")
     if method not in ("ACK", "CANCEL"):
         unsupported = [tag for tag in request.require if tag not in config.supported]
         if unsupported:

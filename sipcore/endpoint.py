@@ -29,6 +29,7 @@ from .handshake import AckCache, Retransmit2xx, TwoxxSender
 from .headers import Header, Via, is_digits
 from .limits import DEFAULT_LIMITS, Limits
 from .message import Request, Response, error_response, make_response, parse_message
+from .tls import TlsContexts
 from .transaction import (
     AckReceived,
     CancelReceived,
@@ -44,6 +45,7 @@ from .transaction import (
     TransportFailed,
 )
 from .transport import (
+    STREAM_TRANSPORTS,
     Flow,
     ListenSpec,
     MessageCallback,
@@ -83,6 +85,12 @@ TransportFactory = Callable[
     [MessageCallback, Limits, Callable[[Flow], None], Callable[[Flow], bool]], TransportSet
 ]
 _MAGIC = "z9hG4bK"
+
+
+def _transport_name(transport: str) -> TransportName:
+    """ "udp", "TCP", "tls" … as a transport name (anything unknown: TCP)."""
+    upper = transport.upper()
+    return "UDP" if upper == "UDP" else "TLS" if upper == "TLS" else "TCP"
 
 
 class TimerUser(Protocol):
@@ -226,6 +234,8 @@ class OutgoingRequest:
         self.on_response = on_response
         self.on_failure = on_failure
         self._handle: TransactionHandle | None = None
+        #: Why the transport could not send the request (the final's RequestTimeout says so).
+        self.transport_error: str | None = None
         self.provisional: list[Response] = []
         self._responses: asyncio.Queue[Response] | None = None
         self._final: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
@@ -322,8 +332,20 @@ class Endpoint:
 
     # ------------------------------------------------------------------------------------ life cycle
 
+    @property
+    def tls(self) -> TlsContexts:
+        """The TLS contexts in force: configure them before a TLS listener starts (``tls:`` needs the server
+        context); replaced contexts apply to connections made afterwards."""
+        return self._transports.contexts
+
+    def peer_names(self, flow: Flow) -> tuple[str, ...] | None:
+        """The names the peer certificate of ``flow``'s TLS connection was verified for (empty: it sent none
+        or none was asked for); None when ``flow`` is no open TLS connection."""
+        return self._transports.peer_names(flow)
+
     async def listen(self, spec: str | ListenSpec) -> tuple[str, int]:
-        """Start a listener ("udp:127.0.0.1:5060", "tcp:[::1]:0" …); returns the bound address."""
+        """Start a listener ("udp:127.0.0.1:5060", "tcp:[::1]:0", "tls:127.0.0.1:5061" …); returns the
+        bound address. A TLS listener needs ``tls.server`` configured first."""
         self._loop = asyncio.get_running_loop()
         if isinstance(spec, str):
             spec = parse_listen_spec(spec)
@@ -360,7 +382,7 @@ class Endpoint:
         self, transport: str = "UDP", remote: tuple[str, int] = ("127.0.0.1", 5060)
     ) -> tuple[str, int]:
         """The listener address used towards ``remote`` (for Via sent-by and Contact)."""
-        return self._transports.local_for("UDP" if transport.upper() == "UDP" else "TCP", remote)
+        return self._transports.local_for(_transport_name(transport), remote)
 
     # ------------------------------------------------------------------------------------ randomness
 
@@ -567,7 +589,7 @@ class Endpoint:
                 for name, value in extra:
                     message = message.add_header(name, value)
             if isinstance(flow, Flow):
-                self._transmit(bytes(message), flow)
+                self._transmit(bytes(message), flow, event.handle)
         elif isinstance(event, RequestReceived):
             assert event.handle is not None
             self._on_request(event.request, event.handle)
@@ -583,7 +605,8 @@ class Endpoint:
         elif isinstance(event, TimedOut | TransportFailed):
             outgoing = self._outgoing.get(event.handle) if event.handle is not None else None
             if outgoing is not None and not outgoing.final.done():
-                outgoing.final.set_exception(RequestTimeout(f"{outgoing.request.method}: no final response"))
+                why = outgoing.transport_error or "no final response"
+                outgoing.final.set_exception(RequestTimeout(f"{outgoing.request.method}: {why}"))
                 outgoing.final.exception()
             if outgoing is not None and outgoing.on_failure is not None:
                 outgoing.on_failure(event)
@@ -605,7 +628,7 @@ class Endpoint:
         assert isinstance(flow, Flow)
         incoming = IncomingRequest(self, request, flow, handle)
         self._incoming[handle] = incoming
-        rejection = check_request(request, self.core)
+        rejection = check_request(request, self.core, secure=flow.transport == "TLS")
         if rejection is not None:
             incoming.send(rejection)
             return
@@ -696,7 +719,11 @@ class Endpoint:
             else:
                 self._on_stray(response)
             return
-        if outgoing.flow.transport == "TCP" and handle.method == "REGISTER" and 200 <= response.status < 300:
+        if (
+            outgoing.flow.transport in STREAM_TRANSPORTS
+            and handle.method == "REGISTER"
+            and 200 <= response.status < 300
+        ):
             self._hold_registration(outgoing.request, response, outgoing.flow)
         if outgoing.on_response is not None:
             if response.status < 200:
@@ -721,7 +748,11 @@ class Endpoint:
         request = incoming.request
         if log.isEnabledFor(logging.DEBUG):
             log.debug("send to %s: %s", incoming.flow, _summary(response))
-        if incoming.flow.transport == "TCP" and request.method == "REGISTER" and 200 <= response.status < 300:
+        if (
+            incoming.flow.transport in STREAM_TRANSPORTS
+            and request.method == "REGISTER"
+            and 200 <= response.status < 300
+        ):
             self._hold_registration(request, response, incoming.flow)
         if request.method == "INVITE" and 200 <= response.status < 300 and not incoming.taken_over:
             self._layer.send_response(incoming._handle, response, self._now)
@@ -804,11 +835,14 @@ class Endpoint:
         self._transmit(data, flow)
         self._arm_timer()
 
-    def flow_to(self, host: str, port: int, transport: str = "UDP") -> Flow:
-        """A flow towards ``host:port`` (an IP address) leaving from a matching listener."""
-        name: TransportName = "UDP" if transport.upper() == "UDP" else "TCP"
+    def flow_to(
+        self, host: str, port: int, transport: str = "UDP", *, server_name: str | None = None
+    ) -> Flow:
+        """A flow towards ``host:port`` (an IP address) leaving from a matching listener; over TLS the peer's
+        certificate must be valid for ``server_name`` (None: for ``host``)."""
+        name = _transport_name(transport)
         local = self._transports.local_for(name, (host, port))
-        return Flow(name, local, (host, port))
+        return Flow(name, local, (host, port), server_name=server_name if name == "TLS" else None)
 
     def make_request(
         self,
@@ -855,14 +889,25 @@ class Endpoint:
         host = f"[{host}]" if ":" in host else host
         return Via(flow.transport, host, port, (("branch", self.new_branch()), ("rport", None)))
 
-    def contact_uri(self, flow: Flow, who: NameAddr | None = None) -> SipUri:
+    def contact_uri(self, flow: Flow, who: NameAddr | None = None, *, sips: bool = False) -> SipUri:
+        """Our Contact on ``flow``: ``sip:…;transport=tcp`` over TCP; over TLS a ``sips:`` URI for a SIPS
+        request or dialog (RFC 3261 §8.1.1.8, §12.1.1), else ``sip:…;transport=tls`` — which §26.2.2
+        deprecates in favour of ``sips:``, but which phones send and understand (baresip 1.0 cannot send
+        to a ``sips:`` Contact at all), and which tells the peer to reach us over TLS all the same."""
         host, port = flow.local
         host = f"[{host}]" if ":" in host else host
         user = who.uri.user if who is not None and isinstance(who.uri, SipUri) else None
+        if flow.transport == "TLS":
+            if sips:
+                return SipUri("sips", user, None, host, port)
+            return SipUri("sip", user, None, host, port, (("transport", "tls"),))
         params = (("transport", "tcp"),) if flow.transport == "TCP" else ()
         return SipUri("sip", user, None, host, port, params)
 
-    def _transmit(self, data: bytes, flow: Flow) -> None:
+    def _transmit(self, data: bytes, flow: Flow, handle: TransactionHandle | None = None) -> None:
+        """Send ``data`` along ``flow``; a message of transaction ``handle`` that cannot be sent (no
+        connection can be made: refused, TLS certificate not accepted …) ends that transaction at once
+        (RFC 3261 §17.1.4: a transport error), rather than by its timeout 32 s later."""
         if flow.transport == "UDP":
             try:
                 self._transports.udp_send(data, flow)
@@ -872,26 +917,37 @@ class Endpoint:
             if self._tracers:
                 self._trace("out", data, flow)
             return
-        # TCP: written at once on an open connection (in order with everything else on it, and before the
-        # connection may close); a connection to be made first is a task.
+        # TCP, TLS: written at once on an open connection (in order with everything else on it, and before
+        # the connection may close); a connection to be made first is a task.
         try:
             sent = self._transports.send_now(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
+            self._transport_failed(handle, exc)
             return
         if sent is None:
-            self._spawn(self._transmit_stream(data, flow))
+            self._spawn(self._transmit_stream(data, flow, handle))
         elif self._tracers:
             self._trace("out", data, sent)
 
-    async def _transmit_stream(self, data: bytes, flow: Flow) -> None:
+    async def _transmit_stream(self, data: bytes, flow: Flow, handle: TransactionHandle | None) -> None:
         try:
             sent = await self._transports.send(data, flow)
         except TransportError as exc:
             log.info("cannot send to %s: %s", flow, exc)
+            self._transport_failed(handle, exc)
             return
         if self._tracers:
             self._trace("out", data, sent)
+
+    def _transport_failed(self, handle: TransactionHandle | None, error: TransportError) -> None:
+        if handle is None or self._closed:
+            return
+        outgoing = self._outgoing.get(handle)
+        if outgoing is not None:
+            outgoing.transport_error = str(error)
+        self._layer.handle_transport_error(handle, self._now)
+        self._drain()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -209,7 +209,8 @@ class Confirmed:
 
 @attrs.frozen
 class Rejected:
-    """UAC: the initial INVITE got a non-2xx final response (``response`` is None after a timeout: 408)."""
+    """UAC: the initial INVITE got a non-2xx final response (``response`` is None after a timeout: 408, or
+    after a transport error: 503)."""
 
     status: int
     response: Response | None
@@ -1257,13 +1258,13 @@ class InviteSession:
         self._terminating(TerminationReason.REJECTED, response.status)
 
     def _do_invite_failed(self, now: float, failure: _Failure) -> None:
-        self._emit(Rejected(408, None))
-        reason = (
-            TerminationReason.TIMEOUT
-            if failure.kind is TransactionFailure.TIMEOUT
-            else TerminationReason.TRANSPORT_ERROR
-        )
-        self._terminating(reason, 408)
+        # A timeout counts as 408 (§13.2.2), a transport error as 503 (§8.1.3.1).
+        if failure.kind is TransactionFailure.TIMEOUT:
+            reason, status = TerminationReason.TIMEOUT, 408
+        else:
+            reason, status = TerminationReason.TRANSPORT_ERROR, 503
+        self._emit(Rejected(status, None))
+        self._terminating(reason, status)
 
     def _do_send_cancel(self, now: float, arg: Any) -> None:
         if not self._cancel_sent:

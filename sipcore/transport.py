@@ -1,9 +1,12 @@
-"""asyncio transports: UDP and TCP listeners (IPv4 and IPv6) that move framed SIP message bytes.
+"""asyncio transports: UDP, TCP and TLS listeners (IPv4 and IPv6) that move framed SIP message bytes.
 
-The transports know nothing of SIP semantics: they frame (TCP), answer RFC 5626 CRLF keep-alives, enforce the
-stream size limits, and hand ``(data, flow)`` to one callback. Parsing and every protocol decision live above.
-TCP connections are admitted, timed out and logged by a ``TcpGuard`` (the shell of the pure
-``sipcore.connections.ConnectionTable``), so descriptors stay free for RTP and the stores under any load.
+The transports know nothing of SIP semantics: they frame (TCP, TLS), answer RFC 5626 CRLF keep-alives,
+enforce the stream size limits, and hand ``(data, flow)`` to one callback. Parsing and every protocol
+decision live above. TCP and TLS connections are admitted, timed out and logged by one ``TcpGuard`` (the
+shell of the pure ``sipcore.connections.ConnectionTable``), so descriptors stay free for RTP and the stores
+under any load. A TLS connection opened to us is admitted as soon as it is accepted: its handshake counts
+as "no complete message yet" (``tcp_message_seconds``); a failed handshake is logged with the peer's address
+and closes the connection (``sipcore.tls`` puts OpenSSL's reason into words).
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import itertools
 import logging
 import socket
+import ssl
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -27,8 +32,10 @@ from .errors import SipError, SipParseError
 from .framing import FramedMessage, KeepAlivePing, StreamFramer
 from .headers import is_digits
 from .limits import DEFAULT_LIMITS, Limits
+from .tls import TlsContexts, describe_handshake_error, peer_names
 
 __all__ = [
+    "STREAM_TRANSPORTS",
     "Flow",
     "ListenSpec",
     "TcpGuard",
@@ -42,7 +49,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TransportName = Literal["UDP", "TCP"]
+TransportName = Literal["UDP", "TCP", "TLS"]
+#: The transports that are streams (framed by Content-Length, connection-oriented).
+STREAM_TRANSPORTS: Final = frozenset({"TCP", "TLS"})
+#: Seconds a connection we open may take to connect (and, for TLS, to finish its handshake).
+CONNECT_SECONDS: Final = 5.0
 _connection_ids: Final = itertools.count(1)
 
 
@@ -54,14 +65,17 @@ class TransportError(SipError):
 class Flow:
     """Where a message came from or goes to: transport, the local listener, the remote address.
 
-    For TCP ``connection_id`` names the connection, so a response (or a request to a phone behind NAT)
-    can go back on the very connection the peer opened (RFC 5626 flows; RFC 3261 §18.2.2).
+    For TCP and TLS ``connection_id`` names the connection, so a response (or a request to a phone behind
+    NAT) can go back on the very connection the peer opened (RFC 5626 flows; RFC 3261 §18.2.2).
+    ``server_name`` is the name a TLS peer we connect to must prove in its certificate (a trunk's host
+    name; None: its IP address); it is not part of the flow's identity.
     """
 
     transport: TransportName
     local: tuple[str, int]
     remote: tuple[str, int]
     connection_id: int | None = None
+    server_name: str | None = attrs.field(default=None, eq=False)
 
     def __str__(self) -> str:
         return f"{self.transport} {_fmt(self.remote)}"
@@ -82,11 +96,14 @@ class ListenSpec:
 
 
 def parse_listen_spec(text: str) -> ListenSpec:
-    """Parse 'udp:127.0.0.1:5060', 'tcp:[::1]:5060' or 'udp:127.0.0.1' (port 5060)."""
+    """Parse 'udp:127.0.0.1:5060', 'tcp:[::1]:5060', 'tls:127.0.0.1:5061' or 'udp:127.0.0.1' (port 5060;
+    5061 for TLS, RFC 3261 §26.2)."""
     proto, sep, rest = text.partition(":")
     name = proto.upper()
-    if not sep or name not in ("UDP", "TCP"):
-        raise ValueError(f"listen address {text!r}: expected 'udp:HOST:PORT' or 'tcp:HOST:PORT'")
+    if not sep or name not in ("UDP", "TCP", "TLS"):
+        raise ValueError(
+            f"listen address {text!r}: expected 'udp:HOST:PORT', 'tcp:HOST:PORT' or 'tls:HOST:PORT'"
+        )
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0:
@@ -98,7 +115,8 @@ def parse_listen_spec(text: str) -> ListenSpec:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"listen address {text!r}: {host!r} is not an IP address") from None
-    port = 5060 if not port_text else int(port_text) if is_digits(port_text) else -1
+    default = 5061 if name == "TLS" else 5060
+    port = default if not port_text else int(port_text) if is_digits(port_text) else -1
     if not 0 <= port <= 65535:
         raise ValueError(f"listen address {text!r}: bad port {port_text!r}")
     return ListenSpec(name, host, port)  # type: ignore[arg-type]
@@ -354,7 +372,8 @@ class TcpGuard:
             self.note(
                 logging.WARNING,
                 "refused-source",
-                "refusing TCP connection from %s: %d open from its source (tcp_max_connections_per_source)",
+                "refusing %s connection from %s: %d open from its source (tcp_max_connections_per_source)",
+                conn.kind,
                 _fmt(conn.remote),
                 table.max_per_source,
             )
@@ -363,7 +382,8 @@ class TcpGuard:
             self.note(
                 logging.WARNING,
                 "refused-total",
-                "refusing TCP connection from %s: %d open in all (tcp_max_connections)",
+                "refusing %s connection from %s: %d open in all (tcp_max_connections)",
+                conn.kind,
                 _fmt(conn.remote),
                 table.max_total,
             )
@@ -375,7 +395,8 @@ class TcpGuard:
                 self.note(
                     logging.WARNING,
                     "evicted",
-                    "closing TCP connection from %s: %s; %d open in all (tcp_max_connections)",
+                    "closing %s connection from %s: %s; %d open in all (tcp_max_connections)",
+                    evicted.kind,
                     _fmt(evicted.remote),
                     CloseReason.EVICTED.value,
                     table.max_total,
@@ -428,12 +449,13 @@ class TcpGuard:
             if conn is None:
                 continue
             if reason is CloseReason.IDLE:
-                log.debug("closing TCP connection from %s: %s", _fmt(conn.remote), reason.value)
+                log.debug("closing %s connection from %s: %s", conn.kind, _fmt(conn.remote), reason.value)
             else:
                 self.note(
                     logging.INFO,
                     reason.name,
-                    "closing TCP connection from %s: %s (%g s, tcp_message_seconds)",
+                    "closing %s connection from %s: %s (%g s, tcp_message_seconds)",
+                    conn.kind,
                     _fmt(conn.remote),
                     reason.value,
                     table.message_seconds,
@@ -449,9 +471,15 @@ class TcpGuard:
 
 
 class _TcpConnection(asyncio.Protocol):
-    """One TCP connection, framed with ``StreamFramer``; answers CRLF pings with CRLF."""
+    """One TCP or TLS connection, framed with ``StreamFramer``; answers CRLF pings with CRLF.
 
-    def __init__(self, owner: TcpTransport, *, inbound: bool) -> None:
+    A TLS connection opened to us is admitted when its socket is accepted (``remote`` given), before its
+    handshake, which ``connect_accepted_socket`` does (``handshake_task``); closing it before then cancels
+    the handshake. Every other connection is admitted in ``connection_made``; a TLS one is handed over then
+    with its handshake done.
+    """
+
+    def __init__(self, owner: TcpTransport, *, inbound: bool, remote: tuple[str, int] | None = None) -> None:
         self._owner = owner
         self._guard = owner.guard
         self._framer = StreamFramer(owner.limits)
@@ -459,18 +487,40 @@ class _TcpConnection(asyncio.Protocol):
         self.id = next(_connection_ids)
         self.inbound = inbound
         self.admitted = False
-        self.remote: tuple[str, int] = ("", 0)
+        self.registered = False
+        #: TLS only: the handshake is done (the connection carries messages).
+        self.secure = False
+        #: TLS only: the names the peer's certificate was verified for (none: it sent none, or we did not
+        #: ask: phones have no certificate; see ``sipcore.tls.peer_names``).
+        self.peer_names: tuple[str, ...] = ()
+        #: TLS opened to us: the handshake under way (``TcpTransport._accept_tls``).
+        self.handshake_task: asyncio.Task[Any] | None = None
+        #: We are closing it (a deadline, a refusal, the endpoint): a failing handshake is not news then.
+        self.closing = False
+        self._lost = False
+        self.remote: tuple[str, int] = remote if remote is not None else ("", 0)
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1])
-        if not self._guard.admit(self):
-            self._transport.abort()
-            return
-        self.admitted = True
+        if not self.admitted:
+            if not self._guard.admit(self):
+                self.closing = True
+                self._transport.abort()
+                return
+            self.admitted = True
+        if self._owner.name == "TLS":
+            self.secure = True
+            self.peer_names = peer_names(transport.get_extra_info("peercert"))
+        self.registered = True
         self._owner._register(self)
+
+    @property
+    def kind(self) -> str:
+        """ "TCP" or "TLS", for the log."""
+        return self._owner.name
 
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
@@ -501,7 +551,12 @@ class _TcpConnection(asyncio.Protocol):
     def _unframable(self, exc: SipParseError) -> None:
         """The stream cannot be framed: answer what can be answered (513 for a request too large), close."""
         self._guard.note(
-            logging.INFO, "unframable", "closing TCP connection from %s: %s", _fmt(self.remote), exc
+            logging.INFO,
+            "unframable",
+            "closing %s connection from %s: %s",
+            self._owner.name,
+            _fmt(self.remote),
+            exc,
         )
         reply: bytes | None = None
         answer = self._owner.on_unframable
@@ -516,41 +571,54 @@ class _TcpConnection(asyncio.Protocol):
 
     @property
     def flow(self) -> Flow:
-        return Flow("TCP", self._owner.local, self.remote, self.id)
+        return Flow(self._owner.name, self._owner.local, self.remote, self.id)
 
     def write(self, data: bytes) -> None:
         if self._transport is None or self._transport.is_closing():
-            raise TransportError(f"TCP connection to {_fmt(self.remote)} is closed")
+            raise TransportError(f"{self._owner.name} connection to {_fmt(self.remote)} is closed")
         self._transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:  # a failed TLS handshake: told by the handshake and by asyncio
+            return
+        self._lost = True
         if self.admitted:
             self._guard.forget(self)
+        if self.registered:
             self._owner._unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
     def close(self) -> None:
+        self.closing = True
         if self._transport is not None:
             self._transport.close()
+        elif self.handshake_task is not None:
+            self.handshake_task.cancel()  # closes the socket it was given
 
 
 class TcpTransport:
-    """A TCP listener plus the outgoing connections it made; connections are reused per remote address.
+    """A TCP (or TLS) listener plus the outgoing connections it made; connections are reused per remote
+    address.
 
     Incoming connections are accepted by the listener's own reader callback (asyncio's accept loop writes
     a traceback for every failed ``accept``: a storm when descriptors run out); when the process is out of
     descriptors, accepting pauses for ``ACCEPT_PAUSE`` with one log line. Admission and closing deadlines
-    are the shared ``TcpGuard``'s.
+    are the shared ``TcpGuard``'s. With ``contexts`` it is a TLS transport: connections opened to it are
+    upgraded with ``contexts.server``, the ones it opens use ``contexts.client_for`` the peer's name.
     """
 
-    name: TransportName = "TCP"
-
     def __init__(
-        self, on_message: MessageCallback, limits: Limits = DEFAULT_LIMITS, guard: TcpGuard | None = None
+        self,
+        on_message: MessageCallback,
+        limits: Limits = DEFAULT_LIMITS,
+        guard: TcpGuard | None = None,
+        contexts: TlsContexts | None = None,
     ) -> None:
         self.on_message = on_message
         self.limits = limits
+        self.name: TransportName = "TCP" if contexts is None else "TLS"
+        self.contexts = contexts
         self._owns_guard = guard is None
         self.guard = guard if guard is not None else TcpGuard(limits)
         #: Called with the flow of every connection that closes (the registrar drops its bindings).
@@ -563,6 +631,7 @@ class TcpTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self._resume: asyncio.TimerHandle | None = None
+        #: Accepted sockets being set up, and TLS handshakes of connections opened to us.
         self._handshakes: set[asyncio.Task[Any]] = set()
         self._by_id: dict[int, _TcpConnection] = {}
         self._by_remote: dict[tuple[str, int], _TcpConnection] = {}
@@ -578,8 +647,11 @@ class TcpTransport:
         on_message: MessageCallback,
         limits: Limits = DEFAULT_LIMITS,
         guard: TcpGuard | None = None,
+        contexts: TlsContexts | None = None,
     ) -> TcpTransport:
-        self = cls(on_message, limits, guard)
+        if contexts is not None and contexts.server is None:
+            raise TransportError("a TLS listener needs a certificate and key (none configured)")
+        self = cls(on_message, limits, guard, contexts)
         loop = self._loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -611,7 +683,7 @@ class TcpTransport:
         assert sock is not None and loop is not None
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _ = sock.accept()
+                conn, address = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -634,6 +706,9 @@ class TcpTransport:
                     )
                 return
             conn.setblocking(False)
+            if self.contexts is not None:
+                self._accept_tls(loop, conn, address)
+                continue
             task = loop.create_task(
                 loop.connect_accepted_socket(lambda: _TcpConnection(self, inbound=True), conn)
             )
@@ -646,9 +721,49 @@ class TcpTransport:
             self.guard.note(
                 logging.WARNING,
                 "accept-setup",
-                "setting up an accepted TCP connection failed: %s",
+                "setting up an accepted %s connection failed: %s",
+                self.name,
                 task.exception(),
             )
+
+    def _accept_tls(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
+        """Admit a socket accepted on this TLS listener, then let ``connect_accepted_socket`` do the handshake
+        with the server context now in force; a failed one is logged with the peer's address."""
+        assert self.contexts is not None
+        context = self.contexts.server
+        conn = _TcpConnection(self, inbound=True, remote=(str(address[0]), int(address[1])))
+        if context is None or not self.guard.admit(conn):  # a reload took the certificate away; refused
+            sock.close()
+            return
+        conn.admitted = True
+        task = loop.create_task(
+            loop.connect_accepted_socket(
+                lambda: conn,
+                sock,
+                ssl=context,
+                ssl_handshake_timeout=self.limits.tcp_message_seconds
+                + 5.0,  # the guard's deadline comes first
+            )
+        )
+        conn.handshake_task = task
+        self._handshakes.add(task)
+        task.add_done_callback(functools.partial(self._tls_accepted, conn))
+
+    def _tls_accepted(self, conn: _TcpConnection, task: asyncio.Task[Any]) -> None:
+        self._handshakes.discard(task)
+        conn.handshake_task = None
+        error = None if task.cancelled() else task.exception()
+        if not task.cancelled() and error is None:
+            return
+        if not conn.closing and not task.cancelled():  # cancelled: closed by us (a deadline, shutdown)
+            self.guard.note(
+                logging.WARNING,
+                "tls-handshake",
+                "TLS handshake with %s failed: %s",
+                _fmt(conn.remote),
+                describe_handshake_error(error),
+            )
+        conn.connection_lost(None)
 
     def _pause_accepting(self) -> None:
         if not self._accepting or self._sock is None or self._loop is None:
@@ -699,17 +814,24 @@ class TcpTransport:
             queue = self._queued.get(remote)
             if queue is not None and connection_id is None:
                 queue.append(data)  # written in order once the connection is made
-                return Flow("TCP", self.local, remote)
+                return Flow(self.name, self.local, remote)
             conn = self._by_remote.get(remote)
         if conn is None:
             if connection_id is not None:
-                raise TransportError(f"TCP connection {connection_id} to {_fmt(remote)} is gone")
+                raise TransportError(f"{self.name} connection {connection_id} to {_fmt(remote)} is gone")
             return None
         conn.write(data)
         return conn.flow
 
-    async def send(self, data: bytes, remote: tuple[str, int], connection_id: int | None = None) -> Flow:
-        """Send on the named connection, else on any open one to ``remote``, else on a new one.
+    async def send(
+        self,
+        data: bytes,
+        remote: tuple[str, int],
+        connection_id: int | None = None,
+        server_name: str | None = None,
+    ) -> Flow:
+        """Send on the named connection, else on any open one to ``remote``, else on a new one (TLS: whose
+        certificate must be valid for ``server_name``, else for the remote's IP address).
 
         A flow that names a connection the peer opened (a phone behind NAT, RFC 5626) is never dialled
         anew: its address is a NAT mapping that accepts no incoming connection, and trying would hang.
@@ -723,11 +845,11 @@ class TcpTransport:
         if conn is None:
             conn = self._by_remote.get(remote)
         if conn is None and connection_id is not None:
-            raise TransportError(f"TCP connection {connection_id} to {_fmt(remote)} is gone")
+            raise TransportError(f"{self.name} connection {connection_id} to {_fmt(remote)} is gone")
         if conn is None:
             queue = self._queued[remote] = [data]
             try:
-                conn = await self._connect(remote)
+                conn = await self._connect(remote, server_name)
             finally:
                 del self._queued[remote]
             for item in queue:
@@ -736,23 +858,52 @@ class TcpTransport:
         conn.write(data)
         return conn.flow
 
-    async def _connect(self, remote: tuple[str, int]) -> _TcpConnection:
+    async def _connect(self, remote: tuple[str, int], server_name: str | None = None) -> _TcpConnection:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_TcpConnection] = loop.create_future()
         self._connecting[remote] = future
+        tls: dict[str, Any] = {}
+        if self.contexts is not None:
+            name = server_name or remote[0]
+            tls = {
+                "ssl": self.contexts.client_for(name),
+                "server_hostname": name,
+                "ssl_handshake_timeout": CONNECT_SECONDS,
+            }
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _TcpConnection(self, inbound=False), remote[0], remote[1]),
-                timeout=5.0,
+                loop.create_connection(
+                    lambda: _TcpConnection(self, inbound=False), remote[0], remote[1], **tls
+                ),
+                timeout=CONNECT_SECONDS,
             )
         except (OSError, TimeoutError) as exc:
-            future.set_exception(TransportError(f"cannot connect to {_fmt(remote)}: {exc}"))
+            if tls and (isinstance(exc, ssl.SSLError) or not isinstance(exc, ConnectionRefusedError)):
+                reason = f"TLS to {tls['server_hostname']}: {describe_handshake_error(exc)}"
+                self.guard.note(
+                    logging.WARNING,
+                    "tls-connect",
+                    "TLS connection to %s (%s) failed: %s",
+                    _fmt(remote),
+                    tls["server_hostname"],
+                    describe_handshake_error(exc),
+                )
+            else:
+                reason = str(exc) or type(exc).__name__
+            error = TransportError(f"cannot connect to {_fmt(remote)}: {reason}")
+            future.set_exception(error)
             future.exception()  # mark retrieved; waiters re-raise it
-            raise TransportError(f"cannot connect to {_fmt(remote)}: {exc}") from exc
+            raise error from exc
         finally:
             del self._connecting[remote]
         future.set_result(conn)
         return conn
+
+    def peer_names(self, connection_id: int) -> tuple[str, ...] | None:
+        """The names the certificate of TLS connection ``connection_id`` was verified for (None: no such
+        connection)."""
+        conn = self._by_id.get(connection_id)
+        return conn.peer_names if conn is not None else None
 
     async def close(self) -> None:
         if self._resume is not None:
@@ -797,13 +948,16 @@ class TransportSet:
         self._in_use = in_use
         #: Answers a TCP stream that cannot be framed (see ``TcpTransport.on_unframable``).
         self.on_unframable: UnframableCallback | None = None
+        #: The TLS contexts of the TLS listeners and of the TLS connections we open (replaceable).
+        self.contexts = TlsContexts()
         self._guard: TcpGuard | None = None
         self.udp: list[UdpTransport] = []
         self.tcp: list[TcpTransport] = []
+        self.tls: list[TcpTransport] = []
 
     @property
     def guard(self) -> TcpGuard:
-        """The admission caps and deadlines shared by every TCP connection of these listeners."""
+        """The admission caps and deadlines shared by every TCP and TLS connection of these listeners."""
         if self._guard is None:
             self._guard = TcpGuard(self._limits)
             self._guard.in_use = self._in_use
@@ -814,11 +968,17 @@ class TransportSet:
             udp = await UdpTransport.listen(spec.host, spec.port, self._on_message, self._limits)
             self.udp.append(udp)
             return udp.local
-        tcp = await TcpTransport.listen(spec.host, spec.port, self._on_message, self._limits, self.guard)
-        tcp.on_closed = self._on_closed
-        tcp.on_unframable = self.on_unframable
-        self.tcp.append(tcp)
-        return tcp.local
+        contexts = self.contexts if spec.transport == "TLS" else None
+        stream = await TcpTransport.listen(
+            spec.host, spec.port, self._on_message, self._limits, self.guard, contexts
+        )
+        stream.on_closed = self._on_closed
+        stream.on_unframable = self.on_unframable
+        (self.tls if contexts is not None else self.tcp).append(stream)
+        return stream.local
+
+    def _listeners(self, transport: TransportName) -> list[UdpTransport] | list[TcpTransport]:
+        return self.udp if transport == "UDP" else self.tls if transport == "TLS" else self.tcp
 
     def _pick(
         self,
@@ -836,10 +996,14 @@ class TransportSet:
                 return listener
         raise TransportError(f"no {name} listener for {_fmt(remote)}")
 
+    def _stream(self, flow: Flow) -> TcpTransport:
+        stream = self._pick(self._listeners(flow.transport), flow.local, flow.remote, flow.transport)
+        assert isinstance(stream, TcpTransport)
+        return stream
+
     def local_for(self, transport: TransportName, remote: tuple[str, int]) -> tuple[str, int]:
         """The listener address a message to ``remote`` would leave from (for Via and Contact)."""
-        listeners = self.udp if transport == "UDP" else self.tcp
-        return self._pick(listeners, None, remote, transport).local
+        return self._pick(self._listeners(transport), None, remote, transport).local
 
     def read_pending(self) -> None:
         """Handle what already waits in the UDP sockets' receive buffers (``UdpTransport.read_pending``)."""
@@ -853,39 +1017,48 @@ class TransportSet:
         udp.send(data, flow.remote)
 
     def send_now(self, data: bytes, flow: Flow) -> Flow | None:
-        """Send ``data`` along ``flow`` without waiting: UDP, or TCP on a connection already open (None when
-        one would have to be made: use :meth:`send`)."""
+        """Send ``data`` along ``flow`` without waiting: UDP, or TCP/TLS on a connection already open (None
+        when one would have to be made: use :meth:`send`)."""
         if flow.transport == "UDP":
             self.udp_send(data, flow)
             return flow
-        tcp = self._pick(self.tcp, flow.local, flow.remote, "TCP")
-        assert isinstance(tcp, TcpTransport)
-        return tcp.send_now(data, flow.remote, flow.connection_id)
+        return self._stream(flow).send_now(data, flow.remote, flow.connection_id)
 
     async def send(self, data: bytes, flow: Flow) -> Flow:
-        """Send ``data`` along ``flow`` (its transport, listener and remote; TCP connection if still open)."""
+        """Send ``data`` along ``flow`` (its transport, listener and remote; its connection if still open)."""
         if flow.transport == "UDP":
             udp = self._pick(self.udp, flow.local, flow.remote, "UDP")
             assert isinstance(udp, UdpTransport)
             udp.send(data, flow.remote)
             return Flow("UDP", udp.local, flow.remote)
-        tcp = self._pick(self.tcp, flow.local, flow.remote, "TCP")
-        assert isinstance(tcp, TcpTransport)
-        return await tcp.send(data, flow.remote, flow.connection_id)
+        return await self._stream(flow).send(data, flow.remote, flow.connection_id, flow.server_name)
 
     def hold(self, flow: Flow, until: float) -> bool:
-        """Keep the TCP connection of ``flow`` (its id, else any to its remote) from closing for idleness
-        before ``until`` (loop time); False for UDP or when no such connection is open."""
-        if flow.transport != "TCP":
+        """Keep the TCP or TLS connection of ``flow`` (its id, else any to its remote) from closing for
+        idleness before ``until`` (loop time); False for UDP or when no such connection is open."""
+        if flow.transport not in STREAM_TRANSPORTS:
             return False
-        return any(tcp.hold(flow.remote, flow.connection_id, until) for tcp in self.tcp)
+        listeners = self.tls if flow.transport == "TLS" else self.tcp
+        return any(stream.hold(flow.remote, flow.connection_id, until) for stream in listeners)
+
+    def peer_names(self, flow: Flow) -> tuple[str, ...] | None:
+        """The names the peer certificate of ``flow``'s TLS connection was verified for (empty: it sent
+        none); None for a flow that is no open TLS connection."""
+        if flow.transport != "TLS" or flow.connection_id is None:
+            return None
+        for stream in self.tls:
+            names = stream.peer_names(flow.connection_id)
+            if names is not None:
+                return names
+        return None
 
     async def close(self) -> None:
         for udp in self.udp:
             udp.close()
-        for tcp in self.tcp:
-            await tcp.close()
+        for stream in (*self.tcp, *self.tls):
+            await stream.close()
         if self._guard is not None:
             self._guard.close()
         self.udp.clear()
         self.tcp.clear()
+        self.tls.clear()

@@ -66,7 +66,7 @@ from .session import (
 )
 from .transaction import TimedOut, TransportFailed
 from .transport import Flow
-from .uri import NameAddr, Uri, parse_name_addr, parse_uri
+from .uri import NameAddr, SipUri, Uri, parse_name_addr, parse_uri
 
 __all__ = ["Call", "CallEvent", "CallFailed", "CallQueue", "IncomingCall", "OutgoingCall", "UserAgent"]
 
@@ -96,6 +96,11 @@ class _InviteArgs:
     body: bytes
     content_type: str | None
     headers: tuple[tuple[str, str], ...]
+
+
+def _is_sips(uri: Uri) -> bool:
+    """A SIPS Request-URI: the dialog's Contact must be SIPS too (RFC 3261 §12.1.1)."""
+    return isinstance(uri, SipUri) and uri.is_secure
 
 
 def _ignore(request: Request) -> None:
@@ -443,9 +448,10 @@ class UserAgent:
         """Call ``uri`` along ``flow`` (an empty ``body`` makes an offerless INVITE). ``credentials``
         (username, password) answer one 401/407 challenge."""
         from_party = parse_name_addr(from_) if isinstance(from_, str) else from_
-        session = self._session(Role.UAC, flow, from_party)
+        target = parse_uri(uri) if isinstance(uri, str) else uri
+        session = self._session(Role.UAC, flow, from_party, sips=_is_sips(target))
         args = _InviteArgs(
-            parse_uri(uri) if isinstance(uri, str) else uri,
+            target,
             to,
             from_party,
             body,
@@ -510,7 +516,14 @@ class UserAgent:
             extra.append((key[0], str(creds)))
         call._auth_attempts += 1
         tag = old.from_.tag or self.endpoint.new_tag()
-        session = self._session(Role.UAC, call.flow, call._args.from_, tag=tag, initial_cseq=old.cseq.seq + 1)
+        session = self._session(
+            Role.UAC,
+            call.flow,
+            call._args.from_,
+            tag=tag,
+            initial_cseq=old.cseq.seq + 1,
+            sips=_is_sips(call._args.request_uri),
+        )
         call.session = session
         call._client.clear()
         self._start_invite(call, session, call_id=old.call_id, extra=tuple(extra))
@@ -524,7 +537,7 @@ class UserAgent:
         request = incoming.request
         if request.method != "INVITE" or request.to.tag is not None:
             raise SessionError(f"accept() takes an initial INVITE, not {request.method} with To tag")
-        session = self._session(Role.UAS, incoming.flow, request.to)
+        session = self._session(Role.UAS, incoming.flow, request.to, sips=_is_sips(request.uri))
         call = IncomingCall(self, session, incoming, queue)
         call._server[(request.branch, "INVITE")] = incoming
         incoming.take_over(on_ack=partial(self._ack_received, call), on_cancel=partial(self._feed, call))
@@ -699,6 +712,7 @@ class UserAgent:
         *,
         tag: str | None = None,
         initial_cseq: int = 1,
+        sips: bool = False,
     ) -> InviteSession:
         endpoint = self.endpoint
         make_tag = endpoint.new_tag
@@ -708,7 +722,7 @@ class UserAgent:
             def make_tag() -> str:
                 return next(tags, None) or endpoint.new_tag()
 
-        contact = NameAddr(None, endpoint.contact_uri(flow, who))
+        contact = NameAddr(None, endpoint.contact_uri(flow, who, sips=sips))
         return InviteSession(
             role,
             contact=contact,

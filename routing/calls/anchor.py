@@ -48,7 +48,9 @@ async def anchor_call(services: CallServices, call: CallState) -> Unreached | No
     media = call.media = AnchoredMedia(ports, services.media_clock, address)
     offer = a.request.body
     try:
-        call.caller_sdp = await (media.answer_caller(offer) if offer else media.offer_caller())
+        call.caller_sdp = await (
+            media.answer_caller(offer, call.srtp) if offer else media.offer_caller(call.srtp)
+        )
         await media.offer_callee()
     except PortsExhausted:
         log.error("call %s: no RTP port left", a.call_id)

@@ -6,23 +6,28 @@ A trunk's address identifies the trunk for calls to its numbers, matched by the 
 the trunk's, sent from its address, is the trunk's call all the same (answered 404, or 403 for another
 trunk's number: never a challenge, which no provider answers) — unless it is a phone's on the same host or
 network: one with credentials or with an employee in From, which authenticates like any caller (as does any
-request dialling an extension). Challenges to INVITEs are sent statelessly (a stateful 401 would be
+request dialling an extension). A trunk with ``tls_verify_client`` is recognised only over a TLS connection
+whose client certificate names its host. Challenges to INVITEs are sent statelessly (a stateful 401 would be
 retransmitted ten times towards a source that may be spoofed).
 """
 
 from __future__ import annotations
 
+from media.sdes import SrtpPolicy
 from sipcore.endpoint import IncomingRequest
 from sipcore.message import Request
+from sipcore.tls import name_matches
 from sipcore.uri import SipUri, TelUri
 
 from ..authenticator import Unverified, Verified
 from ..dialstring import DialKind, DialString
+from ..directory import Trunk
 from ..resolver import Anonymous, Caller, FromEmployee, FromTrunk, Refused
 from ..security import trunk_accepts, trunk_for_source
+from .media_anchor import leg_srtp
 from .services import CallServices
 
-__all__ = ["caller_label", "challenge", "identify_caller", "refuse"]
+__all__ = ["caller_label", "caller_srtp", "challenge", "identify_caller", "refuse"]
 
 
 def identify_caller(
@@ -39,13 +44,18 @@ def identify_caller(
     if dialled is not None:
         source = incoming.flow.remote[0]
         for trunk in services.directory.trunks:
-            if not trunk_accepts(trunk, source):
+            if not trunk_accepts(trunk, source) or not _certified(services, incoming, trunk):
                 continue
             number = services.resolver.inbound_number(dialled, trunk.name)  # by the trunk's numbering plan
             if number is not None and number.trunk == trunk.name:
                 return FromTrunk(trunk.name, _calling_number(request))
         sender = trunk_for_source(services.directory, source)
-        if sender is not None and dialled.kind is not DialKind.EXTENSION and not _a_phone(services, request):
+        if (
+            sender is not None
+            and dialled.kind is not DialKind.EXTENSION
+            and _certified(services, incoming, sender)
+            and not _a_phone(services, request)
+        ):
             # A number from a trunk's address, none of its own: the trunk's call, refused 404 or 403 by the
             # resolver — never a challenge, which no provider answers.
             return FromTrunk(sender.name, _calling_number(request))
@@ -62,6 +72,28 @@ def _a_phone(services: CallServices, request: Request) -> bool:
         return True
     uri = request.from_.uri
     return isinstance(uri, SipUri) and services.directory.employee_by_sip_user(uri.user or "") is not None
+
+
+def caller_srtp(services: CallServices, caller: Caller, incoming: IncomingRequest) -> SrtpPolicy | None:
+    """The SRTP policy of the caller's leg: its employee's or trunk's policy (``offered`` for anyone else)
+    over TLS, plain RTP otherwise; None: the caller must use SRTP but did not call over TLS."""
+    policy = SrtpPolicy.OFFERED
+    if isinstance(caller, FromEmployee):
+        employee = services.directory.employee(caller.extension)
+        policy = employee.srtp if employee is not None else policy
+    elif isinstance(caller, FromTrunk):
+        trunk = services.directory.trunk(caller.name)
+        policy = trunk.srtp if trunk is not None else policy
+    return leg_srtp(policy, incoming.flow)
+
+
+def _certified(services: CallServices, incoming: IncomingRequest, trunk: Trunk) -> bool:
+    """Whether ``incoming`` may be the trunk's as far as TLS goes: with ``tls_verify_client`` only over a TLS
+    connection whose client certificate was verified for the trunk's host."""
+    if trunk.tls is None or not trunk.tls.verify_client:
+        return True
+    names = services.ua.endpoint.peer_names(incoming.flow) or ()
+    return any(name_matches(name, trunk.host) for name in names)
 
 
 def _calling_number(request: Request) -> str | None:

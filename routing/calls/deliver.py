@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from media.errors import MediaError
+from media.sdes import SrtpPolicy
 from media.session import PortsExhausted
 from sipcore.message import Response
 from sipcore.session import Answered, Confirmed, DialogRequestReceived, SessionError, SessionEvent, Terminated
@@ -63,9 +64,12 @@ class CallRinger:
     def routed(self, kind: str, ident: str) -> None:
         self.call.record.destination = (kind, ident)
 
-    async def offer(self, *, external: bool) -> tuple[bytes, str | None] | Unreached:
+    async def offer(
+        self, *, external: bool, srtp: SrtpPolicy = SrtpPolicy.OFF
+    ) -> tuple[bytes, str | None] | Unreached:
         call = self.call
-        if external and call.media is None:
+        # SDES keys travel in the SDP: a call with SRTP on either leg is anchored, each leg with its keys.
+        if call.media is None and (external or srtp is not SrtpPolicy.OFF or call.srtp is not SrtpPolicy.OFF):
             failure = await anchor_call(self.services, call)
             if failure is not None:
                 return failure
@@ -75,7 +79,7 @@ class CallRinger:
             assert isinstance(a, IncomingCall)
             return a.request.body, content_type(a.request)
         try:
-            return await media.offer_callee(), "application/sdp"
+            return await media.offer_callee(srtp), "application/sdp"
         except PortsExhausted:
             log.error("call %s: no RTP port left", call.call_id)
             return Unreached(503, "Service Unavailable (no media port)")
@@ -136,7 +140,7 @@ async def deliver(
 async def _bridge_winner(services: CallServices, call: CallState, won: Won, hook: HookFactory | None) -> None:
     if call.media is not None:
         call.media.stop_playing()  # the ringback
-    if not await connect(services, call, won.leg, won.answer):
+    if not await connect(services, call, won.leg, won.answer, won.srtp):
         return
     call.record.answered_by, call.record.answered_contact = won.answered_by, won.contact
     if won.party is not None:
@@ -153,9 +157,16 @@ async def _bridge_winner(services: CallServices, call: CallState, won: Won, hook
         services.uncount_busy(call)
 
 
-async def connect(services: CallServices, call: CallState, winner: OutgoingCall, answer: Answered) -> bool:
+async def connect(
+    services: CallServices,
+    call: CallState,
+    winner: OutgoingCall,
+    answer: Answered,
+    srtp: SrtpPolicy = SrtpPolicy.OFFERED,
+) -> bool:
     """The callee answered: answer the caller with its SDP, or (anchored) relay media to it — answering a
-    caller not answered yet with our own SDP first. False: the call is over."""
+    caller not answered yet with our own SDP first; ``srtp``: the winner's leg's SRTP policy. False: the
+    call is over."""
     a, response = call.a, answer.response
     media = call.media
     if media is not None:
@@ -171,7 +182,7 @@ async def connect(services: CallServices, call: CallState, winner: OutgoingCall,
             if media.a_media is None and not await _caller_ack(call, winner):
                 return False
         try:
-            media.bridge_callee(response.body)
+            media.bridge_callee(response.body, srtp)
         except MediaError as exc:
             log.warning("call %s: cannot bridge media of %s: %s", a.call_id, winner.call_id, exc)
             winner.bye()

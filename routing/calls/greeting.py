@@ -61,7 +61,9 @@ async def extension_processing(services: CallServices, call: CallState, number: 
     media = call.media = AnchoredMedia(ports, services.media_clock, address)
     offerless = not a.request.body
     try:
-        body = await (media.offer_caller() if offerless else media.answer_caller(a.request.body))
+        body = await (
+            media.offer_caller(call.srtp) if offerless else media.answer_caller(a.request.body, call.srtp)
+        )
     except PortsExhausted:
         log.error("call %s: no RTP port left", a.call_id)
         a.reject(503, reason="Service Unavailable (no media port)")

@@ -20,6 +20,7 @@ import attrs
 from media.errors import SdpError
 from media.greeting import Greeting
 from media.relay import Side
+from media.sdes import SrtpPolicy
 from media.sdp import parse_sdp
 from sipcore.dialog import MAX_FORWARDS
 from sipcore.headers import header_key
@@ -162,6 +163,8 @@ class CallState:
     # --- media
     #: Set when the call is anchored: the A-leg's media is answered by us.
     media: AnchoredMedia | None = None
+    #: The SRTP policy of the caller's leg (``media_anchor.leg_srtp``: its party's, over TLS only).
+    srtp: SrtpPolicy = SrtpPolicy.OFF
     #: Our answer to the caller's offer (or our offer, for an offerless INVITE), sent when a destination
     #: answers.
     caller_sdp: bytes | None = None

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from media.errors import MediaError
+from media.sdes import SrtpPolicy
 from media.session import PortsExhausted
 from sipcore.ua import OutgoingCall
 from sipcore.uri import NameAddr, SipUri, parse_uri
@@ -27,7 +28,7 @@ from .bridge import HookFactory
 from .deliver import deliver
 from .describe import describe_route
 from .leg import CallState, Ringing, discard_events, fail_call, hold_request, tear_down
-from .media_anchor import AnchoredMedia
+from .media_anchor import AnchoredMedia, leg_srtp
 from .records import CallDraft
 from .ringing import Failed, fork, fork_failure
 from .services import CallServices
@@ -76,7 +77,11 @@ async def originate(
         return refused(route.status, route.reason)
     if not isinstance(route, ToExternal):
         return refused(403, f"click-to-call calls numbers outside the office, and {draft.dialled} is not one")
-    devices = await services.devices(employee)
+    devices = [
+        (uri, flow, srtp)
+        for uri, flow in await services.devices(employee)
+        if (srtp := leg_srtp(employee.srtp, flow)) is not None  # SRTP required: only its phones on TLS
+    ]
     if not devices:
         return refused(480, f"no phone of {extension} is registered")
     log.info(
@@ -91,27 +96,28 @@ async def originate(
     media = AnchoredMedia(ports, services.media_clock, address)
     ringing = Ringing(asyncio.Queue(), media, record=draft)
     legs = ringing.legs
+    policies: dict[OutgoingCall, SrtpPolicy] = {}
     call: CallState | None = None
     try:
         try:
-            offer = await media.offer_caller()
+            offers = {srtp: await media.offer_caller(srtp) for srtp in dict.fromkeys(d[2] for d in devices)}
         except PortsExhausted:
             log.error("click-to-call %s -> %s: no RTP port left", extension, draft.dialled)
             return refused(503, "no media port")
         from_ = NameAddr(None, SipUri("sip", route.e164, None, services.directory.server.domain))
         to = NameAddr(employee.name, parse_uri(services.registrar_aor(employee)))
-        for uri, flow in devices:
-            legs.append(
-                services.ua.invite(
-                    uri,
-                    flow,
-                    from_=from_,
-                    to=to,
-                    body=offer,
-                    content_type="application/sdp",
-                    queue=ringing.queue,
-                )
+        for uri, flow, srtp in devices:
+            leg = services.ua.invite(
+                uri,
+                flow,
+                from_=from_,
+                to=to,
+                body=offers[srtp],
+                content_type="application/sdp",
+                queue=ringing.queue,
             )
+            legs.append(leg)
+            policies[leg] = srtp
         services.active[legs[0]] = ringing
         if on_status is not None:
             on_status(180, f"the phones of {extension} ring")
@@ -134,7 +140,7 @@ async def originate(
         winner, answer = won
         media.stop_playing()
         try:
-            media.caller_answered(answer.response.body)
+            media.caller_answered(answer.response.body, policies[winner])
         except MediaError as exc:
             log.info("click-to-call %s: no usable answer from %s: %s", extension, winner.call_id, exc)
             winner.bye()
@@ -143,6 +149,7 @@ async def originate(
             services.write_cdr(record)
             return record
         call = _answered(ringing, winner, route)
+        call.srtp = policies[winner]
         services.active[legs[0]] = call
         services.emit(CallStarted(call.call_id, extension, draft.dialled))  # ringing, answered follow
         services.count_busy(call, extension)

@@ -89,13 +89,14 @@ def trunk_credentials(trunk: Trunk) -> tuple[str, str] | None:
 
 
 async def trunk_flow(ua: UserAgent, trunk: Trunk) -> Flow:
-    """A flow to the trunk's host (resolved if it is a name). Raises ``OSError`` when it does not resolve."""
+    """A flow to the trunk's host (resolved if it is a name; over TLS its certificate must be valid for that
+    name). Raises ``OSError`` when it does not resolve."""
     try:
         address = str(ipaddress.ip_address(trunk.host.strip("[]")))
     except ValueError:
         infos = await asyncio.get_running_loop().getaddrinfo(trunk.host, trunk.port, type=socket.SOCK_DGRAM)
         address = str(infos[0][4][0])
-    return ua.endpoint.flow_to(address, trunk.port, trunk.transport)
+    return ua.endpoint.flow_to(address, trunk.port, trunk.transport, server_name=trunk.host.strip("[]"))
 
 
 def send_post_dial(services: CallServices, call: CallState, digits: str, side: Side = Side.B) -> None:

@@ -22,6 +22,7 @@ from typing import Final, Protocol
 
 import attrs
 
+from media.sdes import SrtpPolicy
 from sipcore.message import Request, Response
 from sipcore.session import (
     Answered,
@@ -40,6 +41,7 @@ from ..directory import Employee, Group
 from ..resolver import Refused, Route, ToEmployee, ToExternal, ToGroup
 from .describe import describe_route
 from .leg import COMPLETED_ELSEWHERE, drop
+from .media_anchor import leg_srtp
 from .outbound import external_failure, trunk_credentials, trunk_flow, trunk_identity, trunk_uri
 from .services import CallServices
 
@@ -77,6 +79,8 @@ class Won:
     post_dial: str = ""
     #: Who answered, for the log: ``101 (Anna Schmidt)``, or the number.
     label: str = ""
+    #: The SRTP policy the winner's leg was offered under.
+    srtp: SrtpPolicy = SrtpPolicy.OFFERED
 
 
 @attrs.frozen
@@ -128,9 +132,11 @@ class Ringer(Protocol):
     def routed(self, kind: str, ident: str) -> None:
         """The route now rung: ``employee``/extension, ``group``/extension or ``external``/E.164."""
 
-    async def offer(self, *, external: bool) -> tuple[bytes, str | None] | Unreached:
-        """What the new legs' INVITEs carry (body and type; an empty body: offerless), or why there is
-        nothing to offer (no RTP port …)."""
+    async def offer(
+        self, *, external: bool, srtp: SrtpPolicy = SrtpPolicy.OFF
+    ) -> tuple[bytes, str | None] | Unreached:
+        """What the new legs' INVITEs carry (body and type; an empty body: offerless) for legs of SRTP
+        policy ``srtp``, or why there is nothing to offer (no RTP port …)."""
 
     def identity(self) -> NameAddr:
         """Who the new legs to employees say is calling (their From)."""
@@ -241,21 +247,33 @@ async def _fork(
 async def ring_employees(
     services: CallServices, ringer: Ringer, employees: list[Employee], seconds: float
 ) -> Won | Failed | Ended:
-    """Ring every registered device of ``employees`` for ``seconds``: the first to answer wins."""
-    targets = [(e, uri, flow) for e in employees for uri, flow in await services.devices(e)]
+    """Ring every registered device of ``employees`` for ``seconds``: the first to answer wins. Each device
+    is offered SRTP as its employee's policy says over its flow (``leg_srtp``); one that must use SRTP but
+    is not registered over TLS is not rung."""
+    targets = []
+    for employee in employees:
+        for uri, flow in await services.devices(employee):
+            srtp = leg_srtp(employee.srtp, flow)
+            if srtp is None:
+                log.info("call %s: %s at %s not rung: SRTP required, not over TLS", ringer.call_id, uri, flow)
+                continue
+            targets.append((employee, uri, flow, srtp))
     if ringer.gone:
         return ENDED
     if not targets:
         return Failed((), rang=False)
-    offer = await ringer.offer(external=False)
-    if isinstance(offer, Unreached):
-        return Failed((offer.status,))
-    body, content_type = offer
+    offers: dict[SrtpPolicy, tuple[bytes, str | None]] = {}
+    for srtp in dict.fromkeys(target[3] for target in targets):
+        offer = await ringer.offer(external=False, srtp=srtp)
+        if isinstance(offer, Unreached):
+            return Failed((offer.status,))
+        offers[srtp] = offer
     identity = ringer.identity()
     headers = ringer.headers(to_trunk=False)
     legs: list[OutgoingCall] = []
-    device: dict[OutgoingCall, tuple[Employee, str]] = {}
-    for employee, uri, flow in targets:
+    device: dict[OutgoingCall, tuple[Employee, str, SrtpPolicy]] = {}
+    for employee, uri, flow, srtp in targets:
+        body, content_type = offers[srtp]
         leg = services.ua.invite(
             uri,
             flow,
@@ -267,15 +285,15 @@ async def ring_employees(
             queue=ringer.queue,
         )
         legs.append(leg)
-        device[leg] = (employee, str(uri))
+        device[leg] = (employee, str(uri), srtp)
     ringer.started(legs)
     won = await _fork(ringer, legs, seconds)
     if not isinstance(won, tuple):
         return won
     leg, answer = won
-    employee, contact = device[leg]
+    employee, contact, srtp = device[leg]
     label = f"{employee.extension} ({employee.name})"
-    return Won(leg, answer, employee.extension, employee.sip_user, contact, label=label)
+    return Won(leg, answer, employee.extension, employee.sip_user, contact, label=label, srtp=srtp)
 
 
 async def _ring_group(services: CallServices, ringer: Ringer, group: Group) -> Won | Ended | None:
@@ -300,7 +318,10 @@ async def ring_external(services: CallServices, ringer: Ringer, route: ToExterna
     except OSError as exc:
         log.error("call %s: trunk %s unreachable: %s", ringer.call_id, trunk.name, exc)
         return Unreached(503, "Service Unavailable (trunk unreachable)")
-    offer = await ringer.offer(external=True)
+    srtp = leg_srtp(trunk.srtp, flow)
+    if srtp is None:
+        return Unreached(503, f"Service Unavailable (trunk {trunk.name} requires SRTP but is not TLS)")
+    offer = await ringer.offer(external=True, srtp=srtp)
     if isinstance(offer, Unreached):
         return offer
     if ringer.gone:
@@ -326,7 +347,8 @@ async def ring_external(services: CallServices, ringer: Ringer, route: ToExterna
         return won
     leg, answer = won
     post_dial = format_post_dial(route.post_dial)
-    return Won(leg, answer, None, route.e164, answer.response.get("contact"), post_dial, label=route.e164)
+    contact = answer.response.get("contact")
+    return Won(leg, answer, None, route.e164, contact, post_dial, label=route.e164, srtp=srtp)
 
 
 async def ring_route(services: CallServices, ringer: Ringer, route: Route) -> RingOutcome:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from media.errors import MediaError
+from media.sdes import SrtpPolicy
 from media.sdp import SessionDescription
 from media.session import RtpSession
 from sipcore.message import Response
@@ -101,8 +102,11 @@ class BlindTransfer(Refer):
     def routed(self, kind: str, ident: str) -> None:
         self.destination = (kind, ident)
 
-    async def offer(self, *, external: bool) -> tuple[bytes, str | None] | Unreached:
-        """Our offer on a new port (anchored), else nothing (offerless: RFC 3725 flow I)."""
+    async def offer(
+        self, *, external: bool, srtp: SrtpPolicy = SrtpPolicy.OFF
+    ) -> tuple[bytes, str | None] | Unreached:
+        """Our offer on a new port (anchored), else nothing (offerless: RFC 3725 flow I). A transfer target
+        is offered plain RTP whatever its SRTP policy (``srtp``): one that requires SRTP refuses it."""
         media = self.owner.call.media
         if media is None:
             return b"", None

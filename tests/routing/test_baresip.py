@@ -21,6 +21,7 @@ from sipp import free_port
 from test_server import EXAMPLES, copy_office
 
 from routing.server import Server
+from sipcore.message import Request
 
 BARESIP = shutil.which("baresip")
 
@@ -50,6 +51,8 @@ def tone_wav(path: Path) -> Path:
 
 
 def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str) -> Path:
+    """baresip's config and accounts in ``folder``; with ``mediaenc=`` in the account the srtp module is
+    loaded too (``srtp``: RTP/AVP with a key, ``srtp-mand``: RTP/SAVP)."""
     folder.mkdir(parents=True, exist_ok=True)
     source = tone_wav(folder / "tone.wav")
     (folder / "config").write_text(
@@ -60,6 +63,8 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
                 "net_interface 127.0.0.1",
                 "module_path /usr/lib/baresip/modules",
                 "module g711.so",
+                *(["module srtp.so"] if "mediaenc=srtp" in account else []),
+                *(["module sndfile.so", f"snd_path {folder}"] if "mediaenc=srtp" in account else []),
                 "module_tmp uuid.so",
                 "module_tmp account.so",
                 "module_app menu.so",
@@ -77,15 +82,23 @@ def baresip_config(folder: Path, *, sip_port: int, cons_port: int, account: str)
     return folder
 
 
-def office_for_baresip(tmp_path: Path, *, anchored: bool = True) -> Path:
+def office_for_baresip(tmp_path: Path, *, anchored: bool = True, tls: bool = False) -> Path:
     """The example office as shipped (it offers MD5 alone: baresip 1.0, libre, gives up with ENOSYS when
-    any challenge in a 401 is SHA-256), media not anchored if asked. Skips (or fails in CI) first when
-    baresip is missing."""
+    any challenge in a 401 is SHA-256), media not anchored if asked, with a certificate for TLS (made here,
+    by a CA of the test's own) if asked. Skips (or fails in CI) first when baresip is missing."""
     require_baresip()
     config = copy_office(tmp_path)
+    text = config.read_text(encoding="utf-8")
     if not anchored:
-        text = config.read_text(encoding="utf-8")
-        config.write_text(text.replace("anchor_media = true", "anchor_media = false"))
+        text = text.replace("anchor_media = true", "anchor_media = false")
+    if tls:
+        from certs import authority
+
+        issued = authority(tmp_path / "ca").issue(tmp_path / "certs", "office.example", "127.0.0.1")
+        keys = f'tls_certificate = "{issued.certificate}"\ntls_private_key = "{issued.key}"\n'
+        text = text.replace("[server]\n", "[server]\n" + keys, 1)
+        text = text.replace('"tcp:127.0.0.1:5060"]', '"tcp:127.0.0.1:5060", "tls:127.0.0.1:0"]', 1)
+    config.write_text(text, encoding="utf-8")
     return config
 
 
@@ -238,14 +251,29 @@ async def test_baresip_registers_and_unregisters(tmp_path: Path) -> None:
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls", "tls+srtp"])
 async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, transport: str) -> None:
     """bernd (102) dials 101 from baresip's console; 101, another baresip, answers; bernd sends the DTMF
-    digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up."""
-    config = office_for_baresip(tmp_path)
-    async with Server(config, listen=(f"{transport}:127.0.0.1:0",)) as server:
+    digits 4 and 2 (each key press ends with the key-release byte 0x04) and hangs up. Over TLS both
+    register over TLS, and 101 is rung over the connection its REGISTER opened. With SRTP required by both
+    phones (``mediaenc=srtp-mand``) each leg has its own keys: the digits cross the relay decrypted and
+    protected again."""
+    from siptrace import SipTrace
+
+    transport, _, media = transport.partition("+")
+    config = office_for_baresip(tmp_path, tls=transport == "tls")
+    if media:  # baresip with srtp-mand refuses RTP/AVP offers, even with a key: offer them RTP/SAVP
+        text = config.read_text(encoding="utf-8")
+        for password in ("anna-101-secret", "bernd-102-secret"):
+            text = text.replace(f'password = "{password}"', f'password = "{password}"\nsrtp = "required"', 1)
+        config.write_text(text, encoding="utf-8")
+    server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
+    trace = SipTrace(server.endpoint)
+    async with server:
         port = server.addresses[0][2]
-        outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"'
+        outbound = f'outbound="sip:127.0.0.1:{port};transport={transport}"' + (
+            ";mediaenc=srtp-mand" if media else ""
+        )
         accounts = {
             "anna": f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};answermode=auto",
             "bernd": f"<sip:bernd@office.example>;auth_pass=bernd-102-secret;{outbound}",
@@ -267,6 +295,32 @@ async def test_two_baresip_phones_call_each_other_by_extension(tmp_path: Path, t
     anna, bernd = outputs
     assert "Call established: sip:bernd@office.example" in anna, anna[-2000:]
     assert "Call established: sip:101@office.example" in bernd, bernd[-2000:]
+    assert f"{{0/{transport.upper()}/v4}} 200 OK" in anna, anna[-2000:]  # registered over that transport
+    invites = [
+        t
+        for t in trace.messages
+        if t.way == "out" and isinstance(t.message, Request) and t.message.method == "INVITE"
+    ]
+    assert len({t.message.call_id for t in invites}) == 1, trace.dump()  # our INVITE to 101
+    if media:  # SRTP on both legs, each with its own key
+        assert b"RTP/SAVP" in invites[0].message.body and b"a=crypto:" in invites[0].message.body
+        keys = {
+            line
+            for t in trace.messages
+            for line in t.message.body.decode().splitlines()
+            if line.startswith("a=crypto:")
+        }
+        assert len(keys) >= 4, keys  # bernd's, ours to bernd, ours to 101, 101's
+    assert {t.flow.transport for t in trace.messages} == {transport.upper()}, trace.dump()
+    if transport != "udp":  # 101 is reached over the connection of its REGISTER
+        registered = {
+            t.flow.connection_id
+            for t in trace.messages
+            if isinstance(t.message, Request)
+            and t.message.method == "REGISTER"
+            and t.message.to.uri.user == "101"
+        }
+        assert len(registered) == 1 and {t.flow.connection_id for t in invites} == registered, trace.dump()
     # The digits travel as RFC 4733 events in the media the B2BUA negotiated between the phones.
     assert "received event: '4' (end=1)" in anna and "received event: '2' (end=1)" in anna, anna[-2000:]
 
@@ -398,3 +452,119 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
     # The digits after the last resume reach the other phone in the media the phones set up.
     assert "received event: '5' (end=1)" in bernd.rsplit("call: resume", 1)[1], bernd[-2000:]
     assert "received event: '7' (end=1)" in anna.rsplit("call: got re-INVITE", 1)[1], anna[-2000:]
+
+
+@pytest.mark.interop
+async def test_the_readme_tls_tour(tmp_path: Path) -> None:
+    """The README's TLS steps as written: its openssl line makes the certificate (into this test's folder
+    instead of examples/var), the example office's commented TLS keys uncommented and a tls: address added
+    to its listen list pass check-config without a warning, and baresip with the README's TLS account line
+    registers over TLS."""
+    import subprocess
+
+    from routing.directory_file import read_directory
+
+    require_baresip()
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    (command,) = re.findall(r"^mkdir -p examples/var && (openssl req .*)$", readme, re.M)
+    (var := tmp_path / "var").mkdir()
+    subprocess.run(
+        command.replace("examples/var/", f"{var}/").split(), check=True, capture_output=True, timeout=30
+    )
+    config = copy_office(tmp_path)
+    text, uncommented = re.subn(r"(?m)^# (tls_(?:certificate|private_key) = .*)$", r"\1", config.read_text())
+    assert uncommented == 2, "examples/office.toml has no commented tls_certificate / tls_private_key"
+    text = text.replace('"tcp:127.0.0.1:5060"]', '"tcp:127.0.0.1:5060", "tls:127.0.0.1:5061"]', 1)
+    config.write_text(text, encoding="utf-8")
+    directory, problems, warnings = read_directory(config)
+    assert directory is not None and not problems and not warnings, (problems, warnings)
+    (line,) = re.findall(
+        r"^#   (<sip:101@office\.example>;auth_pass=\S+;outbound=\"sip:127\.0\.0\.1:5061;transport=tls\")$",
+        readme,
+        re.M,
+    )
+    async with Server(config, listen=("tls:127.0.0.1:0",)) as server:
+        account = line.replace(":5061", f":{server.addresses[0][2]}")
+        async with baresips(tmp_path, {"anna": account}, seconds=20) as phones:
+            await phones.registered(server, "101")
+            (binding,) = await server.registrar.contacts("101")
+            assert binding.flow is not None and binding.flow.transport == "TLS"
+            (out,) = await phones.stop()
+    assert "{0/TLS/v4} 200 OK" in out, out[-2000:]
+
+
+def dominant_hz(samples: object, rate: int = 8000) -> float:
+    """The strongest frequency of a stretch of audio (int16 samples)."""
+    import numpy as np
+
+    data = np.asarray(samples, dtype=np.float64)
+    spectrum = np.abs(np.fft.rfft(data * np.hanning(data.size)))
+    return float(np.fft.rfftfreq(data.size, 1 / rate)[int(np.argmax(spectrum[1:])) + 1])
+
+
+@pytest.mark.interop
+async def test_an_srtp_baresip_talks_with_a_plain_rtp_provider(tmp_path: Path) -> None:
+    """101 on baresip over TLS with mandatory SRTP (``mediaenc=srtp-mand``: RTP/SAVP and a=crypto) dials a
+    number out; the provider (simulated, plain RTP over UDP) answers and sends a 1 kHz tone. The media is
+    checked decrypted on both sides: the provider hears baresip's 440 Hz tone (the relay decrypted it),
+    and what baresip decoded (its sndfile module's dump) is the 1 kHz tone (baresip decrypted what the relay
+    protected)."""
+    import wave
+
+    import numpy as np
+    from siptrace import SipTrace
+
+    from media.g711 import ulaw_decode, ulaw_encode
+    from media.rtp import RtpPacket
+    from media.sdp import parse_sdp
+    from routing.calls.media_anchor import media_address
+    from routing.demo import Provider
+
+    config = office_for_baresip(tmp_path, tls=True)
+    provider = await Provider().start()
+    config.write_text(config.read_text().replace("port = 5070", f"port = {provider.port}"))
+    server = Server(config, listen=("tls:127.0.0.1:0", "udp:127.0.0.1:0"))
+    trace = SipTrace(server.endpoint)
+    try:
+        async with server:
+            tls = next(port for kind, _, port in server.addresses if kind == "TLS")
+            outbound = f'outbound="sip:127.0.0.1:{tls};transport=tls"'
+            account = f"<sip:101@office.example>;auth_pass=anna-101-secret;{outbound};mediaenc=srtp-mand"
+            async with baresips(tmp_path, {"anna": account}) as phones:
+                await phones.registered(server, "101")
+                phones.send("anna", b"/dial 089123456\n")
+                leg = await asyncio.wait_for(provider.calls.get(), 5.0)
+                to_us = media_address(parse_sdp(leg.request.body))
+                assert to_us is not None
+                tone = (4000 * np.sin(2 * np.pi * 1000 * np.arange(160 * 100) / 8000)).astype(np.int16)
+                for n in range(100):  # 2 s of 1 kHz, plain RTP
+                    payload = ulaw_encode(tone[n * 160 : (n + 1) * 160])
+                    provider.rtp.send(RtpPacket(0, n + 1, n * 160, 0x1000, payload, n == 0), to_us)
+                    await asyncio.sleep(0.02)
+                phones.send("anna", b"/hangup\n")
+                assert await _wait_for(lambda: not server.b2bua.active, 5.0), "the call did not end"
+                (out,) = await phones.stop()
+    finally:
+        await provider.close()
+    offers = [
+        t
+        for t in trace.messages
+        if t.way == "in" and isinstance(t.message, Request) and t.message.method == "INVITE"
+    ]
+    assert offers and b"RTP/SAVP" in offers[-1].message.body and b"a=crypto" in offers[-1].message.body
+    assert b"a=crypto" not in leg.request.body  # the provider's leg: plain RTP
+    heard_by_provider = np.concatenate(
+        [ulaw_decode(p.payload) for p in provider.rtp.packets if p.payload_type == 0]
+    )
+    assert heard_by_provider.size > 8000, f"{len(provider.rtp.packets)} packets at the provider"
+    assert abs(dominant_hz(heard_by_provider[-8000:]) - 440) < 20
+    # baresip 1.0's aufile plays nothing back; its sndfile module writes what it decoded.
+    (decoded,) = (tmp_path / "anna").glob("dump-*-dec.wav")
+    with wave.open(str(decoded), "rb") as recording:
+        rate = recording.getframerate()
+        heard = np.frombuffer(recording.readframes(recording.getnframes()), dtype="<i2")
+    assert heard.size > rate, out[-2000:]
+    loudest = max(
+        range(0, heard.size - rate, rate // 2), key=lambda i: float(np.abs(heard[i : i + rate]).mean())
+    )
+    assert abs(dominant_hz(heard[loudest : loudest + rate], rate) - 1000) < 20, out[-2000:]

@@ -357,10 +357,17 @@ CASES = [
     ('host = "127.0.0.1"', 'host = "127.0.0.1"\nport = 70000', "port = 70000", "trunk[1].port", "1–65535"),
     (
         'host = "127.0.0.1"',
+        'host = "127.0.0.1"\ntransport = "sctp"',
+        "transport",
+        "trunk[1].transport",
+        "'sctp' is not 'udp', 'tcp' or 'tls'",
+    ),
+    (
+        'host = "127.0.0.1"',
         'host = "127.0.0.1"\ntransport = "tls"',
         "transport",
         "trunk[1].transport",
-        "'tls'",
+        "needs a tls: listen address",
     ),
     ('host = "127.0.0.1"', 'host = "bad host"', "host = ", "trunk[1].host", "not a host name"),
     (

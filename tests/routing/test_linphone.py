@@ -48,9 +48,25 @@ def require_linphone() -> str:
     return LINPHONE
 
 
-def office(tmp_path: Path, algorithms: tuple[str, ...] | None = None) -> Path:
-    """The example office; ``algorithms`` replaces its ``auth_algorithms`` (offered in that order)."""
-    return copy_office(tmp_path, algorithms)
+def office(tmp_path: Path, algorithms: tuple[str, ...] | None = None, *, tls: bool = False) -> Path:
+    """The example office; ``algorithms`` replaces its ``auth_algorithms`` (offered in that order); with
+    ``tls`` a certificate for office.example and localhost, from a CA the test makes (``tmp_path/ca``):
+    Linphone 5.1 (belle-sip on mbed TLS) matches the name it connects to against a certificate's DNS names
+    and common name only, so it reaches the server by a name, not by 127.0.0.1."""
+    config = copy_office(tmp_path, algorithms)
+    if tls:
+        from certs import authority
+
+        issued = authority(tmp_path / "ca").issue(tmp_path / "certs", "office.example", "localhost")
+        text = config.read_text(encoding="utf-8")
+        keys = f'tls_certificate = "{issued.certificate}"\ntls_private_key = "{issued.key}"\n'
+        config.write_text(text.replace("[server]\n", "[server]\n" + keys, 1), encoding="utf-8")
+    return config
+
+
+def ca_file(tmp_path: Path) -> Path:
+    """The CA :func:`office` made for its TLS certificate."""
+    return next((tmp_path / "ca").glob("*.ca.pem"))
 
 
 def linphonerc(
@@ -61,16 +77,22 @@ def linphonerc(
     transport: str,
     register: bool = True,
     dtmf: str = "rfc4733",
+    root_ca: Path | None = None,
+    srtp: bool = False,
 ) -> str:
     """A linphonerc for one account on ``server``: SIP over ``transport`` only, DTMF as ``dtmf``
-    ("rfc4733", "info" or "inband": neither of the first two)."""
+    ("rfc4733", "info" or "inband": neither of the first two). Over TLS Linphone checks the server's
+    certificate (chain to ``root_ca``, name); with ``srtp`` it insists on SRTP (SDES, RTP/SAVP)."""
     proxy = f"<sip:{server[0]}:{server[1]};transport={transport}>"
+    tls = {"root_ca": str(root_ca), "verify_server_certs": "1", "verify_server_cn": "1"} if root_ca else {}
     sections: dict[str, dict[str, str]] = {
         "sip": {
             # -1: a random port; 0: that transport is off.
             "sip_port": "-1" if transport == "udp" else "0",
             "sip_tcp_port": "-1" if transport == "tcp" else "0",
-            "sip_tls_port": "0",
+            "sip_tls_port": "-1" if transport == "tls" else "0",
+            **tls,
+            **({"media_encryption": "srtp", "media_encryption_mandatory": "1"} if srtp else {}),
             "bind_address": "127.0.0.1",
             "ipv6": "0",
             "default_proxy": "0",
@@ -309,13 +331,15 @@ async def test_linphone_registers_and_unregisters(
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 async def test_linphone_calls_and_is_called_by_extension(tmp_path: Path, transport: str) -> None:
     """Anna (101) on Linphone dials 102: bernd's phone answers, Linphone keys 4 and 2 (RFC 4733 events
     reach bernd's RTP socket end to end) and hangs up. Then bernd dials 101: Linphone rings, answers, hears
-    bernd's 7 and #, and bernd hangs up."""
+    bernd's 7 and #, and bernd hangs up. Over TLS Linphone verifies the server's certificate (made by the
+    test's CA for office.example and localhost)."""
     require_linphone()
-    async with Server(office(tmp_path), listen=listen_specs(transport)) as server:
+    config_file = office(tmp_path, tls=transport == "tls")
+    async with Server(config_file, listen=listen_specs(transport)) as server:
         ended: list[CallRecord] = []
         server.events.on("call_ended", ended.append)
         rtp = await RtpSocket.open()
@@ -324,8 +348,9 @@ async def test_linphone_calls_and_is_called_by_extension(tmp_path: Path, transpo
         config = linphonerc(
             user="101",
             password="anna-101-secret",
-            server=("127.0.0.1", server.addresses[0][2]),
+            server=("localhost" if transport == "tls" else "127.0.0.1", server.addresses[0][2]),
             transport=transport,
+            root_ca=ca_file(tmp_path) if transport == "tls" else None,
         )
         try:
             await bernd.start()
@@ -411,6 +436,51 @@ async def test_linphone_dials_an_extension_during_the_greeting(tmp_path: Path, d
     (record,) = ended
     assert (record.source_trunk, record.dialled, record.digits) == ("provider", OFFICE_NUMBER, "102")
     assert (record.answered_by, record.disposition) == ("bernd", Disposition.ANSWERED)
+
+
+@pytest.mark.interop
+async def test_linphone_dials_an_extension_during_the_greeting_over_tls_and_srtp(tmp_path: Path) -> None:
+    """Linphone plays the provider over TLS with SRTP required: it calls the office number, the server
+    answers with RTP/SAVP and a key of its own and plays the greeting through SRTP; Linphone's digits 1 0 2
+    (RFC 4733 events inside SRTP) are decrypted and collected, and 102 (a simulated phone, plain RTP over
+    UDP) rings and answers."""
+    from siptrace import SipTrace
+
+    require_linphone()
+    server = Server(office(tmp_path, tls=True), listen=("tls:127.0.0.1:0", "udp:127.0.0.1:0"))
+    trace = SipTrace(server.endpoint)
+    async with server:
+        digits: list[DigitPressed] = []
+        server.events.on("digit", digits.append)
+        ports = {kind: port for kind, _, port in server.addresses}
+        bernd = Phone("bernd", "bernd-102-secret", ports["UDP"])
+        config = linphonerc(
+            user="provider",
+            password="unused",
+            server=("localhost", ports["TLS"]),
+            transport="tls",
+            register=False,
+            root_ca=ca_file(tmp_path),
+            srtp=True,
+        )
+        try:
+            await bernd.start()
+            async with linphone(tmp_path / "linphone", config) as provider:
+                await provider.command(f"call sip:{OFFICE_NUMBER}@office.example")
+                await provider.wait_call_state("LinphoneCallStreamsRunning")  # the greeting plays (3 s)
+                for digit in "102":
+                    await provider.command(f"dtmf {digit}")
+                    await asyncio.sleep(0.3)
+                leg = await bernd.next_call(5.0)
+                await asyncio.wait_for(leg.wait_answered(), 5.0)
+                await provider.command("terminate")
+                await asyncio.wait_for(leg.wait_ended(), 5.0)
+        finally:
+            await bernd.close()
+    assert [(d.digit, d.source) for d in digits] == [("1", "rfc4733"), ("0", "rfc4733"), ("2", "rfc4733")]
+    answers = [t for t in trace.messages if t.way == "out" and t.message.body and t.flow.transport == "TLS"]
+    assert answers and b"RTP/SAVP" in answers[0].message.body and b"a=crypto:" in answers[0].message.body
+    assert b"a=crypto" not in leg.request.body  # bernd's leg: plain RTP
 
 
 @pytest.mark.interop

@@ -223,6 +223,12 @@ def test_uac_rejected_and_timeout() -> None:
     uac.transaction_failed(invite, TransactionFailure.TIMEOUT, 32.0)
     assert drain(uac) == [Rejected(408, None), Terminated(TerminationReason.TIMEOUT, 408)]
 
+    # §8.1.3.1: a transport error (no connection, a certificate refused) counts as 503.
+    uac = make_session(Role.UAC)
+    invite = start_uac(uac)
+    uac.transaction_failed(invite, TransactionFailure.TRANSPORT, 0.1)
+    assert drain(uac) == [Rejected(503, None), Terminated(TerminationReason.TRANSPORT_ERROR, 503)]
+
 
 def test_uac_cancel_waits_for_a_provisional() -> None:
     """§9.1: no CANCEL before a provisional response; then it goes; 487 ends the attempt."""
