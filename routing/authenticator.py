@@ -12,6 +12,10 @@ through INVITE is throttled and blocked exactly like one guessed through REGISTE
   the endpoint calls before it makes a transaction: no transaction, no retransmitted 401s towards a possibly
   spoofed source, a To tag derived from the request so a retransmission gets the same one, and at most
   ``challenge_rate`` such answers per second per source (beyond it, silence).
+* **Behind an edge proxy** (``[cluster] edges``) the transport source of every request is the edge; the
+  source counted, bound into nonces and logged is the phone's address as the edge reports it
+  (:func:`~routing.cluster.client_address`, believed only from an edge's address). So the guard keys on
+  phones, not on the edge (which would otherwise be blocked for everybody by one scanner).
 * **Failures are logged as failures** (logger ``routing.security``, one line each, ``key=value``), apart from
   the challenge every call starts with, which is not logged at all above DEBUG.
 """
@@ -36,6 +40,7 @@ from sipcore.transport import Flow
 from sipcore.uri import SipUri
 
 from .challenge_watch import ChallengeWatch, Unanswered
+from .cluster import client_address
 from .directory import Directory
 from .security import Admission, FailureGuard, source_key, trunk_for_source
 
@@ -102,6 +107,7 @@ class Authenticator:
         #: Called after each REGISTER challenge (the registrar's watch wakes up).
         self.on_challenge: Callable[[], None] | None = None
         self.directory = directory
+        self._edges = directory.cluster.edges if directory.cluster else ()
         self.digest = self._digest_server(directory)
 
     def _digest_server(self, directory: Directory) -> DigestServer:
@@ -113,11 +119,23 @@ class Authenticator:
             random_bytes=self._nonce_unique,
         )
 
+    def use_secret(self, secret: bytes) -> None:
+        """Key nonces with ``secret`` from now on (a cluster's shared key: any node then verifies the answer
+        to a challenge another node sent). Nonces issued under the old key are challenged again."""
+        self._secret = secret
+        self.digest = self._digest_server(self.directory)
+
+    def source(self, request: Request, flow: Flow) -> str:
+        """The address ``request`` is counted under: the phone's, as an edge proxy reports it, else the
+        transport source (see the module docstring)."""
+        return client_address(request, flow.remote, self._edges)
+
     def update_directory(self, directory: Directory) -> None:
         """Use a reloaded directory. A new realm or algorithm list re-creates the digest server (outstanding
         nonces of the old realm then fail, and phones are simply challenged again)."""
         old = self.directory.server
         self.directory = directory
+        self._edges = directory.cluster.edges if directory.cluster else ()
         new = directory.server
         if (old.realm, old.auth_algorithms) != (new.realm, new.auth_algorithms):
             self.digest = self._digest_server(directory)
@@ -155,12 +173,13 @@ class Authenticator:
         """A 401 (407 with ``proxy``) with fresh challenges whose nonce is bound to ``flow``'s source. A
         REGISTER's challenge is watched: a phone that never answers it is logged as having given up."""
         now = self._clock()
-        self._nonce_binding = self._binding(flow.remote[0])  # read by _nonce_unique, right now
+        source = self.source(request, flow)
+        self._nonce_binding = self._binding(source)  # read by _nonce_unique, right now
         response = self.digest.challenge_response(request, now, stale=stale, proxy=proxy, to_tag=to_tag)
         if request.method == "REGISTER" and not _removes_only(request):
             agent = request.get("user-agent")
             self.watch.challenged(
-                Unanswered(flow.remote[0], _to_user(request), str(flow), agent, self.digest.algorithms, now)
+                Unanswered(source, _to_user(request), str(flow), agent, self.digest.algorithms, now)
             )
             if self.on_challenge is not None:
                 self.on_challenge()
@@ -185,9 +204,10 @@ class Authenticator:
             return True
         if request.get("authorization") is not None or request.get("proxy-authorization") is not None:
             return True
-        if request.method == "INVITE" and trunk_for_source(self.directory, flow.remote[0]) is not None:
+        source = self.source(request, flow)
+        if request.method == "INVITE" and trunk_for_source(self.directory, source) is not None:
             return True
-        if not self.guard.may_challenge(flow.remote[0], self._clock()):
+        if not self.guard.may_challenge(source, self._clock()):
             return False
         return self.challenge(request, flow, to_tag=self.stateless_tag(request))
 
@@ -213,7 +233,7 @@ class Authenticator:
         if answered is None:
             return Unverified("no credentials")
         nonce, username = answered
-        source = flow.remote[0]
+        source = self.source(request, flow)
         if request.method == "REGISTER":
             self.watch.answered(source, _to_user(request))
         if not self._bound_here(nonce, source):
@@ -225,7 +245,7 @@ class Authenticator:
             security_log.info(
                 "credentials not checked: user=%s source=%s method=%s state=%s",
                 _quote(username),
-                _address(flow),
+                _address(flow, source),
                 request.method,
                 admission.value,
             )
@@ -244,7 +264,7 @@ class Authenticator:
         security_log.warning(
             "authentication failed: user=%s source=%s method=%s reason=%s",
             _quote(username),
-            _address(flow),
+            _address(flow, source),
             request.method,
             _quote(result.reason),
         )
@@ -281,8 +301,11 @@ def _removes_only(request: Request) -> bool:
     )
 
 
-def _address(flow: Flow) -> str:
-    """``source=HOST port=PORT transport=T``: the host on its own, for fail2ban's ``<HOST>``."""
+def _address(flow: Flow, source: str) -> str:
+    """``source=HOST port=PORT transport=T``: the host on its own, for fail2ban's ``<HOST>`` (behind an edge
+    the phone's address, then ``edge=`` the edge's)."""
+    if source != flow.remote[0]:
+        return f"{source} transport={flow.transport} edge={flow.remote[0]}:{flow.remote[1]}"
     return f"{flow.remote[0]} port={flow.remote[1]} transport={flow.transport}"
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 #: The directory file the commands read when no --config is given: the example office (``make run``).
 DEFAULT_CONFIG = "examples/office.toml"
 RUNNING_CONFIG_HELP = "the running server's directory file (default: %(default)s)"
+NODE_HELP = "the node of a cluster (durchwahl serve --node NAME)"
 
 
 def _version() -> str:
@@ -73,7 +74,12 @@ def setup_logging(verbose: bool, log_format: str) -> None:
 
 
 def _serve(
-    config: str, listen: list[str] | None, verbose: bool, log_format: str = "text", loop: str = "asyncio"
+    config: str,
+    listen: list[str] | None,
+    verbose: bool,
+    log_format: str = "text",
+    loop: str = "asyncio",
+    node: str | None = None,
 ) -> int:
     """Run the server until SIGINT/SIGTERM; SIGHUP reloads the directory."""
     import asyncio
@@ -92,7 +98,7 @@ def _serve(
     setup_logging(verbose, log_format)
 
     async def run() -> None:
-        async with Server(config, listen=tuple(listen) if listen else None) as server:
+        async with Server(config, listen=tuple(listen) if listen else None, node=node) as server:
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -135,8 +141,11 @@ def _serve(
     return 0
 
 
-def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> dict[str, object] | None:
-    """Send one request to the server running for ``config``; None (and a message) when none runs."""
+def _control(
+    config: str, message: dict[str, object], timeout: float = 5.0, node: str | None = None
+) -> dict[str, object] | None:
+    """Send one request to the server running for ``config`` (a cluster's ``node``); None (and a message)
+    when none runs."""
     import asyncio
     from pathlib import Path
 
@@ -149,7 +158,7 @@ def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> d
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
-    path = socket_path(Path(directory.server.state_dir))
+    path = socket_path(Path(directory.server.state_dir) / (node or ""))
     try:
         return asyncio.run(request(path, message, timeout))
     except (OSError, TimeoutError) as exc:
@@ -159,8 +168,8 @@ def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> d
         return None
 
 
-def _status(config: str) -> int:
-    answer = _control(config, {"cmd": "status"})
+def _status(config: str, node: str | None = None) -> int:
+    answer = _control(config, {"cmd": "status"}, node=node)
     if answer is None:
         return 1
     if not answer.get("ok"):
@@ -199,14 +208,16 @@ def _status(config: str) -> int:
     return 0
 
 
-def _originate(config: str, extension: str, number: str | None, contact: str | None) -> int:
+def _originate(
+    config: str, extension: str, number: str | None, contact: str | None, node: str | None = None
+) -> int:
     if (number is None) == (contact is None):
         print("durchwahl: originate: give a NUMBER or --contact NAME (one of them)", file=sys.stderr)
         return 2
     message: dict[str, object] = {"cmd": "originate", "extension": extension}
     message.update({"number": number} if contact is None else {"contact": contact})
     number = number if contact is None else f"{contact} (CRM)"
-    answer = _control(config, message, timeout=30.0)  # the server answers once the phones ring
+    answer = _control(config, message, timeout=30.0, node=node)  # answered once the phones ring
     if answer is None:
         return 1
     if not answer.get("ok"):
@@ -219,8 +230,8 @@ def _originate(config: str, extension: str, number: str | None, contact: str | N
     return 0
 
 
-def _unblock(config: str, source: str, user: str | None) -> int:
-    answer = _control(config, {"cmd": "unblock", "source": source, "user": user})
+def _unblock(config: str, source: str, user: str | None, node: str | None = None) -> int:
+    answer = _control(config, {"cmd": "unblock", "source": source, "user": user}, node=node)
     if answer is None:
         return 1
     if not answer.get("ok"):
@@ -407,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         default="asyncio",
         help="the event loop: uvloop (pip install 'durchwahl[speed]') costs less CPU per call",
     )
+    serve.add_argument("--node", metavar="NAME", help=NODE_HELP + "; its state goes to state_dir/NAME")
     status = commands.add_parser("status", help="registrations, active calls and trunks of a running server")
     status.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    status.add_argument("--node", metavar="NAME", help=NODE_HELP)
     originate = commands.add_parser(
         "originate", help="click-to-call: ring EXTENSION, then call NUMBER (or a CRM contact)"
     )
@@ -420,12 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         "--contact", metavar="NAME", help="a CRM contact by name: its number and stored post-dial digits"
     )
     originate.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    originate.add_argument("--node", metavar="NAME", help=NODE_HELP)
     unblock = commands.add_parser(
         "unblock", help="lift the block of a source after failed logins (status lists the blocks)"
     )
     unblock.add_argument("source", help="the blocked address (an IPv6 source: any address of its /64)")
     unblock.add_argument("--user", help="lift only this user's block from that source")
     unblock.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    unblock.add_argument("--node", metavar="NAME", help=NODE_HELP)
     cdr = commands.add_parser("cdr", help="the newest call records (CDRs) of the office, from state_dir")
     cdr.add_argument(
         "--config", default=DEFAULT_CONFIG, help="the office's directory file (default: %(default)s)"
@@ -466,13 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "parse":
         return _parse(args.files)
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.verbose, args.log_format, args.loop)
+        return _serve(args.config, args.listen, args.verbose, args.log_format, args.loop, args.node)
     if args.command == "status":
-        return _status(args.config)
+        return _status(args.config, args.node)
     if args.command == "originate":
-        return _originate(args.config, args.extension, args.number, args.contact)
+        return _originate(args.config, args.extension, args.number, args.contact, args.node)
     if args.command == "unblock":
-        return _unblock(args.config, args.source, args.user)
+        return _unblock(args.config, args.source, args.user, args.node)
     if args.command == "cdr":
         return _cdr(args.config, args.limit, args.since, args.json)
     if args.command == "check-config":

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 from pyee.asyncio import AsyncIOEventEmitter
 
 from sipcore import Endpoint, Flow, IncomingRequest
@@ -39,6 +40,7 @@ from .directory_file import load_directory
 from .errors import ConfigError
 from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore
+from .redis_store import RedisLocationStore, connect, shared_secret
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .trunk import TrunkRegistration
@@ -148,9 +150,10 @@ class _Announcing:
 class Server:
     """durchwahl as one object: ``async with Server("office.toml") as server: ...``.
 
-    ``store`` replaces the SQLite location store (for tests or a shared store); ``resolver_hook`` is an
+    ``store`` replaces the location store (SQLite, or Redis with ``[cluster]``); ``resolver_hook`` is an
     async callable consulted before the built-in routing policy (e.g. route known CRM callers to their
-    employee); ``calls`` replaces the B2BUA's INVITE handling altogether.
+    employee); ``calls`` replaces the B2BUA's INVITE handling altogether. ``node`` names this node of a
+    cluster: its state (control socket, CDRs, nonce key outside a cluster) goes to ``state_dir/NODE``.
     """
 
     def __init__(
@@ -163,8 +166,10 @@ class Server:
         resolver_hook: ResolverHook | None = None,
         resolver_config: ResolverConfig | None = None,
         control: bool = True,
+        node: str | None = None,
     ) -> None:
-        self.directory = config if isinstance(config, Directory) else load_directory(config)
+        self.node = node
+        self.directory = self._localize(config if isinstance(config, Directory) else load_directory(config))
         _log_warnings(self.directory)
         self.events = AsyncIOEventEmitter()
         self.events.on("error", self._log_error)
@@ -177,6 +182,12 @@ class Server:
             user_agent="durchwahl",
         )
         state_dir = self.directory.server.state_dir
+        cluster = self.directory.cluster
+        #: The cluster's Redis client (None: one node on its own).
+        self.shared: Any = None
+        if store is None and cluster is not None:
+            self.shared = connect(cluster.store)
+            store = RedisLocationStore(self.shared, cluster.store, owns_client=False)
         self.store = store if store is not None else SqliteLocationStore(state_dir / "location.sqlite3")
         self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
         self.registrar.on_event = self._registration_event
@@ -228,7 +239,19 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _localize(self, directory: Directory) -> Directory:
+        """The directory as this node uses it: with ``node``, its own state folder and name."""
+        if self.node is None:
+            return directory
+        server = attrs.evolve(directory.server, state_dir=directory.server.state_dir / self.node)
+        cluster = attrs.evolve(directory.cluster, node=self.node) if directory.cluster else None
+        return attrs.evolve(directory, server=server, cluster=cluster)
+
     async def start(self) -> None:
+        cluster = self.directory.cluster
+        if self.shared is not None and cluster is not None:
+            # Any node verifies the answer to a challenge another node sent (a node failing over mid-way).
+            self.registrar.authenticator.use_secret(await shared_secret(self.shared, cluster.store))
         specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
         for spec in specs:
             try:
@@ -300,6 +323,9 @@ class Server:
         self.ua.close()
         await self.endpoint.close()
         await self.store.close()
+        if self.shared is not None:
+            with contextlib.suppress(Exception):
+                await self.shared.aclose()
         await self.cdr.close()
         self.events.emit("stopped")
 
@@ -309,7 +335,7 @@ class Server:
         if source is None:
             return False
         try:
-            directory = load_directory(source)
+            directory = self._localize(load_directory(source))
         except ConfigError as exc:
             log.error("reload of %s rejected, the old directory stays in force:\n%s", source, exc)
             self.events.emit("reload_failed", exc)

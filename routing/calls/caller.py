@@ -37,7 +37,9 @@ def identify_caller(
         if employee is not None:
             return FromEmployee(employee.extension)
     if dialled is not None:
-        source = incoming.flow.remote[0]
+        source = services.registrar.authenticator.source(
+            request, incoming.flow
+        )  # behind an edge: the trunk's
         for trunk in services.directory.trunks:
             if not trunk_accepts(trunk, source):
                 continue

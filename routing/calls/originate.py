@@ -87,7 +87,7 @@ async def originate(
         describe_route(route),
     )
 
-    ports, address = services.media_ports(devices[0][1])
+    ports, address = services.media_ports(devices[0].flow)
     media = AnchoredMedia(ports, services.media_clock, address)
     ringing = Ringing(asyncio.Queue(), media, record=draft)
     legs = ringing.legs
@@ -100,11 +100,12 @@ async def originate(
             return refused(503, "no media port")
         from_ = NameAddr(None, SipUri("sip", route.e164, None, services.directory.server.domain))
         to = NameAddr(employee.name, parse_uri(services.registrar_aor(employee)))
-        for uri, flow in devices:
+        for device in devices:
             legs.append(
                 services.ua.invite(
-                    uri,
-                    flow,
+                    device.uri,
+                    device.flow,
+                    route=device.route,
                     from_=from_,
                     to=to,
                     body=offer,

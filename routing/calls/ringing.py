@@ -242,7 +242,7 @@ async def ring_employees(
     services: CallServices, ringer: Ringer, employees: list[Employee], seconds: float
 ) -> Won | Failed | Ended:
     """Ring every registered device of ``employees`` for ``seconds``: the first to answer wins."""
-    targets = [(e, uri, flow) for e in employees for uri, flow in await services.devices(e)]
+    targets = [(e, device) for e in employees for device in await services.devices(e)]
     if ringer.gone:
         return ENDED
     if not targets:
@@ -255,10 +255,11 @@ async def ring_employees(
     headers = ringer.headers(to_trunk=False)
     legs: list[OutgoingCall] = []
     device: dict[OutgoingCall, tuple[Employee, str]] = {}
-    for employee, uri, flow in targets:
+    for employee, target in targets:
         leg = services.ua.invite(
-            uri,
-            flow,
+            target.uri,
+            target.flow,
+            route=target.route,
             from_=identity,
             to=NameAddr(employee.name, parse_uri(services.registrar_aor(employee))),
             body=body,
@@ -267,7 +268,7 @@ async def ring_employees(
             queue=ringer.queue,
         )
         legs.append(leg)
-        device[leg] = (employee, str(uri))
+        device[leg] = (employee, str(target.uri))
     ringer.started(legs)
     won = await _fork(ringer, legs, seconds)
     if not isinstance(won, tuple):

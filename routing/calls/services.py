@@ -25,12 +25,11 @@ from sipcore.dialog import DialogId
 from sipcore.session import SessionEvent
 from sipcore.transport import Flow
 from sipcore.ua import Call, UserAgent
-from sipcore.uri import SipUri
 
 from ..cdr import CallRecord, CdrStore
 from ..directory import DEFAULT_RING_SECONDS, Directory, Employee, Group
 from ..events import CallFact
-from ..registrar_service import RegistrarService
+from ..registrar_service import Device, RegistrarService
 from ..resolver import Resolver
 from ..ringgroup import RingGroupState, plan_ring_group
 
@@ -130,13 +129,13 @@ class CallServices:
     def registrar_aor(self, employee: Employee) -> str:
         return f"sip:{employee.sip_user}@{self.directory.server.domain}"
 
-    async def devices(self, employee: Employee) -> list[tuple[SipUri, Flow]]:
-        """Where the employee's registered devices are reached: (contact, the flow its REGISTER came on)."""
+    async def devices(self, employee: Employee) -> list[Device]:
+        """Where the employee's registered devices are reached: contact, flow and route set (a Path)."""
         targets = []
         for binding in await self.registrar.contacts(employee.sip_user):
-            flow = self.registrar.flow_for(binding)
-            if flow is not None:
-                targets.append((binding.uri, flow))
+            device = self.registrar.reach(binding, self.ua.endpoint)
+            if device is not None:
+                targets.append(device)
         return targets
 
     def ring_time(self, employee: Employee) -> float:
