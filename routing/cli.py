@@ -314,8 +314,54 @@ def _duration(seconds: float) -> str:
     return f"{secs} s"
 
 
-def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
-    """Print the newest call records of the office's CDR file (read-only, beside a running server)."""
+def _cluster_cdr(
+    directory: Directory, start: float | None, limit: int, as_json: bool, since: str | None
+) -> int:
+    """``durchwahl cdr`` of a cluster: the newest records of every node, from the shared store."""
+    import asyncio
+
+    import attrs
+
+    from routing.redis_shared import read_cluster_records
+    from routing.redis_store import connect, redacted
+
+    assert directory.cluster is not None
+    url = directory.cluster.store
+
+    async def read() -> list[tuple[str, CallRecord]]:
+        client = connect(url)
+        try:
+            return await read_cluster_records(client, since=start, limit=limit)
+        finally:
+            await client.aclose()
+
+    try:
+        found = asyncio.run(read())
+    except Exception as exc:  # the store unreachable, a wrong URL, the redis package missing
+        print(f"durchwahl: the cluster's records in {redacted(url)} cannot be read: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        for node, r in found:
+            row = attrs.asdict(r)
+            row["disposition"] = r.disposition.value
+            print(json.dumps({"node": node, **row}, ensure_ascii=False))
+        return 0
+    if not found:
+        print("no calls recorded in the cluster" + (f" since {since}" if since is not None else " yet"))
+        return 0
+    rows = _cdr_rows([r for _, r in found], directory)
+    rows = [
+        ["node", *rows[0]],
+        *([node or "-", *row] for (node, _), row in zip(found, rows[1:], strict=True)),
+    ]
+    for line in _table(rows, right=frozenset({7})):
+        print(line)
+    return 0
+
+
+def _cdr(config: str, limit: int, since: str | None, as_json: bool, node: str | None = None) -> int:
+    """Print the newest call records of the office's CDR file (read-only, beside a running server); of a
+    cluster (``[cluster]``), every node's from the shared store, or one ``node``'s own file."""
     import datetime
 
     import attrs
@@ -339,7 +385,9 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
                 file=sys.stderr,
             )
             return 2
-    state_dir = directory.server.state_dir
+    if directory.cluster is not None and node is None:
+        return _cluster_cdr(directory, start, limit, as_json, since)
+    state_dir = directory.server.state_dir / (node or "")
     path = state_dir / "cdr.sqlite3"
     if not path.is_file():
         if (state_dir / "secret").is_file():  # written by every server start: the state_dir is in use
@@ -450,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "--since", metavar="DATE", help="only calls started at or after DATE (YYYY-MM-DD[THH:MM])"
     )
     cdr.add_argument("--json", action="store_true", help="one JSON object a line, every field")
+    cdr.add_argument("--node", metavar="NAME", help="a cluster's node: its own CDR file, not the cluster's")
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
     demo = commands.add_parser(
@@ -489,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "unblock":
         return _unblock(args.config, args.source, args.user, args.node)
     if args.command == "cdr":
-        return _cdr(args.config, args.limit, args.since, args.json)
+        return _cdr(args.config, args.limit, args.since, args.json, args.node)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "demo":

@@ -40,6 +40,7 @@ from .directory_file import load_directory
 from .errors import ConfigError
 from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore
+from .redis_shared import CdrStream, GuardStream, RedisRingState
 from .redis_store import RedisLocationStore, connect, shared_secret
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
@@ -143,7 +144,8 @@ class _Announcing:
         self._server = server
 
     def write(self, record: CallRecord) -> None:
-        self._server.cdr.write(record)
+        sink = self._server.cdr_stream or self._server.cdr
+        sink.write(record)
         self._server.events.emit("call_ended", record)
 
 
@@ -206,6 +208,13 @@ class Server:
             anchor_media=self.directory.server.anchor_media,
         )
         self.b2bua.on_event = self._call_fact
+        #: A cluster's shares: the guard's events, the ``evenly`` state, the calls of every node.
+        self.guard_stream: GuardStream | None = None
+        self.cdr_stream: CdrStream | None = None
+        if self.shared is not None and cluster is not None:
+            self.guard_stream = GuardStream(self.shared, cluster.store, self.registrar.guard)
+            self.b2bua.services.shared_ring = RedisRingState(self.shared, cluster.store)
+            self.cdr_stream = CdrStream(self.shared, cluster.store, self.cdr, node=cluster.node)
         if self.calls is None:
             self.calls = self.b2bua.handle
         self.endpoint.screen = self._screen
@@ -252,6 +261,8 @@ class Server:
         if self.shared is not None and cluster is not None:
             # Any node verifies the answer to a challenge another node sent (a node failing over mid-way).
             self.registrar.authenticator.use_secret(await shared_secret(self.shared, cluster.store))
+        if self.guard_stream is not None:
+            await self.guard_stream.start()
         specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
         for spec in specs:
             try:
@@ -274,6 +285,8 @@ class Server:
         self._spawn(self.registrar.run_watch(), "unanswered challenges")
         self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
         self._spawn(self._prune_cdrs(CDR_PRUNE_SECONDS), "CDR retention")
+        if self.guard_stream is not None:
+            self._spawn(self.guard_stream.run(), "guard events of the cluster")
         for trunk in self.directory.trunks:
             if trunk.register:
                 registration = TrunkRegistration(self.endpoint, trunk)
@@ -323,6 +336,8 @@ class Server:
         self.ua.close()
         await self.endpoint.close()
         await self.store.close()
+        if self.cdr_stream is not None:
+            await self.cdr_stream.close()
         if self.shared is not None:
             with contextlib.suppress(Exception):
                 await self.shared.aclose()

@@ -31,7 +31,7 @@ from ..directory import DEFAULT_RING_SECONDS, Directory, Employee, Group
 from ..events import CallFact
 from ..registrar_service import Device, RegistrarService
 from ..resolver import Resolver
-from ..ringgroup import RingGroupState, plan_ring_group
+from ..ringgroup import RingGroupState, SharedRingState, plan_ring_group
 
 if TYPE_CHECKING:
     from .leg import CallState, Ringing
@@ -103,6 +103,8 @@ class CallServices:
         self.bridged: dict[DialogId, BridgeHook] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
+        #: A cluster's ``evenly`` state, shared by every node (None: ``ring_state``, kept in a file).
+        self.shared_ring: SharedRingState | None = None
 
     # --------------------------------------------------------------------------------------- events
 
@@ -164,10 +166,13 @@ class CallServices:
             employee = self.employee(extension)
             if employee is not None and not self.busy[extension] and await self.devices(employee):
                 reachable.append(extension)
-        plan, state = plan_ring_group(group, reachable, self.ring_state)
-        if state != self.ring_state:
-            self.ring_state = state
-            self._save_ring_state()
+        if self.shared_ring is not None:
+            plan = await self.shared_ring.plan(group, reachable)
+        else:
+            plan, state = plan_ring_group(group, reachable, self.ring_state)
+            if state != self.ring_state:
+                self.ring_state = state
+                self._save_ring_state()
         return [
             ([e for e in map(self.employee, step.extensions) if e is not None], float(step.seconds))
             for step in plan.steps

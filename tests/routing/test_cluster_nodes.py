@@ -5,6 +5,7 @@ the edge adds is believed from the edge's address only."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 from cluster_env import redis_server, redis_url
 
 from routing.cluster_run import Part
+from routing.cli import main
+from routing.directory import Group, Strategy
+from routing.redis_shared import RedisRingState, read_cluster_records
 from routing.redis_store import connect
 from routing.server import Server
 from sipcore import Endpoint, IncomingRequest, Response
@@ -135,7 +139,7 @@ PATH = "<sip:edge@127.0.0.1:{port};lr;received=sip:192.0.2.7:5062>"
 
 
 async def test_a_phone_registered_through_one_node_is_rung_by_the_other_through_its_path(
-    cluster: tuple[Edge, Server, Server],
+    cluster: tuple[Edge, Server, Server], capsys: pytest.CaptureFixture[str]
 ) -> None:
     edge, one, two = cluster
     path = PATH.format(port=edge.port)
@@ -171,6 +175,17 @@ async def test_a_phone_registered_through_one_node_is_rung_by_the_other_through_
             final = await outgoing.final
         assert final.status == 486
 
+    # The call's record is the cluster's, whichever node asks.
+    async with asyncio.timeout(5):
+        while not (found := await read_cluster_records(one.shared)):
+            await asyncio.sleep(0.05)
+    ((node, record),) = found
+    assert node == "two" and record.destination_id == "101" and record.status == 486
+    assert await asyncio.to_thread(main, ["cdr", "--config", str(one.directory.source)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["node", "started", "caller"]
+    assert table[1].startswith("two ") and "busy (486)" in table[1]
+
 
 async def test_a_path_from_anywhere_but_the_edge_is_ignored(cluster: tuple[Edge, Server, Server]) -> None:
     _, one, _ = cluster
@@ -194,6 +209,43 @@ async def test_the_nodes_share_one_nonce_key(cluster: tuple[Edge, Server, Server
     )
     assert ok.status == 200
     assert two.registrar.guard.status("192.0.2.8", 0.0).failures == 0
+
+
+async def test_guesses_spread_over_the_nodes_are_counted_as_against_one(
+    cluster: tuple[Edge, Server, Server],
+) -> None:
+    edge, one, two = cluster
+    source = [("X-Edge-Source", "sip:198.51.100.9:5062")]
+    policy = one.registrar.guard.policy
+    for attempt in range(policy.throttle_after):
+        port = (one, two)[attempt % 2].addresses[0][2]
+        refused = await edge.register(port, "101", "guessed-wrong", source)
+        assert refused.status == 401
+    now = time.time()
+    async with asyncio.timeout(3):
+        while not all(
+            node.registrar.guard.status("198.51.100.9", now, "101").throttled for node in (one, two)
+        ):
+            await asyncio.sleep(0.02)
+    for node in (one, two):
+        status = node.registrar.guard.status("198.51.100.9", now, "101")
+        assert status.failures == policy.throttle_after  # each node counted every guess, its own and others'
+        assert node.registrar.guard.status("127.0.0.1", now).failures == 0  # not the edge's address
+
+
+async def test_evenly_takes_turns_across_the_nodes(redis_server: Part) -> None:
+    url = redis_url(redis_server)
+    clients = [connect(url), connect(url)]
+    await clients[0].flushdb()
+    group = Group("200", "Vertrieb", Strategy.EVENLY, ("101", "102", "103"), 15)
+    nodes = [RedisRingState(client, url) for client in clients]
+    try:
+        plans = await asyncio.gather(*(nodes[i % 2].plan(group, {"101", "102", "103"}) for i in range(30)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    firsts = [plan.steps[0].extensions[0] for plan in plans]
+    assert sorted(firsts.count(member) for member in ("101", "102", "103")) == [10, 10, 10]
 
 
 SDP = (
