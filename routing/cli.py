@@ -105,6 +105,9 @@ def _serve(
             for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is printed: Ctrl-C stops cleanly
                 loop.add_signal_handler(sig, stop.set)
             loop.add_signal_handler(signal.SIGHUP, server.reload)
+            loop.add_signal_handler(signal.SIGUSR1, server.drain)
+            drained = asyncio.ensure_future(server.drained.wait())
+            drained.add_done_callback(lambda _: stop.set())
             directory = server.directory
             for transport, host, port in server.addresses:
                 shown = f"[{host}]" if ":" in host else host
@@ -121,7 +124,11 @@ def _serve(
                 print(f"  {who}: user {employee.sip_user}, password {secret}")
             sys.stdout.flush()
             await stop.wait()
-            print("durchwahl: stopping", flush=True)
+            drained.cancel()
+            print(
+                "durchwahl: drained, stopping" if server.drained.is_set() else "durchwahl: stopping",
+                flush=True,
+            )
 
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -177,6 +184,7 @@ def _status(config: str, node: str | None = None) -> int:
         return 1
     reply: dict[str, Any] = answer
     print("listening:", ", ".join(str(a) for a in reply.get("listening", [])))
+    print("health:", reply.get("health", "ok"))
     registrations = reply.get("registrations", [])
     print(f"registrations: {len(registrations)}")
     for r in registrations:
@@ -239,6 +247,19 @@ def _unblock(config: str, source: str, user: str | None, node: str | None = None
         return 1
     who = source if user is None else f"user {user} from {source}"
     print(f"unblocked {who}" if answer.get("lifted") else f"nothing was blocked or counted for {who}")
+    return 0
+
+
+def _drain(config: str, node: str | None) -> int:
+    answer = _control(config, {"cmd": "drain"}, node=node)
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"durchwahl: cannot drain: {answer.get('error')}", file=sys.stderr)
+        return 1
+    calls = answer.get("calls", 0)
+    who = f"node {node}" if node else "the server"
+    print(f"{who} is draining: new calls go elsewhere; it exits once its {calls} call(s) have ended")
     return 0
 
 
@@ -489,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     unblock.add_argument("--user", help="lift only this user's block from that source")
     unblock.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
     unblock.add_argument("--node", metavar="NAME", help=NODE_HELP)
+    drain = commands.add_parser(
+        "drain", help="refuse new calls, let the calls in progress finish, then exit (a cluster's node)"
+    )
+    drain.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    drain.add_argument("--node", metavar="NAME", help=NODE_HELP)
     cdr = commands.add_parser("cdr", help="the newest call records (CDRs) of the office, from state_dir")
     cdr.add_argument(
         "--config", default=DEFAULT_CONFIG, help="the office's directory file (default: %(default)s)"
@@ -537,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         return _originate(args.config, args.extension, args.number, args.contact, args.node)
     if args.command == "unblock":
         return _unblock(args.config, args.source, args.user, args.node)
+    if args.command == "drain":
+        return _drain(args.config, args.node)
     if args.command == "cdr":
         return _cdr(args.config, args.limit, args.since, args.json, args.node)
     if args.command == "check-config":

@@ -6,7 +6,13 @@ Events (pyee, on ``server.events``): ``started`` (listen addresses), ``registere
 ``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``call_started``,
 ``ringing``, ``answered``, ``digit``, ``transferred`` (``routing.events``), ``call_ended`` (the call's
 ``routing.cdr.CallRecord``, as written to the CDR store), ``reloaded`` (the new Directory),
-``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
+``reload_failed`` (the ConfigError; the old directory stays in force), ``draining``, ``drained``,
+``stopped``, and ``error``.
+
+Health: :meth:`Server.health` is None while the node takes new work, else the reason it does not; an
+OPTIONS outside a dialog (an edge proxy's probe) is answered 200, or 503 with the reason and Retry-After.
+Draining (:meth:`Server.drain`, ``durchwahl drain``, SIGUSR1) is one reason; what else may make a node
+refuse new work (overload) is added with :meth:`Server.add_health_check`.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ log = logging.getLogger(__name__)
 #: What the server answers itself; everything else gets 405 with this Allow list.
 #: How often old CDR rows are pruned (``[server] cdr_retention_days``).
 CDR_PRUNE_SECONDS = 86400.0
+
+#: What a node that takes no new work says in Retry-After (seconds).
+RETRY_AFTER_SECONDS: Final = 30
 
 SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE", "REFER")
 
@@ -226,6 +235,11 @@ class Server:
         self.trunks: dict[str, TrunkRegistration] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Set by :meth:`drain`: new calls are refused (503), the node's own calls finish.
+        self.draining = False
+        #: Set once a draining node has no call left (``durchwahl serve`` then exits).
+        self.drained = asyncio.Event()
+        self._health_checks: list[Callable[[], str | None]] = []
 
     def _call_uses(self, flow: Flow) -> bool:
         """Whether a live call runs over ``flow``'s TCP connection (it is then not closed for idleness)."""
@@ -366,6 +380,51 @@ class Server:
         self.events.emit("reloaded", directory)
         return True
 
+    # ------------------------------------------------------------------------------- health and drain
+
+    def add_health_check(self, check: Callable[[], str | None]) -> None:
+        """``check()`` is asked on every health question (an edge's OPTIONS): None when the node may take
+        new work, else why not (``"overloaded"`` …). Keep it cheap: it runs per probe."""
+        self._health_checks.append(check)
+
+    def health(self) -> str | None:
+        """None when this node takes new calls, else the reason it does not (draining, or a check's)."""
+        if self.draining:
+            return "draining"
+        for check in self._health_checks:
+            reason = check()
+            if reason:
+                return reason
+        return None
+
+    def drain(self) -> int:
+        """Refuse new calls from now on (503, so the edge sends them elsewhere; OPTIONS says 503 too) and let
+        the calls in progress finish; :attr:`drained` is set once none is left. Returns how many there are."""
+        calls = len(self.b2bua.calls())
+        if not self.draining:
+            self.draining = True
+            log.warning("draining: new calls refused, %d call(s) to finish", calls)
+            self.events.emit("draining", calls)
+            self._spawn(self._wait_drained(), "drain")
+        return calls
+
+    async def _wait_drained(self, every: float = 0.2) -> None:
+        while self.b2bua.calls() or self.ua.calls:
+            await asyncio.sleep(every)
+        log.warning("drained: no call left")
+        self.drained.set()
+        self.events.emit("drained")
+
+    def _options(self, incoming: IncomingRequest) -> None:
+        """The answer to an OPTIONS: capabilities with 200, or 503 while the node takes no new work."""
+        reason = self.health()
+        if reason is not None:
+            incoming.respond(
+                503, f"Service Unavailable ({reason})", headers=[("Retry-After", str(RETRY_AFTER_SECONDS))]
+            )
+            return
+        incoming.respond(200, headers=[("Allow", ", ".join(SERVER_METHODS)), ("Accept", "application/sdp")])
+
     def _screen(self, request: Request, flow: Flow) -> Response | bool:
         """Before any transaction: REGISTERs for this registrar and INVITEs for the B2BUA that carry no
         credentials are challenged statelessly (``Authenticator.screen``)."""
@@ -381,8 +440,10 @@ class Server:
         if method == "REGISTER":
             await self.registrar.handle(incoming)
         elif method == "OPTIONS":
+            self._options(incoming)
+        elif method == "INVITE" and self.draining and incoming.request.to.tag is None:
             incoming.respond(
-                200, headers=[("Allow", ", ".join(SERVER_METHODS)), ("Accept", "application/sdp")]
+                503, "Service Unavailable (draining)", headers=[("Retry-After", str(RETRY_AFTER_SECONDS))]
             )
         elif method == "INVITE" and self.calls is not None:
             result = self.calls(incoming)
