@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cluster_env import redis_server, redis_url
 
-from routing.cluster_run import Part
 from routing.cli import main
+from routing.cluster_run import Part
 from routing.directory import Group, Strategy
 from routing.redis_shared import RedisRingState, read_cluster_records
 from routing.redis_store import connect
