@@ -414,22 +414,40 @@ class RegistrarService:
         direct = self.flow_for(binding)
         return None if direct is None else Device(binding.uri, direct, (), binding)
 
-    async def ping(self, endpoint: Endpoint, *, timeout: float = 5.0, concurrency: int = 20) -> int:
-        """Send OPTIONS to every live binding through its flow; mark those that do not answer in ``timeout``.
+    async def ping(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = 5.0,
+        concurrency: int = 20,
+        own: Callable[[], Iterable[tuple[str, int]]] | None = None,
+    ) -> int:
+        """Send OPTIONS to every live binding the way a call would reach it (its Path, else its flow); mark
+        those that do not answer in ``timeout``.
 
-        Any response counts as an answer (a 404 or 405 still proves the phone is there). Returns how many
-        bindings are unreachable now.
+        Any response counts as an answer (a 404 or 405 still proves the phone is there). ``own``: this node's
+        listening addresses, when several nodes share the store: only the bindings whose REGISTER reached
+        one of them are pinged here (each binding by one node). Returns how many are unreachable now.
         """
         bindings = await self.store.all(now=self._clock())
+        if own is not None:
+            mine = set(own())
+            bindings = tuple(b for b in bindings if b.flow is None or tuple(b.flow.local) in mine)
         domain = self.directory.server.domain
         limit = asyncio.Semaphore(concurrency)
 
         async def one(binding: Binding) -> tuple[Binding, bool]:
-            flow = self.flow_for(binding)
-            if flow is None:
+            device = self.reach(binding, endpoint)
+            if device is None:
                 return binding, True  # nothing known to ping through; leave it alone
+            flow = device.flow
             request = endpoint.make_request(
-                "OPTIONS", binding.uri, flow, from_=f"<sip:registrar@{domain}>", to=f"<{binding.uri}>"
+                "OPTIONS",
+                binding.uri,
+                flow,
+                from_=f"<sip:registrar@{domain}>",
+                to=f"<{binding.uri}>",
+                headers=[("Route", str(hop)) for hop in device.route],
             )
             async with limit:
                 try:
@@ -455,12 +473,18 @@ class RegistrarService:
                 self.unreachable.add(key)
         return len(self.unreachable)
 
-    async def run_pinger(self, endpoint: Endpoint, interval: float = 30.0, timeout: float = 5.0) -> None:
+    async def run_pinger(
+        self,
+        endpoint: Endpoint,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+        own: Callable[[], Iterable[tuple[str, int]]] | None = None,
+    ) -> None:
         """Ping registered contacts every ``interval`` seconds until cancelled (a task of the server's)."""
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.ping(endpoint, timeout=timeout)
+                await self.ping(endpoint, timeout=timeout, own=own)
             except LocationStoreError:
                 log.exception("pinging registered contacts failed; retrying in %.0f s", interval)
 

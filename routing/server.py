@@ -241,6 +241,9 @@ class Server:
         self.drained = asyncio.Event()
         self._health_checks: list[Callable[[], str | None]] = []
 
+    def _own_addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for _, host, port in self.addresses]
+
     def _call_uses(self, flow: Flow) -> bool:
         """Whether a live call runs over ``flow``'s TCP connection (it is then not closed for idleness)."""
         return any(call.flow.connection_id == flow.connection_id for call in self.ua.calls)
@@ -297,7 +300,8 @@ class Server:
                 self.control = None
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
         self._spawn(self.registrar.run_watch(), "unanswered challenges")
-        self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
+        own = self._own_addresses if self.shared is not None else None  # a cluster: each node its own
+        self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0, own), "contact pinger")
         self._spawn(self._prune_cdrs(CDR_PRUNE_SECONDS), "CDR retention")
         if self.guard_stream is not None:
             self._spawn(self.guard_stream.run(), "guard events of the cluster")

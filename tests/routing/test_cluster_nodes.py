@@ -187,6 +187,24 @@ async def test_a_phone_registered_through_one_node_is_rung_by_the_other_through_
     assert table[1].startswith("two ") and "busy (486)" in table[1]
 
 
+async def test_each_binding_is_pinged_by_the_node_it_registered_with_through_its_path(
+    cluster: tuple[Edge, Server, Server],
+) -> None:
+    edge, one, two = cluster
+    path = PATH.format(port=edge.port)
+    ok = await edge.register(one.addresses[0][2], "101", "anna-101-secret", [("Path", path)])
+    assert ok.status == 200
+    own_two = two._own_addresses
+    assert await two.registrar.ping(two.endpoint, timeout=0.5, own=own_two) == 0
+    assert edge.received.empty()  # not node two's binding: node two leaves it to node one
+    pinging = asyncio.ensure_future(one.registrar.ping(one.endpoint, timeout=2.0, own=one._own_addresses))
+    async with asyncio.timeout(3):
+        probe = await edge.received.get()
+    assert probe.request.method == "OPTIONS" and probe.request.get_all("route") == (path,)
+    probe.respond(200)
+    assert await pinging == 0
+
+
 async def test_a_path_from_anywhere_but_the_edge_is_ignored(cluster: tuple[Edge, Server, Server]) -> None:
     _, one, _ = cluster
     async with Endpoint() as phone:
