@@ -53,8 +53,8 @@ def office(folder: Path, users: int, cluster: bool) -> Path:
     text = CLUSTER_OFFICE.read_text(encoding="utf-8")
     text = text.replace('"../greeting.wav"', f'"{ROOT / "examples" / "greeting.wav"}"')
     if not cluster:
-        start = text.index("[cluster]")
-        end = text.index("[[employee]]")
+        start = text.index("\n[cluster]\n")
+        end = text.index("\n[[employee]]", start)
         text = text[:start] + text[end:]
     text += '\n[[number]]\nnumber = "+49 30 7654321"\ntrunk = "provider"\ndefault = "102"\n'
     for i in range(users):

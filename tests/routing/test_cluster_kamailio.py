@@ -360,7 +360,9 @@ async def test_svcrack_against_two_nodes_through_kamailio_is_throttled_as_agains
     logs = {name: part.log_tail(10**7) for name, part in cluster.nodes.items()}
     checked = {name: log.count("authentication failed: user=101") for name, log in logs.items()}
     refused = {name: log.count("credentials not checked: user=101") for name, log in logs.items()}
-    assert all(checked.values()) and all(refused.values()), f"checked {checked}, refused {refused}"
+    # Both nodes got guesses (each run went to its own node) and both refused some unchecked: the pair was
+    # throttled on each, whichever node had counted the failures (one may have checked none at all).
+    assert all(refused.values()), f"checked {checked}, refused {refused}"
     policy = GuardPolicy()
     # What one node alone would check in this time: throttle_after, then one guess per throttle_interval.
     alone = policy.throttle_after + int(elapsed // policy.throttle_interval)
