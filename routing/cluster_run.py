@@ -266,15 +266,16 @@ def start_node(
     *,
     wait: bool = True,
     extra: Sequence[str] = (),
+    program: Sequence[str] = ("-m", "routing.cli"),
 ) -> Part:
-    """``durchwahl serve --node NAME`` on udp:127.0.0.1:``port`` for the directory file ``config``."""
+    """``durchwahl serve --node NAME`` on udp:127.0.0.1:``port`` for the directory file ``config``
+    (``program``: what Python runs instead of ``-m routing.cli``, taking the same arguments)."""
     folder.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     argv = [
         sys.executable,
-        "-m",
-        "routing.cli",
+        *program,
         "serve",
         "--config",
         str(config),
@@ -306,8 +307,10 @@ class Cluster:
         ping_interval: int = 1,
         kamailio_workers: int = 4,
         kamailio_memory_mb: int = 64,
+        node_program: Sequence[str] = ("-m", "routing.cli"),
     ) -> None:
         self.folder = folder
+        self._program = tuple(node_program)
         self.edge_port = edge_port or free_port()
         self.node_ports = list(node_ports or [free_port() for _ in range(nodes)])
         self.redis_port = redis_port or free_port()
@@ -356,7 +359,7 @@ class Cluster:
         return self
 
     def start_node(self, name: str, port: int) -> Part:
-        part = start_node(self.folder / name, self.config, name, port)
+        part = start_node(self.folder / name, self.config, name, port, program=self._program)
         self.nodes[name] = part
         return part
 
