@@ -367,3 +367,28 @@ async def test_svcrack_against_two_nodes_through_kamailio_is_throttled_as_agains
     # What one node alone would check in this time: throttle_after, then one guess per throttle_interval.
     alone = policy.throttle_after + int(elapsed // policy.throttle_interval)
     assert sum(checked.values()) <= alone + 1, (checked, elapsed)  # without sharing: one such count per node
+
+
+def test_the_shipped_examples_are_valid(tmp_path: Path) -> None:
+    """examples/cluster: the office passes check-config with its [cluster] table, and Kamailio accepts the
+    edge's configuration (kamailio -c)."""
+    import subprocess
+
+    from routing.cluster_run import KAMAILIO_CONFIG, missing_binaries
+    from routing.directory_file import read_directory
+
+    directory, problems, _ = read_directory(CLUSTER_OFFICE)
+    assert directory is not None and not problems, problems
+    assert directory.cluster is not None and directory.cluster.edges
+    require("kamailio")
+    (tmp_path / "nodes.list").write_text("1 sip:127.0.0.1:5071\n")
+    kamailio = "/usr/sbin/kamailio" if not missing_binaries("kamailio") else "kamailio"
+    argv = [kamailio, "-c", "-f", str(KAMAILIO_CONFIG), "-l", f"udp:127.0.0.1:{free_port()}"]
+    argv += ["-Y", str(tmp_path), "-A", f'DS_LIST="{tmp_path / "nodes.list"}"']
+    checked = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "config file ok" in checked.stdout + checked.stderr, checked.stderr[-2000:]
