@@ -26,6 +26,7 @@ __all__ = [
     "KAMAILIO_CONFIG",
     "Cluster",
     "Part",
+    "binary",
     "free_port",
     "main",
     "missing_binaries",
@@ -48,7 +49,8 @@ def missing_binaries(*names: str) -> list[str]:
     return [name for name in names if shutil.which(name, path=path) is None]
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
+    """Where program ``name`` is (PATH, /usr/sbin, /usr/local/sbin); FileNotFoundError when nowhere."""
     path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
     found = shutil.which(name, path=path)
     if found is None:
@@ -156,7 +158,7 @@ def start_redis(folder: Path, port: int | None = None, *, persist: bool = True) 
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [
-        _binary("redis-server"),
+        binary("redis-server"),
         "--bind",
         "127.0.0.1",
         "--port",
@@ -233,7 +235,7 @@ def start_kamailio(
     nodes_list = folder / "nodes.list"
     nodes_list.write_text("".join(f"1 sip:127.0.0.1:{node}\n" for node in nodes), encoding="utf-8")
     argv = [
-        _binary("kamailio"),
+        binary("kamailio"),
         "-f",
         str(config),
         "-DD",

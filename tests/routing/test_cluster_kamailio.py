@@ -374,7 +374,7 @@ def test_the_shipped_examples_are_valid(tmp_path: Path) -> None:
     edge's configuration (kamailio -c)."""
     import subprocess
 
-    from routing.cluster_run import KAMAILIO_CONFIG, missing_binaries
+    from routing.cluster_run import KAMAILIO_CONFIG, binary
     from routing.directory_file import read_directory
 
     directory, problems, _ = read_directory(CLUSTER_OFFICE)
@@ -382,8 +382,7 @@ def test_the_shipped_examples_are_valid(tmp_path: Path) -> None:
     assert directory.cluster is not None and directory.cluster.edges
     require("kamailio")
     (tmp_path / "nodes.list").write_text("1 sip:127.0.0.1:5071\n")
-    kamailio = "/usr/sbin/kamailio" if not missing_binaries("kamailio") else "kamailio"
-    argv = [kamailio, "-c", "-f", str(KAMAILIO_CONFIG), "-l", f"udp:127.0.0.1:{free_port()}"]
+    argv = [binary("kamailio"), "-c", "-f", str(KAMAILIO_CONFIG), "-l", f"udp:127.0.0.1:{free_port()}"]
     argv += ["-Y", str(tmp_path), "-A", f'DS_LIST="{tmp_path / "nodes.list"}"']
     checked = subprocess.run(
         argv,
