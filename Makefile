@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest fuzz bench clean
+.PHONY: run cluster test lint typecheck pytest fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/durchwahl serve --config examples/office.toml
+
+# Redis, Kamailio (the edge) and two nodes on loopback (apt-get install kamailio redis-server); Ctrl-C stops all.
+cluster: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[cluster]'
+	$(BIN)/python -m routing.cluster_run
 
 lint: $(STAMP)
 	$(BIN)/ruff check durchwahl sipcore media routing tests fuzz bench examples .ci

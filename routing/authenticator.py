@@ -12,6 +12,10 @@ through INVITE is throttled and blocked exactly like one guessed through REGISTE
   the endpoint calls before it makes a transaction: no transaction, no retransmitted 401s towards a possibly
   spoofed source, a To tag derived from the request so a retransmission gets the same one, and at most
   ``challenge_rate`` such answers per second per source (beyond it, silence).
+* **Behind an edge proxy** (``[cluster] edges``) the transport source of every request is the edge; the
+  source counted, bound into nonces and logged is the phone's address as the edge reports it
+  (:func:`~routing.cluster.client_address`, believed only from an edge's address). So the guard keys on
+  phones, not on the edge (which would otherwise be blocked for everybody by one scanner).
 * **Failures are logged as failures** in the security log (:mod:`routing.security_log`: one stable line per
   event), apart from the challenge every call starts with, which is not logged at all above DEBUG; so are
   throttling and blocks, sources dropped for their challenge rate, and INVITEs for the office's numbers from
@@ -37,9 +41,10 @@ from sipcore.transport import Flow
 from sipcore.uri import SipUri
 
 from .challenge_watch import ChallengeWatch, Unanswered
+from .cluster import client_address, edge_reported
 from .directory import Directory
 from .security import Admission, FailureGuard, source_key, trunk_for_source
-from .security_log import SecurityLog
+from .security_log import Relayed, SecurityLog
 
 __all__ = ["Authenticator", "OfficeNumber", "Unverified", "Verified"]
 
@@ -110,6 +115,7 @@ class Authenticator:
         #: Called after each REGISTER challenge (the registrar's watch wakes up).
         self.on_challenge: Callable[[], None] | None = None
         self.directory = directory
+        self._edges = directory.cluster.edges if directory.cluster else ()
         self.digest = self._digest_server(directory)
         #: The security log (failures, throttling, blocks, drops, unknown trunk sources); it counts its lines.
         self.security = SecurityLog()
@@ -126,11 +132,31 @@ class Authenticator:
             random_bytes=self._nonce_unique,
         )
 
+    def use_secret(self, secret: bytes) -> None:
+        """Key nonces with ``secret`` from now on (a cluster's shared key: any node then verifies the answer
+        to a challenge another node sent). Nonces issued under the old key are challenged again."""
+        self._secret = secret
+        self.digest = self._digest_server(self.directory)
+
+    def source(self, request: Request, flow: Flow) -> str:
+        """The address ``request`` is counted under: the phone's, as an edge proxy reports it, else the
+        transport source (see the module docstring)."""
+        return client_address(request, flow.remote, self._edges)
+
+    def seen(self, request: Request, flow: Flow) -> Flow | Relayed:
+        """``flow`` as the security log reports ``request``'s: when an edge proxy relayed it, the phone's
+        address and port as the edge reported them, and the edge's."""
+        reported = edge_reported(request, flow.remote, self._edges)
+        if reported is None:
+            return flow
+        return Relayed(flow.transport, reported, flow.remote)
+
     def update_directory(self, directory: Directory) -> None:
         """Use a reloaded directory. A new realm or algorithm list re-creates the digest server (outstanding
         nonces of the old realm then fail, and phones are simply challenged again)."""
         old = self.directory.server
         self.directory = directory
+        self._edges = directory.cluster.edges if directory.cluster else ()
         new = directory.server
         if (old.realm, old.auth_algorithms) != (new.realm, new.auth_algorithms):
             self.digest = self._digest_server(directory)
@@ -168,12 +194,13 @@ class Authenticator:
         """A 401 (407 with ``proxy``) with fresh challenges whose nonce is bound to ``flow``'s source. A
         REGISTER's challenge is watched: a phone that never answers it is logged as having given up."""
         now = self._clock()
-        self._nonce_binding = self._binding(flow.remote[0])  # read by _nonce_unique, right now
+        source = self.source(request, flow)
+        self._nonce_binding = self._binding(source)  # read by _nonce_unique, right now
         response = self.digest.challenge_response(request, now, stale=stale, proxy=proxy, to_tag=to_tag)
         if request.method == "REGISTER" and not _removes_only(request):
             agent = request.get("user-agent")
             self.watch.challenged(
-                Unanswered(flow.remote[0], _to_user(request), str(flow), agent, self.digest.algorithms, now)
+                Unanswered(source, _to_user(request), str(flow), agent, self.digest.algorithms, now)
             )
             if self.on_challenge is not None:
                 self.on_challenge()
@@ -198,17 +225,20 @@ class Authenticator:
             return True
         if request.get("authorization") is not None or request.get("proxy-authorization") is not None:
             return True
-        if request.method == "INVITE" and trunk_for_source(self.directory, flow.remote[0]) is not None:
+        source = self.source(request, flow)
+        if request.method == "INVITE" and trunk_for_source(self.directory, source) is not None:
             return True
         now = self._clock()
-        if not self.guard.may_challenge(flow.remote[0], now):
-            self.security.rate_limited(flow, request.method, now, self.guard.policy.challenge_rate)
+        if not self.guard.may_challenge(source, now):
+            self.security.rate_limited(
+                self.seen(request, flow), request.method, now, self.guard.policy.challenge_rate
+            )
             return False
         if request.method == "INVITE" and self.office_number is not None:
-            self._check_trunk_source(request, flow)
+            self._check_trunk_source(request, self.seen(request, flow))
         return self.challenge(request, flow, to_tag=self.stateless_tag(request))
 
-    def _check_trunk_source(self, request: Request, flow: Flow) -> None:
+    def _check_trunk_source(self, request: Request, flow: Flow | Relayed) -> None:
         """An INVITE without credentials for one of the office's numbers, from an address no trunk is allowed
         at and not from the office's own domain (a phone calling the office's number is challenged like any
         call of its own): the provider's address changed, or somebody poses as the provider."""
@@ -242,7 +272,7 @@ class Authenticator:
         if answered is None:
             return Unverified("no credentials")
         nonce, username = answered
-        source = flow.remote[0]
+        source = self.source(request, flow)
         if request.method == "REGISTER":
             self.watch.answered(source, _to_user(request))
         if not self._bound_here(nonce, source):
@@ -252,7 +282,7 @@ class Authenticator:
         open_before = self.guard.admits(source, now)
         admission = self.guard.admit(source, now, username)
         if admission is not Admission.CHECK:
-            self.security.auth_unchecked(flow, request.method, username, admission.value)
+            self.security.auth_unchecked(self.seen(request, flow), request.method, username, admission.value)
             if open_before and not self.guard.admits(source, now):  # this attempt blocked the whole source
                 state = self.guard.status(source, now)
                 seconds = (state.blocked_until or now) - now
@@ -269,7 +299,7 @@ class Authenticator:
             return Unverified("no credentials")
         assert isinstance(result, Failed)
         status = self.guard.failed(source, now, username)
-        self.security.auth_failed(flow, request.method, username, result.reason)
+        self.security.auth_failed(self.seen(request, flow), request.method, username, result.reason)
         block = status.new_block
         policy = self.guard.policy
         if block is not None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 #: The directory file the commands read when no --config is given: the example office (``make run``).
 DEFAULT_CONFIG = "examples/office.toml"
 RUNNING_CONFIG_HELP = "the running server's directory file (default: %(default)s)"
+NODE_HELP = "the node of a cluster (durchwahl serve --node NAME)"
 
 
 def _version() -> str:
@@ -73,7 +74,12 @@ def setup_logging(verbose: bool, log_format: str) -> None:
 
 
 def _serve(
-    config: str, listen: list[str] | None, verbose: bool, log_format: str = "text", loop: str = "asyncio"
+    config: str,
+    listen: list[str] | None,
+    verbose: bool,
+    log_format: str = "text",
+    loop: str = "asyncio",
+    node: str | None = None,
 ) -> int:
     """Run the server until SIGINT/SIGTERM; SIGHUP reloads the directory."""
     import asyncio
@@ -92,13 +98,16 @@ def _serve(
     setup_logging(verbose, log_format)
 
     async def run() -> None:
-        async with Server(config, listen=tuple(listen) if listen else None) as server:
+        async with Server(config, listen=tuple(listen) if listen else None, node=node) as server:
             tune_gc()
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is printed: Ctrl-C stops cleanly
                 loop.add_signal_handler(sig, stop.set)
             loop.add_signal_handler(signal.SIGHUP, server.reload)
+            loop.add_signal_handler(signal.SIGUSR1, server.drain)
+            drained = asyncio.ensure_future(server.drained.wait())
+            drained.add_done_callback(lambda _: stop.set())
             directory = server.directory
             for transport, host, port in server.addresses:
                 shown = f"[{host}]" if ":" in host else host
@@ -115,7 +124,11 @@ def _serve(
                 print(f"  {who}: user {employee.sip_user}, password {secret}")
             sys.stdout.flush()
             await stop.wait()
-            print("durchwahl: stopping", flush=True)
+            drained.cancel()
+            print(
+                "durchwahl: drained, stopping" if server.drained.is_set() else "durchwahl: stopping",
+                flush=True,
+            )
 
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -135,8 +148,11 @@ def _serve(
     return 0
 
 
-def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> dict[str, object] | None:
-    """Send one request to the server running for ``config``; None (and a message) when none runs."""
+def _control(
+    config: str, message: dict[str, object], timeout: float = 5.0, node: str | None = None
+) -> dict[str, object] | None:
+    """Send one request to the server running for ``config`` (a cluster's ``node``); None (and a message)
+    when none runs."""
     import asyncio
     from pathlib import Path
 
@@ -149,7 +165,7 @@ def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> d
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
-    path = socket_path(Path(directory.server.state_dir))
+    path = socket_path(Path(directory.server.state_dir) / (node or ""))
     try:
         return asyncio.run(request(path, message, timeout))
     except (OSError, TimeoutError) as exc:
@@ -159,8 +175,8 @@ def _control(config: str, message: dict[str, object], timeout: float = 5.0) -> d
         return None
 
 
-def _status(config: str) -> int:
-    answer = _control(config, {"cmd": "status"})
+def _status(config: str, node: str | None = None) -> int:
+    answer = _control(config, {"cmd": "status"}, node=node)
     if answer is None:
         return 1
     if not answer.get("ok"):
@@ -168,6 +184,7 @@ def _status(config: str) -> int:
         return 1
     reply: dict[str, Any] = answer
     print("listening:", ", ".join(str(a) for a in reply.get("listening", [])))
+    print("health:", reply.get("health", "ok"))
     registrations = reply.get("registrations", [])
     print(f"registrations: {len(registrations)}")
     for r in registrations:
@@ -199,14 +216,16 @@ def _status(config: str) -> int:
     return 0
 
 
-def _originate(config: str, extension: str, number: str | None, contact: str | None) -> int:
+def _originate(
+    config: str, extension: str, number: str | None, contact: str | None, node: str | None = None
+) -> int:
     if (number is None) == (contact is None):
         print("durchwahl: originate: give a NUMBER or --contact NAME (one of them)", file=sys.stderr)
         return 2
     message: dict[str, object] = {"cmd": "originate", "extension": extension}
     message.update({"number": number} if contact is None else {"contact": contact})
     number = number if contact is None else f"{contact} (CRM)"
-    answer = _control(config, message, timeout=30.0)  # the server answers once the phones ring
+    answer = _control(config, message, timeout=30.0, node=node)  # answered once the phones ring
     if answer is None:
         return 1
     if not answer.get("ok"):
@@ -219,8 +238,8 @@ def _originate(config: str, extension: str, number: str | None, contact: str | N
     return 0
 
 
-def _unblock(config: str, source: str, user: str | None) -> int:
-    answer = _control(config, {"cmd": "unblock", "source": source, "user": user})
+def _unblock(config: str, source: str, user: str | None, node: str | None = None) -> int:
+    answer = _control(config, {"cmd": "unblock", "source": source, "user": user}, node=node)
     if answer is None:
         return 1
     if not answer.get("ok"):
@@ -228,6 +247,19 @@ def _unblock(config: str, source: str, user: str | None) -> int:
         return 1
     who = source if user is None else f"user {user} from {source}"
     print(f"unblocked {who}" if answer.get("lifted") else f"nothing was blocked or counted for {who}")
+    return 0
+
+
+def _drain(config: str, node: str | None) -> int:
+    answer = _control(config, {"cmd": "drain"}, node=node)
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"durchwahl: cannot drain: {answer.get('error')}", file=sys.stderr)
+        return 1
+    calls = answer.get("calls", 0)
+    who = f"node {node}" if node else "the server"
+    print(f"{who} is draining: new calls go elsewhere; it exits once its {calls} call(s) have ended")
     return 0
 
 
@@ -303,8 +335,54 @@ def _duration(seconds: float) -> str:
     return f"{secs} s"
 
 
-def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
-    """Print the newest call records of the office's CDR file (read-only, beside a running server)."""
+def _cluster_cdr(
+    directory: Directory, start: float | None, limit: int, as_json: bool, since: str | None
+) -> int:
+    """``durchwahl cdr`` of a cluster: the newest records of every node, from the shared store."""
+    import asyncio
+
+    import attrs
+
+    from routing.redis_shared import read_cluster_records
+    from routing.redis_store import connect, redacted
+
+    assert directory.cluster is not None
+    url = directory.cluster.store
+
+    async def read() -> list[tuple[str, CallRecord]]:
+        client = connect(url)
+        try:
+            return await read_cluster_records(client, since=start, limit=limit)
+        finally:
+            await client.aclose()
+
+    try:
+        found = asyncio.run(read())
+    except Exception as exc:  # the store unreachable, a wrong URL, the redis package missing
+        print(f"durchwahl: the cluster's records in {redacted(url)} cannot be read: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        for node, r in found:
+            row = attrs.asdict(r)
+            row["disposition"] = r.disposition.value
+            print(json.dumps({"node": node, **row}, ensure_ascii=False))
+        return 0
+    if not found:
+        print("no calls recorded in the cluster" + (f" since {since}" if since is not None else " yet"))
+        return 0
+    rows = _cdr_rows([r for _, r in found], directory)
+    rows = [
+        ["node", *rows[0]],
+        *([node or "-", *row] for (node, _), row in zip(found, rows[1:], strict=True)),
+    ]
+    for line in _table(rows, right=frozenset({7})):
+        print(line)
+    return 0
+
+
+def _cdr(config: str, limit: int, since: str | None, as_json: bool, node: str | None = None) -> int:
+    """Print the newest call records of the office's CDR file (read-only, beside a running server); of a
+    cluster (``[cluster]``), every node's from the shared store, or one ``node``'s own file."""
     import datetime
 
     import attrs
@@ -328,7 +406,9 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool) -> int:
                 file=sys.stderr,
             )
             return 2
-    state_dir = directory.server.state_dir
+    if directory.cluster is not None and node is None:
+        return _cluster_cdr(directory, start, limit, as_json, since)
+    state_dir = directory.server.state_dir / (node or "")
     path = state_dir / "cdr.sqlite3"
     if not path.is_file():
         if (state_dir / "secret").is_file():  # written by every server start: the state_dir is in use
@@ -407,8 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         default="asyncio",
         help="the event loop: uvloop (pip install 'durchwahl[speed]') costs less CPU per call",
     )
+    serve.add_argument("--node", metavar="NAME", help=NODE_HELP + "; its state goes to state_dir/NAME")
     status = commands.add_parser("status", help="registrations, active calls and trunks of a running server")
     status.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    status.add_argument("--node", metavar="NAME", help=NODE_HELP)
     originate = commands.add_parser(
         "originate", help="click-to-call: ring EXTENSION, then call NUMBER (or a CRM contact)"
     )
@@ -420,12 +502,19 @@ def main(argv: list[str] | None = None) -> int:
         "--contact", metavar="NAME", help="a CRM contact by name: its number and stored post-dial digits"
     )
     originate.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    originate.add_argument("--node", metavar="NAME", help=NODE_HELP)
     unblock = commands.add_parser(
         "unblock", help="lift the block of a source after failed logins (status lists the blocks)"
     )
     unblock.add_argument("source", help="the blocked address (an IPv6 source: any address of its /64)")
     unblock.add_argument("--user", help="lift only this user's block from that source")
     unblock.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    unblock.add_argument("--node", metavar="NAME", help=NODE_HELP)
+    drain = commands.add_parser(
+        "drain", help="refuse new calls, let the calls in progress finish, then exit (a cluster's node)"
+    )
+    drain.add_argument("--config", default=DEFAULT_CONFIG, help=RUNNING_CONFIG_HELP)
+    drain.add_argument("--node", metavar="NAME", help=NODE_HELP)
     cdr = commands.add_parser("cdr", help="the newest call records (CDRs) of the office, from state_dir")
     cdr.add_argument(
         "--config", default=DEFAULT_CONFIG, help="the office's directory file (default: %(default)s)"
@@ -435,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "--since", metavar="DATE", help="only calls started at or after DATE (YYYY-MM-DD[THH:MM])"
     )
     cdr.add_argument("--json", action="store_true", help="one JSON object a line, every field")
+    cdr.add_argument("--node", metavar="NAME", help="a cluster's node: its own CDR file, not the cluster's")
     check = commands.add_parser("check-config", help="validate a directory (office) TOML file")
     check.add_argument("file")
     demo = commands.add_parser(
@@ -466,15 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "parse":
         return _parse(args.files)
     if args.command == "serve":
-        return _serve(args.config, args.listen, args.verbose, args.log_format, args.loop)
+        return _serve(args.config, args.listen, args.verbose, args.log_format, args.loop, args.node)
     if args.command == "status":
-        return _status(args.config)
+        return _status(args.config, args.node)
     if args.command == "originate":
-        return _originate(args.config, args.extension, args.number, args.contact)
+        return _originate(args.config, args.extension, args.number, args.contact, args.node)
     if args.command == "unblock":
-        return _unblock(args.config, args.source, args.user)
+        return _unblock(args.config, args.source, args.user, args.node)
+    if args.command == "drain":
+        return _drain(args.config, args.node)
     if args.command == "cdr":
-        return _cdr(args.config, args.limit, args.since, args.json)
+        return _cdr(args.config, args.limit, args.since, args.json, args.node)
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "demo":

@@ -80,6 +80,7 @@ async def _status(server: Server, _: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "listening": [f"{t.lower()}:{h}:{p}" for t, h, p in server.addresses],
+        "health": server.health() or "ok",
         "registrations": registrations,
         "active_calls": len(calls),
         "calls": calls,
@@ -126,6 +127,8 @@ async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
     extension, number, contact = message.get("extension"), message.get("number"), message.get("contact")
     if not isinstance(extension, str) or not (isinstance(number, str) ^ isinstance(contact, str)):
         raise Refused(400, 'originate needs "extension" and either "number" or "contact" (strings)')
+    if server.draining:
+        raise Refused(503, "this node is draining: it places no new calls")
     start: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
 
     def report(status: int, reason: str) -> None:
@@ -160,7 +163,18 @@ async def _originate(server: Server, message: dict[str, Any]) -> dict[str, Any]:
     return {"started": True, "extension": extension, "number": number, "contact": contact}
 
 
-COMMANDS: dict[str, Command] = {"status": _status, "originate": _originate, "unblock": _unblock}
+async def _drain(server: Server, _: dict[str, Any]) -> dict[str, Any]:
+    """Refuse new calls, let the calls in progress finish; ``durchwahl serve`` exits once none is left."""
+    calls = server.drain()
+    return {"draining": True, "calls": calls}
+
+
+COMMANDS: dict[str, Command] = {
+    "status": _status,
+    "originate": _originate,
+    "unblock": _unblock,
+    "drain": _drain,
+}
 
 
 class ControlChannel:

@@ -19,6 +19,7 @@ from media.sdes import SrtpPolicy
 from sipcore.auth import DigestSecret
 from sipcore.limits import DEFAULT_LIMITS, Limits
 
+from .cluster import ClusterConfig
 from .dialstring import (
     NumberingPlan,
 )
@@ -258,6 +259,8 @@ class Directory:
     trunks: tuple[Trunk, ...] = ()
     numbers: tuple[Number, ...] = ()
     crm: tuple[CrmContact, ...] = ()
+    #: ``[cluster]``: the shared store and the edge proxies (None: one node on its own, SQLite).
+    cluster: ClusterConfig | None = None
     source: Path | None = None
     #: What :func:`load_directory` found legal but probably not meant (a trunk network that takes in the
     #: whole Internet …); the server logs them at start and on reload, ``check-config`` prints them.

@@ -29,6 +29,7 @@ from sipcore.auth import ALGORITHMS
 from sipcore.limits import DEFAULT_LIMITS
 
 from . import directory_transport as transport_keys
+from .cluster import CLUSTER_KEYS, read_cluster
 from .config_check import MISSING, Checker, Locator, Missing, hint, tables_of
 from .dialstring import (
     NumberingPlan,
@@ -118,6 +119,7 @@ _TABLES: Final = {
     },
     "number": {"number", "trunk", "extension_processing", "greeting", "music", "default"},
     "crm": {"name", "number"},
+    "cluster": CLUSTER_KEYS,
 }
 _SIP_USER_RE: Final = re.compile(r"[A-Za-z0-9._~+-]{1,64}")
 _HEX32_RE: Final = re.compile(r"[0-9a-fA-F]{32}")
@@ -153,8 +155,9 @@ class _Loader:
                 hint = difflib.get_close_matches(key, sorted(_TABLES), n=1)
                 suffix = f" (did you mean [{hint[0]}] / [[{hint[0]}]]?)" if hint else ""
                 self.c.report(key, None, None, f"unknown table{suffix}")
-        raw = {name: tables_of(self.doc, name, self.c) for name in _TABLES if name != "server"}
+        raw = {n: tables_of(self.doc, n, self.c) for n in _TABLES if n not in ("server", "cluster")}
         server = self.server()
+        cluster = read_cluster(self.c, self.doc["cluster"]) if "cluster" in self.doc else None
         self.algorithms = server.auth_algorithms if server is not None else ()
         self.numbering = server.numbering if server is not None else DEFAULT_NUMBERING
         self.emergency = server.emergency if server is not None else ()
@@ -174,6 +177,7 @@ class _Loader:
             trunks=tuple(t for _, t in trunks),
             numbers=tuple(n for _, n in numbers),
             crm=tuple(x for _, x in crm),
+            cluster=cluster,
             source=self.path,
             warnings=tuple(sorted(self.c.warnings, key=lambda p: p.line)),
         )
@@ -686,21 +690,15 @@ def _built(
 
 
 def _crm_key(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(parse_external_number(value))
-    except ValueError:
-        return None
+    with contextlib.suppress(ValueError):
+        return str(parse_external_number(value)) if isinstance(value, str) else None
+    return None
 
 
 def _e164_or_none(value: object) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return parse_external_number(value, allow_post_dial=False).e164
-    except ValueError:
-        return None
+    with contextlib.suppress(ValueError):
+        return parse_external_number(value, allow_post_dial=False).e164 if isinstance(value, str) else None
+    return None
 
 
 # ----------------------------------------------------------------------------------------- loading

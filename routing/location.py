@@ -9,6 +9,7 @@ Two stores implement :class:`LocationStore`:
   and orders the writes as they were issued. WAL journal with ``synchronous=NORMAL``: a power cut may lose
   the last few registrations (phones re-register anyway) but never corrupts the file.
 * :class:`InMemoryLocationStore`, for tests and for embedding without a disk.
+* ``routing.redis_store.RedisLocationStore``, for several nodes sharing their bindings (``[cluster]``).
 
 The schema carries a version (``PRAGMA user_version``); a file written by a newer durchwahl is refused with
 a message saying so, never silently rewritten. TCP connection ids are meaningless after a restart (the
@@ -22,10 +23,11 @@ in one transaction.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -41,11 +43,13 @@ __all__ = [
     "LocationStore",
     "LocationStoreError",
     "SqliteLocationStore",
+    "binding_from_json",
+    "binding_to_json",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _T = TypeVar("_T")
 
@@ -142,6 +146,7 @@ CREATE TABLE IF NOT EXISTS binding (
     instance_id    TEXT,
     reg_id         INTEGER,
     user_agent     TEXT,
+    path           TEXT,
     PRIMARY KEY (aor, position)
 );
 CREATE INDEX IF NOT EXISTS binding_expires_at ON binding (expires_at);
@@ -149,9 +154,11 @@ CREATE INDEX IF NOT EXISTS binding_expires_at ON binding (expires_at);
 
 _COLUMNS: Final = (
     "aor, position, contact, expires_at, call_id, cseq, registered_at, q, transport, local_host, local_port, "
-    "remote_host, remote_port, connection_id, instance_id, reg_id, user_agent"
+    "remote_host, remote_port, connection_id, instance_id, reg_id, user_agent, path"
 )
-_INSERT: Final = f"INSERT INTO binding ({_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_INSERT: Final = f"INSERT INTO binding ({_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+#: Version 1 had no Path (RFC 3327) column.
+_UPGRADES: Final = {1: "ALTER TABLE binding ADD COLUMN path TEXT"}
 _SELECT: Final = f"SELECT {_COLUMNS} FROM binding"
 
 
@@ -175,12 +182,13 @@ def _row(binding: Binding, position: int) -> tuple[Any, ...]:
         binding.instance_id,
         binding.reg_id,
         binding.user_agent,
+        json.dumps(binding.path) if binding.path else None,
     )
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
     (aor, _, contact, expires_at, call_id, cseq, registered_at, q) = row[:8]
-    (transport, lhost, lport, rhost, rport, conn, instance_id, reg_id, user_agent) = row[8:]
+    (transport, lhost, lport, rhost, rport, conn, instance_id, reg_id, user_agent, path) = row[8:]
     flow = None
     if transport is not None:
         flow = BindingFlow(transport, (lhost, lport), (rhost, rport), conn)
@@ -196,7 +204,58 @@ def _binding(row: tuple[Any, ...]) -> Binding:
         instance_id=instance_id,
         reg_id=reg_id,
         user_agent=user_agent,
+        path=tuple(json.loads(path)) if path else (),
     )
+
+
+def binding_to_json(binding: Binding) -> dict[str, Any]:
+    """A binding as a JSON object (a shared store keeps bindings so); :func:`binding_from_json` reads it."""
+    flow = binding.flow
+    return {
+        "aor": binding.aor,
+        "contact": binding.contact,
+        "expires_at": binding.expires_at,
+        "call_id": binding.call_id,
+        "cseq": binding.cseq,
+        "registered_at": binding.registered_at,
+        "q": binding.q,
+        "flow": None
+        if flow is None
+        else [flow.transport, list(flow.local), list(flow.remote), flow.connection_id],
+        "instance_id": binding.instance_id,
+        "reg_id": binding.reg_id,
+        "user_agent": binding.user_agent,
+        "path": list(binding.path),
+    }
+
+
+def binding_from_json(data: Mapping[str, Any]) -> Binding:
+    """The binding :func:`binding_to_json` wrote. Raises ``LocationStoreError`` for anything else."""
+    try:
+        flow = data.get("flow")
+        return Binding(
+            aor=str(data["aor"]),
+            contact=str(data["contact"]),
+            expires_at=float(data["expires_at"]),
+            call_id=str(data["call_id"]),
+            cseq=int(data["cseq"]),
+            registered_at=float(data["registered_at"]),
+            q=None if data.get("q") is None else float(data["q"]),
+            flow=None
+            if flow is None
+            else BindingFlow(
+                str(flow[0]),
+                (str(flow[1][0]), int(flow[1][1])),
+                (str(flow[2][0]), int(flow[2][1])),
+                None if flow[3] is None else int(flow[3]),
+            ),
+            instance_id=data.get("instance_id"),
+            reg_id=None if data.get("reg_id") is None else int(data["reg_id"]),
+            user_agent=data.get("user_agent"),
+            path=tuple(str(p) for p in data.get("path") or ()),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise LocationStoreError(f"a stored binding is not readable ({exc!r}): {data!r:.200}") from exc
 
 
 class SqliteLocationStore:
@@ -242,7 +301,9 @@ class SqliteLocationStore:
             self._executor = executor
 
     def _open_sync(self, now: float) -> sqlite3.Connection:
-        db = open_versioned(self.path, _SCHEMA, SCHEMA_VERSION, "location store", LocationStoreError)
+        db = open_versioned(
+            self.path, _SCHEMA, SCHEMA_VERSION, "location store", LocationStoreError, _UPGRADES
+        )
         try:
             with db:
                 db.execute("BEGIN")

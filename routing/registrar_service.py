@@ -26,6 +26,11 @@ What :meth:`RegistrarService.handle` does, in §10.3's order:
 5-8. :func:`~sipcore.registrar.process_register` on the stored bindings, under a per-AOR lock so that two
    REGISTERs for one AOR never interleave their read and write; a failed store write answers 500.
 
+Behind an edge proxy (``[cluster] edges``, RFC 3327): a REGISTER from an edge carries the edge's Path; each
+binding keeps it, and :meth:`RegistrarService.reach` gives the Path as the route set and the flow to its
+first hop, so the node reaches the phone through the edge that holds its NAT flow — whichever node the
+REGISTER reached. A Path from anywhere else is ignored (a phone must not choose where a node sends).
+
 NAT: each binding remembers the flow its REGISTER came on (transport, listener, source address and port as
 seen here, TCP connection), and :meth:`RegistrarService.flow_for` gives the flow to reach the phone by,
 whatever private address its Contact claims. Registered TCP connections stay open because the transport never
@@ -61,15 +66,16 @@ from sipcore.registrar import (
     process_register,
 )
 from sipcore.transport import Flow, TransportError, TransportName
-from sipcore.uri import SipUri
+from sipcore.uri import NameAddr, SipUri, parse_name_addr
 
 from .authenticator import Authenticator, Unverified
 from .challenge_watch import ChallengeWatch, Unanswered
+from .cluster import EdgeAddress, from_edge
 from .directory import Directory
 from .location import LocationStore, LocationStoreError
 from .security import FailureGuard
 
-__all__ = ["RegistrarService"]
+__all__ = ["Device", "RegistrarService"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,17 @@ def _via(flow: BindingFlow | None) -> str:
         return "an unknown flow"
     host, port = flow.remote
     return f"{flow.transport} [{host}]:{port}" if ":" in host else f"{flow.transport} {host}:{port}"
+
+
+@attrs.frozen
+class Device:
+    """Where a registered device is reached: its contact URI, the flow to send on and the route set (the
+    binding's Path: the flow then leads to its first hop, the edge)."""
+
+    uri: SipUri
+    flow: Flow
+    route: tuple[NameAddr, ...] = ()
+    binding: Binding | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -165,6 +182,8 @@ class RegistrarService:
         #: Called with every ``Registered`` / ``Unregistered`` (the server turns them into pyee events).
         self.on_event: Callable[[RegistrationEvent], None] | None = None
         self.directory = directory
+        #: The edge proxies whose Path this registrar stores (``[cluster] edges``).
+        self.edges: tuple[EdgeAddress, ...] = directory.cluster.edges if directory.cluster else ()
 
     @property
     def guard(self) -> FailureGuard:
@@ -187,6 +206,7 @@ class RegistrarService:
     def update_directory(self, directory: Directory) -> None:
         """Use a reloaded directory; bindings stay (see ``Authenticator.update_directory``)."""
         self.directory = directory
+        self.edges = directory.cluster.edges if directory.cluster else ()
         self.authenticator.update_directory(directory)
 
     # ---------------------------------------------------------------------------------------- REGISTER
@@ -238,6 +258,7 @@ class RegistrarService:
             incoming.send(outcome.response)
 
     async def _register(self, incoming: IncomingRequest, aor: str, now: float) -> RegisterOutcome | None:
+        path = incoming.request.values("path") if from_edge(self.edges, incoming.flow.remote) else ()
         try:
             current = await self.store.get(aor)
             outcome = process_register(
@@ -248,6 +269,7 @@ class RegistrarService:
                 config=self.config,
                 flow=incoming.flow,
                 to_tag=incoming.to_tag,
+                path=path,
             )
             if outcome.changed and outcome.accepted:
                 await self.store.replace(aor, outcome.bindings)
@@ -354,7 +376,11 @@ class RegistrarService:
         Bindings that did not answer the last OPTIONS ping (:meth:`ping`) are left out unless asked for.
         """
         aor = f"sip:{sip_user}@{self.directory.server.domain}"
-        bindings = await self.store.get(aor, now=self._clock())
+        try:
+            bindings = await self.store.get(aor, now=self._clock())
+        except LocationStoreError as exc:  # a shared store gone: the call finds nobody, the node stays up
+            log.error("looking up %s: %s", aor, exc)
+            return []
         if not include_unreachable:
             bindings = tuple(b for b in bindings if (b.aor, b.contact) not in self.unreachable)
         return by_preference(bindings)
@@ -370,22 +396,65 @@ class RegistrarService:
         )
         return Flow(transport, flow.local, flow.remote, flow.connection_id)
 
-    async def ping(self, endpoint: Endpoint, *, timeout: float = 5.0, concurrency: int = 20) -> int:
-        """Send OPTIONS to every live binding through its flow; mark those that do not answer in ``timeout``.
+    def reach(self, binding: Binding, endpoint: Endpoint) -> Device | None:
+        """How this node reaches a binding's device (None: it cannot).
 
-        Any response counts as an answer (a 404 or 405 still proves the phone is there). Returns how many
-        bindings are unreachable now.
+        With a Path, through the Path's first hop (an edge: the flow goes there, the Path becomes the route
+        set), wherever the REGISTER arrived. Without one, on the flow its REGISTER came on (the transport
+        sends from a listener of its own when the binding names another node's).
+        """
+        if binding.path:
+            route = tuple(parse_name_addr(value) for value in binding.path)
+            first = route[0].uri
+            if not isinstance(first, SipUri) or not _is_ip_literal(first.host):
+                return None
+            transport = (first.param("transport") or "udp").upper()
+            port = first.port or (5061 if first.scheme == "sips" else 5060)
+            if self.edges and not from_edge(self.edges, (first.host.strip("[]"), port)):
+                log.warning("binding %s: its Path leads to %s, not an edge; not used", binding.contact, first)
+                return None
+            try:
+                flow = endpoint.flow_to(first.host.strip("[]"), port, transport)
+            except (OSError, TransportError, LookupError):
+                return None
+            return Device(binding.uri, flow, route, binding)
+        direct = self.flow_for(binding)
+        return None if direct is None else Device(binding.uri, direct, (), binding)
+
+    async def ping(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout: float = 5.0,
+        concurrency: int = 20,
+        own: Callable[[], Iterable[tuple[str, int]]] | None = None,
+    ) -> int:
+        """Send OPTIONS to every live binding the way a call would reach it (its Path, else its flow); mark
+        those that do not answer in ``timeout``.
+
+        Any response counts as an answer (a 404 or 405 still proves the phone is there). ``own``: this node's
+        listening addresses, when several nodes share the store: only the bindings whose REGISTER reached
+        one of them are pinged here (each binding by one node). Returns how many are unreachable now.
         """
         bindings = await self.store.all(now=self._clock())
+        if own is not None:
+            mine = set(own())
+            bindings = tuple(b for b in bindings if b.flow is None or tuple(b.flow.local) in mine)
         domain = self.directory.server.domain
         limit = asyncio.Semaphore(concurrency)
 
         async def one(binding: Binding) -> tuple[Binding, bool]:
-            flow = self.flow_for(binding)
-            if flow is None:
+            device = self.reach(binding, endpoint)
+            if device is None:
                 return binding, True  # nothing known to ping through; leave it alone
+            flow = device.flow
             request = endpoint.make_request(
-                "OPTIONS", binding.uri, flow, from_=f"<sip:registrar@{domain}>", to=f"<{binding.uri}>"
+                "OPTIONS",
+                binding.uri,
+                flow,
+                from_=f"<sip:registrar@{domain}>",
+                to=f"<{binding.uri}>",
+                headers=[("Route", str(hop)) for hop in device.route],
             )
             async with limit:
                 try:
@@ -411,12 +480,18 @@ class RegistrarService:
                 self.unreachable.add(key)
         return len(self.unreachable)
 
-    async def run_pinger(self, endpoint: Endpoint, interval: float = 30.0, timeout: float = 5.0) -> None:
+    async def run_pinger(
+        self,
+        endpoint: Endpoint,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+        own: Callable[[], Iterable[tuple[str, int]]] | None = None,
+    ) -> None:
         """Ping registered contacts every ``interval`` seconds until cancelled (a task of the server's)."""
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.ping(endpoint, timeout=timeout)
+                await self.ping(endpoint, timeout=timeout, own=own)
             except LocationStoreError:
                 log.exception("pinging registered contacts failed; retrying in %.0f s", interval)
 

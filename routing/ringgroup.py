@@ -20,12 +20,13 @@ fallback. The state is a small frozen value, returned updated with the plan; the
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
 
 import attrs
 
 from .directory import Destination, Group, Strategy
 
-__all__ = ["RingGroupState", "RingPlan", "RingStep", "plan_ring_group"]
+__all__ = ["RingGroupState", "RingPlan", "RingStep", "SharedRingState", "plan_ring_group"]
 
 
 @attrs.frozen
@@ -75,6 +76,13 @@ class RingGroupState:
     @classmethod
     def from_mapping(cls, data: Mapping[str, str]) -> RingGroupState:
         return cls(data)
+
+
+class SharedRingState(Protocol):
+    """The ``evenly`` state kept for several nodes (a cluster's Redis): :func:`plan_ring_group` applied to
+    the shared state, which is advanced with the plan, atomically."""
+
+    async def plan(self, group: Group, reachable: Collection[str]) -> RingPlan: ...
 
 
 def plan_ring_group(

@@ -42,6 +42,12 @@ Decisions, each with the reason:
 * **Unauthenticated requests** are limited per source (:meth:`FailureGuard.may_challenge`, a token bucket of
   ``challenge_rate`` per second and ``challenge_burst``): each is answered with a stateless challenge, and one
   source cannot make the server reflect an unbounded stream of them at a spoofed address.
+* **Several nodes, one guard.** Every change of state is also told to :attr:`FailureGuard.replica` as a
+  :class:`GuardEvent` (a failure, a throttled check made, an attempt refused unchecked, a success that
+  cleared failures, an administrator's unblock). A cluster publishes them to the other nodes, which
+  :meth:`FailureGuard.apply` them: every node then runs the same machine on the same events, so an attacker
+  spreading guesses over N nodes is counted, throttled and blocked as by one. Normal traffic (right
+  credentials, no failures) makes no event at all.
 * **Bounded memory.** At most ``max_sources`` entries in each table (failure records, sources, blocks,
   challenge buckets); the least recently used goes first, blocks in their own table so that a flood of new
   sources cannot evict them by crowding the others.
@@ -56,7 +62,7 @@ import enum
 import functools
 import ipaddress
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -68,6 +74,7 @@ __all__ = [
     "Admission",
     "Block",
     "FailureGuard",
+    "GuardEvent",
     "GuardPolicy",
     "SourceStatus",
     "broad_network_warning",
@@ -111,6 +118,36 @@ class Admission(enum.Enum):
     CHECK = "check"  #: verify them
     SKIP = "throttled"  #: throttled: answer with a fresh challenge without verifying
     BLOCKED = "blocked"  #: blocked: the same answer as SKIP
+
+
+@attrs.frozen
+class GuardEvent:
+    """A change of a guard's state, to replay on another node's guard (:meth:`FailureGuard.apply`).
+
+    ``kind``: ``failed``, ``checked`` (a throttled pair's check slot used), ``unchecked`` (an attempt refused
+    unchecked), ``succeeded``, ``unblock``; ``source`` is the source key; ``user`` None only for an unblock of
+    a whole source."""
+
+    kind: str
+    source: str
+    user: str | None
+    now: float
+
+    def to_list(self) -> list[Any]:
+        return [self.kind, self.source, self.user, self.now]
+
+    @classmethod
+    def from_list(cls, data: Any) -> GuardEvent:
+        """Raises ValueError for anything :meth:`to_list` did not write."""
+        if not isinstance(data, list) or len(data) != 4 or data[0] not in GUARD_EVENT_KINDS:
+            raise ValueError(f"not a guard event: {data!r:.100}")
+        kind, source, user, now = data
+        if not isinstance(source, str) or not (user is None or isinstance(user, str)):
+            raise ValueError(f"not a guard event: {data!r:.100}")
+        return cls(kind, source, user, float(now))
+
+
+GUARD_EVENT_KINDS: Final = frozenset({"failed", "checked", "unchecked", "succeeded", "unblock"})
 
 
 @attrs.frozen
@@ -193,6 +230,32 @@ class FailureGuard:
         self._blocks: OrderedDict[tuple[str, str | None], tuple[float, str]] = OrderedDict()
         #: source -> (tokens, when they were counted)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: Told every change of state (a cluster publishes them to its other nodes; see GuardEvent).
+        self.replica: Callable[[GuardEvent], None] | None = None
+
+    def _tell(self, kind: str, key: str, user: str | None, now: float) -> None:
+        if self.replica is not None:
+            self.replica(GuardEvent(kind, key, user, now))
+
+    def apply(self, event: GuardEvent) -> None:
+        """Replay a change another node's guard made (not told to :attr:`replica` again)."""
+        replica, self.replica = self.replica, None
+        try:
+            if event.kind == "failed":
+                self.failed(event.source, event.now, event.user or "")
+            elif event.kind == "succeeded":
+                self.succeeded(event.source, event.now, event.user or "")
+            elif event.kind == "unblock":
+                self.unblock(event.source, event.user)
+            elif event.kind == "checked":
+                pair = self._pair(event.source, event.user or "", event.now)
+                if pair is not None:
+                    until = event.now + self.policy.throttle_interval
+                    pair.next_check_at = max(pair.next_check_at, until)
+            elif event.kind == "unchecked":
+                self._count_unchecked(event.source, event.now)
+        finally:
+            self.replica = replica
 
     def _key(self, source: str | IpAddress) -> str:
         return source_key(source, self.policy.ipv6_prefix)
@@ -264,15 +327,24 @@ class FailureGuard:
                 return Admission.CHECK
             if now >= record.next_check_at:
                 record.next_check_at = now + self.policy.throttle_interval
+                self._tell("checked", key, user, now)
                 return Admission.CHECK
             admission = Admission.SKIP
-        if self._block_of(key, None, now) is None:
-            counted = self._source(key, now, create=True)
-            assert counted is not None
-            counted.unchecked.append(now)
-            if len(counted.unchecked) > self.policy.source_attempts:
-                self._block(key, None, now, "too many attempts")
+        if self._count_unchecked(key, now):
+            self._tell("unchecked", key, user, now)
         return admission
+
+    def _count_unchecked(self, key: str, now: float) -> bool:
+        """An attempt from ``key`` refused unchecked counts toward its ``source_attempts`` (False: the whole
+        source is blocked already)."""
+        if self._block_of(key, None, now) is not None:
+            return False
+        counted = self._source(key, now, create=True)
+        assert counted is not None
+        counted.unchecked.append(now)
+        if len(counted.unchecked) > self.policy.source_attempts:
+            self._block(key, None, now, "too many attempts")
+        return True
 
     def status(self, source: str | IpAddress, now: float, user: str | None = None) -> SourceStatus:
         """The pair's state (``user`` given) or the whole source's (failures of every user summed)."""
@@ -323,6 +395,7 @@ class FailureGuard:
         blocked = self._block_of(key, user, now)
         if blocked is not None:
             return SourceStatus(key, policy.block_after, True, blocked[0], user)
+        self._tell("failed", key, user, now)
         pair = self._pair(key, user, now)
         if pair is None:
             pair = _Pair()
@@ -350,15 +423,19 @@ class FailureGuard:
     def succeeded(self, source: str | IpAddress, now: float, user: str = "") -> None:
         """Credentials for ``user`` from ``source`` were right: forget that pair's failures."""
         key = self._key(source)
-        self._pairs.pop((key, user), None)
+        cleared = self._pairs.pop((key, user), None) is not None
         record = self._source(key, now)
         if record is not None and any(u == user for _, u in record.failures):
             record.failures = deque(f for f in record.failures if f[1] != user)
+            cleared = True
+        if cleared:
+            self._tell("succeeded", key, user, now)
 
     def unblock(self, source: str | IpAddress, user: str | None = None) -> bool:
         """Lift blocks and forget failures (an administrator's action): of ``user`` from ``source``, or
         (``user`` None) everything of the source. True if there was anything to lift or forget."""
         key = self._key(source)
+        self._tell("unblock", key, user, 0.0)
         if user is not None:
             found = self._blocks.pop((key, user), None) is not None
             found = self._pairs.pop((key, user), None) is not None or found

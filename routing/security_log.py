@@ -6,6 +6,8 @@ IPv4 or IPv6 address as the socket saw it, an IPv4-mapped IPv6 address as IPv4),
 per event. The source comes first, before anything a client chose (a user name, a number): a filter anchored
 on the event name reads the address there and nowhere else, so no user name can make it ban somebody else.
 A value that is not plain (letters, digits, ``. _ - + @ :``) is written JSON-quoted, so it stays on its line.
+Behind an edge proxy (:class:`Relayed`) the source and port are the phone's as the edge reported them, and
+``edge=`` follows ``transport=``.
 
 ========================  =======  ==========================================================================
 event                     level    when
@@ -30,6 +32,7 @@ correct registration. :class:`SecurityLog` also counts its events (for the metri
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import ipaddress
 import json
@@ -38,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final, Protocol
 
-__all__ = ["SECURITY_LOGGER", "SecurityEvent", "SecurityLog", "log_value"]
+__all__ = ["SECURITY_LOGGER", "Relayed", "SecurityEvent", "SecurityLog", "log_value"]
 
 #: The logger every security line goes to (its own handler: ``[server] security_log``).
 SECURITY_LOGGER: Final = "routing.security"
@@ -64,6 +67,16 @@ class _Flow(Protocol):
 
     @property
     def remote(self) -> tuple[str, int]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Relayed:
+    """A request's flow behind an edge proxy as its lines report it: the phone's address and port as the
+    edge reported them (``source=``, ``port=``: what a ban rule needs), then ``edge=`` the edge's."""
+
+    transport: str
+    remote: tuple[str, int]
+    edge: tuple[str, int]
 
 
 def log_value(text: str) -> str:
@@ -124,7 +137,11 @@ class SecurityLog:
 
     @staticmethod
     def _flow_fields(flow: _Flow, method: str) -> list[tuple[str, str]]:
-        return [("port", str(flow.remote[1])), ("transport", flow.transport), ("method", log_value(method))]
+        fields = [("port", str(flow.remote[1])), ("transport", flow.transport)]
+        if isinstance(flow, Relayed):
+            host, port = flow.edge
+            fields.append(("edge", log_value(f"{host}:{port}")))
+        return [*fields, ("method", log_value(method))]
 
     # ------------------------------------------------------------------------------------- digest
 

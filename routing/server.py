@@ -6,7 +6,13 @@ Events (pyee, on ``server.events``): ``started`` (listen addresses), ``registere
 ``routing.registrar_service.Registered``), ``unregistered`` (an ``Unregistered``), ``call_started``,
 ``ringing``, ``answered``, ``digit``, ``transferred`` (``routing.events``), ``call_ended`` (the call's
 ``routing.cdr.CallRecord``, as written to the CDR store), ``reloaded`` (the new Directory),
-``reload_failed`` (the ConfigError; the old directory stays in force), ``stopped``, and ``error``.
+``reload_failed`` (the ConfigError; the old directory stays in force), ``draining``, ``drained``,
+``stopped``, and ``error``.
+
+Health: :meth:`Server.health` is None while the node takes new work, else the reason it does not; an
+OPTIONS outside a dialog (an edge proxy's probe) is answered 200, or 503 with the reason and Retry-After.
+Draining (:meth:`Server.drain`, ``durchwahl drain``, SIGUSR1) is one reason; what else may make a node
+refuse new work (overload) is added with :meth:`Server.add_health_check`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 from pyee.asyncio import AsyncIOEventEmitter
 
 from sipcore import Endpoint, Flow, IncomingRequest
@@ -42,6 +49,8 @@ from .errors import ConfigError
 from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore
 from .monitoring import Monitor
+from .redis_shared import CdrStream, GuardStream, RedisRingState
+from .redis_store import RedisLocationStore, connect, shared_secret
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
 from .resolver import Resolver, ResolverConfig, ResolverHook
 from .tls_setup import configure_tls
@@ -54,6 +63,9 @@ log = logging.getLogger(__name__)
 #: What the server answers itself; everything else gets 405 with this Allow list.
 #: How often old CDR rows are pruned (``[server] cdr_retention_days``).
 CDR_PRUNE_SECONDS = 86400.0
+
+#: What a node that takes no new work says in Retry-After (seconds).
+RETRY_AFTER_SECONDS: Final = 30
 
 SERVER_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "INFO", "REGISTER", "UPDATE", "REFER")
 
@@ -154,16 +166,18 @@ class _Announcing:
         self._server = server
 
     def write(self, record: CallRecord) -> None:
-        self._server.cdr.write(record)
+        sink = self._server.cdr_stream or self._server.cdr
+        sink.write(record)
         self._server.events.emit("call_ended", record)
 
 
 class Server:
     """durchwahl as one object: ``async with Server("office.toml") as server: ...``.
 
-    ``store`` replaces the SQLite location store (for tests or a shared store); ``resolver_hook`` is an
+    ``store`` replaces the location store (SQLite, or Redis with ``[cluster]``); ``resolver_hook`` is an
     async callable consulted before the built-in routing policy (e.g. route known CRM callers to their
-    employee); ``calls`` replaces the B2BUA's INVITE handling altogether.
+    employee); ``calls`` replaces the B2BUA's INVITE handling altogether. ``node`` names this node of a
+    cluster: its state (control socket, CDRs, nonce key outside a cluster) goes to ``state_dir/NODE``.
     """
 
     def __init__(
@@ -176,8 +190,10 @@ class Server:
         resolver_hook: ResolverHook | None = None,
         resolver_config: ResolverConfig | None = None,
         control: bool = True,
+        node: str | None = None,
     ) -> None:
-        self.directory = config if isinstance(config, Directory) else load_directory(config)
+        self.node = node
+        self.directory = self._localize(config if isinstance(config, Directory) else load_directory(config))
         _log_warnings(self.directory)
         self.events = AsyncIOEventEmitter()
         self.events.on("error", self._log_error)
@@ -191,6 +207,12 @@ class Server:
         )
         configure_tls(self.endpoint.tls, self.directory)
         state_dir = self.directory.server.state_dir
+        cluster = self.directory.cluster
+        #: The cluster's Redis client (None: one node on its own).
+        self.shared: Any = None
+        if store is None and cluster is not None:
+            self.shared = connect(cluster.store)
+            store = RedisLocationStore(self.shared, cluster.store, owns_client=False)
         self.store = store if store is not None else SqliteLocationStore(state_dir / "location.sqlite3")
         self.registrar = RegistrarService(self.directory, self.store, secret=load_secret(state_dir))
         self.registrar.on_event = self._registration_event
@@ -210,6 +232,13 @@ class Server:
         )
         self.b2bua.watch = watch_policy(self.directory)
         self.b2bua.on_event = self._call_fact
+        #: A cluster's shares: the guard's events, the ``evenly`` state, the calls of every node.
+        self.guard_stream: GuardStream | None = None
+        self.cdr_stream: CdrStream | None = None
+        if self.shared is not None and cluster is not None:
+            self.guard_stream = GuardStream(self.shared, cluster.store, self.registrar.guard)
+            self.b2bua.services.shared_ring = RedisRingState(self.shared, cluster.store)
+            self.cdr_stream = CdrStream(self.shared, cluster.store, self.cdr, node=cluster.node)
         if self.calls is None:
             self.calls = self.b2bua.handle
         self.endpoint.screen = self._screen
@@ -223,6 +252,14 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The security log's target and the metrics endpoint (``[server] security_log``, ``metrics_listen``).
         self.monitor = Monitor(self)
+        #: Set by :meth:`drain`: new calls are refused (503), the node's own calls finish.
+        self.draining = False
+        #: Set once a draining node has no call left (``durchwahl serve`` then exits).
+        self.drained = asyncio.Event()
+        self._health_checks: list[Callable[[], str | None]] = []
+
+    def _own_addresses(self) -> list[tuple[str, int]]:
+        return [(host, port) for _, host, port in self.addresses]
 
     def _call_uses(self, flow: Flow) -> bool:
         """Whether a live call runs over ``flow``'s TCP connection (it is then not closed for idleness)."""
@@ -245,8 +282,26 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _localize(self, directory: Directory) -> Directory:
+        """The directory as this node uses it: with ``node``, its own state folder and name."""
+        if self.node is None:
+            return directory
+        server = attrs.evolve(directory.server, state_dir=directory.server.state_dir / self.node)
+        cluster = attrs.evolve(directory.cluster, node=self.node) if directory.cluster else None
+        return attrs.evolve(directory, server=server, cluster=cluster)
+
     async def start(self) -> None:
         await self.monitor.start()  # before the SIP listeners: a metrics address in use stops the start
+        cluster = self.directory.cluster
+        try:
+            if self.shared is not None and cluster is not None:
+                # Any node verifies the answer to a challenge another node sent (a node failing over mid-way).
+                self.registrar.authenticator.use_secret(await shared_secret(self.shared, cluster.store))
+            if self.guard_stream is not None:
+                await self.guard_stream.start()
+        except BaseException:
+            await self.monitor.stop()
+            raise
         specs = self._listen_override or tuple(str(spec) for spec in self.directory.server.listen)
         for spec in specs:
             try:
@@ -268,8 +323,11 @@ class Server:
                 self.control = None
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
         self._spawn(self.registrar.run_watch(), "unanswered challenges")
-        self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0), "contact pinger")
+        own = self._own_addresses if self.shared is not None else None  # a cluster: each node its own
+        self._spawn(self.registrar.run_pinger(self.endpoint, 30.0, 5.0, own), "contact pinger")
         self._spawn(self._prune_cdrs(CDR_PRUNE_SECONDS), "CDR retention")
+        if self.guard_stream is not None:
+            self._spawn(self.guard_stream.run(), "guard events of the cluster")
         for trunk in self.directory.trunks:
             if trunk.register:
                 registration = TrunkRegistration(self.endpoint, trunk)
@@ -319,6 +377,11 @@ class Server:
         self.ua.close()
         await self.endpoint.close()
         await self.store.close()
+        if self.cdr_stream is not None:
+            await self.cdr_stream.close()
+        if self.shared is not None:
+            with contextlib.suppress(Exception):
+                await self.shared.aclose()
         await self.cdr.close()
         await self.monitor.stop()
         self.events.emit("stopped")
@@ -329,7 +392,7 @@ class Server:
         if source is None:
             return False
         try:
-            directory = load_directory(source)
+            directory = self._localize(load_directory(source))
         except ConfigError as exc:
             log.error("reload of %s rejected, the old directory stays in force:\n%s", source, exc)
             self.events.emit("reload_failed", exc)
@@ -352,6 +415,51 @@ class Server:
         self.events.emit("reloaded", directory)
         return True
 
+    # ------------------------------------------------------------------------------- health and drain
+
+    def add_health_check(self, check: Callable[[], str | None]) -> None:
+        """``check()`` is asked on every health question (an edge's OPTIONS): None when the node may take
+        new work, else why not (``"overloaded"`` …). Keep it cheap: it runs per probe."""
+        self._health_checks.append(check)
+
+    def health(self) -> str | None:
+        """None when this node takes new calls, else the reason it does not (draining, or a check's)."""
+        if self.draining:
+            return "draining"
+        for check in self._health_checks:
+            reason = check()
+            if reason:
+                return reason
+        return None
+
+    def drain(self) -> int:
+        """Refuse new calls from now on (503, so the edge sends them elsewhere; OPTIONS says 503 too) and let
+        the calls in progress finish; :attr:`drained` is set once none is left. Returns how many there are."""
+        calls = len(self.b2bua.calls())
+        if not self.draining:
+            self.draining = True
+            log.warning("draining: new calls refused, %d call(s) to finish", calls)
+            self.events.emit("draining", calls)
+            self._spawn(self._wait_drained(), "drain")
+        return calls
+
+    async def _wait_drained(self, every: float = 0.2) -> None:
+        while self.b2bua.calls() or self.ua.calls:
+            await asyncio.sleep(every)
+        log.warning("drained: no call left")
+        self.drained.set()
+        self.events.emit("drained")
+
+    def _options(self, incoming: IncomingRequest) -> None:
+        """The answer to an OPTIONS: capabilities with 200, or 503 while the node takes no new work."""
+        reason = self.health()
+        if reason is not None:
+            incoming.respond(
+                503, f"Service Unavailable ({reason})", headers=[("Retry-After", str(RETRY_AFTER_SECONDS))]
+            )
+            return
+        incoming.respond(200, headers=[("Allow", ", ".join(SERVER_METHODS)), ("Accept", "application/sdp")])
+
     def _screen(self, request: Request, flow: Flow) -> Response | bool:
         """Before any transaction: REGISTERs for this registrar and INVITEs for the B2BUA that carry no
         credentials are challenged statelessly (``Authenticator.screen``)."""
@@ -367,8 +475,10 @@ class Server:
         if method == "REGISTER":
             await self.registrar.handle(incoming)
         elif method == "OPTIONS":
+            self._options(incoming)
+        elif method == "INVITE" and self.draining and incoming.request.to.tag is None:
             incoming.respond(
-                200, headers=[("Allow", ", ".join(SERVER_METHODS)), ("Accept", "application/sdp")]
+                503, "Service Unavailable (draining)", headers=[("Retry-After", str(RETRY_AFTER_SECONDS))]
             )
         elif method == "INVITE" and self.calls is not None:
             result = self.calls(incoming)

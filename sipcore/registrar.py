@@ -20,6 +20,11 @@ authorisation) belong to the caller; this module does steps 5 to 8:
   outbound (``Supported: outbound`` and a Contact carrying ``+sip.instance`` and ``reg-id``) by instance and
   reg-id instead, and the 200 then says ``Require: outbound``. A match with the same Call-ID must carry a
   higher CSeq, else 500; with another Call-ID the binding is simply replaced.
+* **Path** (RFC 3327): the caller passes the Path values it trusts (an edge proxy's: a phone must not choose
+  the route the registrar uses to reach it); every binding the request adds or refreshes keeps them, as the
+  route set to reach its contact. The 200 lists them when the phone said ``Supported: path`` (§5.3). Like
+  Kamailio's registrar with ``path_mode`` 1, a Path is stored whether or not the phone supports it: phones
+  rarely say so, and the edge needs its Path to reach them.
 * **Limits**: at most ``max_contacts`` bindings per AOR. A request that itself lists more gets 400; beyond
   the limit the bindings refreshed longest ago (not touched by this request) are dropped. ``q`` must be
   0 to 1 with at most three decimals (RFC 3261 §25.1 qvalue), else 400.
@@ -125,6 +130,7 @@ class Binding:
     ``contact`` is the Contact value as registered (a name-addr, its ``expires`` parameter removed; ``q``,
     ``+sip.instance`` and the rest kept). ``registered_at`` is when a REGISTER last added or refreshed it.
     ``instance_id`` is the unquoted ``+sip.instance``; ``reg_id`` is set only for RFC 5626 outbound bindings.
+    ``path`` holds the REGISTER's Path values in order (RFC 3327): the route set to reach the contact.
     """
 
     aor: str
@@ -138,6 +144,7 @@ class Binding:
     instance_id: str | None = None
     reg_id: int | None = None
     user_agent: str | None = None
+    path: tuple[str, ...] = ()
 
     @property
     def name_addr(self) -> NameAddr:
@@ -234,11 +241,13 @@ def process_register(
     config: RegistrarConfig = RegistrarConfig(),
     flow: FlowLike | None = None,
     to_tag: str | None = None,
+    path: Sequence[str] = (),
 ) -> RegisterOutcome:
     """Apply ``request`` to the AOR's ``bindings`` (RFC 3261 §10.3 steps 5-8); see the module docstring.
 
     ``aor`` is the store key the bindings belong to (default: :func:`address_of_record`); ``flow`` is where
-    the request came from; ``to_tag`` goes into the response's To.
+    the request came from; ``to_tag`` goes into the response's To; ``path`` the request's Path values the
+    caller trusts (RFC 3327), kept with the bindings the request adds or refreshes.
     """
     live = tuple(b for b in bindings if b.is_active(now))
     expired = tuple(b for b in bindings if not b.is_active(now))
@@ -246,7 +255,7 @@ def process_register(
         key = aor if aor is not None else address_of_record(request)
         if aor is not None:
             address_of_record(request)  # the To URI must still be sip/sips
-        result = _apply(request, key, live, now, config, flow)
+        result = _apply(request, key, live, now, config, flow, tuple(path))
     except RegisterRejected as exc:
         response = make_response(request, exc.status, exc.reason, to_tag=to_tag, headers=exc.headers)
         return RegisterOutcome(response, live, expired=expired)
@@ -254,6 +263,8 @@ def process_register(
     headers = [("Contact", _listed(b, now)) for b in new]
     if outbound:
         headers.append(("Require", "outbound"))
+    if path and "path" in (tag.lower() for tag in request.supported):
+        headers.extend(("Path", value) for value in path)
     headers.append(("Date", http_date(now)))
     response = make_response(request, 200, to_tag=to_tag, headers=headers)
     return RegisterOutcome(response, new, added, refreshed, removed, expired)
@@ -284,6 +295,7 @@ def _apply(
     now: float,
     config: RegistrarConfig,
     flow: FlowLike | None,
+    path: tuple[str, ...] = (),
 ) -> _Result:
     raw = request.values("contact")
     if not raw:
@@ -341,6 +353,7 @@ def _apply(
             instance_id=r.instance_id,
             reg_id=r.reg_id,
             user_agent=user_agent,
+            path=path,
         )
         if index is None:
             current.append(binding)

@@ -96,6 +96,7 @@ class _InviteArgs:
     body: bytes
     content_type: str | None
     headers: tuple[tuple[str, str], ...]
+    route: tuple[NameAddr | str, ...] = ()
 
 
 def _is_sips(uri: Uri) -> bool:
@@ -444,9 +445,11 @@ class UserAgent:
         call_id: str | None = None,
         credentials: tuple[str, str] | None = None,
         queue: CallQueue | None = None,
+        route: Iterable[NameAddr | str] = (),
     ) -> OutgoingCall:
         """Call ``uri`` along ``flow`` (an empty ``body`` makes an offerless INVITE). ``credentials``
-        (username, password) answer one 401/407 challenge."""
+        (username, password) answer one 401/407 challenge. ``route`` is a preloaded route set (a registered
+        phone's Path, RFC 3327), sent as Route headers; ``flow`` then leads to its first hop."""
         from_party = parse_name_addr(from_) if isinstance(from_, str) else from_
         target = parse_uri(uri) if isinstance(uri, str) else uri
         session = self._session(Role.UAC, flow, from_party, sips=_is_sips(target))
@@ -457,6 +460,7 @@ class UserAgent:
             body,
             content_type,
             tuple(headers),
+            tuple(route),
         )
         call = OutgoingCall(self, session, flow, queue, credentials, args)
         self._start_invite(call, session, call_id=call_id, extra=())
@@ -479,6 +483,7 @@ class UserAgent:
             body=args.body,
             content_type=args.content_type,
             headers=(*args.headers, *extra),
+            route=args.route,
             call_id=call_id,
         )
         call._key = (invite.call_id, session.local_tag or "")

@@ -42,7 +42,9 @@ def identify_caller(
         if employee is not None:
             return FromEmployee(employee.extension)
     if dialled is not None:
-        source = incoming.flow.remote[0]
+        source = services.registrar.authenticator.source(
+            request, incoming.flow
+        )  # behind an edge: the trunk's
         for trunk in services.directory.trunks:
             if not trunk_accepts(trunk, source) or not _certified(services, incoming, trunk):
                 continue
@@ -127,8 +129,9 @@ def refuse(services: CallServices, incoming: IncomingRequest, route: Refused, ca
         who = caller.extension if isinstance(caller, FromEmployee) else "anonymous"
         if isinstance(caller, FromTrunk):
             who = f"trunk:{caller.name}"
-        security = services.registrar.authenticator.security
-        security.policy_refused(incoming.flow, request.method, who, str(request.uri), 403, route.reason)
+        authenticator = services.registrar.authenticator
+        seen = authenticator.seen(request, incoming.flow)
+        authenticator.security.policy_refused(seen, request.method, who, str(request.uri), 403, route.reason)
     incoming.respond(route.status, route.reason)
 
 

@@ -91,6 +91,7 @@ OWNED_HEADERS: Final = frozenset(
         "target-dialog",
         "refer-to",
         "referred-by",
+        "x-edge-source",  # the edge proxy's word to this node about a request's source: never passed on
     }
 )
 

@@ -78,9 +78,9 @@ async def originate(
     if not isinstance(route, ToExternal):
         return refused(403, f"click-to-call calls numbers outside the office, and {draft.dialled} is not one")
     devices = [
-        (uri, flow, srtp)
-        for uri, flow in await services.devices(employee)
-        if (srtp := leg_srtp(employee.srtp, flow)) is not None  # SRTP required: only its phones on TLS
+        (device, srtp)
+        for device in await services.devices(employee)
+        if (srtp := leg_srtp(employee.srtp, device.flow)) is not None  # SRTP required: only its phones on TLS
     ]
     if not devices:
         return refused(480, f"no phone of {extension} is registered")
@@ -92,7 +92,7 @@ async def originate(
         describe_route(route),
     )
 
-    ports, address = services.media_ports(devices[0][1])
+    ports, address = services.media_ports(devices[0][0].flow)
     media = AnchoredMedia(ports, services.media_clock, address)
     ringing = Ringing(asyncio.Queue(), media, record=draft)
     legs = ringing.legs
@@ -100,16 +100,20 @@ async def originate(
     call: CallState | None = None
     try:
         try:
-            offers = {srtp: await media.offer_caller(srtp) for srtp in dict.fromkeys(d[2] for d in devices)}
+            offers = {
+                srtp: await media.offer_caller(srtp)
+                for srtp in dict.fromkeys(policy for _, policy in devices)
+            }
         except PortsExhausted:
             log.error("click-to-call %s -> %s: no RTP port left", extension, draft.dialled)
             return refused(503, "no media port")
         from_ = NameAddr(None, SipUri("sip", route.e164, None, services.directory.server.domain))
         to = NameAddr(employee.name, parse_uri(services.registrar_aor(employee)))
-        for uri, flow, srtp in devices:
+        for device, srtp in devices:
             leg = services.ua.invite(
-                uri,
-                flow,
+                device.uri,
+                device.flow,
+                route=device.route,
                 from_=from_,
                 to=to,
                 body=offers[srtp],

@@ -252,18 +252,23 @@ async def ring_employees(
     is not registered over TLS is not rung."""
     targets = []
     for employee in employees:
-        for uri, flow in await services.devices(employee):
-            srtp = leg_srtp(employee.srtp, flow)
+        for target in await services.devices(employee):
+            srtp = leg_srtp(employee.srtp, target.flow)
             if srtp is None:
-                log.info("call %s: %s at %s not rung: SRTP required, not over TLS", ringer.call_id, uri, flow)
+                log.info(
+                    "call %s: %s at %s not rung: SRTP required, not over TLS",
+                    ringer.call_id,
+                    target.uri,
+                    target.flow,
+                )
                 continue
-            targets.append((employee, uri, flow, srtp))
+            targets.append((employee, target, srtp))
     if ringer.gone:
         return ENDED
     if not targets:
         return Failed((), rang=False)
     offers: dict[SrtpPolicy, tuple[bytes, str | None]] = {}
-    for srtp in dict.fromkeys(target[3] for target in targets):
+    for srtp in dict.fromkeys(srtp for _, _, srtp in targets):
         offer = await ringer.offer(external=False, srtp=srtp)
         if isinstance(offer, Unreached):
             return Failed((offer.status,))
@@ -272,11 +277,12 @@ async def ring_employees(
     headers = ringer.headers(to_trunk=False)
     legs: list[OutgoingCall] = []
     device: dict[OutgoingCall, tuple[Employee, str, SrtpPolicy]] = {}
-    for employee, uri, flow, srtp in targets:
+    for employee, target, srtp in targets:
         body, content_type = offers[srtp]
         leg = services.ua.invite(
-            uri,
-            flow,
+            target.uri,
+            target.flow,
+            route=target.route,
             from_=identity,
             to=NameAddr(employee.name, parse_uri(services.registrar_aor(employee))),
             body=body,
@@ -285,7 +291,7 @@ async def ring_employees(
             queue=ringer.queue,
         )
         legs.append(leg)
-        device[leg] = (employee, str(uri), srtp)
+        device[leg] = (employee, str(target.uri), srtp)
     ringer.started(legs)
     won = await _fork(ringer, legs, seconds)
     if not isinstance(won, tuple):

@@ -26,14 +26,13 @@ from sipcore.session import SessionEvent
 from sipcore.session_timer import TimerPolicy
 from sipcore.transport import Flow
 from sipcore.ua import Call, UserAgent
-from sipcore.uri import SipUri
 
 from ..cdr import CallRecord, CdrStore
 from ..directory import DEFAULT_RING_SECONDS, Directory, Employee, Group
 from ..events import CallFact
-from ..registrar_service import RegistrarService
+from ..registrar_service import Device, RegistrarService
 from ..resolver import Resolver
-from ..ringgroup import RingGroupState, plan_ring_group
+from ..ringgroup import RingGroupState, SharedRingState, plan_ring_group
 from .watch import WatchPolicy
 
 if TYPE_CHECKING:
@@ -111,6 +110,8 @@ class CallServices:
         self.bridged: dict[DialogId, BridgeHook] = {}
         #: Extensions of employees in a bridged call (ring groups skip them).
         self.busy: collections.Counter[str] = collections.Counter()
+        #: A cluster's ``evenly`` state, shared by every node (None: ``ring_state``, kept in a file).
+        self.shared_ring: SharedRingState | None = None
 
     # --------------------------------------------------------------------------------------- events
 
@@ -137,13 +138,13 @@ class CallServices:
     def registrar_aor(self, employee: Employee) -> str:
         return f"sip:{employee.sip_user}@{self.directory.server.domain}"
 
-    async def devices(self, employee: Employee) -> list[tuple[SipUri, Flow]]:
-        """Where the employee's registered devices are reached: (contact, the flow its REGISTER came on)."""
+    async def devices(self, employee: Employee) -> list[Device]:
+        """Where the employee's registered devices are reached: contact, flow and route set (a Path)."""
         targets = []
         for binding in await self.registrar.contacts(employee.sip_user):
-            flow = self.registrar.flow_for(binding)
-            if flow is not None:
-                targets.append((binding.uri, flow))
+            device = self.registrar.reach(binding, self.ua.endpoint)
+            if device is not None:
+                targets.append(device)
         return targets
 
     def ring_time(self, employee: Employee) -> float:
@@ -172,10 +173,13 @@ class CallServices:
             employee = self.employee(extension)
             if employee is not None and not self.busy[extension] and await self.devices(employee):
                 reachable.append(extension)
-        plan, state = plan_ring_group(group, reachable, self.ring_state)
-        if state != self.ring_state:
-            self.ring_state = state
-            self._save_ring_state()
+        if self.shared_ring is not None:
+            plan = await self.shared_ring.plan(group, reachable)
+        else:
+            plan, state = plan_ring_group(group, reachable, self.ring_state)
+            if state != self.ring_state:
+                self.ring_state = state
+                self._save_ring_state()
         return [
             ([e for e in map(self.employee, step.extensions) if e is not None], float(step.seconds))
             for step in plan.steps

@@ -13,6 +13,7 @@ skip.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +24,10 @@ import pytest
 from test_auth_guard import EXAMPLES, OFFICE, register_with
 from test_sipvicious import ATTACKER, PHONE, require_tool, run_tool, svcrack_args
 
+from routing.monitoring import open_security_log
+from routing.monitoring_config import SecurityLogTarget
 from routing.security import FailureGuard, GuardPolicy
+from routing.security_log import Relayed, SecurityLog
 from routing.server import Server
 from sipcore import Endpoint
 from sipcore.errors import SipParseError
@@ -180,3 +184,40 @@ def test_the_example_jail_is_a_valid_fail2ban_configuration(tmp_path: Path) -> N
     )
     assert "['add', 'durchwahl', 'auto']" in dumped.stdout, dumped.stdout[-2000:]
     assert f"['set', 'durchwahl', 'addlogpath', '{log}', 'head']" in dumped.stdout
+
+
+def test_a_cluster_node_s_lines_name_the_phone_the_edge_relayed(tmp_path: Path) -> None:
+    """Behind an edge proxy the lines carry the phone's address as the edge reported it, and ``edge=``:
+    the filter bans the phone, never the edge (which would cut off every phone)."""
+    regex, shipped = require_fail2ban()
+    log = tmp_path / "security.log"
+    handler = open_security_log(SecurityLogTarget(path=log))
+    logger = logging.getLogger("test.fail2ban.relayed")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        security = SecurityLog(logger)
+        relayed = Relayed("UDP", ("198.51.100.7", 5071), ("10.0.0.2", 5060))
+        security.auth_failed(relayed, "REGISTER", "101", "wrong password")
+        security.auth_unchecked(relayed, "INVITE", "101", "throttled")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    assert (
+        "auth-failed source=198.51.100.7 port=5071 transport=UDP edge=10.0.0.2:5060 method=REGISTER "
+        in lines[0]
+    )
+    folder = filter_folder(tmp_path, shipped)
+    done = subprocess.run(
+        [regex, "-o", "ip", str(log), str(folder / "durchwahl.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["198.51.100.7", "198.51.100.7"]

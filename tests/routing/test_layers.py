@@ -28,6 +28,7 @@ PURE = (
     "routing.security",
     "routing.emergency",
     "routing.challenge_watch",
+    "routing.cluster",
     "routing.config_check",
     "routing.transfer.refer",
     "routing.calls.records",

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from cluster_env import redis_server, redis_url
 
+from routing.cluster_run import Part
 from routing.location import (
     SCHEMA_VERSION,
     InMemoryLocationStore,
@@ -37,13 +39,28 @@ def binding(host: str, *, aor: str = AOR, expires_at: float = T0 + 600, conn: in
         instance_id=f"<urn:uuid:{host}>",
         reg_id=1,
         user_agent="Phone/1 (ü)",
+        path=(f"<sip:edge@127.0.0.1:5060;lr;received=sip:{host}:5060>",),
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+__all__ = ["redis_server"]  # a fixture
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocationStore]:
     s: LocationStore
-    s = InMemoryLocationStore() if request.param == "memory" else SqliteLocationStore(tmp_path / "loc.db")
+    if request.param == "redis":
+        from routing.redis_store import RedisLocationStore, connect
+
+        server: Part = request.getfixturevalue("redis_server")
+        url = redis_url(server)
+        client = connect(url)
+        await client.flushdb()
+        s = RedisLocationStore(client, url, clock=lambda: T0)
+    elif request.param == "memory":
+        s = InMemoryLocationStore()
+    else:
+        s = SqliteLocationStore(tmp_path / "loc.db")
     yield s
     await s.close()
 
@@ -100,6 +117,35 @@ async def test_sqlite_survives_a_restart_and_purges_on_load(tmp_path: Path) -> N
         assert await reopened.all() == restored
     finally:
         await reopened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_sqlite_brings_a_version_1_file_up_to_date(tmp_path: Path) -> None:
+    """A file written before bindings had a Path keeps its bindings, which get an empty Path."""
+    path = tmp_path / "location.db"
+    columns = (
+        "aor TEXT NOT NULL, position INTEGER NOT NULL, contact TEXT NOT NULL, expires_at REAL NOT NULL, "
+        "call_id TEXT NOT NULL, cseq INTEGER NOT NULL, registered_at REAL NOT NULL, q REAL, transport TEXT, "
+        "local_host TEXT, local_port INTEGER, remote_host TEXT, remote_port INTEGER, connection_id INTEGER, "
+        "instance_id TEXT, reg_id INTEGER, user_agent TEXT, PRIMARY KEY (aor, position)"
+    )
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE binding ({columns})")
+        db.execute(
+            "INSERT INTO binding (aor, position, contact, expires_at, call_id, cseq, registered_at) "
+            "VALUES (?, 0, '<sip:101@10.0.0.1>', ?, 'c', 1, ?)",
+            (AOR, T0 + 600, T0),
+        )
+        db.execute("PRAGMA user_version = 1")
+    store = SqliteLocationStore(path, clock=lambda: T0)
+    try:
+        (kept,) = await store.get(AOR)
+        assert kept.contact == "<sip:101@10.0.0.1>" and kept.path == ()
+        await store.replace(AOR, [binding("10.0.0.2")])
+        assert (await store.get(AOR))[0].path == binding("10.0.0.2").path
+    finally:
+        await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 

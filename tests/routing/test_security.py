@@ -290,3 +290,52 @@ def test_trunk_accepts() -> None:
     assert not trunk_accepts(PROVIDER, "203.0.114.1")
     assert not trunk_accepts(CLOSED, "198.51.100.1")
     assert not trunk_accepts(PROVIDER, "")
+
+
+# ---------------------------------------------------------------------------- several nodes, one guard
+
+CLUSTER_POLICY = GuardPolicy(
+    window=60.0, throttle_after=2, throttle_interval=5.0, block_after=4, source_users=3, source_attempts=6
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 1),  # the node the attempt reaches
+            st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+            st.sampled_from(["101", "102", "103", "104"]),
+            st.booleans(),  # right credentials
+            st.floats(0.0, 8.0),  # seconds since the previous attempt
+        ),
+        max_size=60,
+    )
+)
+def test_guards_that_replay_each_others_events_decide_as_one_guard(
+    attempts: list[tuple[int, str, str, bool, float]],
+) -> None:
+    """Spreading attempts over two nodes whose guards replay each other's events gets an attacker no check
+    that one node alone would not have made: the same admissions, the same blocks."""
+    single = FailureGuard(CLUSTER_POLICY)
+    nodes = (FailureGuard(CLUSTER_POLICY), FailureGuard(CLUSTER_POLICY))
+    nodes[0].replica, nodes[1].replica = nodes[1].apply, nodes[0].apply
+    now = 1000.0
+    for node, source, user, right, pause in attempts:
+        now += pause
+        admissions = []
+        for guard in (single, nodes[node]):
+            admission = guard.admit(source, now, user)
+            admissions.append(admission)
+            if admission is Admission.CHECK:
+                if right:
+                    guard.succeeded(source, now, user)
+                else:
+                    guard.failed(source, now, user)
+        assert admissions[0] is admissions[1]
+        expected = single.status(source, now, user)
+        for guard in nodes:
+            assert guard.status(source, now, user) == expected
+        assert {(b.source, b.user) for b in nodes[0].blocks(now)} == {
+            (b.source, b.user) for b in single.blocks(now)
+        }

@@ -429,3 +429,33 @@ def test_random_sequences_keep_the_invariants(steps: list[tuple[str, list[str], 
         gone = {b.uri.host for b in before if b.expires_at > now} - {b.uri.host for b in bindings}
         assert gone <= {b.uri.host for b in out.removed}
         assert {b.uri.host for b in out.removed} & {b.uri.host for b in bindings} == set()
+
+
+# ------------------------------------------------------------------------------------------ RFC 3327 Path
+
+EDGE_PATH = ("<sip:edge@198.51.100.1:5060;lr;received=sip:203.0.113.7:40123>",)
+
+
+def test_path_given_by_the_caller_is_kept_with_the_bindings_it_adds_and_refreshes() -> None:
+    request = register("<sip:101@192.168.1.20>", expires=600, extra=("Path: <sip:forged@192.0.2.66;lr>",))
+    first = process_register(request, bindings=(), now=T0, flow=FLOW, path=EDGE_PATH)
+    assert first.bindings[0].path == EDGE_PATH  # what the caller trusts, not the request's own Path
+    unpathed = process_register(register("<sip:101@192.168.1.20>", cseq=2), bindings=first.bindings, now=T0)
+    assert unpathed.bindings[0].path == ()  # a refresh without Path: the phone is reached directly again
+
+
+def test_path_is_listed_in_the_200_only_when_the_phone_supports_it() -> None:
+    plain = process_register(register("<sip:101@192.168.1.20>"), bindings=(), now=T0, path=EDGE_PATH)
+    assert plain.response.status == 200 and plain.response.values("path") == ()
+    supported = register("<sip:101@192.168.1.20>", extra=("Supported: path",))
+    echoed = process_register(supported, bindings=(), now=T0, path=EDGE_PATH)
+    assert echoed.response.values("path") == EDGE_PATH
+
+
+def test_a_binding_the_request_does_not_touch_keeps_its_own_path() -> None:
+    first = process_register(register("<sip:101@192.168.1.20>"), bindings=(), now=T0, path=EDGE_PATH)
+    second = process_register(
+        register("<sip:101@192.168.1.21>", call_id="other"), bindings=first.bindings, now=T0 + 1
+    )
+    paths = {b.contact: b.path for b in second.bindings}
+    assert paths == {"<sip:101@192.168.1.20>": EDGE_PATH, "<sip:101@192.168.1.21>": ()}
