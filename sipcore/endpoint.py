@@ -408,6 +408,22 @@ class Endpoint:
             self._loop = asyncio.get_running_loop()
         return self._loop.time()
 
+    def queue_delay(self, flow: Flow) -> float | None:
+        """How long the message being handled from ``flow`` waited in its UDP socket's receive queue,
+        seconds (None where the platform does not tell, and for TCP): for a screen's admission decision."""
+        return self._transports.queue_delay(flow)
+
+    @property
+    def datagrams_dropped(self) -> int | None:
+        """Datagrams the kernel dropped at our UDP sockets for full receive buffers since they opened
+        (None: the platform does not tell)."""
+        return self._transports.datagrams_dropped
+
+    @property
+    def server_transactions(self) -> int:
+        """Server transactions open now (their limit is ``limits.max_server_transactions``)."""
+        return self._layer.server_count
+
     def add_timer_user(self, user: TimerUser) -> None:
         """Drive ``user`` from the endpoint's one timer; call :meth:`reschedule` when its deadline moved."""
         self._timer_users.append(user)
