@@ -18,6 +18,7 @@ import attrs
 from sipcore.auth import DigestSecret
 from sipcore.limits import DEFAULT_LIMITS, Limits
 
+from .admission import DEFAULT_ADMISSION, AdmissionConfig
 from .dialstring import (
     NumberingPlan,
 )
@@ -136,6 +137,9 @@ class ServerConfig:
     emergency_trunk: str | None = None
     #: The SIP stack's limits; the ``tcp_*`` keys set its TCP connection caps and timeouts (read at start).
     limits: Limits = DEFAULT_LIMITS
+    #: Admission control: the caps ``max_calls``, ``max_cps`` … and the overload detector's queueing delay
+    #: (``routing.admission``; a reload applies them).
+    admission: AdmissionConfig = DEFAULT_ADMISSION
 
     @property
     def realm(self) -> str:

@@ -26,7 +26,6 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from sipcore.auth import ALGORITHMS
-from sipcore.limits import DEFAULT_LIMITS
 
 from .config_check import MISSING, Checker, Locator, Missing, hint, tables_of
 from .dialstring import (
@@ -63,6 +62,7 @@ from .directory import (
 from .emergency import EMERGENCY_NUMBER_RE, EMERGENCY_NUMBERS
 from .errors import ConfigError, ConfigProblem
 from .security import broad_network_warning
+from .server_keys import STACK_KEYS, read_stack_keys
 
 __all__ = ["load_directory", "read_directory"]
 
@@ -70,14 +70,6 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------- validation
-
-#: The [server] keys that set ``sipcore.limits.Limits`` fields of the same name, with their least value.
-_TCP_KEYS: Final = (
-    ("tcp_max_connections", 1),
-    ("tcp_max_connections_per_source", 1),
-    ("tcp_message_seconds", 1),
-    ("tcp_idle_seconds", 0),
-)
 
 _TABLES: Final = {
     "server": {
@@ -93,7 +85,7 @@ _TABLES: Final = {
         "international_prefix",
         "emergency_numbers",
         "emergency_trunk",
-        *(key for key, _ in _TCP_KEYS),
+        *STACK_KEYS,
     },
     "employee": {
         "extension",
@@ -241,13 +233,7 @@ class _Loader:
         emergency = self.emergency_numbers(data, numbering or DEFAULT_NUMBERING)
         emergency_ok = "emergency_numbers" not in data or emergency is not None
         emergency_trunk = c.get("server", None, data, "emergency_trunk", str, None)
-        tcp: dict[str, int] = {}
-        for key, least in _TCP_KEYS:
-            value = c.get("server", None, data, key, int) if key in data else None
-            if value is not None and value < least:
-                c.report("server", None, key, f"must be at least {least}, not {value}")
-            elif value is not None:
-                tcp[key] = value
+        stack = read_stack_keys(c, data)
         if (
             domain is None
             or state_dir is None
@@ -257,7 +243,7 @@ class _Loader:
             or retention is None
             or numbering is None
             or not emergency_ok
-            or any(key in data and key not in tcp for key, _ in _TCP_KEYS)
+            or stack is None
         ):
             return None
         return ServerConfig(
@@ -271,7 +257,8 @@ class _Loader:
             numbering=numbering,
             emergency_numbers=emergency,
             emergency_trunk=emergency_trunk.strip() if emergency_trunk else None,
-            limits=attrs.evolve(DEFAULT_LIMITS, **tcp),
+            limits=stack[0],
+            admission=stack[1],
         )
 
     def emergency_numbers(self, data: Mapping[str, Any], numbering: NumberingPlan) -> tuple[str, ...] | None:

@@ -1,0 +1,246 @@
+"""Admission control: whether a new out-of-dialog request is taken on, or refused with 503 (pure).
+
+A server past its capacity must refuse new work early and cheaply instead of queueing it until every call
+is late (RFC 3261 §21.5.4: 503 with Retry-After). The decision is taken in the endpoint's screen, before a
+transaction exists and before digest hashing, the resolver, an outbound leg or media ports, from
+
+* **measured load**, fed by the server's shell (:class:`Load`): how long the request waited to be read
+  (the UDP socket's queue, or the event loop's lag), the open server transactions, the calls in progress;
+* **configured caps** (:class:`AdmissionConfig`, the ``[server]`` keys ``max_calls``, ``max_cps``,
+  ``max_registers_per_second``, ``max_requests_per_second``).
+
+Each kind of request has its own budget (:class:`Kind`): new calls are refused first (at the smallest
+queueing delay), registrations at twice that delay, everything else at four times it. Only a **standing**
+queue refuses: the delay must stay above its target for ``overload_interval`` seconds (CoDel's rule), so a
+garbage-collector pause or a burst that the server drains at once refuses nothing. In-dialog requests,
+responses and retransmissions never come here (the endpoint screens new out-of-dialog requests only).
+Emergency calls are admitted over every line; the shell says which they are (:meth:`AdmissionControl.
+admit_anyway`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from typing import Final
+
+import attrs
+
+__all__ = [
+    "DEFAULT_ADMISSION",
+    "AdmissionConfig",
+    "AdmissionControl",
+    "AdmissionStats",
+    "Kind",
+    "Load",
+    "Reason",
+    "Refusal",
+    "kind_of",
+]
+
+
+class Kind(enum.Enum):
+    """The budgets: new calls, registrations, and every other out-of-dialog request (OPTIONS, MESSAGE …)."""
+
+    CALL = "INVITE"
+    REGISTER = "REGISTER"
+    OTHER = "other"
+
+
+def kind_of(method: str) -> Kind:
+    """The budget a new request of ``method`` draws on."""
+    if method == "INVITE":
+        return Kind.CALL
+    if method == "REGISTER":
+        return Kind.REGISTER
+    return Kind.OTHER
+
+
+class Reason(enum.Enum):
+    """Why a request was refused (a label for logs and counters)."""
+
+    MAX_CALLS = "max_calls"
+    RATE = "rate"
+    DELAY = "queue delay"
+    TRANSACTIONS = "transactions"
+
+
+#: How much longer a queue may stand before each kind is refused, as a multiple of ``overload_delay``.
+DELAY_FACTOR: Final = {Kind.CALL: 1.0, Kind.REGISTER: 2.0, Kind.OTHER: 4.0}
+#: The share of the endpoint's server-transaction limit new requests may fill; the rest stays for
+#: in-dialog requests of the calls already admitted.
+TRANSACTION_SHARE: Final = 0.9
+
+
+@attrs.frozen
+class AdmissionConfig:
+    """The caps of the ``[server]`` table (None: no cap) and the overload detector's settings."""
+
+    #: Calls in progress at once (set up or bridged); beyond it new calls are refused.
+    max_calls: int | None = None
+    #: New calls accepted per second (a token bucket holding one second's worth).
+    max_cps: float | None = None
+    #: REGISTER requests accepted per second, from all phones together.
+    max_registers_per_second: float | None = None
+    #: Other out-of-dialog requests (OPTIONS, SUBSCRIBE, MESSAGE, NOTIFY, REFER …) accepted per second.
+    max_requests_per_second: float | None = None
+    #: Queueing delay (seconds) above which new calls are refused once it stands ``overload_interval``;
+    #: registrations at twice it, other requests at four times. None: no refusal for measured load.
+    overload_delay: float | None = 0.1
+    #: How long the delay must stay above its target before requests are refused (seconds).
+    overload_interval: float = 0.2
+    #: The ``Retry-After`` of a 503 (seconds).
+    retry_after: int = 5
+
+    def rate(self, kind: Kind) -> float | None:
+        """The configured rate of ``kind`` (None: not capped)."""
+        if kind is Kind.CALL:
+            return self.max_cps
+        if kind is Kind.REGISTER:
+            return self.max_registers_per_second
+        return self.max_requests_per_second
+
+
+DEFAULT_ADMISSION: Final = AdmissionConfig()
+
+
+@attrs.frozen
+class Load:
+    """What the shell measured when a request was read."""
+
+    #: How long the request waited before it was read (seconds): its time in the socket's receive queue,
+    #: or the event loop's lag where that cannot be told.
+    delay: float = 0.0
+    #: Server transactions open now, and the endpoint's limit of them.
+    transactions: int = 0
+    max_transactions: int = 65_536
+    #: Calls in progress (set up or bridged).
+    calls: int = 0
+
+
+@attrs.frozen
+class Refusal:
+    """Answer with 503 and ``Retry-After: retry_after``; ``reason`` says why."""
+
+    reason: Reason
+    retry_after: int
+
+    @property
+    def phrase(self) -> str:
+        """The reason phrase of the 503."""
+        if self.reason is Reason.DELAY:
+            return "Service Unavailable (overloaded)"
+        return f"Service Unavailable ({self.reason.value})"
+
+
+@attrs.define
+class AdmissionStats:
+    """Counters for operators and metrics (plain attributes, read at any time)."""
+
+    #: Requests admitted, by kind.
+    admitted: Counter[Kind] = attrs.Factory(Counter)
+    #: Requests refused, by kind and reason.
+    refused: Counter[tuple[Kind, Reason]] = attrs.Factory(Counter)
+    #: Requests admitted although a line was crossed (emergency calls).
+    admitted_anyway: int = 0
+    #: The largest queueing delay seen (seconds).
+    max_delay: float = 0.0
+
+    def refused_total(self, kind: Kind | None = None) -> int:
+        """Requests refused in all, or of ``kind``."""
+        return sum(n for (k, _), n in self.refused.items() if kind is None or k is kind)
+
+
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, holding at most ``burst``; starts full."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self.tokens = self.burst
+        self.at: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self.at is not None and now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now if self.at is None else max(self.at, now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class AdmissionControl:
+    """The decision for each new out-of-dialog request (see the module docstring); ``now`` is passed in."""
+
+    def __init__(self, config: AdmissionConfig | None = None) -> None:
+        self.stats = AdmissionStats()
+        self._above_since: dict[Kind, float | None] = dict.fromkeys(Kind)
+        self._buckets: dict[Kind, _Bucket] = {}
+        self.config = config or AdmissionConfig()
+        self.configure(self.config)
+
+    def configure(self, config: AdmissionConfig) -> None:
+        """Use new settings (a reload); a rate that did not change keeps its bucket."""
+        buckets: dict[Kind, _Bucket] = {}
+        for kind in Kind:
+            rate = config.rate(kind)
+            if rate is None:
+                continue
+            old = self._buckets.get(kind)
+            buckets[kind] = old if old is not None and old.rate == rate else _Bucket(rate)
+        self._buckets = buckets
+        self.config = config
+
+    def overloaded(self, kind: Kind, now: float) -> bool:
+        """Whether requests of ``kind`` are refused for a standing queue (as of the last decision)."""
+        since = self._above_since[kind]
+        return since is not None and now - since >= self.config.overload_interval
+
+    def _queue_stands(self, kind: Kind, delay: float, now: float) -> bool:
+        target = self.config.overload_delay
+        if target is None or delay <= target * DELAY_FACTOR[kind]:
+            self._above_since[kind] = None
+            return False
+        since = self._above_since[kind]
+        if since is None:
+            self._above_since[kind] = now
+            return False
+        return now - since >= self.config.overload_interval
+
+    def decide(self, kind: Kind, now: float, load: Load) -> Refusal | None:
+        """None to admit a new request of ``kind`` (counted, a token taken), else the :class:`Refusal`.
+
+        The caps come first (cheapest, and what an operator set), then the measured load."""
+        stats = self.stats
+        if load.delay > stats.max_delay:
+            stats.max_delay = load.delay
+        reason: Reason | None = None
+        config = self.config
+        # Every kind's detector sees every delay: a standing queue is noticed by all budgets at once.
+        standing = {k: self._queue_stands(k, load.delay, now) for k in Kind}
+        if kind is Kind.CALL and config.max_calls is not None and load.calls >= config.max_calls:
+            reason = Reason.MAX_CALLS
+        elif load.transactions >= TRANSACTION_SHARE * load.max_transactions:
+            reason = Reason.TRANSACTIONS
+        elif standing[kind]:
+            reason = Reason.DELAY
+        else:
+            bucket = self._buckets.get(kind)
+            if bucket is not None and not bucket.take(now):
+                reason = Reason.RATE
+        if reason is None:
+            stats.admitted[kind] += 1
+            return None
+        stats.refused[kind, reason] += 1
+        return Refusal(reason, config.retry_after)
+
+    def admit_anyway(self, kind: Kind, refusal: Refusal) -> None:
+        """A request refused by :meth:`decide` is admitted all the same (an emergency call): counted as
+        admitted over the line instead of refused."""
+        stats = self.stats
+        stats.refused[kind, refusal.reason] -= 1
+        if not stats.refused[kind, refusal.reason]:
+            del stats.refused[kind, refusal.reason]
+        stats.admitted[kind] += 1
+        stats.admitted_anyway += 1
