@@ -170,6 +170,86 @@ class _Bucket:
         return False
 
 
+#: The adaptive limit of new calls: measured in ticks of this many seconds; cut to this share of the rate
+#: admitted when a tick's every delay stood above the target; raised by this share of itself (at least one
+#: call a second) each tick without; dropped once it has not bound for ``RELEASE_SECONDS``.
+TICK: Final = 0.1
+DECREASE: Final = 0.95
+INCREASE: Final = 0.02
+RELEASE_SECONDS: Final = 5.0
+#: A new call that itself waited this many times the target is refused at once (its caller resends the
+#: INVITE at 500 ms anyway); a garbage-collector pause stays well below it.
+LATE_FACTOR: Final = 3.0
+
+
+class _CallRate:
+    """The adaptive limit of new calls a second (AIMD on the measured queueing delay).
+
+    Refusing every new call while a queue stands and admitting all again once it drained overshoots: a call
+    admitted costs its work over the next seconds (responses, ACK, BYE, the call record), so admission
+    swings between all and nothing and the queue with it. Instead, once a queue has stood for the interval,
+    new calls are admitted at a rate: first a share of what was admitted, cut again while the queue stands
+    (at most once per the delay seen, which is how long a cut takes to show), raised a little each calm tick,
+    and dropped when calm and no longer binding. The rate converges near what the server can do.
+    """
+
+    def __init__(self) -> None:
+        self.limit: float | None = None
+        self.admitted_rate = 0.0
+        self._tick_start: float | None = None
+        self._count = 0
+        self._tick_min = float("inf")
+        self._cut_at = float("-inf")
+        self._calm_since: float | None = None
+        self._bucket: _Bucket | None = None
+
+    def observe(self, now: float, delay: float, standing: bool, target: float) -> None:
+        start = self._tick_start
+        if start is None or now < start:
+            self._tick_start = now
+            start = now
+        self._tick_min = min(self._tick_min, delay)
+        span = now - start
+        if span < TICK:
+            return
+        measured = self._count / span
+        before = self.admitted_rate
+        self.admitted_rate = measured if before == 0.0 else 0.7 * before + 0.3 * measured
+        congested = self._tick_min > target
+        limit = self.limit
+        if limit is None:
+            if standing:
+                self._set(max(1.0, self.admitted_rate * DECREASE))
+                self._cut_at = now
+        elif congested:
+            self._calm_since = None
+            if now - self._cut_at >= max(2 * TICK, min(self._tick_min, 1.0)):
+                self._set(max(1.0, min(limit, self.admitted_rate) * DECREASE))
+                self._cut_at = now
+        else:
+            self._set(limit + max(1.0, limit * INCREASE))
+            if self._calm_since is None:
+                self._calm_since = now
+            elif now - self._calm_since >= RELEASE_SECONDS and limit > 1.5 * self.admitted_rate + 1:
+                self.limit, self._bucket = None, None
+        self._tick_start, self._count, self._tick_min = now, 0, float("inf")
+
+    def _set(self, limit: float) -> None:
+        self.limit = limit
+        if self._bucket is None:
+            self._bucket = _Bucket(limit)
+        self._bucket.rate = limit
+        self._bucket.burst = max(1.0, limit * TICK)
+        self._bucket.tokens = min(self._bucket.tokens, self._bucket.burst)
+
+    def take(self, now: float) -> bool:
+        """Whether a new call may be admitted under the limit (counted when it is)."""
+        if self._bucket is not None and not self._bucket.take(now):
+            return False
+        self._count += 1
+        return True
+
+
 class AdmissionControl:
     """The decision for each new out-of-dialog request (see the module docstring); ``now`` is passed in."""
 
@@ -177,6 +257,7 @@ class AdmissionControl:
         self.stats = AdmissionStats()
         self._above_since: dict[Kind, float | None] = dict.fromkeys(Kind)
         self._buckets: dict[Kind, _Bucket] = {}
+        self._calls = _CallRate()
         self.config = config or AdmissionConfig()
         self.configure(self.config)
 
@@ -193,9 +274,17 @@ class AdmissionControl:
         self.config = config
 
     def overloaded(self, kind: Kind, now: float) -> bool:
-        """Whether requests of ``kind`` are refused for a standing queue (as of the last decision)."""
+        """Whether requests of ``kind`` are limited for measured load: new calls to an adaptive rate, the
+        others refused while a queue stands (as of the last decision)."""
+        if kind is Kind.CALL:
+            return self._calls.limit is not None
         since = self._above_since[kind]
         return since is not None and now - since >= self.config.overload_interval
+
+    @property
+    def call_limit(self) -> float | None:
+        """The adaptive limit of new calls a second in force (None: none)."""
+        return self._calls.limit
 
     def _queue_stands(self, kind: Kind, delay: float, now: float) -> bool:
         target = self.config.overload_delay
@@ -208,6 +297,10 @@ class AdmissionControl:
             return False
         return now - since >= self.config.overload_interval
 
+    def _late(self, delay: float) -> bool:
+        target = self.config.overload_delay
+        return target is not None and delay > LATE_FACTOR * target
+
     def decide(self, kind: Kind, now: float, load: Load) -> Refusal | None:
         """None to admit a new request of ``kind`` (counted, a token taken), else the :class:`Refusal`.
 
@@ -219,16 +312,21 @@ class AdmissionControl:
         config = self.config
         # Every kind's detector sees every delay: a standing queue is noticed by all budgets at once.
         standing = {k: self._queue_stands(k, load.delay, now) for k in Kind}
+        target = config.overload_delay
+        if target is not None:
+            self._calls.observe(now, load.delay, standing[Kind.CALL], target)
         if kind is Kind.CALL and config.max_calls is not None and load.calls >= config.max_calls:
             reason = Reason.MAX_CALLS
         elif load.transactions >= TRANSACTION_SHARE * load.max_transactions:
             reason = Reason.TRANSACTIONS
-        elif standing[kind]:
+        elif standing[kind] if kind is not Kind.CALL else self._late(load.delay):
             reason = Reason.DELAY
         else:
             bucket = self._buckets.get(kind)
             if bucket is not None and not bucket.take(now):
                 reason = Reason.RATE
+            elif kind is Kind.CALL and target is not None and not self._calls.take(now):
+                reason = Reason.DELAY
         if reason is None:
             stats.admitted[kind] += 1
             return None

@@ -12,14 +12,27 @@ admitted over every line. Counters for operators and metrics: :attr:`Overload.st
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
 from sipcore import Endpoint, Flow
-from sipcore.message import Request, Response, make_response
+from sipcore.headers import Header
+from sipcore.message import Request, Response, make_response, salvage_request_headers
 
-from .admission import AdmissionConfig, AdmissionControl, AdmissionStats, Kind, Load, Reason, kind_of
+from .admission import (
+    LATE_FACTOR,
+    AdmissionConfig,
+    AdmissionControl,
+    AdmissionStats,
+    Kind,
+    Load,
+    Reason,
+    Refusal,
+    kind_of,
+)
 
 __all__ = ["Overload"]
 
@@ -29,6 +42,11 @@ log = logging.getLogger(__name__)
 PROBE_SECONDS: Final = 0.05
 #: An admitted INVITE whose handler has not started after this long is no longer counted (seconds).
 PENDING_SECONDS: Final = 5.0
+#: After a new call was refused, new INVITEs are decided from their raw headers for this long (seconds).
+RAW_SECONDS: Final = 1.0
+#: The To tags of our stateless 503s start with this: the ACKs they draw are dropped before parsing.
+TAG_PREFIX: Final = "dw-ov-"
+_ACK_MARK: Final = b";tag=" + TAG_PREFIX.encode()
 #: While requests are refused, one log line sums them up this often (seconds).
 LOG_SECONDS: Final = 10.0
 
@@ -36,8 +54,12 @@ LOG_SECONDS: Final = 10.0
 class Overload:
     """Admission control for one endpoint (see the module docstring).
 
-    ``emergency`` says whether an INVITE calls an emergency number, ``tag`` gives a stateless response its
-    To tag (the same for a retransmission). The calls in progress are counted here: an INVITE admitted is
+    ``emergency`` says whether an INVITE calls an emergency number; ``maybe_emergency`` says cheaply whether
+    a Request-URI as written may (it then goes to the parser and ``emergency``).
+
+    While new calls are limited, :meth:`prescreen` (the endpoint's hook before parsing) refuses new INVITEs
+    from their raw headers, and drops the ACKs of our 503s unparsed: refusing costs a fraction of parsing.
+    The calls in progress are counted here: an INVITE admitted is
     pending until its handler starts (:meth:`call_began`) and runs until the handler returns
     (:meth:`call_ended`); a pending one whose handler never starts (the UAS core refused it) is forgotten
     after ``PENDING_SECONDS``.
@@ -49,7 +71,7 @@ class Overload:
         config: AdmissionConfig,
         *,
         emergency: Callable[[Request], bool],
-        tag: Callable[[Request], str],
+        maybe_emergency: Callable[[str], bool],
     ) -> None:
         self.endpoint = endpoint
         self.control = AdmissionControl(config)
@@ -57,7 +79,11 @@ class Overload:
         self.running_calls = 0
         self._pending: dict[tuple[str, int], float] = {}
         self._emergency = emergency
-        self._tag = tag
+        self._maybe_emergency = maybe_emergency
+        self._tag_key = secrets.token_bytes(16)
+        #: The (Call-ID, CSeq number) of an INVITE the prescreen admitted: the screen then admits it as is.
+        self._preadmitted: tuple[str, int] | None = None
+        self._raw_until = float("-inf")
         #: The event loop's lag at the last probe, and the largest seen (seconds).
         self.lag = 0.0
         self.max_lag = 0.0
@@ -128,11 +154,64 @@ class Overload:
             calls=self.calls,
         )
 
+    def _stateless_tag(self, call_id: str, from_value: str, cseq_value: str) -> str:
+        """The To tag of a stateless 503: the same for a retransmission (RFC 3261 §8.2.7), unguessable."""
+        material = f"{call_id}\x00{from_value}\x00{cseq_value}".encode("utf-8", "surrogateescape")
+        return TAG_PREFIX + hashlib.blake2b(material, key=self._tag_key, digest_size=6).hexdigest()
+
+    def prescreen(self, data: bytes, flow: Flow) -> bytes | bool:
+        """Before parsing (``Endpoint.prescreen``): while new calls are limited or refused (for a second
+        after a refusal), or when this datagram waited too long, a new INVITE is decided from its raw headers
+        and refused with a 503 built from them; the ACK of one of our 503s is dropped. Everything else goes
+        on (True) to the parser and :meth:`screen`."""
+        self._preadmitted = None
+        if data.startswith(b"ACK "):
+            return _ACK_MARK not in data
+        if not data.startswith(b"INVITE "):
+            return True
+        control = self.control
+        target = control.config.overload_delay
+        delay = self.endpoint.queue_delay(flow)
+        now = self.endpoint.now
+        if (
+            control.call_limit is None
+            and now >= self._raw_until
+            and (target is None or delay is None or delay <= LATE_FACTOR * target)
+        ):
+            return True
+        headers = salvage_request_headers(data, self.endpoint.limits)
+        if headers is None:
+            return True  # the parser answers what is wrong with it
+        values = {h.name: h.value for h in reversed(headers)}  # the first of each name
+        to, call_id, cseq = values["To"], values["Call-ID"], values["CSeq"]
+        seq_text = cseq.split(None, 1)[0] if cseq else ""
+        if ";tag=" in to.replace(" ", "") or not seq_text.isdigit():
+            return True  # in a dialog, or odd: the parser and the screen decide
+        seq = int(seq_text)
+        uri = data[7 : data.find(b" ", 7)].decode("utf-8", "surrogateescape")
+        if self.endpoint.handling_invite(call_id, seq) or self._maybe_emergency(uri):
+            return True  # a retransmission of an admitted INVITE, or perhaps a call for help
+        self._forget_stale(now)
+        load = self.load(flow)
+        refusal = control.decide(Kind.CALL, now, load)
+        if refusal is None:
+            self._preadmitted = (call_id, seq)
+            return True
+        self._raw_until = now + RAW_SECONDS
+        self._note(now, load)
+        tag = self._stateless_tag(call_id, values["From"], cseq)
+        answer = [h if h.name != "To" else Header("To", f"{h.value};tag={tag}") for h in headers]
+        return bytes(Response(503, refusal.phrase, (*answer, *_retry_after(refusal))))
+
     def screen(self, request: Request, flow: Flow) -> Response | None:
         """None to admit the new out-of-dialog ``request``, else the 503 to send for it."""
         kind = kind_of(request.method)
         now = self.endpoint.now
         if kind is Kind.CALL:
+            preadmitted, self._preadmitted = self._preadmitted, None
+            if preadmitted is not None and preadmitted == (request.call_id, request.cseq.seq):
+                self._pending[preadmitted] = now
+                return None
             self._forget_stale(now)
         load = self.load(flow)
         refusal = self.control.decide(kind, now, load)
@@ -146,14 +225,11 @@ class Overload:
             reason = refusal.reason.value
             log.warning("emergency call %s from %s admitted despite %s", request.call_id, flow, reason)
             return None
+        if kind is Kind.CALL:
+            self._raw_until = now + RAW_SECONDS
         self._note(now, load)
-        return make_response(
-            request,
-            503,
-            refusal.phrase,
-            to_tag=self._tag(request),
-            headers=[("Retry-After", str(refusal.retry_after))],
-        )
+        tag = self._stateless_tag(request.call_id, request.get("from") or "", request.get("cseq") or "")
+        return make_response(request, 503, refusal.phrase, to_tag=tag, headers=_retry_after(refusal))
 
     def _note(self, now: float, load: Load) -> None:
         """One warning when refusing begins and one every LOG_SECONDS while it goes on."""
@@ -189,8 +265,13 @@ class Overload:
             },
             "admitted_over_the_line": stats.admitted_anyway,
             "refusing": [kind.value for kind in Kind if self.control.overloaded(kind, now)],
+            "call_limit_cps": None if (limit := self.control.call_limit) is None else round(limit, 1),
             "event_loop_lag_ms": round(1000 * self.lag, 1),
             "max_event_loop_lag_ms": round(1000 * self.max_lag, 1),
             "max_queue_delay_ms": round(1000 * stats.max_delay, 1),
             "datagrams_dropped": self.endpoint.datagrams_dropped,
         }
+
+
+def _retry_after(refusal: Refusal) -> tuple[Header, ...]:
+    return (Header("Retry-After", str(refusal.retry_after)),)

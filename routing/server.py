@@ -205,9 +205,10 @@ class Server:
             self.endpoint,
             self.directory.server.admission,
             emergency=self._is_emergency,
-            tag=self.registrar.authenticator.stateless_tag,
+            maybe_emergency=self._maybe_emergency,
         )
         self.endpoint.screen = self._screen
+        self.endpoint.prescreen = self.overload.prescreen
         #: The local control socket (``durchwahl status``/``originate``), in the state directory.
         self.control: ControlChannel | None = (
             ControlChannel(self, socket_path(state_dir)) if control else None
@@ -337,6 +338,11 @@ class Server:
         log.info("reloaded %s", source)
         self.events.emit("reloaded", directory)
         return True
+
+    def _maybe_emergency(self, uri: str) -> bool:
+        """Whether a Request-URI as written contains one of the emergency numbers (then it is parsed and
+        looked at properly before any refusal)."""
+        return any(number in uri for number in self.directory.server.emergency)
 
     def _is_emergency(self, request: Request) -> bool:
         """Whether an INVITE's Request-URI is one of the emergency numbers (admitted over every line)."""

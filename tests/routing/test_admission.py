@@ -56,21 +56,58 @@ def test_each_kind_has_its_own_rate() -> None:
     assert admitted == {Kind.CALL: 1, Kind.REGISTER: 2, Kind.OTHER: 1}  # a bucket holds at least one
 
 
-def test_a_short_spike_of_delay_refuses_nothing_a_standing_queue_refuses_calls_first() -> None:
+def test_a_short_spike_of_delay_refuses_nothing() -> None:
     control = AdmissionControl(AdmissionConfig(overload_delay=0.1, overload_interval=0.2))
-    # A garbage-collector pause: 0.3 s of delay for 0.15 s, then drained.
+    # A garbage-collector pause: 0.25 s of delay for 0.15 s, then drained.
     for t in (0.0, 0.05, 0.1, 0.15):
-        assert control.decide(Kind.CALL, t, busy(0.3)) is None
+        for kind in Kind:
+            assert control.decide(kind, t, busy(0.25)) is None
     assert control.decide(Kind.CALL, 0.16, busy(0.01)) is None
-    # A standing queue of 0.15 s: calls refused after 0.2 s, registrations (0.2 s target) and others not.
-    assert control.decide(Kind.CALL, 1.0, busy(0.15)) is None
-    refusal = control.decide(Kind.CALL, 1.21, busy(0.15))
+    assert control.call_limit is None and control.stats.refused_total() == 0
+
+
+def test_a_new_call_that_waited_three_times_the_target_is_refused_at_once() -> None:
+    control = AdmissionControl(AdmissionConfig(overload_delay=0.1))
+    refusal = control.decide(Kind.CALL, 0.0, busy(0.31))
     assert refusal is not None and refusal.reason is Reason.DELAY
     assert refusal.phrase == "Service Unavailable (overloaded)"
-    assert control.overloaded(Kind.CALL, 1.21) and not control.overloaded(Kind.REGISTER, 1.21)
-    assert control.decide(Kind.REGISTER, 1.22, busy(0.15)) is None
-    assert control.decide(Kind.OTHER, 1.22, busy(0.15)) is None
-    # A deeper queue: registrations go next, then the rest.
+    assert control.decide(Kind.REGISTER, 0.0, busy(0.31)) is None  # not yet standing
+
+
+def offer(
+    control: AdmissionControl, kind: Kind, start: float, seconds: float, rate: float, delay: float
+) -> int:
+    """``rate`` requests a second for ``seconds``, each having waited ``delay``: how many were admitted."""
+    n = int(seconds * rate)
+    return sum(control.decide(kind, start + i / rate, busy(delay)) is None for i in range(n))
+
+
+def test_a_standing_queue_limits_new_calls_to_a_rate_that_falls_while_it_stands_and_goes_when_calm() -> None:
+    control = AdmissionControl(AdmissionConfig(overload_delay=0.1, overload_interval=0.2))
+    assert offer(control, Kind.CALL, 0.0, 2.0, 100, 0.01) == 200
+    # A queue of 0.15 s stands: after 0.2 s new calls are limited to 95 % of the rate admitted.
+    assert offer(control, Kind.CALL, 2.0, 0.3, 100, 0.15) >= 29
+    assert control.call_limit is not None and 90 <= control.call_limit <= 96
+    assert control.overloaded(Kind.CALL, 2.3)
+    # Registrations (target 0.2 s) and the rest (0.4 s) go on.
+    assert control.decide(Kind.REGISTER, 2.3, busy(0.15)) is None
+    assert control.decide(Kind.OTHER, 2.3, busy(0.15)) is None
+    # While it stands, the limit is cut again, at most every 0.2 s (the delay it takes a cut to show).
+    admitted = offer(control, Kind.CALL, 2.3, 2.0, 100, 0.15)
+    assert 120 <= admitted <= 180
+    assert control.call_limit < 70
+    assert control.stats.refused[Kind.CALL, Reason.DELAY] >= 200 - admitted
+    # Drained: the limit rises a little each tick, then goes once it no longer binds.
+    low = control.call_limit
+    offer(control, Kind.CALL, 4.3, 1.0, 20, 0.01)
+    assert control.call_limit is not None and control.call_limit > low
+    offer(control, Kind.CALL, 5.3, 6.0, 20, 0.01)
+    assert control.call_limit is None and not control.overloaded(Kind.CALL, 11.3)
+    assert offer(control, Kind.CALL, 11.3, 1.0, 100, 0.01) == 100
+
+
+def test_a_deeper_queue_refuses_registrations_then_the_rest() -> None:
+    control = AdmissionControl(AdmissionConfig(overload_delay=0.1, overload_interval=0.2))
     for t in (2.0, 2.1, 2.25):
         control.decide(Kind.OTHER, t, busy(0.3))
     assert control.decide(Kind.REGISTER, 2.26, busy(0.3)) is not None
@@ -78,12 +115,53 @@ def test_a_short_spike_of_delay_refuses_nothing_a_standing_queue_refuses_calls_f
     for t in (3.0, 3.1, 3.25):
         control.decide(Kind.OTHER, t, busy(0.5))
     assert control.decide(Kind.OTHER, 3.26, busy(0.5)) is not None
-    # Drained: admitted again at once.
-    assert control.decide(Kind.CALL, 3.3, busy(0.02)) is None
-    assert not control.overloaded(Kind.CALL, 3.3)
-    refused = control.stats.refused
-    assert refused[Kind.CALL, Reason.DELAY] == 1 and refused[Kind.REGISTER, Reason.DELAY] == 1
+    assert control.decide(Kind.REGISTER, 3.3, busy(0.02)) is None  # drained: admitted again at once
     assert control.stats.max_delay == 0.5
+
+
+def simulate(
+    control: AdmissionControl, capacity: int, factor: float, shed_cost: float
+) -> tuple[float, float]:
+    """A server doing ``capacity`` calls a second, offered ``factor`` times that for 25 s: an admitted call
+    costs 40 % of its work at once (the INVITE, the call out) and the rest over the next second (ACK, BYE,
+    the call record), a refused one ``shed_cost`` of a call. Returns the calls admitted a second after the
+    first 10 s, and the 99th percentile of the queueing delay they met."""
+    cost, rate = 1.0 / capacity, capacity * factor
+    step = 1.0 / rate
+    backlog, due, admitted, delays, tick = 0.0, [0.0] * 10, 0, [], 0
+    for i in range(int(25 * rate)):
+        now = i * step
+        if int(now / 0.1) != tick:
+            tick = int(now / 0.1)
+            backlog += due.pop(0)
+            due.append(0.0)
+        backlog = max(0.0, backlog - step)
+        if control.decide(Kind.CALL, now, busy(backlog)) is None:
+            backlog += 0.4 * cost
+            due = [d + 0.06 * cost for d in due]
+            if now >= 10:
+                admitted += 1
+                delays.append(backlog)
+        else:
+            backlog += shed_cost * cost
+    delays.sort()
+    return admitted / 15, delays[int(0.99 * len(delays))]
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    capacity=st.integers(min_value=50, max_value=300),
+    factor=st.sampled_from([1.5, 2.0, 4.0]),
+    shed_cost=st.floats(min_value=0.0, max_value=0.03),
+)
+def test_an_overloaded_simulated_server_admits_near_its_capacity_with_a_short_queue(
+    capacity: int, factor: float, shed_cost: float
+) -> None:
+    control = AdmissionControl(AdmissionConfig(overload_delay=0.1, overload_interval=0.2))
+    goodput, p99 = simulate(control, capacity, factor, shed_cost)
+    best = capacity * (1 - (factor - 1) * shed_cost)  # what is left after refusing the excess
+    assert 0.8 * best <= goodput <= 1.02 * capacity
+    assert p99 <= 0.31  # a new call that waited 3 × 100 ms is refused at once
 
 
 def test_no_overload_delay_means_no_refusal_for_measured_delay() -> None:
