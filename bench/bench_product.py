@@ -317,7 +317,7 @@ def run_load(
             args = [sipp, "-sf", str(scenario), "-s", service, f"{SERVER}:{peer.port}", "-i", source]
             args += ["-p", str(free_port(source)), "-m", str(n), "-r", str(share), "-d", str(hold_ms)]
             args += ["-l", str(max(int(share * (hold + 5)), 100)), "-nostdin", "-timeout", f"{int(timeout)}s"]
-            args += ["-trace_rtt", "-rtt_freq", "1"]
+            args += ["-trace_rtt", "-rtt_freq", "1", "-trace_err"]
             if path == "employee":
                 args += ["-au", "101", "-ap", "bench-101-secret", "-auth_uri", "office.example"]
             folder = work / f"c{i}"
@@ -355,6 +355,14 @@ def run_load(
                     with contextlib.suppress(ValueError):
                         rtts.append(float(fields[1]))
             rtt_file.unlink()
+    errors: dict[str, int] = {}
+    for i in range(len(callers)):
+        for error_file in (work / f"c{i}").glob("*_errors.log"):
+            for line in error_file.read_text(errors="replace").splitlines():
+                if "Aborting" in line or "unexpected" in line.lower() or "timeout" in line.lower():
+                    text = re.sub(r"'[^']*'", "'…'", line.split(": ", 1)[-1])[:90]
+                    errors[text] = errors.get(text, 0) + 1
+            error_file.unlink()
     answered = sum(answered_calls(o) for o in outs)
     completed_a = sum(bye_answered(o) for o in outs)
     refused = sum(refused_calls(o) for o in outs)
@@ -384,6 +392,7 @@ def run_load(
         "p99": percentile(rtts, 0.99),
         "rtts": len(rtts),
         "peak_rss": peak,
+        "errors": sorted(errors.items(), key=lambda item: -item[1])[:3],
     }
 
 
@@ -438,6 +447,8 @@ def ladder(args: argparse.Namespace, tmp: Path) -> None:
                 row.update(seconds=args.seconds, hold=args.hold_ms / 1000)
                 row["ok"] = passed(row, args.seconds)
                 print_row(row)
+                if args.verbose and row["errors"]:
+                    print("\n".join(f"    caller: {n} × {text}" for text, n in row["errors"]), flush=True)
                 if args.verbose and isinstance(peer, Durchwahl):
                     text = peer.status()["text"]
                     print("\n".join(f"    {line}" for line in text.splitlines()[-2:]), flush=True)

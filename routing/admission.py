@@ -87,8 +87,9 @@ class AdmissionConfig:
     #: Queueing delay (seconds) above which new calls are refused once it stands ``overload_interval``;
     #: registrations at twice it, other requests at four times. None: no refusal for measured load.
     overload_delay: float | None = 0.1
-    #: How long the delay must stay above its target before requests are refused (seconds).
-    overload_interval: float = 0.2
+    #: How long the delay must stay above its target before requests are refused (seconds): longer than the
+    #: queue a garbage-collector pause leaves behind at a high but bearable load.
+    overload_interval: float = 0.5
     #: The ``Retry-After`` of a 503 (seconds).
     retry_after: int = 5
 
