@@ -15,7 +15,7 @@ import pytest
 from routing.admission import Kind, Reason
 from routing.demo import Phone, Provider, sdp
 from routing.server import Server
-from sipcore import Endpoint, Flow
+from sipcore import Endpoint, Flow, Response
 from sipcore.session import ReinviteAnswered, ReinviteReceived, TerminationReason
 from sipcore.ua import CallFailed, IncomingCall, OutgoingCall
 
@@ -187,3 +187,47 @@ async def test_the_snapshot_reports_counters(tmp_path: Path, caps: str) -> None:
         assert snapshot["admitted"] == {"INVITE": 0, "REGISTER": 0, "other": 0}
         assert snapshot["datagrams_dropped"] == 0  # Linux reports the count: none dropped yet
         assert snapshot["refusing"] == []
+
+
+def raw_invite(call_id: str, port: int, *, to_tag: str = "", method: str = "INVITE") -> bytes:
+    to = f"<sip:{NUMBER}@office.example>" + (f";tag={to_tag}" if to_tag else "")
+    return (
+        f"{method} sip:{NUMBER}@office.example SIP/2.0\r\n"
+        f"v: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{call_id}\r\n"
+        f"f: <sip:+4940555000@provider.example>;tag=a{call_id}\r\nt: {to}\r\n"
+        f"i: {call_id}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\nl: 0\r\n\r\n"
+    ).encode()
+
+
+async def test_while_refusing_a_new_invite_is_refused_from_its_raw_headers_and_its_ack_dropped(
+    tmp_path: Path,
+) -> None:
+    from sipcore.message import parse_message
+
+    async with office(tmp_path, "max_cps = 1") as (server, provider, _):
+        overload = server.overload
+        flow = Flow("UDP", ("127.0.0.1", server.addresses[0][2]), ("127.0.0.1", provider.port))
+        assert overload.prescreen(raw_invite("first", provider.port), flow) is True  # nothing refused yet
+        held = provider.dial(NUMBER, sdp("caller", provider.rtp.port))
+        assert await outcome(held) == 200  # the one call of this second
+        refused = provider.dial(NUMBER, sdp("caller", provider.rtp.port))
+        assert refused_with_retry_after(await outcome(refused))  # refused after parsing: the first refusal
+        # From now on, for a second, new INVITEs are refused before they are parsed ...
+        answer = overload.prescreen(raw_invite("raw-1", provider.port), flow)
+        assert isinstance(answer, bytes)
+        response = parse_message(answer)
+        assert isinstance(response, Response) and response.status == 503
+        assert response.get("retry-after") == "5" and response.call_id == "raw-1"
+        assert response.to.tag is not None and response.to.tag.startswith("dw-ov-")
+        assert response.via[0].branch == "z9hG4bK-raw-1" and response.cseq.method == "INVITE"
+        # ... the same tag for a retransmission, and its ACK dropped unparsed,
+        assert overload.prescreen(raw_invite("raw-1", provider.port), flow) == answer
+        ack = raw_invite("raw-1", provider.port, to_tag=response.to.tag, method="ACK")
+        assert overload.prescreen(ack, flow) is False
+        # ... while what belongs to a call goes on: requests in a dialog, other ACKs, responses.
+        in_dialog = raw_invite("held", provider.port, to_tag="x1")
+        assert overload.prescreen(in_dialog, flow) is True
+        assert overload.prescreen(raw_invite("other", provider.port, to_tag="x2", method="ACK"), flow) is True
+        assert overload.prescreen(b"SIP/2.0 200 OK\r\n\r\n", flow) is True
+        held.bye()
+        await asyncio.wait_for(held.wait_ended(), 3)
