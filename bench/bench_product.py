@@ -20,10 +20,11 @@ registrations under a temporary folder) with a directory file of two employees, 
 * ``--path employee``: employee 101 calls employee 102 with MD5 digest (INVITE, 401, ACK, INVITE with
   credentials); 102 is a SIPp callee that registered first. The server answers at most 20 unauthenticated
   requests a second per source address (its brute-force guard), so the caller is split over several SIPp
-  processes on addresses 127.0.0.11, .12, … each placing at most ``--per-source`` calls a second.
+  processes on addresses 127.0.0.11, .12, … each placing at most 15 calls a second.
 
-The caller is ``bench/sipp_uac_shed.xml`` (``bench/sipp_uac_auth.xml`` for employees): SIPp's stock ``uac``
-(INVITE, ACK, ``--hold-ms`` pause, BYE) that also takes a 503 as an answer (ACK; the call ends), with
+The caller is ``bench/sipp_uac.xml`` (``bench/sipp_uac_digest.xml`` for employees): SIPp's stock ``uac``
+(INVITE, ACK, ``--hold-ms`` pause, BYE) that also takes a 503 as an answer (ACK; the call ends) and ACKs a
+retransmitted 200 during the hold (the stock one aborts the call on it, which Sippy's calls hit), with
 Response Time 1 from the first INVITE to the 200 traced per call (``-trace_rtt``): the set-up time of each
 answered call. The callee is ``bench/sipp_uas_now.xml``: SIPp's stock ``uas`` (180 and 200 at once), with
 a Contact that the Sippy B2BUA's BYE reaches, absorbing a retransmitted INVITE. A call **completed** when
@@ -303,10 +304,12 @@ def run_load(
     if path == "employee":
         per = max(1, per_source)
         sources = [f"127.0.0.{11 + i}" for i in range(math.ceil(rate / per))]
-        scenario, service = BENCH / "sipp_uac_auth.xml", "102"
+        template, service = BENCH / "sipp_uac_digest.xml", "102"
     else:
         sources = [TRUNK] * math.ceil(rate / PER_CALLER)
-        scenario, service = BENCH / "sipp_uac_shed.xml", NUMBER
+        template, service = BENCH / "sipp_uac.xml", NUMBER
+    scenario = work / template.name
+    scenario.write_text(template.read_text().replace("HOLD_MS", str(max(1, hold_ms))))
     shares = [rate // len(sources) + (1 if i < rate % len(sources) else 0) for i in range(len(sources))]
     callers: list[subprocess.Popen[str]] = []
     cpu_before = cpu_seconds(peer.pid)
@@ -567,7 +570,7 @@ def overload(args: argparse.Namespace, tmp: Path) -> None:
             time.sleep(40)
             active = server.status()
             after = rss_bytes(server.pid)
-            dropped = re.search(r"datagrams dropped: (\S+)", active["text"])
+            dropped = re.search(r"datagrams dropped: ([^;\s]+)", active["text"])
             print(
                 f"| {factor:g}× = {rate} cps | {row['calls']} | {row['answered']} | {row['completed']} "
                 f"| {row['goodput']:.0f} cps | {100 * row['goodput'] / args.capacity:.0f} % | {row['lost']} "
