@@ -9,13 +9,15 @@ transaction exists and before digest hashing, the resolver, an outbound leg or m
 * **configured caps** (:class:`AdmissionConfig`, the ``[server]`` keys ``max_calls``, ``max_cps``,
   ``max_registers_per_second``, ``max_requests_per_second``).
 
-Each kind of request has its own budget (:class:`Kind`): new calls are refused first (at the smallest
-queueing delay), registrations at twice that delay, everything else at four times it. Only a **standing**
-queue refuses: the delay must stay above its target for ``overload_interval`` seconds (CoDel's rule), so a
-garbage-collector pause or a burst that the server drains at once refuses nothing. In-dialog requests,
-responses and retransmissions never come here (the endpoint screens new out-of-dialog requests only).
-Emergency calls are admitted over every line; the shell says which they are (:meth:`AdmissionControl.
-admit_anyway`).
+Each kind of request has its own budget (:class:`Kind`). Only a **standing** queue counts: the delay must
+stay above its target for ``overload_interval`` seconds (CoDel's rule), so a garbage-collector pause or a
+burst that the server drains at once refuses nothing. Then new calls are limited to an adaptive rate (see
+:class:`_CallRate`: it converges near what the server sustains, where refusing all and admitting all in turn
+would swing), and a call that itself waited ``LATE_FACTOR`` times the target is refused at once;
+registrations are refused while the queue stands above twice the target, everything else above four times.
+In-dialog requests, responses and retransmissions never come here (the endpoint screens new out-of-dialog
+requests only). Emergency calls are admitted over every line; the shell says which they are
+(:meth:`AdmissionControl.admit_anyway`).
 """
 
 from __future__ import annotations
