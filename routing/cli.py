@@ -213,7 +213,30 @@ def _status(config: str, node: str | None = None) -> int:
     for t in reply.get("trunks", []):
         error = f"  ({t['last_error']})" if t.get("last_error") else ""
         print(f"trunk {t['name']}: {t['state']}{error}")
+    overload = reply.get("overload")
+    if overload:
+        _print_overload(overload)
     return 0
+
+
+def _print_overload(o: dict[str, Any]) -> None:
+    """The admission counters of ``durchwahl status`` (see OPERATIONS.md, *Overload*)."""
+    names = {"INVITE": "calls", "REGISTER": "registrations", "other": "other requests"}
+    admitted = ", ".join(f"{o['admitted'].get(k, 0)} {v}" for k, v in names.items())
+    refused = [
+        f"{sum(by.values())} {names[k]} ({', '.join(f'{n} {why}' for why, n in by.items())})"
+        for k, by in o["refused"].items()
+        if by
+    ]
+    print(f"admitted: {admitted}; refused with 503: {'; '.join(refused) or 'none'}")
+    refusing = ", ".join(names[k] for k in o["refusing"]) or "nothing"
+    if o.get("call_limit_cps") is not None:
+        refusing += f" (new calls limited to {o['call_limit_cps']:.0f} a second)"
+    dropped = "not reported" if o["datagrams_dropped"] is None else o["datagrams_dropped"]
+    print(
+        f"overload: limiting {refusing} now; datagrams dropped: {dropped}; largest queue delay "
+        f"{o['max_queue_delay_ms']:.0f} ms, event-loop lag {o['max_event_loop_lag_ms']:.0f} ms"
+    )
 
 
 def _originate(

@@ -86,6 +86,7 @@ async def _status(server: Server, _: dict[str, Any]) -> dict[str, Any]:
         "calls": calls,
         "blocked": blocked,
         "trunks": trunks,
+        "overload": server.overload.snapshot(),
     }
 
 

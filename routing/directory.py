@@ -19,6 +19,7 @@ from media.sdes import SrtpPolicy
 from sipcore.auth import DigestSecret
 from sipcore.limits import DEFAULT_LIMITS, Limits
 
+from .admission import DEFAULT_ADMISSION, AdmissionConfig
 from .cluster import ClusterConfig
 from .dialstring import (
     NumberingPlan,
@@ -158,6 +159,9 @@ class ServerConfig:
     monitoring: Monitoring = NO_MONITORING
     #: The certificate and key of the ``tls:`` listen addresses (and shown to a trunk that asks for ours).
     tls: TlsFiles | None = None
+    #: Admission control: the caps ``max_calls``, ``max_cps`` … and the overload detector's queueing delay
+    #: (``routing.admission``; a reload applies them).
+    admission: AdmissionConfig = DEFAULT_ADMISSION
 
     @property
     def realm(self) -> str:

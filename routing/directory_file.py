@@ -62,6 +62,7 @@ from .directory_numbering import read_emergency_numbers, read_numbering_plan
 from .errors import ConfigError, ConfigProblem
 from .monitoring_config import MONITORING_KEYS, read_monitoring
 from .security import broad_network_warning
+from .server_keys import ADMISSION_KEYS, read_admission
 
 __all__ = ["load_directory", "read_directory"]
 
@@ -90,6 +91,7 @@ _TABLES: Final = {
         "emergency_trunk",
         *MONITORING_KEYS,
         *transport_keys.SERVER_KEYS,
+        *(key for key, *_ in ADMISSION_KEYS),
     },
     "employee": {
         "extension",
@@ -253,6 +255,7 @@ class _Loader:
         monitoring = read_monitoring(c, data, self.base)
         tcp = transport_keys.read_tcp_limits(c, data)
         tls = transport_keys.read_server_tls(c, data, self.base, listen, domain)
+        admission = read_admission(c, data)
         if (
             domain is None
             or state_dir is None
@@ -265,6 +268,7 @@ class _Loader:
             or tcp is None
             or tls is False
             or None in watch.values()
+            or admission is None
         ):
             return None
         return ServerConfig(
@@ -283,6 +287,7 @@ class _Loader:
             rtp_timeout_seconds=watch["rtp_timeout_seconds"] or 0,
             monitoring=monitoring,
             tls=tls,
+            admission=admission,
         )
 
     # ---------------------------------------------------------------------------------- employees

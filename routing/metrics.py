@@ -318,6 +318,7 @@ class _Collector:
             for state in type(current):
                 trunks.add_metric([name, state.value], 1.0 if state is current else 0.0)
         yield trunks
+        yield from self._admission(server)
         lag = metrics.lag
         if lag is not None:
             yield GaugeMetricFamily(
@@ -328,6 +329,41 @@ class _Collector:
         info = _gauge("durchwahl_build_info", "The running version (value 1).", ["version"])
         info.add_metric([_version()], 1.0)
         yield info
+
+    @staticmethod
+    def _admission(server: Server) -> Iterator[Metric]:
+        """Admission control's counters: what it admitted and refused (also the 503s sent from raw headers,
+        which no screen sees), and the datagrams the kernel dropped."""
+        snapshot = server.overload.snapshot()
+        admitted = CounterMetricFamily(
+            "durchwahl_admission_admitted",
+            "New out-of-dialog requests admitted by admission control, by kind (INVITE, REGISTER, other).",
+            labels=["kind"],
+        )
+        for kind, n in snapshot["admitted"].items():
+            admitted.add_metric([kind], n)
+        yield admitted
+        refused = CounterMetricFamily(
+            "durchwahl_admission_refused",
+            "New out-of-dialog requests refused with 503 by admission control, by kind and reason.",
+            labels=["kind", "reason"],
+        )
+        for kind, reasons in snapshot["refused"].items():
+            for reason, n in reasons.items():
+                refused.add_metric([kind, reason], n)
+        yield refused
+        yield GaugeMetricFamily(
+            "durchwahl_overloaded",
+            "1 while new calls are limited for measured load (an edge's OPTIONS probe then gets 503).",
+            value=1.0 if "INVITE" in snapshot["refusing"] else 0.0,
+        )
+        dropped = snapshot["datagrams_dropped"]
+        if dropped is not None:
+            yield CounterMetricFamily(
+                "durchwahl_datagrams_dropped",
+                "UDP datagrams the kernel dropped because a receive buffer was full (Linux).",
+                value=dropped,
+            )
 
     @staticmethod
     def _calls(server: Server) -> Iterator[Metric]:

@@ -43,12 +43,15 @@ from .b2bua import B2bua
 from .calls.watch import WatchPolicy
 from .cdr import CallRecord, CdrStoreError, SqliteCdrStore
 from .control import ControlChannel, socket_path
+from .dialstring import DialStringError, from_request_uri
 from .directory import Directory
 from .directory_file import load_directory
+from .emergency import emergency_number
 from .errors import ConfigError
 from .events import EVENT_NAMES, CallFact
 from .location import LocationStore, SqliteLocationStore
 from .monitoring import Monitor
+from .overload import Overload
 from .redis_shared import CdrStream, GuardStream, RedisRingState
 from .redis_store import RedisLocationStore, connect, shared_secret
 from .registrar_service import Registered, RegistrarService, RegistrationEvent
@@ -241,7 +244,15 @@ class Server:
             self.cdr_stream = CdrStream(self.shared, cluster.store, self.cdr, node=cluster.node)
         if self.calls is None:
             self.calls = self.b2bua.handle
+        #: Admission control: new out-of-dialog requests over the measured load or the caps get 503.
+        self.overload = Overload(
+            self.endpoint,
+            self.directory.server.admission,
+            emergency=self._is_emergency,
+            maybe_emergency=self._maybe_emergency,
+        )
         self.endpoint.screen = self._screen
+        self.endpoint.prescreen = self.overload.prescreen
         #: The local control socket (``durchwahl status``/``originate``), in the state directory.
         self.control: ControlChannel | None = (
             ControlChannel(self, socket_path(state_dir)) if control else None
@@ -256,7 +267,7 @@ class Server:
         self.draining = False
         #: Set once a draining node has no call left (``durchwahl serve`` then exits).
         self.drained = asyncio.Event()
-        self._health_checks: list[Callable[[], str | None]] = []
+        self._health_checks: list[Callable[[], str | None]] = [self.overload.health]
 
     def _own_addresses(self) -> list[tuple[str, int]]:
         return [(host, port) for _, host, port in self.addresses]
@@ -321,6 +332,7 @@ class Server:
                     exc,
                 )
                 self.control = None
+        self.overload.start()
         self._spawn(self.registrar.run_expiry(30.0), "registration expiry")
         self._spawn(self.registrar.run_watch(), "unanswered challenges")
         own = self._own_addresses if self.shared is not None else None  # a cluster: each node its own
@@ -372,6 +384,7 @@ class Server:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.overload.stop()
         if self.control is not None:
             await self.control.close()
         self.ua.close()
@@ -411,6 +424,7 @@ class Server:
         self.b2bua.resolver = self.resolver
         self.b2bua.anchor_media = directory.server.anchor_media
         self.b2bua.watch = watch_policy(directory)
+        self.overload.configure(directory.server.admission)
         log.info("reloaded %s", source)
         self.events.emit("reloaded", directory)
         return True
@@ -460,15 +474,36 @@ class Server:
             return
         incoming.respond(200, headers=[("Allow", ", ".join(SERVER_METHODS)), ("Accept", "application/sdp")])
 
+    def _maybe_emergency(self, uri: str) -> bool:
+        """Whether a Request-URI as written contains one of the emergency numbers (then it is parsed and
+        looked at properly before any refusal)."""
+        return any(number in uri for number in self.directory.server.emergency)
+
+    def _is_emergency(self, request: Request) -> bool:
+        """Whether an INVITE's Request-URI is one of the emergency numbers (admitted over every line)."""
+        try:
+            dialled = from_request_uri(request.uri)
+        except DialStringError:
+            return False
+        server = self.directory.server
+        return emergency_number(dialled, server.emergency, server.numbering) is not None
+
     def _screen(self, request: Request, flow: Flow) -> Response | bool:
         """Before any transaction: REGISTERs for this registrar and INVITEs for the B2BUA that carry no
-        credentials are challenged statelessly (``Authenticator.screen``)."""
+        credentials are challenged statelessly (``Authenticator.screen``); what goes on meets admission
+        control (503 over the measured load or the caps, ``routing.overload``). A challenge costs no more
+        than a 503, and so the caps count calls and registrations, not the attempts challenged."""
         method = request.method
         if method == "REGISTER" and not self.registrar.serves(request):
-            return True  # answered 404 by the registrar
-        if method == "INVITE" and self.calls != self.b2bua.handle:
-            return True  # an embedding application's own call handling decides
-        return self.registrar.authenticator.screen(request, flow)
+            verdict: Response | bool = True  # answered 404 by the registrar
+        elif method == "INVITE" and self.calls != self.b2bua.handle:
+            verdict = True  # an embedding application's own call handling decides
+        else:
+            verdict = self.registrar.authenticator.screen(request, flow)
+        if verdict is not True:
+            return verdict
+        refusal = self.overload.screen(request, flow)
+        return True if refusal is None else refusal
 
     async def _handle(self, incoming: IncomingRequest) -> None:
         method = incoming.request.method
@@ -481,9 +516,13 @@ class Server:
                 503, "Service Unavailable (draining)", headers=[("Retry-After", str(RETRY_AFTER_SECONDS))]
             )
         elif method == "INVITE" and self.calls is not None:
-            result = self.calls(incoming)
-            if result is not None:
-                await result
+            self.overload.call_began(incoming.request)
+            try:
+                result = self.calls(incoming)
+                if result is not None:
+                    await result
+            finally:
+                self.overload.call_ended()
         elif method == "INVITE" and incoming.request.to.tag is None:
             incoming.respond(480, "Temporarily Unavailable (no call routing configured)")
         elif method == "REFER" and incoming.request.to.tag is None:

@@ -60,6 +60,7 @@ __all__ = [
     "Endpoint",
     "IncomingRequest",
     "OutgoingRequest",
+    "Prescreen",
     "RequestTimeout",
     "Screen",
     "TimerUser",
@@ -75,6 +76,9 @@ FailureCallback = Callable[[TimedOut | TransportFailed], None]
 #: Decides about a new out-of-dialog request before any transaction exists for it (see ``Endpoint.screen``):
 #: ``True`` lets it through, a ``Response`` answers it statelessly, ``False`` drops it unanswered.
 Screen = Callable[[Request, Flow], Response | bool]
+#: Decides about a message from its raw bytes, before it is parsed (see ``Endpoint.prescreen``): ``True``
+#: goes on, bytes are sent back on the flow as the answer, ``False`` drops the message.
+Prescreen = Callable[[bytes, Flow], bytes | bool]
 #: Sees every SIP message the endpoint receives ("in") or sends ("out"): its raw bytes and its flow
 #: (see :meth:`Endpoint.add_tracer`).
 Tracer = Callable[[Literal["in", "out"], bytes, Flow], None]
@@ -299,6 +303,10 @@ class Endpoint:
         #: A response it returns is sent as it is (no retransmission; the ACK a client sends for it matches
         #: nothing and is ignored); ``False`` drops the request.
         self.screen: Screen | None = None
+        #: Asked about every message received, from its raw bytes, before it is parsed: the place for what
+        #: must cost even less than a parse while the server is overloaded (refusing new INVITEs from their
+        #: raw headers). It must let through what it does not recognise; see :data:`Prescreen`.
+        self.prescreen: Prescreen | None = None
         #: Asked before a TCP connection is closed for idleness (``Limits.tcp_idle_seconds``): True keeps it
         #: open for another idle period — set it to say whether a call runs over the flow. Connections that
         #: carry a registration are kept until it expires without asking (see ``_hold_registration``).
@@ -454,6 +462,27 @@ class Endpoint:
             self._loop = asyncio.get_running_loop()
         return self._loop.time()
 
+    def queue_delay(self, flow: Flow) -> float | None:
+        """How long the message being handled from ``flow`` waited in its UDP socket's receive queue,
+        seconds (None where the platform does not tell, and for TCP): for a screen's admission decision."""
+        return self._transports.queue_delay(flow)
+
+    @property
+    def datagrams_dropped(self) -> int | None:
+        """Datagrams the kernel dropped at our UDP sockets for full receive buffers since they opened
+        (None: the platform does not tell)."""
+        return self._transports.datagrams_dropped
+
+    def handling_invite(self, call_id: str, seq: int) -> bool:
+        """Whether an INVITE with this Call-ID and CSeq number has a transaction here (another copy of it
+        is a retransmission, never a new call)."""
+        return (call_id, seq) in self._invites
+
+    @property
+    def server_transactions(self) -> int:
+        """Server transactions open now (their limit is ``limits.max_server_transactions``)."""
+        return self._layer.server_count
+
     def add_timer_user(self, user: TimerUser) -> None:
         """Drive ``user`` from the endpoint's one timer; call :meth:`reschedule` when its deadline moved."""
         self._timer_users.append(user)
@@ -471,6 +500,12 @@ class Endpoint:
             return
         if self._tracers:
             self._trace("in", data, flow)
+        if self.prescreen is not None:
+            verdict = self.prescreen(data, flow)
+            if verdict is not True:
+                if isinstance(verdict, bytes) and verdict:
+                    self._transmit(verdict, flow)
+                return
         try:
             message = parse_message(data, self.limits, stream=flow.transport != "UDP")
         except SipParseError as exc:

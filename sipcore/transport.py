@@ -20,7 +20,9 @@ import itertools
 import logging
 import socket
 import ssl
+import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Literal, cast
@@ -131,6 +133,28 @@ MessageCallback = Callable[[bytes, Flow], None]
 UDP_RECEIVE_BUFFER: Final = 8 << 20
 
 
+#: Linux socket options Python's ``socket`` module does not name: the kernel stamps each datagram with its
+#: arrival time (SO_TIMESTAMP, a ``struct timeval``) and reports the socket's count of dropped datagrams
+#: (SO_RXQ_OVFL, a 32-bit counter) with every datagram read.
+_SO_TIMESTAMP: Final = 29
+_SO_RXQ_OVFL: Final = 40
+_TIMEVAL: Final = struct.Struct("@ll")
+
+
+def _ask_arrival_info(sock: Any) -> int:
+    """Turn on arrival stamps and the drop count where the platform has them; the ancillary buffer size
+    ``recvmsg`` then needs (0: not available, read with ``recvfrom``)."""
+    if not sys.platform.startswith("linux") or not hasattr(sock, "recvmsg"):
+        return 0
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMP, 1)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+    except OSError as exc:  # pragma: no cover - a kernel without them
+        log.debug("no datagram arrival stamps: %s", exc)
+        return 0
+    return socket.CMSG_SPACE(_TIMEVAL.size) + socket.CMSG_SPACE(4)
+
+
 def _grow_receive_buffer(sock: Any) -> None:
     try:
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < UDP_RECEIVE_BUFFER:
@@ -146,6 +170,11 @@ class UdpTransport(asyncio.DatagramProtocol):
     wake-up (asyncio's datagram transport reads one per loop iteration), and written with ``sendto`` —
     queued only when the kernel's send buffer is full. On a loop without ``add_reader`` (Windows' proactor)
     asyncio's datagram transport is used instead.
+
+    On Linux the kernel stamps each datagram with its arrival time and counts what it dropped for a full
+    receive buffer: ``queue_delay`` is how long the datagram read last waited in the socket's queue (the
+    server's admission control reads it while handling that datagram), ``dropped`` the datagrams the
+    kernel dropped at this socket so far. Elsewhere both stay None.
     """
 
     name: TransportName = "UDP"
@@ -160,7 +189,13 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._closed = False
+        self._ancillary = 0
         self.local: tuple[str, int] = ("", 0)
+        #: Seconds the datagram read last waited in the receive queue (None: not measured here).
+        self.queue_delay: float | None = None
+        #: Datagrams the kernel dropped at this socket, its receive buffer full, as told with the datagram
+        #: read last (None: not reported here).
+        self.dropped: int | None = None
 
     @classmethod
     async def listen(
@@ -174,6 +209,9 @@ class UdpTransport(asyncio.DatagramProtocol):
             _grow_receive_buffer(sock)
             sock.bind((host, port))
             loop.add_reader(sock.fileno(), self._read_ready)
+            self._ancillary = _ask_arrival_info(sock)
+            if self._ancillary:
+                self.queue_delay, self.dropped = 0.0, 0
         except NotImplementedError:
             sock.close()
             _, protocol = await loop.create_datagram_endpoint(
@@ -202,17 +240,32 @@ class UdpTransport(asyncio.DatagramProtocol):
     def read_pending(self, limit: int = 1024) -> None:
         """Handle up to ``limit`` datagrams already waiting in the socket's receive buffer."""
         sock = self._sock
+        ancillary = self._ancillary
         for _ in range(limit):
             if sock is None or self._closed:
                 return
             try:
-                data, addr = sock.recvfrom(65536)
+                if ancillary:
+                    data, notes, _, addr = sock.recvmsg(65536, ancillary)
+                    if notes:
+                        self._arrival(notes)
+                else:
+                    data, addr = sock.recvfrom(65536)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self.error_received(exc)
                 return
             self.datagram_received(data, addr)
+
+    def _arrival(self, notes: list[tuple[int, int, bytes]]) -> None:
+        """Read the kernel's arrival stamp and drop count of the datagram just received."""
+        for _, kind, value in notes:
+            if kind == _SO_TIMESTAMP and len(value) >= _TIMEVAL.size:
+                seconds, micros = _TIMEVAL.unpack_from(value)
+                self.queue_delay = max(0.0, time.time() - seconds - micros * 1e-6)
+            elif kind == _SO_RXQ_OVFL and len(value) >= 4:
+                self.dropped = int.from_bytes(value[:4], sys.byteorder)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if not data.strip(b"\r\n"):
@@ -1004,6 +1057,23 @@ class TransportSet:
     def local_for(self, transport: TransportName, remote: tuple[str, int]) -> tuple[str, int]:
         """The listener address a message to ``remote`` would leave from (for Via and Contact)."""
         return self._pick(self._listeners(transport), None, remote, transport).local
+
+    def queue_delay(self, flow: Flow) -> float | None:
+        """How long the datagram last read on ``flow``'s UDP listener waited in its receive queue (None: not
+        measured, or not a UDP flow)."""
+        if flow.transport != "UDP":
+            return None
+        for udp in self.udp:
+            if udp.local == flow.local:
+                return udp.queue_delay
+        return None
+
+    @property
+    def datagrams_dropped(self) -> int | None:
+        """Datagrams the kernel dropped at the UDP listeners for full receive buffers (None: not reported
+        on this platform)."""
+        counts = [udp.dropped for udp in self.udp if udp.dropped is not None]
+        return sum(counts) if counts else None
 
     def read_pending(self) -> None:
         """Handle what already waits in the UDP sockets' receive buffers (``UdpTransport.read_pending``)."""

@@ -33,6 +33,8 @@ PURE = (
     "routing.transfer.refer",
     "routing.calls.records",
     "routing.calls.describe",
+    "routing.admission",
+    "routing.server_keys",
 )
 IO = {"asyncio", "socket", "time", "selectors", "threading", "pyee"}
 MAX_LINES = 800
