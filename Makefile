@@ -21,8 +21,8 @@ cluster: $(STAMP)
 	$(BIN)/python -m routing.cluster_run
 
 lint: $(STAMP)
-	$(BIN)/ruff check durchwahl sipcore media routing tests fuzz bench examples .ci
-	$(BIN)/ruff format --check durchwahl sipcore media routing
+	$(BIN)/ruff check durchwahl/__init__.py sipcore media routing tests fuzz bench examples .ci
+	$(BIN)/ruff format --check durchwahl/__init__.py sipcore media routing
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

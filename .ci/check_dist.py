@@ -17,10 +17,10 @@ import zipfile
 from pathlib import Path
 
 #: The top-level names the wheel installs, and the folder of its stack inside the wheel ("": the top level).
-TOP_LEVEL = {"durchwahl", "sipcore", "media", "routing"}
-STACK = ""
+TOP_LEVEL = {"durchwahl"}
+STACK = "durchwahl/"
 #: The command line's module.
-CLI = "routing.cli"
+CLI = "durchwahl.routing.cli"
 #: Folders and files of the repository that the sdist must carry whole (git's list of them).
 SDIST_TREES = (
     "sipcore",

@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from routing.cluster_run import CLUSTER_OFFICE, Cluster, Part, free_port, start_node  # noqa: E402
+from durchwahl.routing.cluster_run import CLUSTER_OFFICE, Cluster, Part, free_port, start_node  # noqa: E402
 
 REGISTER = ROOT / "tests" / "routing" / "sipp_register.xml"
 CALL = ROOT / "bench" / "sipp_cluster_call.xml"
@@ -62,9 +62,8 @@ def serve_node(argv: list[str]) -> int:
     default cap. Everything else is as shipped."""
     import attrs
 
-    import routing.directory_file
-    import routing.security
-    from routing.cli import main as cli_main
+    from durchwahl import routing
+    from durchwahl.routing.cli import main as cli_main
 
     policy = routing.security.GuardPolicy
     names = [field.name for field in attrs.fields(policy)]

@@ -123,15 +123,15 @@ async def serve(port: int, callee_port: int, anchor: bool) -> None:
     """The B2BUA under test: routing.b2bua.B2bua with constant routing, on one UDP port; with ``anchor``
     every call's media goes through ports of ours, as `durchwahl serve` does by default."""
     sys.path.insert(0, str(ROOT))
-    from media.session import PortAllocator
-    from routing.b2bua import B2bua
-    from routing.calls.services import CallServices
-    from routing.directory import Employee
-    from routing.resolver import FromEmployee, ToEmployee
-    from routing.ringgroup import RingGroupState
-    from sipcore import Endpoint, parse_uri
-    from sipcore.core import CoreConfig
-    from sipcore.ua import UserAgent
+    from durchwahl.media.session import PortAllocator
+    from durchwahl.routing.b2bua import B2bua
+    from durchwahl.routing.calls.services import CallServices
+    from durchwahl.routing.directory import Employee
+    from durchwahl.routing.resolver import FromEmployee, ToEmployee
+    from durchwahl.routing.ringgroup import RingGroupState
+    from durchwahl.sipcore import Endpoint, parse_uri
+    from durchwahl.sipcore.core import CoreConfig
+    from durchwahl.sipcore.ua import UserAgent
 
     caller = FromEmployee("100")
     callee = Employee(extension="200", name="Bench Callee", sip_user="callee")
@@ -557,7 +557,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "serve":
         sys.path.insert(0, str(ROOT))
-        from routing.server import event_loop_factory, tune_gc
+        from durchwahl.routing.server import event_loop_factory, tune_gc
 
         if not args.default_gc:
             tune_gc()  # what `durchwahl serve` does

@@ -74,14 +74,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "media")]
 
 from dtmf_synth import speech_like  # noqa: E402
 
-from media.dtmf_greeting import DetectorBank, GreetingDetector  # noqa: E402
-from media.dtmf_inband import InbandDetector  # noqa: E402
-from media.dtmf_rfc4733 import TelephoneEventSender  # noqa: E402
-from media.dtmf_tones import dtmf_tone  # noqa: E402
-from media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
-from media.greeting import Greeting, GreetingCache, greeting_from_samples  # noqa: E402
-from media.session import MediaClock, PortAllocator, RtpSession  # noqa: E402
-from routing.server import event_loop_factory  # noqa: E402
+from durchwahl.media.dtmf_greeting import DetectorBank, GreetingDetector  # noqa: E402
+from durchwahl.media.dtmf_inband import InbandDetector  # noqa: E402
+from durchwahl.media.dtmf_rfc4733 import TelephoneEventSender  # noqa: E402
+from durchwahl.media.dtmf_tones import dtmf_tone  # noqa: E402
+from durchwahl.media.g711 import ulaw_decode, ulaw_encode  # noqa: E402
+from durchwahl.media.greeting import Greeting, GreetingCache, greeting_from_samples  # noqa: E402
+from durchwahl.media.session import MediaClock, PortAllocator, RtpSession  # noqa: E402
+from durchwahl.routing.server import event_loop_factory  # noqa: E402
 
 GREETING = ROOT / "examples" / "greeting.wav"
 ECHO_FRAMES = 2  # the caller's line returns the greeting 40 ms late …
@@ -538,8 +538,8 @@ def _relay_server(
 ) -> None:
     """The measured process: ``calls`` bridged calls, set up as the B2BUA does (``AnchoredMedia``: the
     caller's offer answered, the callee offered a port, its answer bridged by ``bridge_callee``)."""
-    from media.sdp import Origin, answer, make_offer, parse_sdp
-    from routing.calls.media_anchor import AnchoredMedia
+    from durchwahl.media.sdp import Origin, answer, make_offer, parse_sdp
+    from durchwahl.routing.calls.media_anchor import AnchoredMedia
 
     pinned = _pin(SERVER_CPU)
 
@@ -560,7 +560,7 @@ def _relay_server(
             anchored.append(media)
 
         def relayed() -> int:
-            from media.relay import Side
+            from durchwahl.media.relay import Side
 
             return sum(
                 m.bridge.relay.stats(side).relayed for m in anchored if m.bridge is not None for side in Side

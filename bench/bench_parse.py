@@ -39,8 +39,8 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-import sipcore
-from sipcore import Request, Response, parse_message
+from durchwahl import sipcore
+from durchwahl.sipcore import Request, Response, parse_message
 
 try:
     from sippy.SipRequest import SipRequest

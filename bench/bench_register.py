@@ -56,12 +56,12 @@ def write_directory(folder: Path, users: int) -> Path:
 
 async def serve(directory_path: str, port: int, profile: bool, max_transactions: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from routing.directory_file import load_directory
-    from routing.location import InMemoryLocationStore
-    from routing.registrar_service import RegistrarService
-    from sipcore import Endpoint
-    from sipcore.core import CoreConfig
-    from sipcore.limits import Limits
+    from durchwahl.routing.directory_file import load_directory
+    from durchwahl.routing.location import InMemoryLocationStore
+    from durchwahl.routing.registrar_service import RegistrarService
+    from durchwahl.sipcore import Endpoint
+    from durchwahl.sipcore.core import CoreConfig
+    from durchwahl.sipcore.limits import Limits
 
     service = RegistrarService(
         load_directory(directory_path),

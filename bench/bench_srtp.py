@@ -28,11 +28,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from media.relay import LegMedia, MediaBridge  # noqa: E402
-from media.rtp import RtpPacket  # noqa: E402
-from media.sdes import KEY_OCTETS, CryptoAttribute  # noqa: E402
-from media.session import MediaClock, RtpSession  # noqa: E402
-from media.srtp import SrtpStreams  # noqa: E402
+from durchwahl.media.relay import LegMedia, MediaBridge  # noqa: E402
+from durchwahl.media.rtp import RtpPacket  # noqa: E402
+from durchwahl.media.sdes import KEY_OCTETS, CryptoAttribute  # noqa: E402
+from durchwahl.media.session import MediaClock, RtpSession  # noqa: E402
+from durchwahl.media.srtp import SrtpStreams  # noqa: E402
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 PEER_A = ("127.0.0.1", 40000)

@@ -102,13 +102,13 @@ def make_certificate(folder: Path, key_kind: str) -> tuple[Path, Path, Path]:
 
 async def serve(directory_path: str, certificate: str, key: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from routing.directory_file import load_directory
-    from routing.location import InMemoryLocationStore
-    from routing.registrar_service import RegistrarService
-    from sipcore import Endpoint
-    from sipcore.core import CoreConfig
-    from sipcore.limits import Limits
-    from sipcore.tls import server_context
+    from durchwahl.routing.directory_file import load_directory
+    from durchwahl.routing.location import InMemoryLocationStore
+    from durchwahl.routing.registrar_service import RegistrarService
+    from durchwahl.sipcore import Endpoint
+    from durchwahl.sipcore.core import CoreConfig
+    from durchwahl.sipcore.limits import Limits
+    from durchwahl.sipcore.tls import server_context
 
     service = RegistrarService(
         load_directory(directory_path), InMemoryLocationStore(), secret=SECRET, algorithms=("MD5",)
@@ -166,8 +166,8 @@ async def register(
     transport: str,
     n: int,
 ) -> None:
-    from sipcore.auth import answer_challenge, choose_challenge
-    from sipcore.message import Response, parse_message
+    from durchwahl.sipcore.auth import answer_challenge, choose_challenge
+    from durchwahl.sipcore.message import Response, parse_message
 
     local = writer.get_extra_info("sockname")[:2]
     call_id = f"b{n:x}{os.getpid():x}"

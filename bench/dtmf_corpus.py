@@ -57,10 +57,10 @@ from dtmf_synth import (  # noqa: E402
     white_noise,
 )
 
-from media.dtmf_cli import read_wav  # noqa: E402
-from media.dtmf_greeting import GreetingDetector  # noqa: E402
-from media.dtmf_inband import FRAME, InbandDetector  # noqa: E402
-from media.resample import resample  # noqa: E402
+from durchwahl.media.dtmf_cli import read_wav  # noqa: E402
+from durchwahl.media.dtmf_greeting import GreetingDetector  # noqa: E402
+from durchwahl.media.dtmf_inband import FRAME, InbandDetector  # noqa: E402
+from durchwahl.media.resample import resample  # noqa: E402
 
 DIGITS = "0123456789*#ABCD"
 KEYS = "0123456789*#"  # what callers dial

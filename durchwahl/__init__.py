@@ -11,12 +11,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from routing.cdr import CallRecord, Disposition
-    from routing.dialstring import DialString
-    from routing.directory import Directory, Employee, Group, Number, Trunk
-    from routing.directory_file import load_directory
-    from routing.errors import ConfigError, RoutingError
-    from routing.events import (
+    from durchwahl.routing.cdr import CallRecord, Disposition
+    from durchwahl.routing.dialstring import DialString
+    from durchwahl.routing.directory import Directory, Employee, Group, Number, Trunk
+    from durchwahl.routing.directory_file import load_directory
+    from durchwahl.routing.errors import ConfigError, RoutingError
+    from durchwahl.routing.events import (
         CallAnswered,
         CallRinging,
         CallStarted,
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
         DigitPressed,
         DigitSent,
     )
-    from routing.location import InMemoryLocationStore, LocationStore, SqliteLocationStore
-    from routing.registrar_service import Registered, Unregistered
-    from routing.resolver import (
+    from durchwahl.routing.location import InMemoryLocationStore, LocationStore, SqliteLocationStore
+    from durchwahl.routing.registrar_service import Registered, Unregistered
+    from durchwahl.routing.resolver import (
         Anonymous,
         Caller,
         FromEmployee,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         ToExternal,
         ToGroup,
     )
-    from routing.server import Server
+    from durchwahl.routing.server import Server
 
     __version__: str
 
@@ -83,40 +83,40 @@ __all__ = [
 
 #: Where each public name lives (the module is imported when the name is first used).
 _HOMES = {
-    "Server": "routing.server",
-    "ConfigError": "routing.errors",
-    "RoutingError": "routing.errors",
-    "Directory": "routing.directory",
-    "Employee": "routing.directory",
-    "Group": "routing.directory",
-    "Number": "routing.directory",
-    "Trunk": "routing.directory",
-    "load_directory": "routing.directory_file",
-    "CallStarted": "routing.events",
-    "CallRinging": "routing.events",
-    "CallAnswered": "routing.events",
-    "DigitPressed": "routing.events",
-    "DigitSent": "routing.events",
-    "CallTransferred": "routing.events",
-    "Registered": "routing.registrar_service",
-    "Unregistered": "routing.registrar_service",
-    "CallRecord": "routing.cdr",
-    "Disposition": "routing.cdr",
-    "DialString": "routing.dialstring",
-    "Caller": "routing.resolver",
-    "FromEmployee": "routing.resolver",
-    "FromTrunk": "routing.resolver",
-    "Anonymous": "routing.resolver",
-    "Route": "routing.resolver",
-    "ToEmployee": "routing.resolver",
-    "ToGroup": "routing.resolver",
-    "ToExternal": "routing.resolver",
-    "ToExtensionProcessing": "routing.resolver",
-    "Refused": "routing.resolver",
-    "ResolverHook": "routing.resolver",
-    "LocationStore": "routing.location",
-    "InMemoryLocationStore": "routing.location",
-    "SqliteLocationStore": "routing.location",
+    "Server": "durchwahl.routing.server",
+    "ConfigError": "durchwahl.routing.errors",
+    "RoutingError": "durchwahl.routing.errors",
+    "Directory": "durchwahl.routing.directory",
+    "Employee": "durchwahl.routing.directory",
+    "Group": "durchwahl.routing.directory",
+    "Number": "durchwahl.routing.directory",
+    "Trunk": "durchwahl.routing.directory",
+    "load_directory": "durchwahl.routing.directory_file",
+    "CallStarted": "durchwahl.routing.events",
+    "CallRinging": "durchwahl.routing.events",
+    "CallAnswered": "durchwahl.routing.events",
+    "DigitPressed": "durchwahl.routing.events",
+    "DigitSent": "durchwahl.routing.events",
+    "CallTransferred": "durchwahl.routing.events",
+    "Registered": "durchwahl.routing.registrar_service",
+    "Unregistered": "durchwahl.routing.registrar_service",
+    "CallRecord": "durchwahl.routing.cdr",
+    "Disposition": "durchwahl.routing.cdr",
+    "DialString": "durchwahl.routing.dialstring",
+    "Caller": "durchwahl.routing.resolver",
+    "FromEmployee": "durchwahl.routing.resolver",
+    "FromTrunk": "durchwahl.routing.resolver",
+    "Anonymous": "durchwahl.routing.resolver",
+    "Route": "durchwahl.routing.resolver",
+    "ToEmployee": "durchwahl.routing.resolver",
+    "ToGroup": "durchwahl.routing.resolver",
+    "ToExternal": "durchwahl.routing.resolver",
+    "ToExtensionProcessing": "durchwahl.routing.resolver",
+    "Refused": "durchwahl.routing.resolver",
+    "ResolverHook": "durchwahl.routing.resolver",
+    "LocationStore": "durchwahl.routing.location",
+    "InMemoryLocationStore": "durchwahl.routing.location",
+    "SqliteLocationStore": "durchwahl.routing.location",
 }
 
 

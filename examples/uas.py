@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 
-from sipcore import Endpoint, IncomingRequest
+from durchwahl.sipcore import Endpoint, IncomingRequest
 
 log = logging.getLogger("example-uas")
 

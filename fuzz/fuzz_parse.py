@@ -38,8 +38,8 @@ from pathlib import Path
 
 import atheris
 
-with atheris.instrument_imports(include=["sipcore"]):
-    from sipcore import (
+with atheris.instrument_imports(include=["durchwahl.sipcore"]):
+    from durchwahl.sipcore import (
         FramedMessage,
         NameAddr,
         Request,
@@ -52,10 +52,10 @@ with atheris.instrument_imports(include=["sipcore"]):
         parse_name_addr,
         parse_uri,
     )
-    from sipcore.headers import parse_via
-    from sipcore.limits import Limits
-    from sipcore.message import TYPED_ACCESSORS as ACCESSORS
-    from sipcore.message import error_response, salvage_request_headers
+    from durchwahl.sipcore.headers import parse_via
+    from durchwahl.sipcore.limits import Limits
+    from durchwahl.sipcore.message import TYPED_ACCESSORS as ACCESSORS
+    from durchwahl.sipcore.message import error_response, salvage_request_headers
 
 HERE = Path(__file__).resolve().parent
 

@@ -33,12 +33,12 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from sipcore.auth import Authenticated, DigestServer, Failed, Missing, Stale
-from sipcore.errors import SipParseError
-from sipcore.headers import parse_auth
-from sipcore.message import Request, Response
-from sipcore.transport import Flow
-from sipcore.uri import SipUri
+from durchwahl.sipcore.auth import Authenticated, DigestServer, Failed, Missing, Stale
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.headers import parse_auth
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.transport import Flow
+from durchwahl.sipcore.uri import SipUri
 
 from .challenge_watch import ChallengeWatch, Unanswered
 from .cluster import client_address, edge_reported

@@ -29,13 +29,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar, overload
 
-from media.greeting import GreetingCache
-from media.sdes import SrtpPolicy
-from media.session import MediaClock, PortAllocator
-from sipcore.dialog import DialogId
-from sipcore.endpoint import IncomingRequest
-from sipcore.session_timer import TimerPolicy, negotiate_uas
-from sipcore.ua import Call, CallFailed, CallQueue, UserAgent
+from durchwahl.media.greeting import GreetingCache
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.media.session import MediaClock, PortAllocator
+from durchwahl.sipcore.dialog import DialogId
+from durchwahl.sipcore.endpoint import IncomingRequest
+from durchwahl.sipcore.session_timer import TimerPolicy, negotiate_uas
+from durchwahl.sipcore.ua import Call, CallFailed, CallQueue, UserAgent
 
 from .calls.bridge import HookFactory
 from .calls.caller import caller_label, caller_srtp, identify_caller, refuse

@@ -11,8 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from routing.cdr import CallRecord
-    from routing.directory import Directory
+    from durchwahl.routing.cdr import CallRecord
+    from durchwahl.routing.directory import Directory
 
 
 #: The directory file the commands read when no --config is given: the example office (``make run``).
@@ -30,7 +30,7 @@ def _version() -> str:
 
 def _parse(paths: list[str]) -> int:
     """Parse SIP messages from files and print what the parser sees, or exactly what is wrong."""
-    from sipcore import Request, SipParseError, parse_message
+    from durchwahl.sipcore import Request, SipParseError, parse_message
 
     status = 0
     for path in paths:
@@ -86,8 +86,8 @@ def _serve(
     import signal
     from pathlib import Path
 
-    from routing.errors import ConfigError
-    from routing.server import Server, event_loop_factory, tune_gc
+    from durchwahl.routing.errors import ConfigError
+    from durchwahl.routing.server import Server, event_loop_factory, tune_gc
 
     try:
         loop_factory = event_loop_factory(loop)
@@ -156,9 +156,9 @@ def _control(
     import asyncio
     from pathlib import Path
 
-    from routing.control import request, socket_path
-    from routing.directory_file import load_directory
-    from routing.errors import ConfigError
+    from durchwahl.routing.control import request, socket_path
+    from durchwahl.routing.directory_file import load_directory
+    from durchwahl.routing.errors import ConfigError
 
     try:
         directory = load_directory(config)
@@ -288,8 +288,8 @@ def _drain(config: str, node: str | None) -> int:
 
 def _party(text: str) -> str:
     """A caller's From URI as an admin reads it: the number when its user part is one, else the URI."""
-    from sipcore import SipParseError
-    from sipcore.uri import SipUri, TelUri, parse_uri
+    from durchwahl.sipcore import SipParseError
+    from durchwahl.sipcore.uri import SipUri, TelUri, parse_uri
 
     try:
         uri = parse_uri(text)
@@ -366,8 +366,8 @@ def _cluster_cdr(
 
     import attrs
 
-    from routing.redis_shared import read_cluster_records
-    from routing.redis_store import connect, redacted
+    from durchwahl.routing.redis_shared import read_cluster_records
+    from durchwahl.routing.redis_store import connect, redacted
 
     assert directory.cluster is not None
     url = directory.cluster.store
@@ -410,9 +410,9 @@ def _cdr(config: str, limit: int, since: str | None, as_json: bool, node: str | 
 
     import attrs
 
-    from routing.cdr import CdrStoreError, read_records
-    from routing.directory_file import load_directory
-    from routing.errors import ConfigError
+    from durchwahl.routing.cdr import CdrStoreError, read_records
+    from durchwahl.routing.directory_file import load_directory
+    from durchwahl.routing.errors import ConfigError
 
     try:
         directory = load_directory(config)
@@ -470,8 +470,8 @@ def check_config(path: str, *, out: Callable[[str], None] | None = None) -> int:
     """``durchwahl check-config FILE``: print every problem and warning in file order, then a summary; exit
     status 1 when there are problems, else 0 (warnings alone do not fail)."""
     write = out if out is not None else (lambda line: print(line, file=sys.stdout))
-    from routing.directory_file import read_directory
-    from routing.errors import ConfigProblem
+    from durchwahl.routing.directory_file import read_directory
+    from durchwahl.routing.errors import ConfigProblem
 
     directory, problems, warnings = read_directory(path)
     if not problems and directory is None:
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["dtmf"]:
-        from media.dtmf_cli import main as dtmf_main
+        from durchwahl.media.dtmf_cli import main as dtmf_main
 
         return dtmf_main(argv[1:])
     args = parser.parse_args(argv)
@@ -593,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "demo":
-        from routing.demo import main as demo_main
+        from durchwahl.routing.demo import main as demo_main
 
         if args.verbose:
             import logging
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return demo_main()
     if args.command == "init":
-        from routing.starter import init_main
+        from durchwahl.routing.starter import init_main
 
         return init_main(args.dir)
     return 2

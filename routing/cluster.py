@@ -24,9 +24,9 @@ from typing import Any, Final
 
 import attrs
 
-from sipcore.errors import SipParseError
-from sipcore.message import Request
-from sipcore.uri import SipUri, parse_uri
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.uri import SipUri, parse_uri
 
 from .config_check import Checker
 

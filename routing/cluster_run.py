@@ -268,7 +268,7 @@ def start_node(
     *,
     wait: bool = True,
     extra: Sequence[str] = (),
-    program: Sequence[str] = ("-m", "routing.cli"),
+    program: Sequence[str] = ("-m", "durchwahl.routing.cli"),
 ) -> Part:
     """``durchwahl serve --node NAME`` on udp:127.0.0.1:``port`` for the directory file ``config``
     (``program``: what Python runs instead of ``-m routing.cli``, taking the same arguments)."""
@@ -309,7 +309,7 @@ class Cluster:
         ping_interval: int = 1,
         kamailio_workers: int = 4,
         kamailio_memory_mb: int = 64,
-        node_program: Sequence[str] = ("-m", "routing.cli"),
+        node_program: Sequence[str] = ("-m", "durchwahl.routing.cli"),
     ) -> None:
         self.folder = folder
         self._program = tuple(node_program)

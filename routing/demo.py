@@ -30,17 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar, cast
 
-from media.dtmf_rfc4733 import DTMF_EVENTS, TelephoneEventSender, parse_telephone_event
-from media.errors import MediaError
-from media.rtp import RtpPacket, parse
-from media.sdp import parse_sdp
-from sipcore import Endpoint, IncomingRequest, Response
-from sipcore.auth import answer_challenge, choose_challenge
-from sipcore.endpoint import TransportFactory
-from sipcore.session import SessionState, Terminated, TerminationReason
-from sipcore.transaction import Timers
-from sipcore.transport import TransportSet
-from sipcore.ua import Call, IncomingCall, OutgoingCall, UserAgent
+from durchwahl.media.dtmf_rfc4733 import DTMF_EVENTS, TelephoneEventSender, parse_telephone_event
+from durchwahl.media.errors import MediaError
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.sipcore import Endpoint, IncomingRequest, Response
+from durchwahl.sipcore.auth import answer_challenge, choose_challenge
+from durchwahl.sipcore.endpoint import TransportFactory
+from durchwahl.sipcore.session import SessionState, Terminated, TerminationReason
+from durchwahl.sipcore.transaction import Timers
+from durchwahl.sipcore.transport import TransportSet
+from durchwahl.sipcore.ua import Call, IncomingCall, OutgoingCall, UserAgent
 
 from .calls.media_anchor import media_address
 from .errors import ConfigError

@@ -34,8 +34,8 @@ from typing import Final
 
 import attrs
 
-from sipcore.errors import SipParseError
-from sipcore.uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
 
 from .errors import RoutingError
 

@@ -15,9 +15,9 @@ from typing import Final
 
 import attrs
 
-from media.sdes import SrtpPolicy
-from sipcore.auth import DigestSecret
-from sipcore.limits import DEFAULT_LIMITS, Limits
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.sipcore.auth import DigestSecret
+from durchwahl.sipcore.limits import DEFAULT_LIMITS, Limits
 
 from .admission import DEFAULT_ADMISSION, AdmissionConfig
 from .cluster import ClusterConfig

@@ -25,8 +25,8 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from sipcore.auth import ALGORITHMS
-from sipcore.limits import DEFAULT_LIMITS
+from durchwahl.sipcore.auth import ALGORITHMS
+from durchwahl.sipcore.limits import DEFAULT_LIMITS
 
 from . import directory_transport as transport_keys
 from .cluster import CLUSTER_KEYS, read_cluster

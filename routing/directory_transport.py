@@ -16,8 +16,8 @@ from typing import Any, Final, Literal
 
 from cryptography import x509
 
-from media.sdes import SrtpPolicy
-from sipcore.tls import TlsError, client_context, name_matches, server_context
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.sipcore.tls import TlsError, client_context, name_matches, server_context
 
 from .config_check import Checker
 from .directory import ListenSpec, TlsFiles, TrunkTls

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
-from sipcore.registrar import Binding, BindingFlow
+from durchwahl.sipcore.registrar import Binding, BindingFlow
 
 from .errors import RoutingError
 from .sqlite import open_versioned

@@ -32,11 +32,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from media.relay import MediaRelay, RelayStats, Side
-from media.session import SessionStats
-from sipcore.endpoint import IncomingRequest
-from sipcore.message import Request, Response
-from sipcore.transport import Flow
+from durchwahl.media.relay import MediaRelay, RelayStats, Side
+from durchwahl.media.session import SessionStats
+from durchwahl.sipcore.endpoint import IncomingRequest
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.transport import Flow
 
 from .cdr import CallRecord, Disposition
 from .events import CallAnswered, CallStarted, DigitPressed

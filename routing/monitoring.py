@@ -16,7 +16,7 @@ import socket
 from logging.handlers import SysLogHandler, WatchedFileHandler
 from typing import TYPE_CHECKING, Any, Final
 
-from sipcore.message import Request
+from durchwahl.sipcore.message import Request
 
 from .authenticator import OfficeNumber
 from .dialstring import DialStringError, from_request_uri

@@ -18,9 +18,9 @@ import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
-from sipcore import Endpoint, Flow
-from sipcore.headers import Header
-from sipcore.message import Request, Response, make_response, salvage_request_headers
+from durchwahl.sipcore import Endpoint, Flow
+from durchwahl.sipcore.headers import Header
+from durchwahl.sipcore.message import Request, Response, make_response, salvage_request_headers
 
 from .admission import (
     LATE_FACTOR,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
-from sipcore.registrar import Binding
+from durchwahl.sipcore.registrar import Binding
 
 from .location import LocationStoreError, binding_from_json, binding_to_json
 

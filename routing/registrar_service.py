@@ -51,11 +51,11 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import attrs
 
-from media.sdes import SrtpPolicy
-from sipcore.auth import DigestServer
-from sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
-from sipcore.message import Request
-from sipcore.registrar import (
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.sipcore.auth import DigestServer
+from durchwahl.sipcore.endpoint import Endpoint, IncomingRequest, RequestTimeout
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.registrar import (
     Binding,
     BindingFlow,
     RegisterOutcome,
@@ -65,8 +65,8 @@ from sipcore.registrar import (
     by_preference,
     process_register,
 )
-from sipcore.transport import Flow, TransportError, TransportName
-from sipcore.uri import NameAddr, SipUri, parse_name_addr
+from durchwahl.sipcore.transport import Flow, TransportError, TransportName
+from durchwahl.sipcore.uri import NameAddr, SipUri, parse_name_addr
 
 from .authenticator import Authenticator, Unverified
 from .challenge_watch import ChallengeWatch, Unanswered

@@ -44,7 +44,7 @@ from typing import Final, Protocol
 __all__ = ["SECURITY_LOGGER", "Relayed", "SecurityEvent", "SecurityLog", "log_value"]
 
 #: The logger every security line goes to (its own handler: ``[server] security_log``).
-SECURITY_LOGGER: Final = "routing.security"
+SECURITY_LOGGER: Final = "durchwahl.routing.security"
 
 
 class SecurityEvent(enum.Enum):

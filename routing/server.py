@@ -33,11 +33,11 @@ from typing import Any, Final
 import attrs
 from pyee.asyncio import AsyncIOEventEmitter
 
-from sipcore import Endpoint, Flow, IncomingRequest
-from sipcore.core import CoreConfig
-from sipcore.message import Request, Response
-from sipcore.tls import TlsError
-from sipcore.ua import UserAgent
+from durchwahl.sipcore import Endpoint, Flow, IncomingRequest
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.tls import TlsError
+from durchwahl.sipcore.ua import UserAgent
 
 from .b2bua import B2bua
 from .calls.watch import WatchPolicy

@@ -24,7 +24,7 @@ from typing import TextIO
 
 import attrs
 
-from sipcore.auth import compute_ha1
+from durchwahl.sipcore.auth import compute_ha1
 
 __all__ = [
     "GREETING",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 
-from sipcore.tls import TlsContexts, client_context, server_context
+from durchwahl.sipcore.tls import TlsContexts, client_context, server_context
 
 from .directory import Directory
 

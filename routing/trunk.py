@@ -31,13 +31,13 @@ from typing import Final
 
 import attrs
 
-from sipcore.auth import DigestError, answer_challenge, choose_challenge
-from sipcore.endpoint import Endpoint, RequestTimeout
-from sipcore.errors import SipError, SipParseError
-from sipcore.headers import Challenge, Header, parse_auth
-from sipcore.message import Request, Response
-from sipcore.transport import Flow, TransportError
-from sipcore.uri import NameAddr, SipUri, parse_name_addr
+from durchwahl.sipcore.auth import DigestError, answer_challenge, choose_challenge
+from durchwahl.sipcore.endpoint import Endpoint, RequestTimeout
+from durchwahl.sipcore.errors import SipError, SipParseError
+from durchwahl.sipcore.headers import Challenge, Header, parse_auth
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.transport import Flow, TransportError
+from durchwahl.sipcore.uri import NameAddr, SipUri, parse_name_addr
 
 from .directory import Trunk
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import durchwahl
-from routing.cli import main
+from durchwahl.routing.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_the_version_is_the_installed_metadata(capsys: pytest.CaptureFixture[str
 
 
 def test_importing_durchwahl_loads_nothing_heavy() -> None:
-    heavy = ["asyncio", "pyee", "aiortc", "av", "numpy", "routing.server"]
+    heavy = ["asyncio", "pyee", "aiortc", "av", "numpy", "durchwahl.routing.server"]
     code = f"import sys, durchwahl; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from media.errors import MediaError
-from media.relay import Side
-from media.session import PortsExhausted
-from sipcore.message import Request
-from sipcore.session import (
+from durchwahl.media.errors import MediaError
+from durchwahl.media.relay import Side
+from durchwahl.media.session import PortsExhausted
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import (
     DialogRequestReceived,
     ReinviteAnswered,
     ReinviteConfirmed,
@@ -25,7 +25,7 @@ from sipcore.session import (
     SessionEvent,
     SessionState,
 )
-from sipcore.ua import Call, IncomingCall
+from durchwahl.sipcore.ua import Call, IncomingCall
 
 from .leg import CallState, hold_request, offered_direction
 from .media_anchor import AnchoredMedia

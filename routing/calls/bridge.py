@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import attrs
 
-from media.relay import Side
-from sipcore.message import Request, Response
-from sipcore.session import (
+from durchwahl.media.relay import Side
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.session import (
     Confirmed,
     DialogRequestReceived,
     DialogResponseReceived,
@@ -33,7 +33,7 @@ from sipcore.session import (
     Terminated,
     TerminationReason,
 )
-from sipcore.ua import Call, CallEvent, CallQueue
+from durchwahl.sipcore.ua import Call, CallEvent, CallQueue
 
 from .anchor import HoldSync, answer_in_ack, reanswer, update_locally
 from .leg import MAX_HELD, CallState, content_type, passthrough

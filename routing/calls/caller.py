@@ -13,11 +13,11 @@ retransmitted ten times towards a source that may be spoofed).
 
 from __future__ import annotations
 
-from media.sdes import SrtpPolicy
-from sipcore.endpoint import IncomingRequest
-from sipcore.message import Request
-from sipcore.tls import name_matches
-from sipcore.uri import SipUri, TelUri
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.sipcore.endpoint import IncomingRequest
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.tls import name_matches
+from durchwahl.sipcore.uri import SipUri, TelUri
 
 from ..authenticator import Unverified, Verified
 from ..dialstring import DialKind, DialString

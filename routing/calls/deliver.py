@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import logging
 
-from media.errors import MediaError
-from media.sdes import SrtpPolicy
-from media.session import PortsExhausted
-from sipcore.message import Response
-from sipcore.session import Answered, Confirmed, DialogRequestReceived, SessionError, SessionEvent, Terminated
-from sipcore.ua import Call, IncomingCall, OutgoingCall
-from sipcore.uri import NameAddr
+from durchwahl.media.errors import MediaError
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.media.session import PortsExhausted
+from durchwahl.sipcore.message import Response
+from durchwahl.sipcore.session import (
+    Answered,
+    Confirmed,
+    DialogRequestReceived,
+    SessionError,
+    SessionEvent,
+    Terminated,
+)
+from durchwahl.sipcore.ua import Call, IncomingCall, OutgoingCall
+from durchwahl.sipcore.uri import NameAddr
 
 from ..events import CallAnswered, CallRinging
 from ..resolver import Refused, Route, ToExternal

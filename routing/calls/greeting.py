@@ -19,14 +19,14 @@ from collections.abc import Callable
 
 import attrs
 
-from media.dtmf_info import parse_info_body
-from media.dtmf_merge import KeyPressed
-from media.errors import MediaError
-from media.greeting import Greeting, GreetingError
-from media.session import PortsExhausted, RtpSession
-from sipcore.message import Request
-from sipcore.session import Confirmed, DialogRequestReceived, SessionError, Terminated
-from sipcore.ua import CallEvent, IncomingCall
+from durchwahl.media.dtmf_info import parse_info_body
+from durchwahl.media.dtmf_merge import KeyPressed
+from durchwahl.media.errors import MediaError
+from durchwahl.media.greeting import Greeting, GreetingError
+from durchwahl.media.session import PortsExhausted, RtpSession
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import Confirmed, DialogRequestReceived, SessionError, Terminated
+from durchwahl.sipcore.ua import CallEvent, IncomingCall
 
 from ..collector import CollectorResult, DigitCollector, ExtensionDialled
 from ..directory import ExtensionRef, Number

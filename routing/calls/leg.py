@@ -17,17 +17,17 @@ from typing import Final
 
 import attrs
 
-from media.errors import SdpError
-from media.greeting import Greeting
-from media.relay import Side
-from media.sdes import SrtpPolicy
-from media.sdp import parse_sdp
-from sipcore.dialog import MAX_FORWARDS
-from sipcore.headers import header_key
-from sipcore.message import Request, Response
-from sipcore.session import DialogRequestReceived, SessionError
-from sipcore.session_timer import SessionTimer
-from sipcore.ua import Call, CallEvent, CallQueue, IncomingCall, OutgoingCall
+from durchwahl.media.errors import SdpError
+from durchwahl.media.greeting import Greeting
+from durchwahl.media.relay import Side
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.sipcore.dialog import MAX_FORWARDS
+from durchwahl.sipcore.headers import header_key
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.session import DialogRequestReceived, SessionError
+from durchwahl.sipcore.session_timer import SessionTimer
+from durchwahl.sipcore.ua import Call, CallEvent, CallQueue, IncomingCall, OutgoingCall
 
 from .media_anchor import AnchoredMedia
 from .records import CallDraft

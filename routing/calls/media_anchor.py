@@ -32,10 +32,10 @@ from typing import Final
 import attrs
 import numpy as np
 
-from media.errors import MediaError, SdpError
-from media.greeting import Greeting, greeting_from_samples
-from media.relay import LegMedia, MediaBridge, Side, leg_media_from_sdp
-from media.sdes import (
+from durchwahl.media.errors import MediaError, SdpError
+from durchwahl.media.greeting import Greeting, greeting_from_samples
+from durchwahl.media.relay import LegMedia, MediaBridge, Side, leg_media_from_sdp
+from durchwahl.media.sdes import (
     KEY_OCTETS,
     OFFERED_SUITE,
     SECURE_PROFILES,
@@ -47,10 +47,10 @@ from media.sdes import (
     choose_crypto,
     offer_profile,
 )
-from media.sdp import MediaDescription, Origin, SessionDescription, answer, make_offer, parse_sdp
-from media.session import MediaClock, PortAllocator, RtpSession
-from media.srtp import SrtpStreams
-from sipcore.transport import Flow
+from durchwahl.media.sdp import MediaDescription, Origin, SessionDescription, answer, make_offer, parse_sdp
+from durchwahl.media.session import MediaClock, PortAllocator, RtpSession
+from durchwahl.media.srtp import SrtpStreams
+from durchwahl.sipcore.transport import Flow
 
 __all__ = [
     "AnchoredAnswer",

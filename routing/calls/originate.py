@@ -14,11 +14,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from media.errors import MediaError
-from media.sdes import SrtpPolicy
-from media.session import PortsExhausted
-from sipcore.ua import OutgoingCall
-from sipcore.uri import NameAddr, SipUri, parse_uri
+from durchwahl.media.errors import MediaError
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.media.session import PortsExhausted
+from durchwahl.sipcore.ua import OutgoingCall
+from durchwahl.sipcore.uri import NameAddr, SipUri, parse_uri
 
 from ..cdr import CallRecord
 from ..dialstring import DialStringError, format_dialstring, parse_dialstring

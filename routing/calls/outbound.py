@@ -15,11 +15,11 @@ import socket
 from collections.abc import Iterable
 from typing import Final
 
-from media.errors import MediaError
-from media.relay import MediaBridge, Side
-from sipcore.transport import Flow
-from sipcore.ua import UserAgent
-from sipcore.uri import NameAddr, SipUri
+from durchwahl.media.errors import MediaError
+from durchwahl.media.relay import MediaBridge, Side
+from durchwahl.sipcore.transport import Flow
+from durchwahl.sipcore.ua import UserAgent
+from durchwahl.sipcore.uri import NameAddr, SipUri
 
 from ..directory import Directory, Trunk
 from ..events import DigitSent

@@ -22,9 +22,9 @@ from typing import Final, Protocol
 
 import attrs
 
-from media.sdes import SrtpPolicy
-from sipcore.message import Request, Response
-from sipcore.session import (
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.sipcore.message import Request, Response
+from durchwahl.sipcore.session import (
     Answered,
     Cancelled,
     DialogRequestReceived,
@@ -33,8 +33,8 @@ from sipcore.session import (
     SessionEvent,
     Terminated,
 )
-from sipcore.ua import Call, CallQueue, OutgoingCall
-from sipcore.uri import NameAddr, parse_uri
+from durchwahl.sipcore.ua import Call, CallQueue, OutgoingCall
+from durchwahl.sipcore.uri import NameAddr, parse_uri
 
 from ..dialstring import format_post_dial
 from ..directory import Employee, Group

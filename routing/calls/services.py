@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-from media.greeting import GreetingCache
-from media.relay import Side
-from media.session import MediaClock, PortAllocator
-from sipcore.dialog import DialogId
-from sipcore.session import SessionEvent
-from sipcore.session_timer import TimerPolicy
-from sipcore.transport import Flow
-from sipcore.ua import Call, UserAgent
+from durchwahl.media.greeting import GreetingCache
+from durchwahl.media.relay import Side
+from durchwahl.media.session import MediaClock, PortAllocator
+from durchwahl.sipcore.dialog import DialogId
+from durchwahl.sipcore.session import SessionEvent
+from durchwahl.sipcore.session_timer import TimerPolicy
+from durchwahl.sipcore.transport import Flow
+from durchwahl.sipcore.ua import Call, UserAgent
 
 from ..cdr import CallRecord, CdrStore
 from ..directory import DEFAULT_RING_SECONDS, Directory, Employee, Group

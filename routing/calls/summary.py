@@ -6,7 +6,7 @@ import enum
 
 import attrs
 
-from sipcore.ua import Call
+from durchwahl.sipcore.ua import Call
 
 from .leg import CallState, Ringing
 

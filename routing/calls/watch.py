@@ -20,7 +20,7 @@ from typing import Final
 
 import attrs
 
-from media.relay import Side
+from durchwahl.media.relay import Side
 
 __all__ = ["CallWatch", "WatchPolicy"]
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from media.errors import MediaError
-from media.sdp import SessionDescription
-from media.session import RtpSession
-from sipcore.session import (
+from durchwahl.media.errors import MediaError
+from durchwahl.media.sdp import SessionDescription
+from durchwahl.media.session import RtpSession
+from durchwahl.sipcore.session import (
     DialogRequestReceived,
     ReinviteAnswered,
     ReinviteFailed,
@@ -35,7 +35,7 @@ from sipcore.session import (
     SessionState,
     Terminated,
 )
-from sipcore.ua import Call
+from durchwahl.sipcore.ua import Call
 
 from ..calls.leg import hang_up, respond
 from ..calls.media_anchor import MovedLeg

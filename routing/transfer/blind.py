@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from media.errors import MediaError
-from media.sdes import SrtpPolicy
-from media.sdp import SessionDescription
-from media.session import RtpSession
-from sipcore.message import Response
-from sipcore.session import DialogRequestReceived, SessionEvent
-from sipcore.ua import Call, CallQueue, IncomingCall, OutgoingCall
-from sipcore.uri import NameAddr, SipUri
+from durchwahl.media.errors import MediaError
+from durchwahl.media.sdes import SrtpPolicy
+from durchwahl.media.sdp import SessionDescription
+from durchwahl.media.session import RtpSession
+from durchwahl.sipcore.message import Response
+from durchwahl.sipcore.session import DialogRequestReceived, SessionEvent
+from durchwahl.sipcore.ua import Call, CallQueue, IncomingCall, OutgoingCall
+from durchwahl.sipcore.uri import NameAddr, SipUri
 
 from ..calls.leg import respond
 from ..calls.ringing import Ended, Unreached, Won, ring_route

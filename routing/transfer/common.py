@@ -8,11 +8,11 @@ import logging
 
 import attrs
 
-from media.relay import Side
-from sipcore.message import Request
-from sipcore.session import SessionError
-from sipcore.ua import Call, OutgoingCall
-from sipcore.uri import SipUri, TelUri
+from durchwahl.media.relay import Side
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import SessionError
+from durchwahl.sipcore.ua import Call, OutgoingCall
+from durchwahl.sipcore.uri import SipUri, TelUri
 
 from .refer import SIPFRAG, AttendedTarget, ReferTarget, notify_headers, sipfrag
 

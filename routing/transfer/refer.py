@@ -15,10 +15,10 @@ from typing import Final
 
 import attrs
 
-from sipcore.errors import SipError
-from sipcore.message import REASON_PHRASES, Request
-from sipcore.session import DEFAULT_ALLOW
-from sipcore.uri import SipUri, TelUri, Uri, parse_name_addr
+from durchwahl.sipcore.errors import SipError
+from durchwahl.sipcore.message import REASON_PHRASES, Request
+from durchwahl.sipcore.session import DEFAULT_ALLOW
+from durchwahl.sipcore.uri import SipUri, TelUri, Uri, parse_name_addr
 
 from ..dialstring import DialString, DialStringError, format_dialstring, from_request_uri
 

@@ -28,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from media.errors import MediaError
-from media.relay import Side
-from sipcore.dialog import DialogId
-from sipcore.message import Request
-from sipcore.session import (
+from durchwahl.media.errors import MediaError
+from durchwahl.media.relay import Side
+from durchwahl.sipcore.dialog import DialogId
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import (
     Answered,
     DialogRequestReceived,
     ReinviteAnswered,
@@ -42,7 +42,7 @@ from sipcore.session import (
     SessionState,
     Terminated,
 )
-from sipcore.ua import Call, CallQueue
+from durchwahl.sipcore.ua import Call, CallQueue
 
 from ..calls.leg import CallState, hang_up, respond
 from ..calls.outbound import send_post_dial

@@ -14,9 +14,9 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from media.dtmf_inband import FRAME, RATE, DigitDetected, InbandDetector, dbm0_to_amplitude
-from media.dtmf_tones import dtmf_tone
-from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from durchwahl.media.dtmf_inband import FRAME, RATE, DigitDetected, InbandDetector, dbm0_to_amplitude
+from durchwahl.media.dtmf_tones import dtmf_tone
+from durchwahl.media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 Float = npt.NDArray[np.float64]
 

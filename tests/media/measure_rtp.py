@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from aiortc.rtp import RtpPacket as AiortcPacket
 
-from media import rtp
+from durchwahl.media import rtp
 
 PLAIN = bytes(rtp.RtpPacket(0, 4242, 123456, 0xDEADBEEF, bytes(range(160)), True))
 FULL = bytes(

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from dtmf_synth import ms, sequence
 
-from media.dtmf_cli import main, read_wav
-from media.resample import resample
+from durchwahl.media.dtmf_cli import main, read_wav
+from durchwahl.media.resample import resample
 
 
 def _write_wav(path: Path, signal: np.ndarray, rate: int, *, channels: int = 1, width: int = 2) -> None:

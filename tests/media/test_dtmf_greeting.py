@@ -10,9 +10,9 @@ from dtmf_synth import Float, sequence, speech_like, white_noise
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from media.dtmf_greeting import DetectorBank, GreetingDetector
-from media.dtmf_inband import DigitDetected
-from media.echo import BLOCK
+from durchwahl.media.dtmf_greeting import DetectorBank, GreetingDetector
+from durchwahl.media.dtmf_inband import DigitDetected
+from durchwahl.media.echo import BLOCK
 
 FRAMES = 110  # 2.2 s per stream
 

@@ -24,7 +24,7 @@ from dtmf_synth import (
     white_noise,
 )
 
-from media.dtmf_inband import (
+from durchwahl.media.dtmf_inband import (
     DBM0_AMPLITUDE,
     FRAME,
     RATE,
@@ -34,7 +34,7 @@ from media.dtmf_inband import (
     analyse_windows,
     dbm0_to_amplitude,
 )
-from media.dtmf_tones import dtmf_tone, keypad_frequencies
+from durchwahl.media.dtmf_tones import dtmf_tone, keypad_frequencies
 
 DIGITS = "0123456789*#ABCD"
 LAWS = ("ulaw", "alaw")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.dtmf_info import (
+from durchwahl.media.dtmf_info import (
     MAX_BODY,
     InfoDigitReceived,
     format_dtmf_relay,
@@ -14,7 +14,7 @@ from media.dtmf_info import (
     parse_dtmf_relay,
     parse_info_body,
 )
-from media.errors import DtmfInfoError, MediaError
+from durchwahl.media.errors import DtmfInfoError, MediaError
 
 
 @pytest.mark.parametrize(

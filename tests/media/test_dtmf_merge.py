@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.dtmf_inband import DigitDetected
-from media.dtmf_info import InfoDigitReceived
-from media.dtmf_merge import DigitMerger, DigitSource, KeyPressed
-from media.dtmf_rfc4733 import DigitReceived
+from durchwahl.media.dtmf_inband import DigitDetected
+from durchwahl.media.dtmf_info import InfoDigitReceived
+from durchwahl.media.dtmf_merge import DigitMerger, DigitSource, KeyPressed
+from durchwahl.media.dtmf_rfc4733 import DigitReceived
 
 RTP, INBAND, INFO = DigitSource.TELEPHONE_EVENT, DigitSource.INBAND, DigitSource.SIP_INFO
 

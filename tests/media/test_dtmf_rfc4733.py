@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.dtmf_rfc4733 import (
+from durchwahl.media.dtmf_rfc4733 import (
     DTMF_EVENTS,
     MAX_DURATION,
     DigitReceived,
@@ -18,7 +18,7 @@ from media.dtmf_rfc4733 import (
     event_to_digit,
     parse_telephone_event,
 )
-from media.errors import TelephoneEventError
+from durchwahl.media.errors import TelephoneEventError
 
 # --- payload -----------------------------------------------------------------------------------------
 

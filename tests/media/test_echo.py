@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from dtmf_synth import Float, sequence, speech_like, through_g711, tone_rms, white_noise
 
-from media.dtmf_greeting import GreetingDetector
-from media.dtmf_inband import InbandDetector
-from media.echo import BLOCK, PARTITIONS, EchoCanceller
+from durchwahl.media.dtmf_greeting import GreetingDetector
+from durchwahl.media.dtmf_inband import InbandDetector
+from durchwahl.media.echo import BLOCK, PARTITIONS, EchoCanceller
 
 
 def echo_path(rng: np.random.Generator, delay_ms: float) -> Float:

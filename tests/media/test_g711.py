@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.g711 import (
+from durchwahl.media.g711 import (
     ALAW_DECODE_TABLE,
     ULAW_DECODE_TABLE,
     alaw_decode,

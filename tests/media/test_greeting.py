@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.g711 import alaw_decode, ulaw_decode
-from media.greeting import (
+from durchwahl.media.g711 import alaw_decode, ulaw_decode
+from durchwahl.media.greeting import (
     FRAME_SAMPLES,
     GreetingCache,
     GreetingError,

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from dtmf_synth import detect, music_like, speech_like, through_g711, white_noise
 
-from media.dtmf_inband import InbandDetector
-from media.dtmf_tones import dtmf_tone
-from media.g711 import ulaw_decode, ulaw_encode
-from media.greeting import decode_audio, greeting_from_samples
-from media.rtp import RtpPacket, parse
-from media.session import MediaClock, PortAllocator, RtpSession
+from durchwahl.media.dtmf_inband import InbandDetector
+from durchwahl.media.dtmf_tones import dtmf_tone
+from durchwahl.media.g711 import ulaw_decode, ulaw_encode
+from durchwahl.media.greeting import decode_audio, greeting_from_samples
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.media.session import MediaClock, PortAllocator, RtpSession
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "greeting.wav"
 
@@ -61,7 +61,7 @@ def test_control_a_greeting_that_contains_a_tone_pair_is_heard() -> None:
 def test_greeting_aware_detection_stays_silent_on_the_echo(kind: str) -> None:
     """With the greeting as reference, the echo alone (6 dB down, 40 ms late, a non-flat path) gives no digit,
     while the filter learns and once it has (the example is a chime: a few pure tones)."""
-    from media.dtmf_greeting import GreetingDetector
+    from durchwahl.media.dtmf_greeting import GreetingDetector
 
     rng = np.random.default_rng(11)
     if kind == "example":

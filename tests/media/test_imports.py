@@ -37,7 +37,7 @@ def test_pure_module_imports_no_io(module: str) -> None:
 
 
 def test_importing_media_loads_neither_aiortc_nor_av() -> None:
-    modules = ", ".join(["media", *(f"media.{m}" for m in PURE_MODULES)])
+    modules = ", ".join(["durchwahl.media", *(f"durchwahl.media.{m}" for m in PURE_MODULES)])
     code = f"import sys, {modules}; print(sorted(m for m in ('aiortc', 'av') if m in sys.modules))"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=MEDIA.parent, capture_output=True, text=True, check=True, timeout=60

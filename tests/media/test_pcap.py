@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from media.dtmf_rfc4733 import DigitReceived, TelephoneEventReceiver
-from media.errors import PcapError
-from media.pcap import UdpDatagram, read_udp
-from media.rtp import parse
+from durchwahl.media.dtmf_rfc4733 import DigitReceived, TelephoneEventReceiver
+from durchwahl.media.errors import PcapError
+from durchwahl.media.pcap import UdpDatagram, read_udp
+from durchwahl.media.rtp import parse
 
 SIPP_DIR = Path("/usr/share/sip-tester")
 

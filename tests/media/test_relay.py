@@ -13,12 +13,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from media.dtmf_inband import InbandDetector
-from media.dtmf_rfc4733 import TelephoneEventReceiver, TelephoneEventSender, parse_telephone_event
-from media.dtmf_tones import dtmf_tone
-from media.errors import MediaError, TelephoneEventError
-from media.g711 import alaw_decode, ulaw_decode, ulaw_encode
-from media.relay import (
+from durchwahl.media.dtmf_inband import InbandDetector
+from durchwahl.media.dtmf_rfc4733 import TelephoneEventReceiver, TelephoneEventSender, parse_telephone_event
+from durchwahl.media.dtmf_tones import dtmf_tone
+from durchwahl.media.errors import MediaError, TelephoneEventError
+from durchwahl.media.g711 import alaw_decode, ulaw_decode, ulaw_encode
+from durchwahl.media.relay import (
     LegMedia,
     MediaBridge,
     MediaRelay,
@@ -27,9 +27,9 @@ from media.relay import (
     leg_media_from_sdp,
     plan_digits,
 )
-from media.rtp import RtpPacket, parse
-from media.sdp import parse_sdp
-from media.session import MediaClock, PortAllocator, RtpSession
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.media.session import MediaClock, PortAllocator, RtpSession
 
 
 def _signed16(value: int) -> int:
@@ -466,7 +466,7 @@ async def test_two_legs_bridged_on_loopback() -> None:
 
 async def test_bridge_continues_the_numbering_of_the_greeting() -> None:
     """The caller heard the greeting on leg A; the bridge's packets continue its SSRC, sequence and time."""
-    from media.greeting import greeting_from_samples
+    from durchwahl.media.greeting import greeting_from_samples
 
     allocator = PortAllocator(35000, 35999)
     leg_a = await allocator.open(lambda: RtpSession(rng=random.Random(3), detect_inband=False))

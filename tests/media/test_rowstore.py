@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from media.rowstore import RowStore
+from durchwahl.media.rowstore import RowStore
 
 
 class Owner:

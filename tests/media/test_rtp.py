@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.errors import MediaError, RtpError
-from media.rtp import RtpHeaderExtension, RtpPacket, RtpSender, is_rtcp, parse
+from durchwahl.media.errors import MediaError, RtpError
+from durchwahl.media.rtp import RtpHeaderExtension, RtpPacket, RtpSender, is_rtcp, parse
 
 # A hand-assembled packet: V=2, P=1, X=1, CC=2, M=1, PT=101, seq 0x1234, ts 0x01020304, SSRC 0xCAFEBABE,
 # CSRCs 1 and 2, extension profile 0xBEDE with one word, payload "abc", 3 octets of padding.

@@ -14,10 +14,17 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from media.dtmf_rfc4733 import TelephoneEventSender
-from media.greeting import greeting_from_samples
-from media.rtp import RtpPacket, parse
-from media.session import MediaClock, PortAllocator, PortsExhausted, RtpSession, _EpollReader, _RtpTransport
+from durchwahl.media.dtmf_rfc4733 import TelephoneEventSender
+from durchwahl.media.greeting import greeting_from_samples
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.media.session import (
+    MediaClock,
+    PortAllocator,
+    PortsExhausted,
+    RtpSession,
+    _EpollReader,
+    _RtpTransport,
+)
 
 
 def _peer() -> socket.socket:
@@ -128,8 +135,8 @@ async def test_port_range_exhaustion_is_a_clear_error() -> None:
 @pytest.mark.parametrize("ways", [("inband",), ("rfc4733",), ("inband", "rfc4733")])
 async def test_a_key_press_counts_once_however_it_arrives(ways: tuple[str, ...]) -> None:
     """A gateway may send a digit as tones in the audio, as telephone-events, or both: one digit each time."""
-    from media.dtmf_tones import dtmf_tone
-    from media.g711 import ulaw_encode
+    from durchwahl.media.dtmf_tones import dtmf_tone
+    from durchwahl.media.g711 import ulaw_encode
 
     loop = asyncio.get_running_loop()
     pressed: list[tuple[str, str]] = []
@@ -164,9 +171,9 @@ async def test_a_key_press_counts_once_however_it_arrives(ways: tuple[str, ...])
 async def test_digits_are_detected_only_while_someone_listens(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bridged call has no collector: its audio is not run through the in-band detector (its CPU cost),
     and a collector that starts listening gets the digits from then on."""
-    from media.dtmf_inband import InbandDetector
-    from media.dtmf_tones import dtmf_tone
-    from media.g711 import ulaw_encode
+    from durchwahl.media.dtmf_inband import InbandDetector
+    from durchwahl.media.dtmf_tones import dtmf_tone
+    from durchwahl.media.g711 import ulaw_encode
 
     fed: list[int] = []
     real_feed = InbandDetector.feed
@@ -356,7 +363,7 @@ async def test_a_playback_started_at_any_moment_is_paced_half_a_tick_off_the_clo
     """Frames are due half a tick before the clock's ticks, so a tick that the loop wakes up to 9 ms late
     still finds exactly one frame due. (Pacing a playback from the moment it started put some playbacks'
     deadlines right at the ticks: the loop's wake-up jitter then sent their frames a tick late.)"""
-    from media.greeting import Pacer
+    from durchwahl.media.greeting import Pacer
 
     class Idle:
         def tick(self, now: float) -> None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.errors import SdpError
-from media.sdes import (
+from durchwahl.media.errors import SdpError
+from durchwahl.media.sdes import (
     KEY_OCTETS,
     CryptoAttribute,
     SrtpPolicy,
@@ -22,7 +22,7 @@ from media.sdes import (
     offer_profile,
     parse_crypto,
 )
-from media.sdp import Attribute, MediaDescription
+from durchwahl.media.sdp import Attribute, MediaDescription
 
 KEY = bytes(range(KEY_OCTETS))
 INLINE = base64.b64encode(KEY).decode()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from media.errors import SdpError
-from media.sdp import (
+from durchwahl.media.errors import SdpError
+from durchwahl.media.sdp import (
     Attribute,
     Connection,
     Origin,

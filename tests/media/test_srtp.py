@@ -11,11 +11,11 @@ import socket
 import numpy as np
 import pytest
 
-from media.greeting import greeting_from_samples
-from media.rtp import RtpPacket, parse
-from media.sdes import KEY_OCTETS, CryptoAttribute
-from media.session import MediaClock, PortAllocator, RtpSession
-from media.srtp import SrtpError, SrtpStreams
+from durchwahl.media.greeting import greeting_from_samples
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.media.sdes import KEY_OCTETS, CryptoAttribute
+from durchwahl.media.session import MediaClock, PortAllocator, RtpSession
+from durchwahl.media.srtp import SrtpError, SrtpStreams
 
 KEY_A = CryptoAttribute(1, "AES_CM_128_HMAC_SHA1_80", bytes(range(KEY_OCTETS)))
 KEY_B = CryptoAttribute(1, "AES_CM_128_HMAC_SHA1_80", bytes(range(50, 50 + KEY_OCTETS)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from routing.cluster_run import Part, missing_binaries, start_redis
+from durchwahl.routing.cluster_run import Part, missing_binaries, start_redis
 
 
 def require(*binaries: str) -> None:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import attrs
 
-from routing.demo import Phone, Script
-from sipcore import Endpoint, Response, SipError
-from sipcore.auth import answer_challenge, choose_challenge
-from sipcore.ua import CallFailed, UserAgent
+from durchwahl.routing.demo import Phone, Script
+from durchwahl.sipcore import Endpoint, Response, SipError
+from durchwahl.sipcore.auth import answer_challenge, choose_challenge
+from durchwahl.sipcore.ua import CallFailed, UserAgent
 
 ROOT = Path(__file__).resolve().parents[2]
 DURCHWAHL = Path(sys.executable).with_name("durchwahl")

@@ -53,18 +53,25 @@ from typing import Any, Protocol, Self, TypeVar, cast
 import pytest
 from phones import FAST, Phone, Script
 
-from media.rtp import RtpPacket, parse
-from routing.b2bua import B2bua
-from routing.directory import Directory
-from routing.location import InMemoryLocationStore
-from routing.registrar_service import RegistrarService
-from routing.resolver import Resolver
-from sipcore import Endpoint, IncomingRequest
-from sipcore.core import CoreConfig
-from sipcore.limits import DEFAULT_LIMITS, Limits
-from sipcore.session import SessionEvent, Terminated
-from sipcore.transport import Flow, ListenSpec, MessageCallback, TransportError, TransportSet, UdpTransport
-from sipcore.ua import Call, CallFailed, OutgoingCall, UserAgent
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.routing.b2bua import B2bua
+from durchwahl.routing.directory import Directory
+from durchwahl.routing.location import InMemoryLocationStore
+from durchwahl.routing.registrar_service import RegistrarService
+from durchwahl.routing.resolver import Resolver
+from durchwahl.sipcore import Endpoint, IncomingRequest
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.limits import DEFAULT_LIMITS, Limits
+from durchwahl.sipcore.session import SessionEvent, Terminated
+from durchwahl.sipcore.transport import (
+    Flow,
+    ListenSpec,
+    MessageCallback,
+    TransportError,
+    TransportSet,
+    UdpTransport,
+)
+from durchwahl.sipcore.ua import Call, CallFailed, OutgoingCall, UserAgent
 
 __all__ = [
     "CORE",

@@ -7,6 +7,6 @@ while), reject (486, 603 …), or ring forever. Every incoming call is put on ``
 
 from __future__ import annotations
 
-from routing.demo import FAST, Phone, Script, sdp
+from durchwahl.routing.demo import FAST, Phone, Script, sdp
 
 __all__ = ["FAST", "Phone", "Script", "sdp"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sipp import SippResult, free_port, run_sipp
 
-from routing.server import Server
+from durchwahl.routing.server import Server
 
 HERE = Path(__file__).parent
 #: What every SIPp run gets: loopback, one UDP socket, no keyboard, and a bounded wait for each message.

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from media.errors import SdpError
-from media.sdp import parse_sdp
-from sipcore.endpoint import Endpoint
-from sipcore.errors import SipParseError
-from sipcore.message import Request, Response, parse_message
-from sipcore.transport import Flow
+from durchwahl.media.errors import SdpError
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.sipcore.endpoint import Endpoint
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.message import Request, Response, parse_message
+from durchwahl.sipcore.transport import Flow
 
 
 @dataclass(frozen=True)

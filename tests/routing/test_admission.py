@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.admission import AdmissionConfig, AdmissionControl, Kind, Load, Reason, kind_of
-from routing.directory_file import load_directory
-from routing.errors import ConfigError
+from durchwahl.routing.admission import AdmissionConfig, AdmissionControl, Kind, Load, Reason, kind_of
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.errors import ConfigError
 
 IDLE = Load()
 

@@ -14,9 +14,9 @@ from harness import RtpSink, answered, ended, event_of
 from phones import Phone, Script, sdp
 from test_flows import DIRECT, GROUP, Office, audio
 
-from media.sdp import parse_sdp
-from routing.calls.media_anchor import media_address
-from sipcore.session import Answered, Confirmed, TerminationReason
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.routing.calls.media_anchor import media_address
+from durchwahl.sipcore.session import Answered, Confirmed, TerminationReason
 
 office = test_flows.office  # the fixture: an office, a provider trunk and phones on the harness
 pytestmark = pytest.mark.virtual_time

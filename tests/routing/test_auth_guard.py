@@ -19,12 +19,12 @@ import pytest
 from sipp import free_port
 from test_sipvicious import require_tool, run_tool
 
-from routing.security import Admission, FailureGuard, GuardPolicy
-from routing.server import Server
-from sipcore import Endpoint, Response
-from sipcore.auth import answer_challenge
-from sipcore.message import Request, parse_message
-from sipcore.transport import Flow
+from durchwahl.routing.security import Admission, FailureGuard, GuardPolicy
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint, Response
+from durchwahl.sipcore.auth import answer_challenge
+from durchwahl.sipcore.message import Request, parse_message
+from durchwahl.sipcore.transport import Flow
 
 OFFICE = """
 [server]
@@ -140,7 +140,7 @@ async def register_with(client: Endpoint, flow: Flow, user: str, password: str, 
 async def test_invite_guesses_count_block_the_user_and_show_in_the_log(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="routing.security")
+    caplog.set_level(logging.INFO, logger="durchwahl.routing.security")
     async with Endpoint() as phone:
         await phone.listen(f"udp:{PHONE}:0")
         flow = phone.flow_to("127.0.0.1", port_of(server))

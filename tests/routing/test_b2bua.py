@@ -11,11 +11,11 @@ import pytest
 from harness import Office, ended, event_of, failure
 from phones import Script
 
-from routing.calls.leg import passthrough
-from routing.directory_file import load_directory
-from routing.resolver import Resolver
-from sipcore.message import Request
-from sipcore.session import (
+from durchwahl.routing.calls.leg import passthrough
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.resolver import Resolver
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import (
     Answered,
     Cancelled,
     Confirmed,

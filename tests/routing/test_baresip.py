@@ -20,8 +20,8 @@ import pytest
 from sipp import free_port
 from test_server import EXAMPLES, copy_office
 
-from routing.server import Server
-from sipcore.message import Request
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.message import Request
 
 BARESIP = shutil.which("baresip")
 
@@ -206,7 +206,7 @@ async def test_a_baresip_giving_up_on_a_sha256_challenge_is_logged(
     import logging
 
     require_baresip()
-    caplog.set_level(logging.INFO, logger="routing.registrar_service")
+    caplog.set_level(logging.INFO, logger="durchwahl.routing.registrar_service")
     config = copy_office(tmp_path, ("SHA-256", "MD5"))
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
         server.registrar.watch.answer_within = 1.0
@@ -334,8 +334,8 @@ async def test_baresip_blind_transfer_connects_the_transferee_with_the_target(
     gets our offerless INVITE from 101, 101 a re-INVITE with 103's offer, bernd the NOTIFYs — and hangs up
     by itself on the final ``SIP/2.0 200 OK`` (before our own BYE would come). With media anchored (the
     default) 101 gets no re-INVITE at all: the relay moves to 103's leg."""
-    from routing.events import CallTransferred
-    from sipcore.session import SessionState, TerminationReason
+    from durchwahl.routing.events import CallTransferred
+    from durchwahl.sipcore.session import SessionState, TerminationReason
 
     config = office_for_baresip(tmp_path, anchored=anchored)
     transfers: list[CallTransferred] = []
@@ -382,7 +382,7 @@ async def test_baresip_hold_and_resume_relayed_on_an_internal_call(tmp_path: Pat
     (RFC 4733 in their direct media); anna hangs up."""
     from siptrace import SipTrace, Traced
 
-    from sipcore.session import SessionState
+    from durchwahl.sipcore.session import SessionState
 
     config = office_for_baresip(tmp_path, anchored=False)  # this test is about relaying as is
     server = Server(config, listen=(f"{transport}:127.0.0.1:0",))
@@ -462,7 +462,7 @@ async def test_the_readme_tls_tour(tmp_path: Path) -> None:
     registers over TLS."""
     import subprocess
 
-    from routing.directory_file import read_directory
+    from durchwahl.routing.directory_file import read_directory
 
     require_baresip()
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
@@ -514,11 +514,11 @@ async def test_an_srtp_baresip_talks_with_a_plain_rtp_provider(tmp_path: Path) -
     import numpy as np
     from siptrace import SipTrace
 
-    from media.g711 import ulaw_decode, ulaw_encode
-    from media.rtp import RtpPacket
-    from media.sdp import parse_sdp
-    from routing.calls.media_anchor import media_address
-    from routing.demo import Provider
+    from durchwahl.media.g711 import ulaw_decode, ulaw_encode
+    from durchwahl.media.rtp import RtpPacket
+    from durchwahl.media.sdp import parse_sdp
+    from durchwahl.routing.calls.media_anchor import media_address
+    from durchwahl.routing.demo import Provider
 
     config = office_for_baresip(tmp_path, tls=True)
     provider = await Provider().start()

@@ -13,20 +13,20 @@ from hypothesis import strategies as st
 from phones import sdp
 from test_flows import DIRECT, Office, office
 
-from media.relay import Side
-from routing.calls.watch import CallWatch, WatchPolicy
-from routing.cdr import Disposition, InMemoryCdrStore
-from sipcore.errors import SipParseError
-from sipcore.message import Request
-from sipcore.session import (
+from durchwahl.media.relay import Side
+from durchwahl.routing.calls.watch import CallWatch, WatchPolicy
+from durchwahl.routing.cdr import Disposition, InMemoryCdrStore
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import (
     Confirmed,
     DialogResponseReceived,
     ReinviteAnswered,
     ReinviteReceived,
     TerminationReason,
 )
-from sipcore.session_timer import SessionTimer, TimerPolicy, negotiate_uas
-from sipcore.ua import CallFailed, OutgoingCall
+from durchwahl.sipcore.session_timer import SessionTimer, TimerPolicy, negotiate_uas
+from durchwahl.sipcore.ua import CallFailed, OutgoingCall
 
 __all__ = ["office"]  # the fixture, used by name
 
@@ -77,7 +77,7 @@ def test_a_missed_session_refresh_ends_the_call_a_refresh_keeps_it() -> None:
 
 
 def invite(*headers: tuple[str, str]) -> Request:
-    from sipcore.message import parse_message
+    from durchwahl.sipcore.message import parse_message
 
     text = (
         "INVITE sip:101@office.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKst\r\n"

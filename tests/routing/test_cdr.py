@@ -24,9 +24,9 @@ from test_flows import (
     send_digits,
 )
 
-from routing.cdr import CallRecord, CdrStoreError, Disposition, SqliteCdrStore, disposition_for
-from sipcore.session import Confirmed
-from sipcore.ua import CallFailed
+from durchwahl.routing.cdr import CallRecord, CdrStoreError, Disposition, SqliteCdrStore, disposition_for
+from durchwahl.sipcore.session import Confirmed
+from durchwahl.sipcore.ua import CallFailed
 
 __all__ = ["office"]  # the fixture of test_flows, shared
 pytestmark = pytest.mark.virtual_time  # the call-flow harness: a memory network and a virtual clock

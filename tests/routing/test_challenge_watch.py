@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routing.challenge_watch import ChallengeWatch, Unanswered
+from durchwahl.routing.challenge_watch import ChallengeWatch, Unanswered
 
 T0 = 1_700_000_000.0
 

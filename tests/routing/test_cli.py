@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_server import copy_office
 
-from routing.cli import main
+from durchwahl.routing.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 TORTURE = ROOT.parent / "shared" / "sip-torture"
@@ -117,7 +117,7 @@ def test_check_config_refuses_external_fallbacks_without_a_trunk(
 
 
 async def test_cdr_prints_the_newest_calls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+    from durchwahl.routing.cdr import CallRecord, Disposition, SqliteCdrStore
 
     office = tmp_path / "office.toml"
     office.write_text('[server]\ndomain = "office.example"\nstate_dir = "state"\n')
@@ -163,7 +163,7 @@ async def test_cdr_shows_whole_numbers_and_uris_in_their_own_columns(
 ) -> None:
     """Numbers of 15 digits, SIP URIs and the trunk are shown whole; who answered is an extension (the
     record keeps the SIP user), an outside caller is its number."""
-    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+    from durchwahl.routing.cdr import CallRecord, Disposition, SqliteCdrStore
 
     config = copy_office(tmp_path)
     store = SqliteCdrStore(tmp_path / "var" / "cdr.sqlite3")
@@ -229,7 +229,7 @@ async def test_cdr_shows_whole_numbers_and_uris_in_their_own_columns(
 
 def test_cdr_before_the_first_call_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A server has started with the state_dir (its nonce secret is there) but no call has ended yet."""
-    from routing.server import load_secret
+    from durchwahl.routing.server import load_secret
 
     config = copy_office(tmp_path)
     load_secret(tmp_path / "var")  # what every server start does
@@ -251,7 +251,7 @@ def test_dtmf_prints_digits_and_start_samples(tmp_path: Path, capsys: pytest.Cap
 
     import numpy as np
 
-    from media.dtmf_tones import dtmf_tone
+    from durchwahl.media.dtmf_tones import dtmf_tone
 
     silence = np.zeros(800)  # 100 ms
     parts = [silence]
@@ -276,13 +276,13 @@ def test_json_log_lines_are_json_objects() -> None:
     import json
     import logging
 
-    from routing.cli import JsonFormatter
+    from durchwahl.routing.cli import JsonFormatter
 
     record = logging.LogRecord(
-        "sipcore.endpoint", logging.INFO, __file__, 1, "listening on %s", ("UDP",), None
+        "durchwahl.sipcore.endpoint", logging.INFO, __file__, 1, "listening on %s", ("UDP",), None
     )
     entry = json.loads(JsonFormatter().format(record))
-    assert entry["level"] == "INFO" and entry["logger"] == "sipcore.endpoint"
+    assert entry["level"] == "INFO" and entry["logger"] == "durchwahl.sipcore.endpoint"
     assert entry["message"] == "listening on UDP"
 
 
@@ -356,7 +356,7 @@ async def test_status_lists_active_calls_and_blocked_sources(
     from phones import Phone, Script
     from test_flows import answered
 
-    from routing.server import Server
+    from durchwahl.routing.server import Server
 
     config = copy_office(short_dir)
     async with Server(config, listen=("udp:127.0.0.1:0",)) as server:
@@ -416,7 +416,7 @@ async def test_status_lists_active_calls_and_blocked_sources(
 
 
 def test_durations_read_as_people_say_them() -> None:
-    from routing.cli import _duration
+    from durchwahl.routing.cli import _duration
 
     assert [_duration(s) for s in (0, 42.4, 123, 3600, 3725)] == [
         "0 s",
@@ -436,7 +436,7 @@ async def test_originate_says_why_a_call_cannot_start_and_exits_non_zero(
 
     from phones import Phone, Script
 
-    from routing.server import Server
+    from durchwahl.routing.server import Server
 
     config = copy_office(short_dir)
 
@@ -480,7 +480,7 @@ def test_serve_prints_addresses_and_phone_settings_as_plain_text(tmp_path: Path)
     import sys
 
     config = copy_office(tmp_path)
-    command = [sys.executable, "-m", "routing.cli", "serve", "--config", str(config)]
+    command = [sys.executable, "-m", "durchwahl.routing.cli", "serve", "--config", str(config)]
     process = subprocess.Popen(
         [*command, "--listen", "udp:127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -499,7 +499,7 @@ def test_serve_prints_addresses_and_phone_settings_as_plain_text(tmp_path: Path)
     assert "durchwahl: register a phone with domain/realm office.example, server as above:" in out, out
     assert "  extension 102 Bernd Meier: user bernd, password (see the config)" in out, out
     assert "'" not in out, out
-    assert "INFO sipcore.endpoint: listening on UDP 127.0.0.1:" in err, err
+    assert "INFO durchwahl.sipcore.endpoint: listening on UDP 127.0.0.1:" in err, err
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -21,10 +21,10 @@ import pytest
 from cluster_env import require
 from sipp import SippResult, free_port, run_sipp
 
-from routing.cdr import CallRecord
-from routing.cluster_run import CLUSTER_OFFICE, Cluster, options_status
-from routing.redis_shared import read_cluster_records
-from routing.redis_store import RedisLocationStore, connect
+from durchwahl.routing.cdr import CallRecord
+from durchwahl.routing.cluster_run import CLUSTER_OFFICE, Cluster, options_status
+from durchwahl.routing.redis_shared import read_cluster_records
+from durchwahl.routing.redis_store import RedisLocationStore, connect
 
 HERE = Path(__file__).parent
 BOUNDS = ("-i", "127.0.0.1", "-t", "u1", "-timeout", "30s", "-timeout_error", "-nostdin")
@@ -324,7 +324,7 @@ def _durchwahl(cluster: Cluster, *args: str) -> str:
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "routing.cli", *args, "--config", str(cluster.config)],
+        [sys.executable, "-m", "durchwahl.routing.cli", *args, "--config", str(cluster.config)],
         capture_output=True,
         text=True,
         timeout=20,
@@ -342,7 +342,7 @@ async def test_svcrack_against_two_nodes_through_kamailio_is_throttled_as_agains
     and both then refuse the pair's further guesses unchecked."""
     from test_sipvicious import require_tool, run_tool
 
-    from routing.security import GuardPolicy
+    from durchwahl.routing.security import GuardPolicy
 
     svcrack = require_tool("sipvicious_svcrack")
     dictionary = tmp_path / "words.txt"
@@ -381,8 +381,8 @@ def test_the_shipped_examples_are_valid(tmp_path: Path) -> None:
     edge's configuration (kamailio -c)."""
     import subprocess
 
-    from routing.cluster_run import KAMAILIO_CONFIG, binary
-    from routing.directory_file import read_directory
+    from durchwahl.routing.cluster_run import KAMAILIO_CONFIG, binary
+    from durchwahl.routing.directory_file import read_directory
 
     directory, problems, _ = read_directory(CLUSTER_OFFICE)
     assert directory is not None and not problems, problems

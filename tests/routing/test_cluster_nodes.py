@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from cluster_env import redis_server, redis_url
 
-from routing.cli import main
-from routing.cluster_run import Part
-from routing.directory import Group, Strategy
-from routing.redis_shared import RedisRingState, read_cluster_records
-from routing.redis_store import connect
-from routing.server import Server
-from sipcore import Endpoint, IncomingRequest, Response
-from sipcore.auth import answer_challenge
+from durchwahl.routing.cli import main
+from durchwahl.routing.cluster_run import Part
+from durchwahl.routing.directory import Group, Strategy
+from durchwahl.routing.redis_shared import RedisRingState, read_cluster_records
+from durchwahl.routing.redis_store import connect
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint, IncomingRequest, Response
+from durchwahl.sipcore.auth import answer_challenge
 
 __all__ = ["redis_server"]  # a fixture
 

@@ -8,7 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from routing.collector import (
+from durchwahl.routing.collector import (
     INTER_DIGIT_TIMEOUT,
     TRANSITIONS,
     CollectorError,

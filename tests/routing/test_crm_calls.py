@@ -15,24 +15,24 @@ import pytest
 from harness import RtpSink, ended, event_of, failure, network, rtp_socket
 from phones import FAST, Phone, sdp
 
-from media.dtmf_inband import InbandDetector
-from media.dtmf_rfc4733 import DTMF_EVENTS, parse_telephone_event
-from media.g711 import ulaw_decode
-from media.rtp import RtpPacket
-from media.sdp import parse_sdp
-from media.session import PortAllocator
-from routing.calls.outbound import external_failure, trunk_identity, trunk_uri
-from routing.cdr import Disposition, InMemoryCdrStore
-from routing.directory import Directory
-from routing.directory_file import load_directory
-from routing.events import DigitSent
-from routing.resolver import Resolver, ResolverConfig
-from sipcore import Endpoint, IncomingRequest
-from sipcore.auth import Authenticated, DigestSecret, DigestServer
-from sipcore.endpoint import TransportFactory
-from sipcore.session import Confirmed, ProvisionalReceived, TerminationReason
-from sipcore.transport import TransportSet
-from sipcore.ua import CallFailed, IncomingCall, UserAgent
+from durchwahl.media.dtmf_inband import InbandDetector
+from durchwahl.media.dtmf_rfc4733 import DTMF_EVENTS, parse_telephone_event
+from durchwahl.media.g711 import ulaw_decode
+from durchwahl.media.rtp import RtpPacket
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.media.session import PortAllocator
+from durchwahl.routing.calls.outbound import external_failure, trunk_identity, trunk_uri
+from durchwahl.routing.cdr import Disposition, InMemoryCdrStore
+from durchwahl.routing.directory import Directory
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.events import DigitSent
+from durchwahl.routing.resolver import Resolver, ResolverConfig
+from durchwahl.sipcore import Endpoint, IncomingRequest
+from durchwahl.sipcore.auth import Authenticated, DigestSecret, DigestServer
+from durchwahl.sipcore.endpoint import TransportFactory
+from durchwahl.sipcore.session import Confirmed, ProvisionalReceived, TerminationReason
+from durchwahl.sipcore.transport import TransportSet
+from durchwahl.sipcore.ua import CallFailed, IncomingCall, UserAgent
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 TRUNK_USER, TRUNK_PASSWORD = "office-account", "trunk-secret"

@@ -14,12 +14,12 @@ from phones import sdp
 from test_crm_calls import CLIENT, Office, events_in, wait_until
 from test_flows import DIRECT, office
 
-from media.dtmf_rfc4733 import parse_telephone_event
-from routing.cdr import Disposition, InMemoryCdrStore
-from routing.directory import CrmContact, ExternalNumber
-from routing.events import CallStarted
-from routing.resolver import Resolver
-from sipcore.session import Confirmed
+from durchwahl.media.dtmf_rfc4733 import parse_telephone_event
+from durchwahl.routing.cdr import Disposition, InMemoryCdrStore
+from durchwahl.routing.directory import CrmContact, ExternalNumber
+from durchwahl.routing.events import CallStarted
+from durchwahl.routing.resolver import Resolver
+from durchwahl.sipcore.session import Confirmed
 
 crm_office = test_crm_calls.office  # the fixture of the CRM tests: a trunk that answers calls out
 __all__ = ["crm_office", "office"]

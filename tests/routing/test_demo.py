@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from routing.cli import main as cli_main
-from routing.demo import main
+from durchwahl.routing.cli import main as cli_main
+from durchwahl.routing.demo import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from routing.dialstring import (
+from durchwahl.routing.dialstring import (
     PAUSE,
     DialKind,
     DialString,
@@ -21,8 +21,8 @@ from routing.dialstring import (
     parse_post_dial,
     to_e164,
 )
-from routing.directory import parse_external_number
-from sipcore.uri import AbsoluteUri, SipUri, TelUri, parse_uri
+from durchwahl.routing.directory import parse_external_number
+from durchwahl.sipcore.uri import AbsoluteUri, SipUri, TelUri, parse_uri
 
 GERMANY = NumberingPlan("49", "0", "00")
 EXT = DialKind.EXTENSION

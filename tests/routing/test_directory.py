@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from routing.cli import check_config as check_config_main
-from routing.dialstring import NumberingPlan
-from routing.directory import (
+from durchwahl.routing.cli import check_config as check_config_main
+from durchwahl.routing.dialstring import NumberingPlan
+from durchwahl.routing.directory import (
     HANGUP,
     ExtensionRef,
     ExternalNumber,
@@ -18,12 +18,12 @@ from routing.directory import (
     Strategy,
     parse_external_number,
 )
-from routing.directory_file import load_directory
-from routing.errors import ConfigError, ConfigProblem
-from sipcore.auth import Authenticated, DigestServer, answer_challenge, compute_ha1
-from sipcore.headers import Header
-from sipcore.message import Request
-from sipcore.uri import parse_uri
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.errors import ConfigError, ConfigProblem
+from durchwahl.sipcore.auth import Authenticated, DigestServer, answer_challenge, compute_ha1
+from durchwahl.sipcore.headers import Header
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.uri import parse_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "office.toml"

@@ -12,10 +12,10 @@ from pathlib import Path
 from phones import Phone, Script
 from test_server import copy_office
 
-from routing.cluster_run import free_port
-from routing.server import Server
-from sipcore import Endpoint, Response
-from sipcore.ua import CallFailed
+from durchwahl.routing.cluster_run import free_port
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint, Response
+from durchwahl.sipcore.ua import CallFailed
 
 
 async def options(server_port: int) -> Response:
@@ -87,7 +87,7 @@ async def test_durchwahl_drain_makes_serve_exit_once_its_calls_have_ended(tmp_pa
         [
             sys.executable,
             "-m",
-            "routing.cli",
+            "durchwahl.routing.cli",
             "serve",
             "--config",
             str(config),
@@ -104,7 +104,7 @@ async def test_durchwahl_drain_makes_serve_exit_once_its_calls_have_ended(tmp_pa
                 await asyncio.sleep(0.1)
         drained = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "routing.cli", "drain", "--config", str(config)],
+            [sys.executable, "-m", "durchwahl.routing.cli", "drain", "--config", str(config)],
             capture_output=True,
             text=True,
             env=env,

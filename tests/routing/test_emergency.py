@@ -15,21 +15,21 @@ from harness import RtpSink, ended, rtp_socket
 from phones import Phone, Script, sdp
 from test_crm_calls import TRUNK_PASSWORD, TRUNK_USER, TrunkProvider
 
-from media.rtp import RtpPacket
-from media.sdp import parse_sdp
-from routing.cdr import CallRecord, Disposition
-from routing.dialstring import NumberingPlan, parse_dialstring
-from routing.emergency import (
+from durchwahl.media.rtp import RtpPacket
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.routing.cdr import CallRecord, Disposition
+from durchwahl.routing.dialstring import NumberingPlan, parse_dialstring
+from durchwahl.routing.emergency import (
     EMERGENCY_NUMBER_RE,
     EMERGENCY_NUMBERS,
     UNKNOWN_COUNTRY,
     default_emergency_numbers,
     emergency_number,
 )
-from routing.resolver import ResolverConfig
-from routing.server import Server
-from sipcore.session import TerminationReason
-from sipcore.ua import CallFailed
+from durchwahl.routing.resolver import ResolverConfig
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.session import TerminationReason
+from durchwahl.sipcore.ua import CallFailed
 
 OFFICE = """
 [server]

@@ -9,9 +9,9 @@ from pathlib import Path
 from phones import Phone
 from test_server import copy_office
 
-from routing.dialstring import parse_dialstring
-from routing.resolver import FromEmployee, FromTrunk, ToEmployee
-from routing.server import Server
+from durchwahl.routing.dialstring import parse_dialstring
+from durchwahl.routing.resolver import FromEmployee, FromTrunk, ToEmployee
+from durchwahl.routing.server import Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import embed
@@ -50,7 +50,7 @@ async def test_crm_hook_end_to_end_a_known_customer_skips_the_greeting(tmp_path:
     """The provider delivers a call from a known customer: the hook sends it straight to 101's phone."""
     from phones import Script
 
-    from sipcore import Endpoint
+    from durchwahl.sipcore import Endpoint
 
     config = copy_office(tmp_path)
     holder: list[Server] = []

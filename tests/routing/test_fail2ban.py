@@ -24,15 +24,15 @@ import pytest
 from test_auth_guard import EXAMPLES, OFFICE, register_with
 from test_sipvicious import ATTACKER, PHONE, require_tool, run_tool, svcrack_args
 
-from routing.monitoring import open_security_log
-from routing.monitoring_config import SecurityLogTarget
-from routing.security import FailureGuard, GuardPolicy
-from routing.security_log import Relayed, SecurityLog
-from routing.server import Server
-from sipcore import Endpoint
-from sipcore.errors import SipParseError
-from sipcore.message import Request, parse_message
-from sipcore.transport import Flow
+from durchwahl.routing.monitoring import open_security_log
+from durchwahl.routing.monitoring_config import SecurityLogTarget
+from durchwahl.routing.security import FailureGuard, GuardPolicy
+from durchwahl.routing.security_log import Relayed, SecurityLog
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.message import Request, parse_message
+from durchwahl.sipcore.transport import Flow
 
 FAIL2BAN = EXAMPLES / "fail2ban"
 #: The guard throttles after 3 failures and blocks after 6, so the run has every kind of failed attempt.

@@ -16,24 +16,24 @@ import pytest
 from harness import RtpSink, answered, ended, event_of, network
 from phones import FAST, Script, sdp
 
-from media.dtmf_info import DTMF_RELAY_CONTENT_TYPE, format_dtmf_relay
-from media.dtmf_rfc4733 import TelephoneEventSender
-from media.errors import SdpError
-from media.g711 import ulaw_decode
-from media.rtp import RtpPacket
-from media.sdp import Origin, parse_sdp
-from media.session import PortAllocator, RtpSession
-from routing.calls.greeting import ExtensionCollection
-from routing.calls.media_anchor import media_address, plan_answer, ringback
-from routing.collector import DigitCollector, ExtensionDialled, NoExtension, NoExtensionReason
-from routing.directory import Directory, Strategy
-from routing.directory_file import load_directory
-from routing.resolver import Resolver
-from sipcore import Endpoint
-from sipcore.endpoint import TransportFactory
-from sipcore.session import Answered, Confirmed, TerminationReason
-from sipcore.transport import TransportSet
-from sipcore.ua import CallFailed, OutgoingCall, UserAgent
+from durchwahl.media.dtmf_info import DTMF_RELAY_CONTENT_TYPE, format_dtmf_relay
+from durchwahl.media.dtmf_rfc4733 import TelephoneEventSender
+from durchwahl.media.errors import SdpError
+from durchwahl.media.g711 import ulaw_decode
+from durchwahl.media.rtp import RtpPacket
+from durchwahl.media.sdp import Origin, parse_sdp
+from durchwahl.media.session import PortAllocator, RtpSession
+from durchwahl.routing.calls.greeting import ExtensionCollection
+from durchwahl.routing.calls.media_anchor import media_address, plan_answer, ringback
+from durchwahl.routing.collector import DigitCollector, ExtensionDialled, NoExtension, NoExtensionReason
+from durchwahl.routing.directory import Directory, Strategy
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.resolver import Resolver
+from durchwahl.sipcore import Endpoint
+from durchwahl.sipcore.endpoint import TransportFactory
+from durchwahl.sipcore.session import Answered, Confirmed, TerminationReason
+from durchwahl.sipcore.transport import TransportSet
+from durchwahl.sipcore.ua import CallFailed, OutgoingCall, UserAgent
 
 PASSWORDS = {"101": "anna-secret", "102": "bernd-secret", "103": "carla-secret"}
 ANSWER = Script("answer")
@@ -263,7 +263,7 @@ async def test_digits_during_the_greeting_ring_that_extension_and_media_is_relay
     call.bye()
     assert (await ended(leg)).reason is TerminationReason.REMOTE_BYE
     await office.idle()
-    from routing.events import CallAnswered, CallStarted, DigitPressed
+    from durchwahl.routing.events import CallAnswered, CallStarted, DigitPressed
 
     assert isinstance(facts[0], CallStarted) and facts[0].source_trunk == "provider"
     assert [(f.digit, f.source) for f in facts if isinstance(f, DigitPressed)] == [
@@ -322,8 +322,8 @@ async def test_tones_dialled_through_the_greetings_echo_ring_that_extension(
 ) -> None:
     """The caller's line returns the greeting (a voice-like 4 s greeting here) 6 dB down and 40 ms late, and
     the caller dials 101 in-band, each tone as loud as that echo: Anna (101) rings, not the default."""
-    from media.dtmf_tones import dtmf_tone
-    from media.g711 import ulaw_encode
+    from durchwahl.media.dtmf_tones import dtmf_tone
+    from durchwahl.media.g711 import ulaw_encode
 
     rng = np.random.default_rng(21)
     t = np.arange(4 * 8000) / 8000
@@ -362,7 +362,7 @@ async def test_tones_dialled_through_the_greetings_echo_ring_that_extension(
     leg = await anna.next_call()
     await event_of(leg, Confirmed)
     assert bernd.calls.empty()
-    from routing.events import DigitPressed
+    from durchwahl.routing.events import DigitPressed
 
     assert [(f.digit, f.source) for f in facts if isinstance(f, DigitPressed)] == [
         ("1", "inband"),

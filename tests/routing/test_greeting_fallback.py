@@ -21,9 +21,9 @@ from test_flows import (
 )
 from test_server import copy_office
 
-from routing.cdr import Disposition, InMemoryCdrStore
-from routing.server import Server
-from sipcore.session import Confirmed, DialogResponseReceived, TerminationReason
+from durchwahl.routing.cdr import Disposition, InMemoryCdrStore
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.session import Confirmed, DialogResponseReceived, TerminationReason
 
 __all__ = ["office"]  # the fixture, used by name
 pytestmark = pytest.mark.virtual_time  # the harness: a memory network and a virtual clock

@@ -13,9 +13,9 @@ import pytest
 from harness import Office, VirtualTimeLoop, answered, ended, event_of, network, virtual_loop
 from phones import Script
 
-from routing.directory_file import load_directory
-from sipcore.session import Confirmed, TerminationReason
-from sipcore.transport import Flow
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.sipcore.session import Confirmed, TerminationReason
+from durchwahl.sipcore.transport import Flow
 
 pytestmark = pytest.mark.virtual_time
 

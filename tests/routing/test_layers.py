@@ -17,24 +17,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("sipcore", "media", "routing")
 #: Rank of a module in the import rule: a module may import only modules of its rank or below.
-TOP = {"routing.server": 5, "routing.cli": 5, "routing.control": 5, "routing.demo": 5, "routing.b2bua": 4}
+TOP = {
+    "durchwahl.routing.server": 5,
+    "durchwahl.routing.cli": 5,
+    "durchwahl.routing.control": 5,
+    "durchwahl.routing.demo": 5,
+    "durchwahl.routing.b2bua": 4,
+}
 #: Policy modules of routing that take the time as an argument and touch no socket.
 PURE = (
-    "routing.resolver",
-    "routing.dialstring",
-    "routing.directory",
-    "routing.collector",
-    "routing.ringgroup",
-    "routing.security",
-    "routing.emergency",
-    "routing.challenge_watch",
-    "routing.cluster",
-    "routing.config_check",
-    "routing.transfer.refer",
-    "routing.calls.records",
-    "routing.calls.describe",
-    "routing.admission",
-    "routing.server_keys",
+    "durchwahl.routing.resolver",
+    "durchwahl.routing.dialstring",
+    "durchwahl.routing.directory",
+    "durchwahl.routing.collector",
+    "durchwahl.routing.ringgroup",
+    "durchwahl.routing.security",
+    "durchwahl.routing.emergency",
+    "durchwahl.routing.challenge_watch",
+    "durchwahl.routing.cluster",
+    "durchwahl.routing.config_check",
+    "durchwahl.routing.transfer.refer",
+    "durchwahl.routing.calls.records",
+    "durchwahl.routing.calls.describe",
+    "durchwahl.routing.admission",
+    "durchwahl.routing.server_keys",
 )
 IO = {"asyncio", "socket", "time", "selectors", "threading", "pyee"}
 MAX_LINES = 800
@@ -42,7 +48,7 @@ MAX_LINES = 800
 
 def _name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join(("durchwahl", *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 MODULES = {_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
@@ -51,11 +57,11 @@ MODULES = {_name(p): p for package in PACKAGES for p in sorted((ROOT / package).
 def _rank(module: str) -> int:
     if module in TOP:
         return TOP[module]
-    if module.startswith("routing.transfer"):
+    if module.startswith("durchwahl.routing.transfer"):
         return 3
-    if module.startswith("routing.calls"):
+    if module.startswith("durchwahl.routing.calls"):
         return 2
-    return 1 if module.startswith("routing") else 0
+    return 1 if module.startswith("durchwahl.routing") else 0
 
 
 def _type_checking_only(tree: ast.Module) -> set[int]:
@@ -96,10 +102,10 @@ def imports(module: str) -> set[str]:
 
 def test_the_layout_is_there() -> None:
     for module in (
-        "routing.calls.ringing",
-        "routing.calls.services",
-        "routing.transfer.refer",
-        "routing.b2bua",
+        "durchwahl.routing.calls.ringing",
+        "durchwahl.routing.calls.services",
+        "durchwahl.routing.transfer.refer",
+        "durchwahl.routing.b2bua",
     ):
         assert module in MODULES
 
@@ -111,25 +117,31 @@ def test_nothing_imports_upwards(module: str) -> None:
     assert not above, f"{module} (layer {rank}) imports {above} from above it"
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith(("sipcore", "media"))))
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if m.startswith(("durchwahl.sipcore", "durchwahl.media")))
+)
 def test_the_stack_knows_nothing_of_routing_and_media_nothing_of_sip(module: str) -> None:
     imported = imports(module)
-    assert not {name for name in imported if name.startswith("routing")}, module
-    if module.startswith("media"):
-        assert not {name for name in imported if name.startswith("sipcore")}, module
+    assert not {name for name in imported if name.startswith("durchwahl.routing")}, module
+    if module.startswith("durchwahl.media"):
+        assert not {name for name in imported if name.startswith("durchwahl.sipcore")}, module
 
 
 def test_calls_never_import_transfer_or_b2bua() -> None:
-    for module in (m for m in MODULES if m.startswith(("routing.calls", "routing.transfer"))):
+    for module in (
+        m for m in MODULES if m.startswith(("durchwahl.routing.calls", "durchwahl.routing.transfer"))
+    ):
         imported = imports(module)
-        assert "routing.b2bua" not in imported, module
-        if module.startswith("routing.calls"):
-            assert not {name for name in imported if name.startswith("routing.transfer")}, module
+        assert "durchwahl.routing.b2bua" not in imported, module
+        if module.startswith("durchwahl.routing.calls"):
+            assert not {name for name in imported if name.startswith("durchwahl.routing.transfer")}, module
 
 
 def test_routing_has_no_import_cycle() -> None:
     graph = {
-        m: {n for n in imports(m) if n.startswith("routing")} for m in MODULES if m.startswith("routing")
+        m: {n for n in imports(m) if n.startswith("durchwahl.routing")}
+        for m in MODULES
+        if m.startswith("durchwahl.routing")
     }
     state: dict[str, int] = {}  # 1: on the path, 2: done
     path: list[str] = []
@@ -165,7 +177,7 @@ def test_routing_policy_modules_are_pure(module: str) -> None:
     assert not roots & IO, f"{module} imports {sorted(roots & IO)}"
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("routing")))
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("durchwahl.routing")))
 def test_no_routing_module_outgrows_800_lines(module: str) -> None:
     lines = MODULES[module].read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{module} has {lines} lines"

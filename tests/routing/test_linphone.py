@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 from test_server import copy_office
 
-from routing.cdr import CallRecord, Disposition
-from routing.demo import Phone, RtpSocket, sdp
-from routing.events import DigitPressed
-from routing.registrar_service import Registered, Unregistered
-from routing.server import Server
-from sipcore.registrar import Binding
+from durchwahl.routing.cdr import CallRecord, Disposition
+from durchwahl.routing.demo import Phone, RtpSocket, sdp
+from durchwahl.routing.events import DigitPressed
+from durchwahl.routing.registrar_service import Registered, Unregistered
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.registrar import Binding
 
 LINPHONE = shutil.which("linphone-daemon")
 PROMPT = "daemon-linphone>"
@@ -530,7 +530,7 @@ async def test_linphone_hold_and_resume_on_an_anchored_call(tmp_path: Path) -> N
     the B2BUA's media. Then bernd pauses and resumes: the same, mirrored onto the provider's leg."""
     from siptrace import SipTrace, Traced
 
-    from sipcore.message import Request
+    from durchwahl.sipcore.message import Request
 
     require_linphone()
     server = Server(office(tmp_path), listen=("udp:127.0.0.1:0",))

@@ -12,15 +12,15 @@ import attrs
 import pytest
 from cluster_env import redis_server, redis_url
 
-from routing.cluster_run import Part
-from routing.location import (
+from durchwahl.routing.cluster_run import Part
+from durchwahl.routing.location import (
     SCHEMA_VERSION,
     InMemoryLocationStore,
     LocationStore,
     LocationStoreError,
     SqliteLocationStore,
 )
-from sipcore.registrar import Binding, BindingFlow
+from durchwahl.sipcore.registrar import Binding, BindingFlow
 
 T0 = 1_700_000_000.0
 AOR = "sip:101@office.example"
@@ -50,7 +50,7 @@ __all__ = ["redis_server"]  # a fixture
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LocationStore]:
     s: LocationStore
     if request.param == "redis":
-        from routing.redis_store import RedisLocationStore, connect
+        from durchwahl.routing.redis_store import RedisLocationStore, connect
 
         server: Part = request.getfixturevalue("redis_server")
         url = redis_url(server)

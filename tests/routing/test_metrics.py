@@ -18,14 +18,14 @@ from phones import Phone, Script, sdp
 from prometheus_client.parser import text_string_to_metric_families
 from test_server import copy_office
 
-from media.rtp import RtpPacket
-from media.sdp import parse_sdp
-from routing.demo import RtpSocket
-from routing.loadmeter import LoopLag
-from routing.metrics import MetricsListenError
-from routing.server import Server
-from sipcore.session import Confirmed
-from sipcore.ua import Call
+from durchwahl.media.rtp import RtpPacket
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.routing.demo import RtpSocket
+from durchwahl.routing.loadmeter import LoopLag
+from durchwahl.routing.metrics import MetricsListenError
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.session import Confirmed
+from durchwahl.sipcore.ua import Call
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -215,7 +215,7 @@ def test_durchwahl_serve_exits_with_the_reason(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "routing.cli",
+            "durchwahl.routing.cli",
             "serve",
             "--config",
             str(config),
@@ -243,7 +243,7 @@ def test_durchwahl_serve_exits_with_the_reason(tmp_path: Path) -> None:
     ],
 )
 def test_check_config_names_a_bad_metrics_address(tmp_path: Path, given: str, problem: str) -> None:
-    from routing.cli import check_config
+    from durchwahl.routing.cli import check_config
 
     lines: list[str] = []
     assert check_config(str(office_with_metrics(tmp_path, given)), out=lines.append) == 1
@@ -251,7 +251,7 @@ def test_check_config_names_a_bad_metrics_address(tmp_path: Path, given: str, pr
 
 
 def test_check_config_warns_about_metrics_open_to_the_network(tmp_path: Path) -> None:
-    from routing.cli import check_config
+    from durchwahl.routing.cli import check_config
 
     lines: list[str] = []
     assert check_config(str(office_with_metrics(tmp_path, "0.0.0.0:9464")), out=lines.append) == 0

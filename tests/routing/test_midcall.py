@@ -15,14 +15,14 @@ from harness import CORE, RtpSink, answered, ended, event_of
 from phones import Phone, Script, sdp
 from test_flows import DIRECT, GROUP, SHORT, Office, audio
 
-import routing.calls.leg as leg_module
-from media.sdp import parse_sdp
-from routing.b2bua import RING_STATE_FILE, B2bua
-from routing.calls.media_anchor import media_address
-from routing.directory import Strategy
-from routing.resolver import Resolver
-from routing.ringgroup import RingGroupState, plan_ring_group
-from sipcore.session import (
+import durchwahl.routing.calls.leg as leg_module
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.routing.b2bua import RING_STATE_FILE, B2bua
+from durchwahl.routing.calls.media_anchor import media_address
+from durchwahl.routing.directory import Strategy
+from durchwahl.routing.resolver import Resolver
+from durchwahl.routing.ringgroup import RingGroupState, plan_ring_group
+from durchwahl.sipcore.session import (
     Confirmed,
     DialogRequestReceived,
     DialogResponseReceived,
@@ -33,7 +33,7 @@ from sipcore.session import (
     SessionState,
     TerminationReason,
 )
-from sipcore.ua import Call, IncomingCall, OutgoingCall
+from durchwahl.sipcore.ua import Call, IncomingCall, OutgoingCall
 
 office = test_flows.office  # the fixture: an office, a provider trunk and phones on the harness
 pytestmark = pytest.mark.virtual_time

@@ -15,10 +15,10 @@ from harness import ended, event_of
 from phones import Script
 from test_crm_calls import CLIENT, CRM_WITH_EXTENSION, TRUNK_USER, Office, events_in, wait_until
 
-from media.dtmf_rfc4733 import parse_telephone_event
-from routing.cdr import Disposition
-from routing.events import CallStarted
-from sipcore.session import Confirmed, TerminationReason
+from durchwahl.media.dtmf_rfc4733 import parse_telephone_event
+from durchwahl.routing.cdr import Disposition
+from durchwahl.routing.events import CallStarted
+from durchwahl.sipcore.session import Confirmed, TerminationReason
 
 office = test_crm_calls.office  # the fixture: the office, the provider trunk and its RTP socket
 pytestmark = pytest.mark.virtual_time  # the call-flow harness: a memory network and a virtual clock

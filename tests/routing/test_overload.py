@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from routing.admission import Kind, Reason
-from routing.demo import Phone, Provider, sdp
-from routing.server import Server
-from sipcore import Endpoint, Flow, Response
-from sipcore.session import ReinviteAnswered, ReinviteReceived, TerminationReason
-from sipcore.ua import CallFailed, IncomingCall, OutgoingCall
+from durchwahl.routing.admission import Kind, Reason
+from durchwahl.routing.demo import Phone, Provider, sdp
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint, Flow, Response
+from durchwahl.sipcore.session import ReinviteAnswered, ReinviteReceived, TerminationReason
+from durchwahl.sipcore.ua import CallFailed, IncomingCall, OutgoingCall
 
 NUMBER = "+49301234567"
 
@@ -202,7 +202,7 @@ def raw_invite(call_id: str, port: int, *, to_tag: str = "", method: str = "INVI
 async def test_while_refusing_a_new_invite_is_refused_from_its_raw_headers_and_its_ack_dropped(
     tmp_path: Path,
 ) -> None:
-    from sipcore.message import parse_message
+    from durchwahl.sipcore.message import parse_message
 
     async with office(tmp_path, "max_cps = 1") as (server, provider, _):
         overload = server.overload

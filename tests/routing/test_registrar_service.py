@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 from sipp import free_port, require_sipp, run_sipp
 
-from routing.directory import Directory
-from routing.directory_file import load_directory
-from routing.location import InMemoryLocationStore, LocationStore, SqliteLocationStore
-from routing.registrar_service import RegistrarService
-from routing.security import Admission, FailureGuard, GuardPolicy
-from sipcore import Endpoint, Response
-from sipcore.auth import answer_challenge
-from sipcore.core import CoreConfig
-from sipcore.headers import Challenge
-from sipcore.registrar import RegistrarConfig
-from sipcore.transport import Flow
+from durchwahl.routing.directory import Directory
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.location import InMemoryLocationStore, LocationStore, SqliteLocationStore
+from durchwahl.routing.registrar_service import RegistrarService
+from durchwahl.routing.security import Admission, FailureGuard, GuardPolicy
+from durchwahl.sipcore import Endpoint, Response
+from durchwahl.sipcore.auth import answer_challenge
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.headers import Challenge
+from durchwahl.sipcore.registrar import RegistrarConfig
+from durchwahl.sipcore.transport import Flow
 
 T0 = 1_700_000_000.0
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -439,7 +439,7 @@ async def test_sipp_authenticated_register(tmp_path: Path) -> None:
 async def test_the_registrar_logs_a_phone_that_gave_up(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     """101 is challenged and never answers; 102 answers: only 101 is logged, with its source, client and
     the algorithms it was offered."""
-    caplog.set_level(logging.INFO, logger="routing.registrar_service")
+    caplog.set_level(logging.INFO, logger="durchwahl.routing.registrar_service")
     first = await send_register(rig, "101")
     assert first.status == 401
     assert (await register(rig, "102", "secret-02")).status == 200

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.dialstring import PAUSE, DialString, NumberingPlan, parse_dialstring
-from routing.directory import (
+from durchwahl.routing.dialstring import PAUSE, DialString, NumberingPlan, parse_dialstring
+from durchwahl.routing.directory import (
     HANGUP,
     CrmContact,
     Directory,
@@ -26,8 +26,8 @@ from routing.directory import (
     Strategy,
     Trunk,
 )
-from routing.errors import RoutingError
-from routing.resolver import (
+from durchwahl.routing.errors import RoutingError
+from durchwahl.routing.resolver import (
     Anonymous,
     Caller,
     FromEmployee,
@@ -280,7 +280,7 @@ def test_the_emergency_trunk(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(RoutingError, match="emergency trunk 'nowhere'"):
         Resolver(attrs.evolve(DIRECTORY, server=attrs.evolve(SERVER, emergency_trunk="nowhere")))
     no_trunk = Resolver(Directory(server=SERVER, employees=(ANNA,)))
-    with caplog.at_level(logging.ERROR, logger="routing.resolver"):
+    with caplog.at_level(logging.ERROR, logger="durchwahl.routing.resolver"):
         route = no_trunk.resolve_builtin(parse_dialstring("112"), FromEmployee("101"))
     assert isinstance(route, Refused) and route.status == 503
     assert "emergency call to 112 from 101 CANNOT be connected: there is no trunk" in caplog.text
@@ -438,7 +438,7 @@ async def test_a_failing_hook_falls_through(caplog: pytest.LogCaptureFixture) ->
     async def wrong(dialled: DialString, caller: Caller) -> Route | None:
         return "101"  # type: ignore[return-value]
 
-    with caplog.at_level(logging.ERROR, logger="routing.resolver"):
+    with caplog.at_level(logging.ERROR, logger="durchwahl.routing.resolver"):
         assert await Resolver(DIRECTORY, CONFIG, broken).resolve(
             parse_dialstring("101"), FromEmployee("102")
         ) == (ToEmployee(ANNA))

@@ -7,8 +7,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.directory import HANGUP, ExtensionRef, ExternalNumber, Group, Strategy
-from routing.ringgroup import RingGroupState, RingPlan, RingStep, plan_ring_group
+from durchwahl.routing.directory import HANGUP, ExtensionRef, ExternalNumber, Group, Strategy
+from durchwahl.routing.ringgroup import RingGroupState, RingPlan, RingStep, plan_ring_group
 
 MEMBERS = ("101", "102", "103", "104")
 ALL = frozenset(MEMBERS)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from routing.calls.ringing import ENDED, MAX_HOPS, Unreached, ring_route
-from routing.directory import Employee, ExtensionRef, Group, Strategy
-from routing.resolver import Refused, Route, ToEmployee, ToExtensionProcessing, ToGroup
+from durchwahl.routing.calls.ringing import ENDED, MAX_HOPS, Unreached, ring_route
+from durchwahl.routing.directory import Employee, ExtensionRef, Group, Strategy
+from durchwahl.routing.resolver import Refused, Route, ToEmployee, ToExtensionProcessing, ToGroup
 
 pytestmark = pytest.mark.virtual_time
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routing.directory import Directory, ServerConfig, Trunk
-from routing.security import (
+from durchwahl.routing.directory import Directory, ServerConfig, Trunk
+from durchwahl.routing.security import (
     Admission,
     Block,
     FailureGuard,

@@ -28,15 +28,15 @@ from test_auth_guard import (
     send,
 )
 
-from routing.monitoring import SecurityLogError, open_security_log
-from routing.monitoring_config import SecurityLogTarget
-from routing.resolver import ResolverConfig
-from routing.security import FailureGuard, GuardPolicy
-from routing.security_log import SecurityEvent, SecurityLog
-from routing.server import Server
-from sipcore import Endpoint, Response
-from sipcore.auth import answer_challenge
-from sipcore.transport import Flow
+from durchwahl.routing.monitoring import SecurityLogError, open_security_log
+from durchwahl.routing.monitoring_config import SecurityLogTarget
+from durchwahl.routing.resolver import ResolverConfig
+from durchwahl.routing.security import FailureGuard, GuardPolicy
+from durchwahl.routing.security_log import SecurityEvent, SecurityLog
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint, Response
+from durchwahl.sipcore.auth import answer_challenge
+from durchwahl.sipcore.transport import Flow
 
 
 @attrs.frozen
@@ -134,7 +134,7 @@ async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
 async def test_unknown_trunk_source_and_refused_by_policy(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="routing.security")
+    caplog.set_level(logging.INFO, logger="durchwahl.routing.security")
     async with Endpoint() as phone:
         await phone.listen(f"udp:{PHONE}:0")
         flow = phone.flow_to("127.0.0.1", port_of(server))
@@ -151,7 +151,7 @@ async def test_unknown_trunk_source_and_refused_by_policy(
         # Employee 101 may call no external number: refused by policy.
         answer = await _invite_as(phone, flow, "101", "anna-secret", "+49891234567")
         assert answer.status == 403
-    security = [r.getMessage() for r in caplog.records if r.name == "routing.security"]
+    security = [r.getMessage() for r in caplog.records if r.name == "durchwahl.routing.security"]
     assert security[0].startswith(
         f"unknown-trunk-source source={PHONE} port={flow.local[1]} transport=UDP method=INVITE "
         "number=+4930999000 trunk=provider"
@@ -166,7 +166,7 @@ async def test_unknown_trunk_source_and_refused_by_policy(
 async def test_a_source_dropped_for_its_challenge_rate_is_in_the_log(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="routing.security")
+    caplog.set_level(logging.INFO, logger="durchwahl.routing.security")
     server.registrar.guard = FailureGuard(GuardPolicy(challenge_rate=5, challenge_burst=20))
     transport, listener = await raw_socket(COLLEAGUE)
     try:
@@ -263,7 +263,7 @@ async def test_a_source_blocked_for_its_unchecked_attempts_is_in_the_log(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Beyond ``source_attempts`` credentialed attempts refused unchecked, the whole source is blocked."""
-    caplog.set_level(logging.INFO, logger="routing.security")
+    caplog.set_level(logging.INFO, logger="durchwahl.routing.security")
     policy = GuardPolicy(throttle_after=1, throttle_interval=600, block_after=50, source_attempts=3)
     server.registrar.guard = FailureGuard(policy)
     async with Endpoint() as phone:
@@ -271,7 +271,7 @@ async def test_a_source_blocked_for_its_unchecked_attempts_is_in_the_log(
         flow = phone.flow_to("127.0.0.1", port_of(server))
         for n in range(6):
             assert (await invite_with(phone, flow, "101", f"guess-{n}", n)).status == 401
-    lines = [r.getMessage() for r in caplog.records if r.name == "routing.security"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "durchwahl.routing.security"]
     events = [line.split(" ", 1)[0] for line in lines]
     assert events == ["auth-failed", "throttled", *["auth-unchecked"] * 4, "blocked", "auth-unchecked"], lines
     assert lines[6] == (

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from routing.server import Server
-from sipcore import Endpoint, Response
-from sipcore.auth import answer_challenge
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint, Response
+from durchwahl.sipcore.auth import answer_challenge
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -111,7 +111,7 @@ async def test_an_employee_calls_another_through_the_server(tmp_path: Path) -> N
 
     from phones import Phone, Script
 
-    from sipcore.session import Confirmed
+    from durchwahl.sipcore.session import Confirmed
 
     config = copy_office(tmp_path)
     ended: list[object] = []
@@ -141,7 +141,7 @@ async def test_an_employee_calls_another_through_the_server(tmp_path: Path) -> N
         finally:
             await anna.close()
             await bernd.close()
-    from routing.cdr import Disposition
+    from durchwahl.routing.cdr import Disposition
 
     (record,) = ended
     assert seen == ["call_started", "ringing", "answered", "call_ended"]
@@ -178,8 +178,8 @@ async def test_a_trunk_with_register_true_is_registered_at_start_and_unregistere
 ) -> None:
     import asyncio
 
-    from routing.trunk import RegistrationState
-    from sipcore import IncomingRequest
+    from durchwahl.routing.trunk import RegistrationState
+    from durchwahl.sipcore import IncomingRequest
 
     seen: list[str | None] = []
 
@@ -189,7 +189,7 @@ async def test_a_trunk_with_register_true_is_registered_at_start_and_unregistere
         contact = request.get("contact") or "*"
         incoming.respond(200, headers=[("Contact", f"{contact};expires={request.get('expires') or 3600}")])
 
-    from sipcore.core import CoreConfig
+    from durchwahl.sipcore.core import CoreConfig
 
     async with Endpoint(
         provider_answers, core=CoreConfig(allowed_methods=("REGISTER", "OPTIONS"))
@@ -216,7 +216,7 @@ async def test_status_and_originate_over_the_control_socket(tmp_path: Path, caps
 
     from phones import Phone
 
-    from routing.control import request
+    from durchwahl.routing.control import request
 
     # Unix socket paths are short (~107 bytes): keep this state directory near the root of /tmp.
     with tempfile.TemporaryDirectory(prefix="dw-") as short:
@@ -235,7 +235,7 @@ async def test_status_and_originate_over_the_control_socket(tmp_path: Path, caps
                 unknown = await request(server.control.path, {"cmd": "reboot"})
                 assert not unknown["ok"] and "unknown command" in unknown["error"]
                 # The CLI runs its own event loop: drive it in a thread against this running server.
-                from routing.cli import main
+                from durchwahl.routing.cli import main
 
                 code = await asyncio.to_thread(main, ["status", "--config", str(config)])
                 assert code == 0
@@ -249,7 +249,7 @@ async def test_old_call_records_are_pruned_at_start(tmp_path: Path) -> None:
     import asyncio
     import time
 
-    from routing.cdr import CallRecord, Disposition, SqliteCdrStore
+    from durchwahl.routing.cdr import CallRecord, Disposition, SqliteCdrStore
 
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8").replace("[server]\n", "[server]\ncdr_retention_days = 30\n", 1)
@@ -275,7 +275,7 @@ async def test_the_state_directory_is_the_server_users_alone(tmp_path: Path) -> 
     import os
     import stat
 
-    from routing.cdr import CallRecord, Disposition
+    from durchwahl.routing.cdr import CallRecord, Disposition
 
     config = copy_office(tmp_path)
     old = os.umask(0o022)
@@ -302,7 +302,7 @@ async def test_the_server_logs_what_check_config_warns_about(
     config = copy_office(tmp_path)
     text = config.read_text(encoding="utf-8")
     config.write_text(text.replace('["127.0.0.1/32"]', '["0.0.0.0/0"]'), encoding="utf-8")
-    caplog.set_level(logging.WARNING, logger="routing.server")
+    caplog.set_level(logging.WARNING, logger="durchwahl.routing.server")
     server = Server(config, listen=("udp:127.0.0.1:0",), control=False)
     assert "trunk[1].inbound_from: 0.0.0.0/0 is every address: ANYONE" in caplog.text
     caplog.clear()

@@ -13,7 +13,7 @@ from harness import answered, ended
 from phones import Phone, Script
 from test_server import copy_office
 
-from routing.server import Server
+from durchwahl.routing.server import Server
 
 #: What an attrs or tuple repr looks like in a log line: ``Name(field=`` or ``('127.0.0.1', 5060)``.
 REPR = re.compile(r"\b[A-Z][A-Za-z]+\([a-z_]+=|\('[^']*', \d+\)")

@@ -11,7 +11,7 @@ from sipp import free_port, require_sipp, run_sipp
 from sipp_office import BOUNDS, HERE, register_bernd, start_uas
 from test_server import copy_office
 
-from routing.server import Server
+from durchwahl.routing.server import Server
 
 CAPTURES = Path("/usr/share/sip-tester")
 

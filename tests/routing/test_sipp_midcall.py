@@ -17,8 +17,8 @@ from sipp_office import BOUNDS, HERE, register_bernd, start_uas
 from siptrace import SipTrace
 from test_server import copy_office
 
-from routing.server import Server
-from sipcore.message import Request
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.message import Request
 
 CALLS = 20
 

@@ -28,13 +28,13 @@ import pytest
 from sipp import free_port
 from test_registrar_service import SECRET, USERS, write_directory
 
-from routing.location import InMemoryLocationStore
-from routing.registrar_service import RegistrarService
-from routing.security import Admission, FailureGuard, GuardPolicy
-from sipcore import Endpoint, Response
-from sipcore.auth import answer_challenge
-from sipcore.core import CoreConfig
-from sipcore.transport import Flow
+from durchwahl.routing.location import InMemoryLocationStore
+from durchwahl.routing.registrar_service import RegistrarService
+from durchwahl.routing.security import Admission, FailureGuard, GuardPolicy
+from durchwahl.sipcore import Endpoint, Response
+from durchwahl.sipcore.auth import answer_challenge
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.transport import Flow
 
 CORE = CoreConfig(allowed_methods=("REGISTER", "OPTIONS", "INVITE", "ACK", "BYE", "CANCEL"))
 ATTACKER = "127.0.0.1"

@@ -15,19 +15,19 @@ from certs import Authority, authority
 from phones import Phone, Script, sdp
 from test_tls_office import NUMBER_OUT, PASSWORDS, event, office_toml, provider_trunk, tls_phone, write
 
-from media.dtmf_rfc4733 import TelephoneEventSender
-from media.errors import SdpError
-from media.relay import Side
-from media.rtp import RtpPacket, parse
-from media.sdes import KEY_OCTETS, CryptoAttribute, choose_crypto
-from media.sdp import parse_sdp
-from media.srtp import SrtpStreams
-from routing.calls.media_anchor import media_address
-from routing.demo import Provider, RtpSocket
-from routing.server import Server
-from sipcore.session import Answered, Terminated
-from sipcore.tls import client_context, server_context
-from sipcore.ua import CallFailed, IncomingCall
+from durchwahl.media.dtmf_rfc4733 import TelephoneEventSender
+from durchwahl.media.errors import SdpError
+from durchwahl.media.relay import Side
+from durchwahl.media.rtp import RtpPacket, parse
+from durchwahl.media.sdes import KEY_OCTETS, CryptoAttribute, choose_crypto
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.media.srtp import SrtpStreams
+from durchwahl.routing.calls.media_anchor import media_address
+from durchwahl.routing.demo import Provider, RtpSocket
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.session import Answered, Terminated
+from durchwahl.sipcore.tls import client_context, server_context
+from durchwahl.sipcore.ua import CallFailed, IncomingCall
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 GREETING_NUMBER = "+49302222222"
@@ -245,7 +245,7 @@ async def test_hold_and_a_new_key_in_a_reinvite_on_an_srtp_leg(ca: Authority, tm
     """anna (SRTP) holds and resumes with re-INVITEs, the resume bringing a new key: our answers keep our
     key (same tag and suite), and after the resume anna's packets under her new key are relayed while those
     under the old one are dropped."""
-    from sipcore.session import ReinviteAnswered
+    from durchwahl.sipcore.session import ReinviteAnswered
 
     provider = await Provider().start()
     async with Server(srtp_office(tmp_path, ca, trunk=udp_trunk(provider.port)), control=False) as server:
@@ -291,7 +291,7 @@ async def test_hold_and_a_new_key_in_a_reinvite_on_an_srtp_leg(ca: Authority, tm
 async def test_our_hold_reinvite_to_an_srtp_leg_keeps_its_srtp(ca: Authority, tmp_path: Path) -> None:
     """The provider (plain RTP) holds: anna's SRTP leg gets our re-INVITE with a=sendonly in RTP/SAVP with
     our same key, her answer keeps the leg on SRTP, and the relay goes on protected after the resume."""
-    from sipcore.session import ReinviteAnswered, ReinviteReceived
+    from durchwahl.sipcore.session import ReinviteAnswered, ReinviteReceived
 
     provider = await Provider().start()
     async with Server(srtp_office(tmp_path, ca, trunk=udp_trunk(provider.port)), control=False) as server:
@@ -357,7 +357,7 @@ async def test_required_srtp_needs_tls_and_a_key(ca: Authority, tmp_path: Path) 
 
 
 def test_the_policy_keys_are_checked(ca: Authority, tmp_path: Path) -> None:
-    from routing.directory_file import read_directory
+    from durchwahl.routing.directory_file import read_directory
 
     path = srtp_office(tmp_path, ca, trunk=udp_trunk(5070), anna="always")
     _, problems, _ = read_directory(path)
@@ -378,10 +378,10 @@ def test_the_policy_keys_are_checked(ca: Authority, tmp_path: Path) -> None:
 def test_plan_answer_under_each_policy() -> None:
     """The answer to one offer under each policy: its key answered with ours, or plain, or refused saying
     why; and SRTP only where the leg is over TLS."""
-    from media.sdes import SrtpPolicy
-    from media.sdp import Origin
-    from routing.calls.media_anchor import leg_srtp, plan_answer
-    from sipcore.transport import Flow
+    from durchwahl.media.sdes import SrtpPolicy
+    from durchwahl.media.sdp import Origin
+    from durchwahl.routing.calls.media_anchor import leg_srtp, plan_answer
+    from durchwahl.sipcore.transport import Flow
 
     key, ours = secrets.token_bytes(KEY_OCTETS), secrets.token_bytes(KEY_OCTETS)
     offered = f"a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{_b64(key)}\r\n".encode()

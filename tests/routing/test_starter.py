@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from phones import Phone
 
-from routing.cli import main
-from routing.directory_file import load_directory
-from routing.server import Server
-from routing.starter import GREETING, OFFICE, example_file, write_starter
-from sipcore.auth import compute_ha1
+from durchwahl.routing.cli import main
+from durchwahl.routing.directory_file import load_directory
+from durchwahl.routing.server import Server
+from durchwahl.routing.starter import GREETING, OFFICE, example_file, write_starter
+from durchwahl.sipcore.auth import compute_ha1
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_PASSWORDS = ("anna-101-secret", "bernd-102-secret", "carla-103-secret")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from flood import free_port, register_tcp, run_flood, write_office
 
-from routing.server import Server
-from sipcore import Endpoint
+from durchwahl.routing.server import Server
+from durchwahl.sipcore import Endpoint
 
 
 async def test_idle_connections_under_a_descriptor_limit_leave_registrations_and_calls_working(

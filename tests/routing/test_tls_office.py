@@ -15,14 +15,14 @@ import pytest
 from certs import Authority, Issued, authority
 from phones import Phone, Script, sdp
 
-from routing.demo import Provider
-from routing.directory_file import load_directory, read_directory
-from routing.errors import ConfigError
-from routing.server import Server
-from sipcore.session import Answered, SessionEvent, Terminated
-from sipcore.tls import client_context, server_context
-from sipcore.ua import Call, CallFailed
-from sipcore.uri import SipUri
+from durchwahl.routing.demo import Provider
+from durchwahl.routing.directory_file import load_directory, read_directory
+from durchwahl.routing.errors import ConfigError
+from durchwahl.routing.server import Server
+from durchwahl.sipcore.session import Answered, SessionEvent, Terminated
+from durchwahl.sipcore.tls import client_context, server_context
+from durchwahl.sipcore.ua import Call, CallFailed
+from durchwahl.sipcore.uri import SipUri
 
 PASSWORDS = {"101": "anna-secret", "102": "bernd-secret"}
 NUMBER_OUT = "+4989123456"
@@ -325,9 +325,9 @@ def test_trunk_tls_keys_are_checked(ca: Authority, tmp_path: Path) -> None:
 async def test_a_trunk_registration_refused_by_certificate_says_why_at_once(
     ca: Authority, tmp_path: Path
 ) -> None:
-    from routing.directory import Trunk, TrunkTls
-    from routing.trunk import RegistrationState, TrunkRegistration
-    from sipcore import Endpoint
+    from durchwahl.routing.directory import Trunk, TrunkTls
+    from durchwahl.routing.trunk import RegistrationState, TrunkRegistration
+    from durchwahl.sipcore import Endpoint
 
     provider = await _provider(ca, tmp_path, "sip.other-provider.example")
     office = Endpoint()

@@ -20,14 +20,14 @@ from test_flows import DIRECT, SHORT, Office
 from test_midcall import audio_in, direction, exchange, with_direction
 from test_server import copy_office
 
-from media.sdp import parse_sdp
-from routing.calls.media_anchor import media_address
-from routing.cdr import SCHEMA_VERSION, CallRecord, Disposition, InMemoryCdrStore, SqliteCdrStore
-from routing.demo import Provider as DemoProvider
-from routing.events import CallFact, CallTransferred, DigitSent
-from routing.resolver import Resolver
-from routing.server import Server
-from routing.transfer import (
+from durchwahl.media.sdp import parse_sdp
+from durchwahl.routing.calls.media_anchor import media_address
+from durchwahl.routing.cdr import SCHEMA_VERSION, CallRecord, Disposition, InMemoryCdrStore, SqliteCdrStore
+from durchwahl.routing.demo import Provider as DemoProvider
+from durchwahl.routing.events import CallFact, CallTransferred, DigitSent
+from durchwahl.routing.resolver import Resolver
+from durchwahl.routing.server import Server
+from durchwahl.routing.transfer import (
     ALLOW,
     AttendedTarget,
     ReferRefused,
@@ -37,10 +37,10 @@ from routing.transfer import (
     parse_refer,
     parse_replaces,
 )
-from sipcore import Endpoint
-from sipcore.core import CoreConfig
-from sipcore.message import Request
-from sipcore.session import (
+from durchwahl.sipcore import Endpoint
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import (
     Confirmed,
     DialogRequestReceived,
     DialogResponseReceived,
@@ -50,8 +50,8 @@ from sipcore.session import (
     SessionEvent,
     TerminationReason,
 )
-from sipcore.ua import Call, IncomingCall, OutgoingCall
-from sipcore.uri import SipUri
+from durchwahl.sipcore.ua import Call, IncomingCall, OutgoingCall
+from durchwahl.sipcore.uri import SipUri
 
 flows_office = test_flows.office  # the fixture: an office, a provider trunk and phones on the harness
 pytestmark = pytest.mark.virtual_time
@@ -252,7 +252,7 @@ def test_parse_refer_takes_a_target_and_refuses_what_it_cannot_do() -> None:
             "From: <sip:102@office.example>;tag=1\r\nTo: <sip:x@office.example>;tag=2\r\n"
             f"Call-ID: c1\r\nCSeq: 5 REFER\r\n{lines}Content-Length: 0\r\n\r\n"
         )
-        from sipcore import parse_message
+        from durchwahl.sipcore import parse_message
 
         parsed = parse_message(text.encode())
         assert isinstance(parsed, Request)

@@ -8,18 +8,18 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from routing.directory import Trunk
-from routing.trunk import (
+from durchwahl.routing.directory import Trunk
+from durchwahl.routing.trunk import (
     RegistrationSchedule,
     RegistrationState,
     TrunkRegistration,
     retry_with_credentials,
 )
-from sipcore import Endpoint, IncomingRequest
-from sipcore.auth import Authenticated, DigestError, DigestSecret, DigestServer
-from sipcore.core import CoreConfig
-from sipcore.errors import SipError
-from sipcore.message import Request, make_response, parse_message
+from durchwahl.sipcore import Endpoint, IncomingRequest
+from durchwahl.sipcore.auth import Authenticated, DigestError, DigestSecret, DigestServer
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.errors import SipError
+from durchwahl.sipcore.message import Request, make_response, parse_message
 
 SECRET = b"fedcba9876543210fedcba9876543210"
 NOW = 1_700_000_000.0

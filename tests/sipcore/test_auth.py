@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore.auth import (
+from durchwahl.sipcore.auth import (
     Authenticated,
     DigestError,
     DigestSecret,
@@ -23,9 +23,9 @@ from sipcore.auth import (
     digest_response,
     format_challenge,
 )
-from sipcore.headers import Challenge, Header, parse_auth
-from sipcore.message import Request
-from sipcore.uri import parse_uri
+from durchwahl.sipcore.headers import Challenge, Header, parse_auth
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.uri import parse_uri
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 REALM = "office.example"

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sipcore.connections import (
+from durchwahl.sipcore.connections import (
     RESERVED_DESCRIPTORS,
     CloseReason,
     ConnectionTable,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sipcore.dialog import (
+from durchwahl.sipcore.dialog import (
     AnswerRetransmitted,
     Dialog,
     DialogConfirmed,
@@ -21,7 +21,7 @@ from sipcore.dialog import (
     ForkAnswered,
     via_with_branch,
 )
-from sipcore.message import Request, Response, parse_message
+from durchwahl.sipcore.message import Request, Response, parse_message
 
 VIA = "SIP/2.0/UDP pc33.atlanta.com:5060"
 
@@ -453,6 +453,6 @@ def test_dialog_layer_imports_no_io_transitively(module: str) -> None:
             continue
         seen.add(current)
         external, siblings = _imports(current)
-        assert not external & FORBIDDEN, f"sipcore.{current} imports {external & FORBIDDEN}"
+        assert not external & FORBIDDEN, f"durchwahl.sipcore.{current} imports {external & FORBIDDEN}"
         todo.extend(siblings)
     assert {"dialog", "message", "uri", "headers"} <= seen | {"dialog"}

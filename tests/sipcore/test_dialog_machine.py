@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sipcore.dialog import (
+from durchwahl.sipcore.dialog import (
     AnswerRetransmitted,
     Dialog,
     DialogConfirmed,
@@ -20,7 +20,7 @@ from sipcore.dialog import (
     EarlyDialogsTerminated,
     ForkAnswered,
 )
-from sipcore.message import Request, Response, parse_message
+from durchwahl.sipcore.message import Request, Response, parse_message
 
 VIA = "SIP/2.0/UDP 192.0.2.1:5060"
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sipcore import Endpoint, IncomingRequest, Request, RequestTimeout, Response, parse_message
-from sipcore.transaction import Timers
+from durchwahl.sipcore import Endpoint, IncomingRequest, Request, RequestTimeout, Response, parse_message
+from durchwahl.sipcore.transaction import Timers
 
 FAST = Timers(t1=0.05, t2=0.2, t4=0.25)
 
@@ -263,7 +263,7 @@ async def test_uac_gets_final_response_and_provisionals() -> None:
         outgoing = endpoint.send_request(request, flow, on_provisional=lambda r: provisional.append(r.status))
         received = await peer.recv()
         assert isinstance(received, Request)
-        from sipcore import make_response
+        from durchwahl.sipcore import make_response
 
         await peer.send(bytes(make_response(received, 180, to_tag="t9")), flow.local[1])
         await peer.send(bytes(make_response(received, 486, to_tag="t9")), flow.local[1])
@@ -275,7 +275,7 @@ async def test_uac_gets_final_response_and_provisionals() -> None:
 
 
 async def test_tcp_flow_close_is_reported_and_never_redialled() -> None:
-    from sipcore import Flow, TransportError
+    from durchwahl.sipcore import Flow, TransportError
 
     flows: list[Flow] = []
     async with running(None, "tcp:127.0.0.1:0") as (endpoint, port):
@@ -311,7 +311,7 @@ async def test_screen_answers_or_drops_new_requests_before_any_transaction() -> 
     def screen(request: Request, flow: object) -> Response | bool:
         seen.append(request.branch or "")
         if request.branch == "z9hG4bKanswer":
-            from sipcore.message import make_response
+            from durchwahl.sipcore.message import make_response
 
             return make_response(request, 401, to_tag="stateless")
         return request.branch != "z9hG4bKdrop"

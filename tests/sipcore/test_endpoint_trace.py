@@ -9,7 +9,7 @@ import logging
 import pytest
 from test_endpoint import Peer, invite_bytes, running
 
-from sipcore import Flow, IncomingRequest, Response
+from durchwahl.sipcore import Flow, IncomingRequest, Response
 
 Entry = tuple[str, bytes, Flow]
 
@@ -124,7 +124,7 @@ async def test_failing_tracer_is_logged_and_endpoint_carries_on(caplog: pytest.L
         endpoint.add_tracer(broken)
         endpoint.add_tracer(trace.record)
         peer = Peer()
-        with caplog.at_level(logging.ERROR, logger="sipcore.endpoint"):
+        with caplog.at_level(logging.ERROR, logger="durchwahl.sipcore.endpoint"):
             await peer.send(options_bytes(port), port)
             reply = await peer.recv()
         assert isinstance(reply, Response) and reply.status == 200

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore import SipParseError
-from sipcore.headers import _VIA_FAST, _parse_via_general, parse_via
-from sipcore.uri import (
+from durchwahl.sipcore import SipParseError
+from durchwahl.sipcore.headers import _VIA_FAST, _parse_via_general, parse_via
+from durchwahl.sipcore.uri import (
     _NAME_ADDR_FAST,
     _SIP_FAST,
     _parse_name_addr_general,

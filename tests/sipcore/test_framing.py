@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore import (
+from durchwahl.sipcore import (
     FramedMessage,
     KeepAlivePing,
     KeepAlivePong,

@@ -14,7 +14,7 @@ import contextlib
 
 import pytest
 
-from sipcore import SipParseError, StreamFramer, parse_message
+from durchwahl.sipcore import SipParseError, StreamFramer, parse_message
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"

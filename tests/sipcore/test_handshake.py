@@ -9,8 +9,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sipcore.handshake import AckCache, AckTimedOut, Retransmit2xx, TwoxxSender
-from sipcore.transaction import Timers
+from durchwahl.sipcore.handshake import AckCache, AckTimedOut, Retransmit2xx, TwoxxSender
+from durchwahl.sipcore.transaction import Timers
 
 TIMERS = Timers(t1=0.5, t2=4.0)
 KEYS = [("call-a", 1, "tag-1"), ("call-a", 1, "tag-2"), ("call-b", 7, "x"), ("call-c", 2, None)]

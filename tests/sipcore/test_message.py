@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sipcore import Request, Response, SipParseError, make_response, parse_message
-from sipcore.core import CoreConfig, check_request
-from sipcore.headers import canonical_name, header_key, parse_auth, parse_via
-from sipcore.message import error_response
+from durchwahl.sipcore import Request, Response, SipParseError, make_response, parse_message
+from durchwahl.sipcore.core import CoreConfig, check_request
+from durchwahl.sipcore.headers import canonical_name, header_key, parse_auth, parse_via
+from durchwahl.sipcore.message import error_response
 
 INVITE = (
     b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"

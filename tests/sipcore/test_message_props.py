@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torture import CORPUS
 
-from sipcore import Request, Response, SipParseError, SipUri, TelUri, parse_message
-from sipcore.headers import Header, header_key
-from sipcore.message import TYPED_ACCESSORS as ACCESSORS
+from durchwahl.sipcore import Request, Response, SipParseError, SipUri, TelUri, parse_message
+from durchwahl.sipcore.headers import Header, header_key
+from durchwahl.sipcore.message import TYPED_ACCESSORS as ACCESSORS
 
 TORTURE_DIR = CORPUS  # ../shared/sip-torture beside the checkout (tests/sipcore/torture.py)
 TORTURE = sorted(TORTURE_DIR.rglob("*.dat"))

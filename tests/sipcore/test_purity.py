@@ -43,12 +43,14 @@ def test_there_are_pure_modules() -> None:
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_imports(module: str) -> None:
     roots, siblings = _imports(SIPCORE / f"{module}.py")
-    assert not roots & FORBIDDEN, f"sipcore.{module} imports {sorted(roots & FORBIDDEN)}"
-    assert not siblings & SHELL_MODULES, f"sipcore.{module} imports the asyncio shell {sorted(siblings)}"
+    assert not roots & FORBIDDEN, f"durchwahl.sipcore.{module} imports {sorted(roots & FORBIDDEN)}"
+    assert not siblings & SHELL_MODULES, (
+        f"durchwahl.sipcore.{module} imports the asyncio shell {sorted(siblings)}"
+    )
 
 
 def test_import_sipcore_loads_no_io() -> None:
-    modules = ", ".join(["sipcore", *(f"sipcore.{m}" for m in PURE_MODULES)])
+    modules = ", ".join(["durchwahl.sipcore", *(f"durchwahl.sipcore.{m}" for m in PURE_MODULES)])
     code = (
         "import sys; before = set(sys.modules); "
         f"import {modules}; "

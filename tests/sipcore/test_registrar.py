@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore.message import Request, Response, parse_message
-from sipcore.registrar import (
+from durchwahl.sipcore.message import Request, Response, parse_message
+from durchwahl.sipcore.registrar import (
     Binding,
     BindingFlow,
     RegisterOutcome,
@@ -17,7 +17,7 @@ from sipcore.registrar import (
     http_date,
     process_register,
 )
-from sipcore.uri import parse_name_addr
+from durchwahl.sipcore.uri import parse_name_addr
 
 T0 = 1_700_000_000.0
 AOR = "sip:101@office.example"

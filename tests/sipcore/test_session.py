@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable
 
 import pytest
 
-from sipcore.dialog import DialogState
-from sipcore.message import Request, Response, make_response, parse_message
-from sipcore.session import (
+from durchwahl.sipcore.dialog import DialogState
+from durchwahl.sipcore.message import Request, Response, make_response, parse_message
+from durchwahl.sipcore.session import (
     AckTimedOut,
     Answered,
     Cancelled,
@@ -687,7 +687,7 @@ def test_terminated_is_the_last_event() -> None:
 def test_table_handles_what_the_network_can_always_deliver() -> None:
     """One machine, one table: every live state has an entry for the requests a peer may send at any time,
     and a terminated session refuses requests (the endpoint answers 481) while absorbing late responses."""
-    from sipcore.session import _TRANSITIONS, SessionInput
+    from durchwahl.sipcore.session import _TRANSITIONS, SessionInput
 
     always = (
         SessionInput.BYE_RECEIVED,

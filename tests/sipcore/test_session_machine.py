@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from sipcore.message import Request, Response, make_response, parse_message
-from sipcore.session import (
+from durchwahl.sipcore.message import Request, Response, make_response, parse_message
+from durchwahl.sipcore.session import (
     DialogRequestReceived,
     InviteSession,
     Role,

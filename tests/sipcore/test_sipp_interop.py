@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sipp import free_port, require_sipp, run_sipp
 
-from sipcore import Endpoint
-from sipcore.dialog import Dialog
+from durchwahl.sipcore import Endpoint
+from durchwahl.sipcore.dialog import Dialog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from uas import ExampleUas

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from sipcore import Endpoint, IncomingRequest, Limits, Response, parse_message
-from sipcore.core import CoreConfig
+from durchwahl.sipcore import Endpoint, IncomingRequest, Limits, Response, parse_message
+from durchwahl.sipcore.core import CoreConfig
 
 FAST = Limits(tcp_message_seconds=0.3, tcp_idle_seconds=0.6)
 
@@ -200,7 +200,7 @@ async def test_refusals_are_logged_once_per_interval_without_tracebacks(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limits = Limits(tcp_max_connections=10, tcp_max_connections_per_source=1)
-    caplog.set_level(logging.INFO, logger="sipcore")
+    caplog.set_level(logging.INFO, logger="durchwahl.sipcore")
     async with running(limits) as (_, port):
         keep = await connect(port)
         refused = [await connect(port) for _ in range(30)]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from certs import Authority, authority
 
-from sipcore import Endpoint, IncomingRequest, Limits, Request, Response, SipUri, parse_message
-from sipcore.core import CoreConfig
-from sipcore.endpoint import RequestTimeout
-from sipcore.tls import TlsError, client_context, server_context
-from sipcore.transport import TransportError
+from durchwahl.sipcore import Endpoint, IncomingRequest, Limits, Request, Response, SipUri, parse_message
+from durchwahl.sipcore.core import CoreConfig
+from durchwahl.sipcore.endpoint import RequestTimeout
+from durchwahl.sipcore.tls import TlsError, client_context, server_context
+from durchwahl.sipcore.transport import TransportError
 
 FAST = Limits(tcp_message_seconds=0.4, tcp_idle_seconds=2.0)
 
@@ -199,7 +199,7 @@ async def _send_to(
 async def test_a_peer_whose_certificate_names_another_host_is_refused_with_a_clear_log_line(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="sipcore.transport")
+    caplog.set_level(logging.WARNING, logger="durchwahl.sipcore.transport")
     async with tls_server(ca, tmp_path, name="sip.provider.example") as (_, port):
         with pytest.raises(RequestTimeout):
             await _send_to(port, tmp_path, client_context(ca_file=ca.certificate))
@@ -218,7 +218,7 @@ async def test_a_peer_whose_certificate_names_another_host_is_refused_with_a_cle
 async def test_a_pinned_ca_refuses_a_certificate_another_ca_signed(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="sipcore.transport")
+    caplog.set_level(logging.WARNING, logger="durchwahl.sipcore.transport")
     other = authority(tmp_path / "other", "another CA")
     async with tls_server(ca, tmp_path) as (_, port):
         with pytest.raises(RequestTimeout):
@@ -231,7 +231,7 @@ async def test_a_pinned_ca_refuses_a_certificate_another_ca_signed(
 async def test_an_expired_certificate_is_refused(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="sipcore.transport")
+    caplog.set_level(logging.WARNING, logger="durchwahl.sipcore.transport")
     issued = ca.issue(tmp_path / "expired", "127.0.0.1", expired=True)
     endpoint = Endpoint(core=CoreConfig(allowed_methods=("OPTIONS",)))
     endpoint.tls.configure(server_context(issued.certificate, issued.key))
@@ -272,7 +272,7 @@ async def test_a_client_certificate_is_verified_and_its_names_known(ca: Authorit
 async def test_plain_sip_on_a_tls_port_is_closed_and_logged_with_the_peer_address(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sipcore")
+    caplog.set_level(logging.INFO, logger="durchwahl.sipcore")
     async with tls_server(ca, tmp_path) as (endpoint, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         local_port = writer.get_extra_info("sockname")[1]
@@ -290,7 +290,7 @@ async def test_plain_sip_on_a_tls_port_is_closed_and_logged_with_the_peer_addres
 async def test_a_client_that_does_not_trust_our_certificate_is_logged(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sipcore")
+    caplog.set_level(logging.INFO, logger="durchwahl.sipcore")
     other = authority(tmp_path / "other", "another CA")
 
     def phone(port: int) -> None:
@@ -317,7 +317,7 @@ async def test_a_tls_connection_without_a_handshake_is_closed_by_the_message_dea
 ) -> None:
     """The handshake counts as "no complete message yet": a peer that connects and says nothing is closed
     after tcp_message_seconds, like a TCP one, and only that is logged."""
-    caplog.set_level(logging.INFO, logger="sipcore")
+    caplog.set_level(logging.INFO, logger="durchwahl.sipcore")
     async with tls_server(ca, tmp_path) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert not await closed_within(reader, 0.2)
@@ -330,7 +330,7 @@ async def test_a_tls_connection_without_a_handshake_is_closed_by_the_message_dea
 async def test_tls_connections_count_against_the_per_source_cap(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sipcore")
+    caplog.set_level(logging.INFO, logger="durchwahl.sipcore")
     limits = Limits(tcp_max_connections=8, tcp_max_connections_per_source=2, tcp_message_seconds=5.0)
     async with tls_server(ca, tmp_path, limits=limits) as (_, port):
         held = [await tls_connect(port, ca) for _ in range(2)]
@@ -386,8 +386,8 @@ async def test_a_sips_call_has_sips_contacts_and_a_sip_call_over_tls_says_transp
     ca: Authority, tmp_path: Path, scheme: str
 ) -> None:
     """RFC 3261 §12.1.1: a dialog set up by a SIPS Request-URI has SIPS Contacts on both sides."""
-    from sipcore.session import Answered
-    from sipcore.ua import IncomingCall, UserAgent
+    from durchwahl.sipcore.session import Answered
+    from durchwahl.sipcore.ua import IncomingCall, UserAgent
 
     answered: list[IncomingCall] = []
     issued = ca.issue(tmp_path / "both", "127.0.0.1")
@@ -435,7 +435,7 @@ async def test_a_sips_call_has_sips_contacts_and_a_sip_call_over_tls_says_transp
 async def test_closing_the_endpoint_during_a_handshake_logs_no_failure(
     ca: Authority, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sipcore")
+    caplog.set_level(logging.INFO, logger="durchwahl.sipcore")
     async with tls_server(ca, tmp_path, limits=Limits(tcp_message_seconds=30.0)) as (endpoint, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await asyncio.sleep(0.1)  # accepted, admitted, waiting for a ClientHello

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sipcore import Endpoint, Limits, Response, SipParseError, StreamFramer, parse_message
-from sipcore.message import error_response, salvage_request_headers
+from durchwahl.sipcore import Endpoint, Limits, Response, SipParseError, StreamFramer, parse_message
+from durchwahl.sipcore.message import error_response, salvage_request_headers
 
 HEAD = (
     "OPTIONS sip:101@127.0.0.1 SIP/2.0\r\n"

@@ -14,9 +14,9 @@ import socket
 import pytest
 from torture import TortureCase, load_cases
 
-from sipcore import Endpoint, IncomingRequest, Response, SipParseError, parse_message
-from sipcore.headers import Header
-from sipcore.transport import Flow
+from durchwahl.sipcore import Endpoint, IncomingRequest, Response, SipParseError, parse_message
+from durchwahl.sipcore.headers import Header
+from durchwahl.sipcore.transport import Flow
 
 CASES = load_cases()
 

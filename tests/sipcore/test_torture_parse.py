@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 from torture import TortureCase, load_cases
 
-from sipcore import Request, Response, SipParseError, SipUri, TelUri, parse_message
-from sipcore.uri import AbsoluteUri, parse_uri
+from durchwahl.sipcore import Request, Response, SipParseError, SipUri, TelUri, parse_message
+from durchwahl.sipcore.uri import AbsoluteUri, parse_uri
 
 CASES = load_cases()
 

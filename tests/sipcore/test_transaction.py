@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sipcore import Limits, Request, Response, make_response, parse_message
-from sipcore.errors import TransactionError
-from sipcore.transaction import (
+from durchwahl.sipcore import Limits, Request, Response, make_response, parse_message
+from durchwahl.sipcore.errors import TransactionError
+from durchwahl.sipcore.transaction import (
     AckReceived,
     CancelReceived,
     InviteClientState,

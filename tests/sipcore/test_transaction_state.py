@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from sipcore import Request, Response, make_response, parse_message
-from sipcore.errors import TransactionError
-from sipcore.limits import Limits
-from sipcore.transaction import (
+from durchwahl.sipcore import Request, Response, make_response, parse_message
+from durchwahl.sipcore.errors import TransactionError
+from durchwahl.sipcore.limits import Limits
+from durchwahl.sipcore.transaction import (
     AckReceived,
     CancelReceived,
     InviteClientState,

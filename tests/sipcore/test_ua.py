@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sipcore import Endpoint, IncomingRequest
-from sipcore.auth import DigestSecret, DigestServer
-from sipcore.message import Request
-from sipcore.session import (
+from durchwahl.sipcore import Endpoint, IncomingRequest
+from durchwahl.sipcore.auth import DigestSecret, DigestServer
+from durchwahl.sipcore.message import Request
+from durchwahl.sipcore.session import (
     Answered,
     Cancelled,
     Confirmed,
@@ -26,9 +26,9 @@ from sipcore.session import (
     Terminated,
     TerminationReason,
 )
-from sipcore.transaction import Timers
-from sipcore.transport import Flow
-from sipcore.ua import Call, CallFailed, IncomingCall, OutgoingCall, UserAgent
+from durchwahl.sipcore.transaction import Timers
+from durchwahl.sipcore.transport import Flow
+from durchwahl.sipcore.ua import Call, CallFailed, IncomingCall, OutgoingCall, UserAgent
 
 FAST = Timers(t1=0.02, t2=0.1, t4=0.1)
 SDP_A = b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"

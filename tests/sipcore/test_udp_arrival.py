@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from sipcore.transport import Flow, UdpTransport
+from durchwahl.sipcore.transport import Flow, UdpTransport
 
 LINUX = sys.platform.startswith("linux")
 pytestmark = pytest.mark.skipif(not LINUX, reason="SO_TIMESTAMP and SO_RXQ_OVFL are Linux's")

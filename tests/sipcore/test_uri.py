@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sipcore.uri
-from sipcore.errors import SipParseError
-from sipcore.uri import (
+from durchwahl import sipcore
+from durchwahl.sipcore.errors import SipParseError
+from durchwahl.sipcore.uri import (
     AbsoluteUri,
     NameAddr,
     SipUri,
