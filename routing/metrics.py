@@ -354,8 +354,9 @@ class _Collector:
         yield refused
         yield GaugeMetricFamily(
             "durchwahl_overloaded",
-            "1 while new calls are limited for measured load (an edge's OPTIONS probe then gets 503).",
-            value=1.0 if "INVITE" in snapshot["refusing"] else 0.0,
+            "1 while the node's health answer is 503 for overload (a new call refused for measured load "
+            "in the last 2 s, or at max_calls).",
+            value=1.0 if server.overload.health() else 0.0,
         )
         dropped = snapshot["datagrams_dropped"]
         if dropped is not None:

@@ -47,6 +47,9 @@ RAW_SECONDS: Final = 1.0
 #: The To tags of our stateless 503s start with this: the ACKs they draw are dropped before parsing.
 TAG_PREFIX: Final = "dw-ov-"
 _ACK_MARK: Final = b";tag=" + TAG_PREFIX.encode()
+#: The node's health answer says "overloaded" for this long after a new call was refused for measured load
+#: (seconds): an edge then sends calls elsewhere; a limit in force that refuses nothing is no reason to.
+HEALTH_SECONDS: Final = 2.0
 #: While requests are refused, one log line sums them up this often (seconds).
 LOG_SECONDS: Final = 10.0
 
@@ -84,6 +87,8 @@ class Overload:
         #: The (Call-ID, CSeq number) of an INVITE the prescreen admitted: the screen then admits it as is.
         self._preadmitted: tuple[str, int] | None = None
         self._raw_until = float("-inf")
+        #: When a new call was last refused for measured load (queue delay, open transactions).
+        self._shed_call_at = float("-inf")
         #: The event loop's lag at the last probe, and the largest seen (seconds).
         self.lag = 0.0
         self.max_lag = 0.0
@@ -135,10 +140,11 @@ class Overload:
         self.running_calls -= 1
 
     def health(self) -> str | None:
-        """The node's health answer (``Server.add_health_check``): ``"overloaded"`` while new calls are
-        limited for measured load, ``"at max_calls"`` at that cap; None otherwise. An edge proxy probing with
-        OPTIONS then sends new calls to other nodes until this one has caught up."""
-        if self.control.overloaded(Kind.CALL, self.endpoint.now):
+        """The node's health answer (``Server.add_health_check``): ``"overloaded"`` for ``HEALTH_SECONDS``
+        after a new call was refused for measured load, ``"at max_calls"`` at that cap; None otherwise. An
+        edge probing with OPTIONS then sends new calls to other nodes until this one has caught up; a short
+        stall that refused nothing does not take the node out (an edge marks it inactive on one 503)."""
+        if self.endpoint.now - self._shed_call_at < HEALTH_SECONDS:
             return "overloaded"
         cap = self.control.config.max_calls
         if cap is not None and self.calls >= cap:
@@ -209,6 +215,7 @@ class Overload:
             self._preadmitted = (call_id, seq)
             return True
         self._raw_until = now + RAW_SECONDS
+        self._shed(now, refusal)
         self._note(now, load)
         tag = self._stateless_tag(call_id, values["From"], cseq)
         answer = [h if h.name != "To" else Header("To", f"{h.value};tag={tag}") for h in headers]
@@ -238,9 +245,15 @@ class Overload:
             return None
         if kind is Kind.CALL:
             self._raw_until = now + RAW_SECONDS
+            self._shed(now, refusal)
         self._note(now, load)
         tag = self._stateless_tag(request.call_id, request.get("from") or "", request.get("cseq") or "")
         return make_response(request, 503, refusal.phrase, to_tag=tag, headers=_retry_after(refusal))
+
+    def _shed(self, now: float, refusal: Refusal) -> None:
+        """A new call was refused: remembered for the health answer when measured load refused it."""
+        if refusal.reason in (Reason.DELAY, Reason.TRANSACTIONS):
+            self._shed_call_at = now
 
     def _note(self, now: float, load: Load) -> None:
         """One warning when refusing begins and one every LOG_SECONDS while it goes on."""

@@ -74,7 +74,7 @@ def free_port() -> int:
 
 
 def write_office(folder: Path, port: int, extra: str = "") -> Path:
-    """The example office on ``port`` (UDP and TCP), its RTP range chosen near the port."""
+    """The example office on ``port`` (UDP and TCP), its RTP range chosen by the port (never holding it)."""
     shutil.copy(ROOT / "examples" / "greeting.wav", folder / "greeting.wav")
     text = (ROOT / "examples" / "office.toml").read_text(encoding="utf-8")
     text = text.replace(
@@ -82,6 +82,8 @@ def write_office(folder: Path, port: int, extra: str = "") -> Path:
         f'listen = ["udp:127.0.0.1:{port}", "tcp:127.0.0.1:{port}"]',
     )
     first = 30000 + (port % 1000) * 20
+    if first <= port < first + 20:
+        first += 20  # the range may not hold the SIP port itself
     text = text.replace('rtp_ports = "20000-20999"', f'rtp_ports = "{first}-{first + 19}"' + extra)
     path = folder / "office.toml"
     path.write_text(text, encoding="utf-8")

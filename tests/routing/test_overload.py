@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -261,4 +262,32 @@ async def test_at_max_calls_the_node_answers_an_edge_s_options_with_503_until_a_
         async with asyncio.timeout(3):
             while server.overload.calls:
                 await asyncio.sleep(0.02)
+        assert (await probe()).status == 200
+
+
+async def test_a_node_that_refused_a_call_for_load_says_overloaded_to_an_edge_and_a_mere_stall_does_not(
+    tmp_path: Path,
+) -> None:
+    async with office(tmp_path, "overload_queue_ms = 5") as (server, provider, _), Endpoint() as edge:
+        await edge.listen("udp:127.0.0.1:0")
+        flow = edge.flow_to("127.0.0.1", server.addresses[0][2])
+
+        async def probe() -> Response:
+            options = edge.make_request(
+                "OPTIONS",
+                "sip:office.example",
+                flow,
+                from_="<sip:dispatcher@edge>",
+                to="<sip:office.example>",
+            )
+            return await asyncio.wait_for(edge.request(options, flow), 3)
+
+        time.sleep(0.3)  # the whole loop stalls (a GC pass, a busy machine): nothing is refused for it
+        assert (await probe()).status == 200
+        late = provider.dial(NUMBER, sdp("caller", provider.rtp.port))
+        time.sleep(0.05)  # the INVITE waits 50 ms unread: over three times overload_queue_ms
+        assert refused_with_retry_after(await outcome(late))
+        busy = await probe()
+        assert (busy.status, busy.reason) == (503, "Service Unavailable (overloaded)")
+        await asyncio.sleep(2.1)
         assert (await probe()).status == 200
