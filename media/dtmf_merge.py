@@ -17,7 +17,6 @@ sources count once while they start within ``window`` of each other.
 
 from __future__ import annotations
 
-import collections
 import enum
 from collections.abc import Iterator
 from typing import Final
@@ -72,8 +71,10 @@ class DigitMerger:
         self.retention = retention
         #: Reports absorbed into a press another source had already reported.
         self.duplicates = 0
-        self._presses: collections.deque[_Press] = collections.deque(maxlen=history)
-        self._events: collections.deque[KeyPressed] = collections.deque()
+        self._history = history
+        # Short lists rather than deques: every RTP leg has a merger, and an empty deque costs 760 bytes.
+        self._presses: list[_Press] = []
+        self._events: list[KeyPressed] = []
 
     def handle_digit(self, source: DigitSource, digit: str, now: float, *, elapsed: float = 0.0) -> None:
         """One source reported ``digit`` at ``now``, ``elapsed`` seconds after the press began.
@@ -84,7 +85,7 @@ class DigitMerger:
         if len(key) != 1 or key not in DTMF_EVENTS:
             raise ValueError(f"{digit!r} is not a DTMF digit")
         while self._presses and self._presses[0].reported_at < now - self.retention:
-            self._presses.popleft()
+            del self._presses[0]
         started_at = now - max(elapsed, 0.0)
         for press in self._presses:
             if (
@@ -96,6 +97,8 @@ class DigitMerger:
                 self.duplicates += 1
                 return
         self._presses.append(_Press(key, started_at, now, {source}))
+        if len(self._presses) > self._history:
+            del self._presses[0]
         self._events.append(KeyPressed(key, source, started_at))
 
     def handle_telephone_event(self, event: DigitReceived, now: float, *, clock_rate: int = 8000) -> None:
@@ -113,9 +116,9 @@ class DigitMerger:
 
     def next_event(self) -> KeyPressed | None:
         """The oldest key press not yet taken, or ``None``."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def events(self) -> Iterator[KeyPressed]:
         """Drain every pending key press, oldest first."""
         while self._events:
-            yield self._events.popleft()
+            yield self._events.pop(0)

@@ -431,10 +431,9 @@ class MediaRelay:
             Side.A: _Direction(a, b, b_stream),
             Side.B: _Direction(b, a, a_stream),
         }
-        self._digits: dict[Side, deque[tuple[float, Hashable, int, PlannedPacket]]] = {
-            Side.A: deque(),
-            Side.B: deque(),
-        }
+        #: Digits queued for a leg; a leg's queue is made when it first gets digits (most calls never do, and
+        #: an empty deque costs 760 bytes).
+        self._digits: dict[Side, deque[tuple[float, Hashable, int, PlannedPacket]]] = {}
         self._digit_sources = itertools.count()
 
     def media(self, side: Side) -> LegMedia:
@@ -610,7 +609,7 @@ class MediaRelay:
         planned = plan_digits(
             digits, self._media[side], duration_ms=duration_ms, gap_ms=gap_ms, pause_ms=pause_ms
         )
-        queue = self._digits[side]
+        queue = self._digits.setdefault(side, deque())
         start = max(now, queue[-1][0] + 0.02) if queue else now
         source = ("digits", next(self._digit_sources))
         for index, packet in enumerate(planned):
@@ -621,7 +620,7 @@ class MediaRelay:
 
     def digits_pending(self, side: Side | None = None) -> bool:
         sides = (Side.A, Side.B) if side is None else (side,)
-        return any(self._digits[s] for s in sides)
+        return any(self._digits.get(s) for s in sides)
 
     def next_due(self) -> float | None:
         """When :meth:`due_packets` next has something, or None."""

@@ -216,7 +216,8 @@ class _RtpTransport(asyncio.DatagramTransport):
             protocol, "deliver", lambda data, addr, now: protocol.datagram_received(data, addr)
         )
         self._closing = False
-        self._backlog: deque[tuple[bytes, Any]] = deque()
+        #: Datagrams the socket would not take yet; made on the first such (an empty deque costs 760 bytes).
+        self._backlog: deque[tuple[bytes, Any]] | None = None
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         if self._closing or not data:
@@ -227,6 +228,8 @@ class _RtpTransport(asyncio.DatagramTransport):
         try:
             self._sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
+            if self._backlog is None:
+                self._backlog = deque()
             self._backlog.append((bytes(data), addr))
             self._reader.loop.add_writer(self._fd, self._write_ready)
         except OSError as exc:
@@ -234,6 +237,7 @@ class _RtpTransport(asyncio.DatagramTransport):
 
     def _write_ready(self) -> None:
         backlog = self._backlog
+        assert backlog is not None  # the writer is added with the first datagram backlogged
         while backlog:
             data, addr = backlog[0]
             try:

@@ -87,6 +87,7 @@ def _serve(
     from pathlib import Path
 
     from durchwahl.routing.errors import ConfigError
+    from durchwahl.routing.memtrim import run_idle_trim
     from durchwahl.routing.server import Server, event_loop_factory, tune_gc
 
     try:
@@ -100,6 +101,8 @@ def _serve(
     async def run() -> None:
         async with Server(config, listen=tuple(listen) if listen else None, node=node) as server:
             tune_gc()
+            # After a storm of calls, the freed heap goes back to the OS once the server has gone quiet.
+            trim = asyncio.ensure_future(run_idle_trim(lambda: server.overload.calls))
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):  # before anything is printed: Ctrl-C stops cleanly
@@ -125,6 +128,7 @@ def _serve(
             sys.stdout.flush()
             await stop.wait()
             drained.cancel()
+            trim.cancel()
             print(
                 "durchwahl: drained, stopping" if server.drained.is_set() else "durchwahl: stopping",
                 flush=True,

@@ -553,7 +553,7 @@ class Endpoint:
                 return
         # Merged request (RFC 3261 §8.2.2.2): same From tag, Call-ID and CSeq as a request already being
         # handled, but another branch (it forked back to us) -> 482.
-        if request.to.tag is None and request.method != "CANCEL":
+        if request.to.tag is None and request.method not in ("CANCEL", "ACK"):
             key = (request.from_.tag or "", request.call_id, request.cseq.seq)
             branch = request.branch or ""
             known = self._merged.get(key)
@@ -649,6 +649,8 @@ class Endpoint:
             self._outgoing.pop(event.handle, None)
             self._cancel_headers.pop(event.handle, None)
             incoming = self._incoming.pop(event.handle, None)
+            if incoming is not None:
+                self._forget_merged(incoming.request)
             if incoming is not None and incoming.request.method == "INVITE":
                 key = (incoming.request.call_id, incoming.request.cseq.seq)
                 final = incoming.final
@@ -657,6 +659,14 @@ class Endpoint:
                     or (final is not None and (final.status >= 300 or incoming.ack.done()))
                 ):
                     del self._invites[key]
+
+    def _forget_merged(self, request: Request) -> None:
+        """A server transaction ended: a request merged with it can no longer arrive (§8.2.2.2 checks
+        against transactions under way), so its key goes; kept, the keys would grow with every call."""
+        if request.to.tag is None:
+            key = (request.from_.tag or "", request.call_id, request.cseq.seq)
+            if self._merged.get(key) == (request.branch or ""):
+                del self._merged[key]
 
     def _on_request(self, request: Request, handle: TransactionHandle) -> None:
         flow = handle.context

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -691,7 +690,7 @@ class InviteSession:
         self._over_tls = over_tls
 
         self._state = SessionState.IDLE
-        self._events: deque[SessionEvent] = deque()
+        self._events: list[SessionEvent] = []  # a few at a time: a list costs 56 bytes, a deque 760
         self._timers: dict[_Timer, float] = {}
         self._reason = TerminationReason.LOCAL_BYE
         self._reason_status: int | None = None
@@ -759,7 +758,7 @@ class InviteSession:
 
     def next_event(self) -> SessionEvent | None:
         """The next queued event, or None."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called (absolute time, same clock as ``now``), or None."""

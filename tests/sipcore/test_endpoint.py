@@ -127,6 +127,32 @@ async def test_retransmitted_invite_is_absorbed_and_merged_request_gets_482() ->
         peer.close()
 
 
+async def test_merge_check_forgets_a_request_once_its_transaction_ended() -> None:
+    """The keys of the merged-request check (RFC 3261 §8.2.2.2) live as long as their transaction: after
+    many calls' requests have come and gone, none is kept (they grew by about 300 bytes per call)."""
+    endpoint = Endpoint(None, timers=Timers(t1=0.005, t2=0.02, t4=0.025))
+    _, port = await endpoint.listen("udp:127.0.0.1:0")
+    peer = Peer()
+    try:
+        for n in range(20):
+            options = (
+                invite_bytes(port, branch=f"z9hG4bKopt{n}")
+                .replace(b"INVITE sip", b"OPTIONS sip")
+                .replace(b"1 INVITE", b"1 OPTIONS")
+                .replace(b"call-1@", f"call-{n}@".encode())
+            )
+            await peer.send(options, port)
+            assert (await peer.recv()).status == 200  # type: ignore[union-attr]
+        assert len(endpoint._merged) == 20  # under way: a merged copy of any of them would get 482
+        async with asyncio.timeout(3.0):
+            while len(endpoint._layer):  # Timer J (64 * T1) ends each transaction
+                await asyncio.sleep(0.05)
+        assert endpoint._merged == {}
+    finally:
+        peer.close()
+        await endpoint.close()
+
+
 async def test_cancel_gets_200_and_invite_487() -> None:
     cancelled = asyncio.Event()
 
