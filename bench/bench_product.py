@@ -44,7 +44,8 @@ second of the run), admitted calls lost (answered on the caller's side but not c
 the 503s, p99 set-up of answered calls, calls still active 40 s after the end (``durchwahl status``), the
 datagrams the kernel dropped, and the server's resident size before, at its peak and after.
 
-``memory``: ``--calls`` calls held (``-d`` longer than the run), resident size before and with all held.
+``memory``: ``--calls`` calls held (``-d`` longer than the run), resident size before and with all held, 40 s
+after the last was placed (the set-up's transactions have ended by then).
 
 ``soak``: ``--rate`` for ``--minutes``; resident size, descriptors, RTP ports (UDP sockets) and active calls
 once a minute; growth of the resident size after the first 5 minutes; leaks once traffic stopped.
@@ -292,9 +293,18 @@ def run_load(
     timeout = seconds + hold + 60
     sipp = shutil.which("sipp") or "sipp"
     work.mkdir(parents=True, exist_ok=True)
+    if path == "employee" and isinstance(peer, Durchwahl):
+        # 102 registers again before each step: between steps nobody answers the registrar's OPTIONS pings
+        # on its port, and a contact that does not answer them is skipped when ringing.
+        register(peer, work / "register")
     callee_args = [sipp, "-sf", str(BENCH / "sipp_uas_now.xml"), "-i", TRUNK, "-p", str(peer.callee_port)]
     callee_args += ["-m", str(calls)]
     callee_args += ["-nostdin", "-timeout", f"{int(timeout + 10)}s"]
+    # Its counters once a second to a file as well: a callee still waiting for a call that failed on the
+    # caller's side is killed, and then prints no final screen.
+    callee_stats = work / "callee_stats.csv"
+    callee_stats.unlink(missing_ok=True)
+    callee_args += ["-trace_stat", "-stf", str(callee_stats), "-fd", "1"]
     if path == "employee":
         callee_args += ["-aa"]  # answers the registrar's OPTIONS pings
     callee = subprocess.Popen(
@@ -370,8 +380,10 @@ def run_load(
     completed_a = sum(bye_answered(o) for o in outs)
     refused = sum(refused_calls(o) for o in outs)
     failed_a = sum(max(0, sipp_counter(o, "Failed call")) for o in outs)
-    b_ok = max(0, sipp_counter(callee_out, "Successful call"))
-    b_failed = max(0, sipp_counter(callee_out, "Failed call"))
+    b_ok = sipp_counter(callee_out, "Successful call")
+    b_failed = sipp_counter(callee_out, "Failed call")
+    if b_ok < 0:
+        b_ok, b_failed = stat_counters(callee_stats)
     completed = min(completed_a, b_ok)
     placed = sum(int(s * seconds) for s in shares)
     return {
@@ -397,6 +409,16 @@ def run_load(
         "peak_rss": peak,
         "errors": sorted(errors.items(), key=lambda item: -item[1])[:3],
     }
+
+
+def stat_counters(path: Path) -> tuple[int, int]:
+    """(successful, failed) calls in the last line of a SIPp ``-trace_stat`` file (0, 0 without one)."""
+    with contextlib.suppress(OSError):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        if len(lines) >= 2:
+            row = dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
+            return int(row.get("SuccessfulCall(C)", 0) or 0), int(row.get("FailedCall(C)", 0) or 0)
+    return 0, 0
 
 
 def passed(row: dict[str, Any], seconds: float) -> bool:
@@ -598,14 +620,17 @@ def memory(args: argparse.Namespace, tmp: Path) -> None:
             held.append(server.status()["active"])
 
         seconds = args.calls / args.rate
-        hold_ms = int(seconds * 1000) + 30_000
-        # The run ends when every call has been placed and held; SIPp then hangs up at the hold's end.
+        # Measured 40 s after the last call was placed: the set-up's transactions (kept 32 s after their
+        # final answer, RFC 3261 Timer J/K/M) are gone by then, so what is counted is what a held call keeps.
+        hold_ms = int(seconds * 1000) + 60_000
         sipp_rows: dict[str, Any] = {}
 
         def measure() -> None:
-            time.sleep(seconds + 10)
+            time.sleep(seconds + 40)
             sipp_rows["rss"] = rss_bytes(server.pid)
-            sipp_rows["held"] = server.status()["active"]
+            status = server.status()
+            sipp_rows["held"] = status["active"]
+            sipp_rows["status"] = status["text"].splitlines()[-2:]
 
         import threading
 
@@ -619,6 +644,7 @@ def memory(args: argparse.Namespace, tmp: Path) -> None:
             f"RSS {before / 2**20:.1f} MiB "
             f"-> {sipp_rows['rss'] / 2**20:.1f} MiB; {per_call:,.0f} bytes per held call"
         )
+        print("\n".join(f"    {line}" for line in sipp_rows["status"]))
     finally:
         server.stop()
 
