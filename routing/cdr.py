@@ -1,4 +1,4 @@
-"""Call detail records (issue 5, item 8): one :class:`CallRecord` per call, written when the call ends.
+"""Call detail records: one :class:`CallRecord` per call, written when the call ends.
 
 The B2BUA hands each finished call to a :class:`CdrStore` (``store.write(record)``), a small protocol so a
 shared store can replace the default later. ``write`` must return at once: it is called on the event loop.

@@ -1,4 +1,4 @@
-"""CDRs (issue 5, item 8): the SQLite store, the disposition rules, and the rows flows 1 and 3 produce."""
+"""CDRs: the SQLite store, the disposition rules, and the rows flows 1 and 3 produce."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 5 flow 3 against real SIPp: a SIPp "trunk" calls the company number and, while the greeting plays,
+"""The greeting flow against real SIPp: a SIPp "trunk" calls the company number and, while the greeting plays,
 dials extension 102 by replaying SIPp's own RFC 4733 captures; the call reaches a SIPp UAS that registered as
 employee 102 (bernd) and is hung up by the trunk. Everything on 127.0.0.1, each SIPp bounded by -timeout."""
 

@@ -1,4 +1,4 @@
-"""Issue 5 flow 6 (mid-call) against real SIPp: employee 101 (a SIPp UAC with digest credentials, -au/-ap)
+"""The mid-call flow against real SIPp: employee 101 (a SIPp UAC with digest credentials, -au/-ap)
 calls 102, a SIPp UAS that registered as bernd; each call is put on hold (re-INVITE with a=sendonly) and
 resumed (a=sendrecv), then held with an offerless re-INVITE (102 offers in the 200, the caller's
 a=sendonly comes in the ACK) and resumed again. The call is internal, so the B2BUA relays the re-INVITEs
