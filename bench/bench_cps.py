@@ -253,6 +253,17 @@ def wait_idle(pid: int, minimum: float, limit: float = 45.0) -> float:
     return time.monotonic() - started
 
 
+def stop_process(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``grace`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 def sipp_counter(text: str, name: str) -> int:
     """The last value SIPp printed for counter ``name`` (its final screen)."""
     value = -1
@@ -286,13 +297,7 @@ class Peer:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def start_durchwahl() -> Peer:

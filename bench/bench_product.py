@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cps import answers_options, cpu_seconds, machine, rss_bytes, sipp_counter, wait_idle
+from bench_cps import answers_options, cpu_seconds, machine, rss_bytes, sipp_counter, stop_process, wait_idle
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -180,13 +180,7 @@ class Durchwahl:
         return {"active": int(found.group(1)) if found else -1, "text": out}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 15.0)
         self.log.close()
 
 
@@ -214,13 +208,7 @@ class Sippy:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 Peer = Durchwahl | Sippy

@@ -190,6 +190,14 @@ async def test_the_snapshot_reports_counters(tmp_path: Path, caps: str) -> None:
         assert snapshot["refusing"] == []
 
 
+async def probe(edge: Endpoint, flow: Flow) -> Response:
+    """An edge proxy's OPTIONS probe to the server, answered."""
+    options = edge.make_request(
+        "OPTIONS", "sip:office.example", flow, from_="<sip:dispatcher@edge>", to="<sip:office.example>"
+    )
+    return await asyncio.wait_for(edge.request(options, flow), 3)
+
+
 def raw_invite(call_id: str, port: int, *, to_tag: str = "", method: str = "INVITE") -> bytes:
     to = f"<sip:{NUMBER}@office.example>" + (f";tag={to_tag}" if to_tag else "")
     return (
@@ -241,20 +249,10 @@ async def test_at_max_calls_the_node_answers_an_edge_s_options_with_503_until_a_
         await edge.listen("udp:127.0.0.1:0")
         flow = edge.flow_to("127.0.0.1", server.addresses[0][2])
 
-        async def probe() -> Response:
-            options = edge.make_request(
-                "OPTIONS",
-                "sip:office.example",
-                flow,
-                from_="<sip:dispatcher@edge>",
-                to="<sip:office.example>",
-            )
-            return await asyncio.wait_for(edge.request(options, flow), 3)
-
-        assert (await probe()).status == 200
+        assert (await probe(edge, flow)).status == 200
         held = provider.dial(NUMBER, sdp("caller", provider.rtp.port))
         assert await outcome(held) == 200
-        busy = await probe()
+        busy = await probe(edge, flow)
         assert (busy.status, busy.reason) == (503, "Service Unavailable (at max_calls)")
         assert busy.get("retry-after") is not None
         held.bye()
@@ -262,7 +260,7 @@ async def test_at_max_calls_the_node_answers_an_edge_s_options_with_503_until_a_
         async with asyncio.timeout(3):
             while server.overload.calls:
                 await asyncio.sleep(0.02)
-        assert (await probe()).status == 200
+        assert (await probe(edge, flow)).status == 200
 
 
 async def test_a_node_that_refused_a_call_for_load_says_overloaded_to_an_edge_and_a_mere_stall_does_not(
@@ -272,22 +270,12 @@ async def test_a_node_that_refused_a_call_for_load_says_overloaded_to_an_edge_an
         await edge.listen("udp:127.0.0.1:0")
         flow = edge.flow_to("127.0.0.1", server.addresses[0][2])
 
-        async def probe() -> Response:
-            options = edge.make_request(
-                "OPTIONS",
-                "sip:office.example",
-                flow,
-                from_="<sip:dispatcher@edge>",
-                to="<sip:office.example>",
-            )
-            return await asyncio.wait_for(edge.request(options, flow), 3)
-
         time.sleep(0.3)  # the whole loop stalls (a GC pass, a busy machine): nothing is refused for it
-        assert (await probe()).status == 200
+        assert (await probe(edge, flow)).status == 200
         late = provider.dial(NUMBER, sdp("caller", provider.rtp.port))
         time.sleep(0.05)  # the INVITE waits 50 ms unread: over three times overload_queue_ms
         assert refused_with_retry_after(await outcome(late))
-        busy = await probe()
+        busy = await probe(edge, flow)
         assert (busy.status, busy.reason) == (503, "Service Unavailable (overloaded)")
         await asyncio.sleep(2.1)
-        assert (await probe()).status == 200
+        assert (await probe(edge, flow)).status == 200
